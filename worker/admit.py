@@ -1,0 +1,73 @@
+"""Admission: turn a job stream entry into a runnable job, or say precisely why it cannot run."""
+
+from __future__ import annotations
+
+import msgspec
+
+from .jobs import InvalidJob, Job, decode_job
+from .settings import Provider, Settings
+
+__all__ = ["Admitted", "Rejected", "admit"]
+
+
+class Admitted(msgspec.Struct, frozen=True):
+    job: Job
+    job_id: str
+    provider_name: str
+    provider: Provider
+    url: str
+
+
+class Rejected(msgspec.Struct, frozen=True):
+    """An entry that cannot run; ``job_id`` is set when the payload's id was readable."""
+
+    code: str
+    reason: str
+    job_id: str | None = None
+
+
+def admit(entry_id: str, payload: bytes | None, settings: Settings) -> Admitted | Rejected:
+    """Validate one entry against the job schema and this worker's limits and providers."""
+    if payload is None:
+        return Rejected("invalid_job", "the job stream entry has no `job` field")
+    if len(payload) > settings.max_payload_bytes:
+        return Rejected(
+            "payload_too_large",
+            f"job payload is {len(payload)} bytes, over max_payload_bytes={settings.max_payload_bytes}",
+        )
+    try:
+        job = decode_job(payload)
+    except InvalidJob as exc:
+        return Rejected("invalid_job", exc.reason, exc.job_id)
+    job_id = job.id or entry_id
+    problem = _check_limits(job, settings)
+    if problem is not None:
+        return Rejected(problem[0], problem[1], job_id)
+    provider_name = job.provider or settings.default_provider
+    provider = settings.all_providers().get(provider_name)
+    if provider is None:
+        known = ", ".join(sorted(settings.all_providers()))
+        return Rejected("unknown_provider", f"unknown provider {provider_name!r} (known: {known})", job_id)
+    url = provider.url_for(job.api)
+    if url is None:
+        return Rejected(
+            "unsupported_api",
+            f"provider {provider_name!r} has no {job.api}_url configured for api {job.api!r}",
+            job_id,
+        )
+    return Admitted(job, job_id, provider_name, provider, url)
+
+
+def _check_limits(job: Job, settings: Settings) -> tuple[str, str] | None:
+    if job.prompt_chars > settings.max_input_chars:
+        return (
+            "input_too_large",
+            f"prompt is {job.prompt_chars} characters, over max_input_chars={settings.max_input_chars}",
+        )
+    max_tokens = job.params.max_tokens
+    if max_tokens is not None and max_tokens > settings.max_tokens_cap:
+        return (
+            "max_tokens_above_cap",
+            f"params.max_tokens={max_tokens} is over max_tokens_cap={settings.max_tokens_cap}",
+        )
+    return None

@@ -1,0 +1,39 @@
+"""Building the Redis and HTTP clients a worker or a CLI command uses (no I/O until first use)."""
+
+from __future__ import annotations
+
+import httpx
+from redis.asyncio import Redis
+
+from .settings import Settings
+
+__all__ = ["http_client", "redis_client"]
+
+
+def redis_client(url: str, *, block_seconds: float = 0.0) -> Redis:
+    """A client for ``url`` (``redis://``, ``rediss://``, passwords in the URL all work).
+
+    ``block_seconds``: the longest blocking command this client will run; its socket timeout is set
+    above it, so a blocking read never trips the timeout while a dead connection still does.
+    """
+    return Redis.from_url(
+        url,
+        socket_timeout=block_seconds + 10.0,
+        socket_connect_timeout=10.0,
+        health_check_interval=30,
+    )
+
+
+def http_client(settings: Settings) -> httpx.AsyncClient:
+    """The upstream HTTP client: the read timeout is the stall detector (no bytes for that long)."""
+    timeout = httpx.Timeout(
+        connect=settings.connect_timeout_seconds,
+        read=settings.stall_timeout_seconds,
+        write=30.0,
+        pool=settings.connect_timeout_seconds,
+    )
+    limits = httpx.Limits(
+        max_connections=settings.concurrency * 2,
+        max_keepalive_connections=settings.concurrency,
+    )
+    return httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False)

@@ -1,0 +1,115 @@
+"""``tokenwire demo``: a Redis it starts itself, the simulator, a worker and one job, live.
+
+Everything it starts it stops. It uses a private ``redis-server`` on a free port when one is
+installed, otherwise an in-process fakeredis server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import threading
+from collections.abc import Iterator
+
+from .client import Client
+from .connect import http_client, redis_client
+from .events import Done
+from .jobs import Job, Params
+from .redisproc import RedisServer, free_port, redis_server_available
+from .render import TerminalView
+from .service import Worker
+from .settings import Provider, Settings
+
+__all__ = ["run_demo"]
+
+
+@contextlib.contextmanager
+def _embedded_redis() -> Iterator[tuple[str, str]]:
+    """(url, description) of a Redis private to the demo."""
+    if redis_server_available():
+        with RedisServer() as server:
+            yield server.url, f"redis-server on 127.0.0.1:{server.port} (private, stopped on exit)"
+        return
+    from fakeredis import TcpFakeServer
+
+    port = free_port()
+    fake = TcpFakeServer(("127.0.0.1", port), server_type="redis")
+    thread = threading.Thread(target=fake.serve_forever, daemon=True, name="fakeredis")
+    thread.start()
+    try:
+        yield f"redis://127.0.0.1:{port}/0", f"in-process fakeredis on 127.0.0.1:{port}"
+    finally:
+        fake.shutdown()
+        fake.server_close()
+
+
+def _say(text: str) -> None:
+    print(f"\x1b[2m· {text}\x1b[0m" if sys.stdout.isatty() else f"· {text}", flush=True)
+
+
+async def run_demo(*, prompt: str, tps: float, seed: int, stop: asyncio.Event) -> int:
+    from .sim import SimConfig, serve
+
+    with _embedded_redis() as (redis_url, redis_desc):
+        _say(redis_desc)
+        async with serve(SimConfig(seed=seed, tokens_per_second=tps)) as sim_url:
+            _say(f"simulator (native protocol, {tps:g} tokens/s) at {sim_url}")
+            settings = Settings(
+                redis_url=redis_url,
+                default_provider="sim",
+                providers={"sim": Provider(native_url=f"{sim_url}/v1/inference/{{model}}")},
+                concurrency=4,
+                block_seconds=1.0,
+                drain_grace_seconds=2.0,
+            )
+            return await _run(settings, prompt, stop)
+
+
+async def _run(settings: Settings, prompt: str, stop: asyncio.Event) -> int:
+    redis = redis_client(settings.redis_url)
+    reader = redis_client(settings.redis_url, block_seconds=settings.block_seconds)
+    client = Client(redis_client(settings.redis_url, block_seconds=2.0), prefix=settings.prefix)
+    worker_stop = asyncio.Event()
+    async with http_client(settings) as http:
+        worker = Worker(settings, redis=redis, reader=reader, http=http, consumer="demo-worker")
+        worker_task = asyncio.create_task(worker.run(worker_stop))
+        try:
+            async with asyncio.timeout(15):
+                await worker.ready.wait()
+            _say(f"worker {worker.consumer} reading {worker.keys.jobs} as group 'workers'")
+            job = Job(model="tokenwire/sim-demo", input=prompt, params=Params(max_tokens=120))
+            job_id = await client.enqueue(job)
+            _say(f"enqueued job {job_id}: {prompt!r}")
+            _say("tokens as they arrive, coloured by probability (green sure, red unsure):\n")
+            ok = await _follow(client, job_id, stop)
+        finally:
+            worker_stop.set()
+            await worker_task
+            await client.aclose()
+            await reader.aclose()
+            await redis.aclose()
+    _say("stopped the worker, the simulator and Redis")
+    return 0 if ok else 1
+
+
+async def _follow(client: Client, job_id: str, stop: asyncio.Event) -> bool:
+    view = TerminalView(sys.stdout, color=sys.stdout.isatty())
+
+    async def follow() -> bool:
+        async for item in client.subscribe(job_id, timeout=120):
+            view.show(item.event)
+            if isinstance(item.event, Done):
+                return True
+        return False
+
+    task = asyncio.create_task(follow())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return False
+    return task.result()

@@ -1,0 +1,49 @@
+"""structlog set-up, called once by the entry point (never at import).
+
+JSON lines when stderr is not a terminal (production), a readable console otherwise. Contextvars carry
+the job id onto every line a job's task logs.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, TextIO
+
+import msgspec
+import structlog
+
+__all__ = ["configure_logging"]
+
+_JSON = msgspec.json.Encoder()
+
+
+def _dumps(obj: Any, default: Any = None) -> str:
+    return _JSON.encode(obj).decode()
+
+
+def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
+    out = stream or sys.stderr
+    use_json = fmt == "json" or (fmt == "auto" and not out.isatty())
+    renderer: Any = (
+        structlog.processors.JSONRenderer(serializer=_dumps)
+        if use_json
+        else structlog.dev.ConsoleRenderer(colors=out.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.StackInfoRenderer(),
+            structlog.processors.format_exc_info if use_json else _identity,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
+        cache_logger_on_first_use=True,
+    )
+
+
+def _identity(logger: Any, method: str, event_dict: Any) -> Any:
+    return event_dict

@@ -1,0 +1,143 @@
+"""Writes token events to the jobs' event streams, batched across every job in flight.
+
+``emit`` only queues; a single flusher task writes everything queued in one pipelined round trip per
+loop turn. Events that arrive together (one upstream read, or many jobs at once) therefore share a
+round trip, and a lone event goes out at the next loop turn: nothing ever waits for company.
+
+Entries carry explicit ids ``<attempt>-<seq>``, so a batch retried after a lost reply cannot duplicate
+an event, and a superseded attempt's writes are refused by Redis (the sink is then marked fenced).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+__all__ = ["Publisher", "Sink"]
+
+log = structlog.get_logger("tokenwire.publisher")
+
+_TOO_SMALL = "equal or smaller"
+
+
+class Sink:
+    """One attempt's handle on its event stream: where it writes and whether it may go on."""
+
+    __slots__ = ("batch", "error", "fenced", "key")
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.fenced = False
+        self.error: BaseException | None = None
+        self.batch: asyncio.Future[None] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.fenced and self.error is None
+
+
+Entry = tuple[Sink, str, bytes]
+
+
+class Publisher:
+    """Batching writer; run :meth:`run` as a task, then :meth:`emit` from any job."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        maxlen: int,
+        retry_seconds: float = 10.0,
+        on_batch: Callable[[int], None] | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.redis = redis
+        self.maxlen = maxlen
+        self.retry_seconds = retry_seconds
+        self.on_batch = on_batch
+        self._sleep = sleep
+        self._pending: list[Entry] = []
+        self._batch: asyncio.Future[None] | None = None
+        self._wake = asyncio.Event()
+
+    def emit(self, sink: Sink, entry_id: str, payload: bytes) -> None:
+        if self._batch is None:
+            self._batch = asyncio.get_running_loop().create_future()
+        self._pending.append((sink, entry_id, payload))
+        sink.batch = self._batch
+        self._wake.set()
+
+    async def drained(self, sink: Sink) -> None:
+        """Wait until everything emitted so far for ``sink`` is written (or failed)."""
+        batch = sink.batch
+        if batch is not None and not batch.done():
+            await asyncio.shield(batch)
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await self.flush()
+
+    async def flush(self) -> None:
+        while self._pending:
+            batch, done = self._pending, self._batch
+            self._pending, self._batch = [], None
+            try:
+                await self._write(batch)
+            except Exception as exc:  # never lose track of a batch: its sinks learn why
+                log.exception("event batch failed", size=len(batch))
+                for sink, _, _ in batch:
+                    sink.error = sink.error or exc
+            finally:
+                if done is not None and not done.done():
+                    done.set_result(None)
+
+    async def _write(self, batch: list[Entry]) -> None:
+        live = [e for e in batch if e[0].ok]
+        if self.on_batch is not None:
+            self.on_batch(len(live))
+        delay, waited = 0.05, 0.0
+        while live:
+            try:
+                results = await self._pipeline(live)
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                if waited >= self.retry_seconds:
+                    raise
+                pause = delay * (0.5 + random.random())
+                log.warning("redis write failed, retrying", error=str(exc), retry_in=round(pause, 3))
+                await self._sleep(pause)
+                waited += pause
+                delay = min(delay * 2, 2.0)
+                continue
+            await self._settle(live, results)
+            return
+
+    async def _pipeline(self, entries: list[Entry]) -> list[object]:
+        maxlen = self.maxlen
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for sink, entry_id, payload in entries:
+                pipe.execute_command("XADD", sink.key, "MAXLEN", "~", maxlen, entry_id, "event", payload)
+            return await pipe.execute(raise_on_error=False)
+
+    async def _settle(self, entries: list[Entry], results: list[object]) -> None:
+        for (sink, entry_id, _), result in zip(entries, results, strict=True):
+            if not isinstance(result, Exception):
+                continue
+            if isinstance(result, ResponseError) and _TOO_SMALL in str(result):
+                if await self._already_written(sink.key, entry_id):
+                    continue  # a retry of a write that had landed: nothing was duplicated
+                sink.fenced = True
+            else:
+                sink.error = sink.error or result
+
+    async def _already_written(self, key: str, entry_id: str) -> bool:
+        found = await self.redis.xrange(key, entry_id, entry_id, count=1)
+        return bool(found)

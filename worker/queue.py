@@ -1,0 +1,111 @@
+"""The job stream ``{P}:jobs`` seen through the consumer group ``workers``.
+
+A worker reads only as many entries as it has free slots, acknowledges an entry only after the job's
+terminal event is written, and deletes acknowledged entries so the stream does not grow. Blocking
+reads use their own client (``reader``), whose socket timeout must exceed the block time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import msgspec
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from .keys import GROUP, Keys
+
+__all__ = ["Delivery", "JobQueue"]
+
+log = structlog.get_logger("tokenwire.queue")
+
+
+class Delivery(msgspec.Struct, frozen=True):
+    """One job stream entry handed to this consumer. ``payload`` is None when the entry has no
+    ``job`` field (or was deleted while pending)."""
+
+    entry_id: str
+    payload: bytes | None
+
+
+def _str(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class JobQueue:
+    def __init__(self, redis: Redis, reader: Redis, keys: Keys, consumer: str, *, dead_maxlen: int) -> None:
+        self.redis = redis
+        self.reader = reader
+        self.keys = keys
+        self.consumer = consumer
+        self.dead_maxlen = dead_maxlen
+
+    async def ensure_group(self) -> None:
+        """Create the group (and the stream) when missing; start from the beginning so jobs
+        enqueued before any worker existed are not lost (acknowledged entries are deleted)."""
+        try:
+            await self.redis.xgroup_create(self.keys.jobs, GROUP, id="0", mkstream=True)
+            log.info("consumer group created", stream=self.keys.jobs, group=GROUP)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def read(self, count: int, block_ms: int) -> list[Delivery]:
+        """Up to ``count`` new entries, waiting at most ``block_ms`` for the first."""
+        try:
+            reply: Any = await self.reader.xreadgroup(
+                GROUP, self.consumer, {self.keys.jobs: ">"}, count=count, block=block_ms
+            )
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            log.warning("consumer group missing: recreating it", stream=self.keys.jobs)
+            await self.ensure_group()
+            return []
+        out: list[Delivery] = []
+        for _stream, entries in reply or ():
+            for entry_id, fields in entries:
+                out.append(self._delivery(entry_id, fields))
+        return out
+
+    @staticmethod
+    def _delivery(entry_id: bytes | str, fields: dict[bytes, bytes] | None) -> Delivery:
+        payload = fields.get(b"job") if fields else None
+        return Delivery(_str(entry_id), payload)
+
+    async def ack(self, entry_id: str) -> None:
+        """Acknowledge and delete the entry (one round trip, atomically)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xack(self.keys.jobs, GROUP, entry_id)
+            pipe.xdel(self.keys.jobs, entry_id)
+            await pipe.execute()
+
+    async def dead_letter(
+        self, entry_id: str, payload: bytes | None, reason: str, *, job_id: str | None, code: str
+    ) -> str:
+        """Move the entry to ``{P}:dead`` with the reason and acknowledge it, atomically."""
+        fields: dict[str, str | bytes] = {
+            "entry": entry_id,
+            "code": code,
+            "reason": reason,
+            "consumer": self.consumer,
+            "ts": str(int(time.time() * 1000)),
+            "job": payload if payload is not None else b"",
+        }
+        if job_id:
+            fields["job_id"] = job_id
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(self.keys.dead, fields, maxlen=self.dead_maxlen, approximate=True)  # type: ignore[arg-type]
+            pipe.xack(self.keys.jobs, GROUP, entry_id)
+            pipe.xdel(self.keys.jobs, entry_id)
+            dead_id, *_ = await pipe.execute()
+        log.warning("job dead-lettered", entry=entry_id, job_id=job_id, code=code, reason=reason)
+        return _str(dead_id)
+
+    async def reset_reader(self) -> None:
+        """Drop the blocking reader's connections (after a cancelled or timed-out blocking read the
+        connection's state is unknown, so it must not be reused)."""
+        await asyncio.shield(self.reader.connection_pool.disconnect())

@@ -1,0 +1,133 @@
+"""Start and stop private ``redis-server`` processes on free loopback ports.
+
+Used by ``tokenwire demo`` and by the test suite: they never touch a Redis they did not start.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["RedisServer", "free_port", "redis_server_available"]
+
+
+def redis_server_available() -> bool:
+    return shutil.which("redis-server") is not None
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """One ``redis-server`` on 127.0.0.1. ``start()`` waits until it answers; ``stop()`` kills it."""
+
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        password: str | None = None,
+        appendonly: bool = False,
+        extra_args: Sequence[str] = (),
+        directory: Path | None = None,
+    ) -> None:
+        self.port = port or free_port()
+        self.password = password
+        self.appendonly = appendonly
+        self.extra_args = list(extra_args)
+        self._own_dir = directory is None
+        self.directory = directory
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def command(self) -> list[str]:
+        assert self.directory is not None
+        cmd = [
+            "redis-server",
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", "everysec",
+            "--dir", str(self.directory),
+            "--maxmemory-policy", "noeviction",
+            "--loglevel", "warning",
+            "--logfile", str(self.directory / "redis.log"),
+        ]  # fmt: skip
+        if self.password:
+            cmd += ["--requirepass", self.password]
+        return cmd + self.extra_args
+
+    def start(self, timeout: float = 10.0) -> RedisServer:
+        if self.directory is None:
+            self.directory = Path(tempfile.mkdtemp(prefix="tokenwire-redis-"))
+        self.process = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self._wait_ready(timeout)
+        return self
+
+    def _wait_ready(self, timeout: float) -> None:
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                err = self.process.stderr.read().decode() if self.process.stderr else ""
+                raise RuntimeError(f"redis-server exited at start: {err or self._log_tail()}")
+            if self._ping():
+                return
+            time.sleep(0.02)
+        self.stop()
+        raise TimeoutError(f"redis-server on port {self.port} did not answer in {timeout}s")
+
+    def _ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                if self.password:
+                    sock.sendall(f"AUTH {self.password}\r\n".encode())
+                    if not sock.recv(64).startswith(b"+OK"):
+                        return False
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def _log_tail(self) -> str:
+        if self.directory is None:
+            return ""
+        log = self.directory / "redis.log"
+        return log.read_text(errors="replace")[-2000:] if log.exists() else ""
+
+    def kill(self) -> None:
+        """SIGKILL, keeping the data directory (a restart on the same port sees the AOF)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        if self.process is not None and self.process.stderr is not None:
+            self.process.stderr.close()
+        if self._own_dir and self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

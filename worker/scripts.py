@@ -1,0 +1,105 @@
+"""Lua scripts for the job state transitions that must be atomic.
+
+Each script touches one job's two keys (``P:job:{ID}`` and ``P:job:{ID}:events``), which share a hash
+slot, so they run unchanged on Redis Cluster. Event stream ids are explicit ``<attempt>-<seq>``:
+an attempt's ``start`` is ``<attempt>-0``, its n-th token ``<attempt>-<n>``. Redis itself then refuses
+any write from a superseded attempt once a newer one has started (ids must grow), and a write retried
+after a lost reply fails instead of duplicating the event.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = ["BEGIN", "ENQUEUE", "FAIL", "FINISH"]
+
+# KEYS: state. ARGV: now_ms, ttl_ms, model, api, provider.
+# Returns {"new", ""} or {"exists", state, entry}.
+ENQUEUE: Final = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state then
+  return {'exists', state, redis.call('HGET', KEYS[1], 'entry') or ''}
+end
+redis.call('HSET', KEYS[1], 'state', 'queued', 'attempt', 0, 'created', ARGV[1],
+           'model', ARGV[3], 'api', ARGV[4], 'provider', ARGV[5])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return {'new', 'queued', ''}
+"""
+
+# KEYS: state, events. ARGV: entry_id, consumer, now_ms, ttl_ms, maxlen, start_head, start_tail,
+# model, api, provider.
+# Returns {"started", attempt} | {"terminal", state} | {"duplicate", owning_entry}.
+BEGIN: Final = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'done' or state == 'error' or state == 'cancelled' then
+  return {'terminal', state}
+end
+local entry = redis.call('HGET', KEYS[1], 'entry')
+if entry and entry ~= ARGV[1] then
+  return {'duplicate', entry}
+end
+local attempt = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0') + 1
+local top = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+if #top > 0 then
+  local ms = tonumber(string.match(top[1][1], '^(%d+)-'))
+  if ms >= attempt then attempt = ms + 1 end
+end
+redis.call('HSET', KEYS[1], 'state', 'running', 'attempt', attempt, 'entry', ARGV[1],
+           'owner', ARGV[2], 'started', ARGV[3], 'model', ARGV[8], 'api', ARGV[9],
+           'provider', ARGV[10])
+redis.call('HSETNX', KEYS[1], 'created', ARGV[3])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], attempt .. '-0',
+           'event', ARGV[6] .. attempt .. ARGV[7])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+return {'started', attempt}
+"""
+
+# The terminal event of a running attempt, fenced on the attempt number.
+# KEYS: state, events. ARGV: attempt, event_id, event_json, state_name, now_ms, ttl_ms, maxlen,
+# then field/value pairs to record on the state hash.
+# Returns "ok" | "dup" (this very terminal was already written) | "fenced".
+FINISH: Final = """
+local attempt = redis.call('HGET', KEYS[1], 'attempt')
+local state = redis.call('HGET', KEYS[1], 'state')
+if attempt ~= ARGV[1] then return 'fenced' end
+if state ~= 'running' then
+  if state == ARGV[4] and redis.call('HGET', KEYS[1], 'terminal_id') == ARGV[2] then return 'dup' end
+  return 'fenced'
+end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], ARGV[2], 'event', ARGV[3])
+redis.call('HSET', KEYS[1], 'state', ARGV[4], 'finished', ARGV[5], 'terminal_id', ARGV[2])
+for i = 8, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+redis.call('PEXPIRE', KEYS[2], ARGV[6])
+return 'ok'
+"""
+
+# A terminal event for a job that has no live attempt of this entry to fence on: an invalid payload
+# whose id was readable, a dead letter. It never touches a job owned by another entry.
+# KEYS: state, events. ARGV: entry_id ('' when unknown), head, tail, state_name, now_ms, ttl_ms,
+# maxlen, code.
+# Returns "ok" | "terminal" | "foreign".
+FAIL: Final = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'done' or state == 'error' or state == 'cancelled' then return 'terminal' end
+local entry = redis.call('HGET', KEYS[1], 'entry')
+if entry and entry ~= ARGV[1] then return 'foreign' end
+local attempt = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0')
+local top = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+if #top > 0 then
+  local ms = tonumber(string.match(top[1][1], '^(%d+)-'))
+  if ms > attempt then attempt = ms end
+end
+if attempt < 1 then attempt = 1 end
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], attempt .. '-*',
+                      'event', ARGV[2] .. attempt .. ARGV[3])
+redis.call('HSET', KEYS[1], 'state', ARGV[4], 'finished', ARGV[5], 'attempt', attempt,
+           'terminal_id', id, 'error_code', ARGV[8])
+if ARGV[1] ~= '' then redis.call('HSETNX', KEYS[1], 'entry', ARGV[1]) end
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+redis.call('PEXPIRE', KEYS[2], ARGV[6])
+return 'ok'
+"""

@@ -1,0 +1,230 @@
+"""Per-request directives (fault injection, stream shaping) and the dialect-neutral request.
+
+Directives ride in the model name, so a job picks its fault through its ``model`` field and the
+worker needs no special support::
+
+    tokenwire/sim-small;fault=disconnect;after=5;tps=0;tokens=40
+
+The base model is the part before the first ``;``; each ``key=value`` after it is a directive (a
+bare ``key`` means ``key=1``). The same keys may come as a JSON object in an optional request-body
+field ``"sim"``, which wins over the model name, which wins over the server's default
+(``SimConfig.fault``). An unknown key or a bad value is a :class:`DirectiveError` naming it.
+"""
+
+from __future__ import annotations
+
+import functools
+import http
+import math
+import time
+from collections.abc import Mapping
+from email.utils import formatdate
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+__all__ = [
+    "DIRECTIVE_NAMES",
+    "GENERATION_ERROR",
+    "DirectiveError",
+    "Directives",
+    "Fault",
+    "RequestError",
+    "SimRequest",
+    "StatusReply",
+    "fault_applies",
+    "parse_directives",
+    "parse_model",
+    "resolve",
+    "status_reply",
+]
+
+Fault = Literal["status", "disconnect", "stall", "malformed", "error", "eof", "big"]
+
+NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
+NonNegFloat = Annotated[float, msgspec.Meta(ge=0.0)]
+
+GENERATION_ERROR = (
+    "Request failed during generation: Server error: CUDA out of memory. Tried to allocate 2.00 GiB"
+)
+
+
+class Directives(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What one request asks of the simulator; every field has a harmless default."""
+
+    tokens: NonNegInt | None = None  # content tokens before EOS
+    tps: NonNegFloat | None = None  # tokens per second; 0 = as fast as possible
+    fault: Fault | None = None
+    after: NonNegInt = 0  # token events sent before the fault fires
+    fail_first: NonNegInt | None = None  # only the first K requests for this model string fault
+    status: Annotated[int, msgspec.Meta(ge=400, le=599)] = 503
+    body: Literal["json", "html", "text", "empty"] = "json"
+    retry_after: NonNegFloat | None = None  # seconds, sent as Retry-After
+    retry_after_date: bool = False  # send Retry-After as an HTTP-date instead
+    stall: NonNegFloat | None = None  # seconds; None = until the client goes away
+    keepalive: bool = False  # ": ping" comments while idle
+    ping: Annotated[float, msgspec.Meta(gt=0.0)] | None = None  # ping interval (implies keepalive)
+    then: Literal["continue", "end"] = "continue"  # after a malformed or big event
+    error_type: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = "generation"
+    size: Annotated[int, msgspec.Meta(ge=1, le=256 * 1024 * 1024)] = 2_000_000  # big event bytes
+    rst: bool = False  # disconnect with a TCP reset instead of a FIN
+    done: bool = False  # append "data: [DONE]" after the final event
+    nospace: bool = False  # "data:{...}" without the space
+    crlf: bool = False  # CRLF line endings
+    utf8split: bool = False  # split every multi-byte character into byte-fallback tokens
+
+
+DIRECTIVE_NAMES: frozenset[str] = frozenset(Directives.__struct_fields__)
+
+
+class DirectiveError(ValueError):
+    """A directive is unknown or has a bad value; the message names it."""
+
+
+class RequestError(Exception):
+    """A request the simulator refuses: answered with ``status`` and the JSON ``payload``.
+
+    Dialects raise it with the error body in their own provider's shape.
+    """
+
+    def __init__(self, status: int, payload: object) -> None:
+        super().__init__(f"HTTP {status}: {payload!r}")
+        self.status = status
+        self.payload = payload
+
+
+class SimRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """A streaming request as every dialect sees it, with its directives resolved."""
+
+    model: str  # base model name, directives removed
+    key: str  # the model string as sent: fail_first and /stats count per key
+    directives: Directives
+    prompt: str
+    max_new_tokens: int | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    top_n: int = 0
+
+
+def _pairs(text: str) -> dict[str, str]:
+    pairs: dict[str, str] = {}
+    for item in text.split(";"):
+        if not item.strip():
+            continue
+        key, eq, value = item.partition("=")
+        pairs[key.strip()] = value.strip() if eq else "1"
+    return pairs
+
+
+def parse_model(model: str) -> tuple[str, dict[str, str]]:
+    """Split ``base;key=value;...`` into the base model name and its raw directives."""
+    base, _, rest = model.partition(";")
+    return base, _pairs(rest)
+
+
+@functools.lru_cache(maxsize=256)
+def parse_directives(text: str | None) -> Directives:
+    """Directives from ``key=value;...`` text (e.g. ``SimConfig.fault``); ``None`` → defaults."""
+    return _convert(_pairs(text) if text else {})
+
+
+def _convert(raw: Mapping[str, Any]) -> Directives:
+    unknown = sorted(set(raw) - DIRECTIVE_NAMES)
+    if unknown:
+        known = ", ".join(sorted(DIRECTIVE_NAMES))
+        raise DirectiveError(f"unknown sim directive {unknown[0]!r} (known: {known})")
+    try:
+        return msgspec.convert(raw, Directives, strict=False)
+    except msgspec.ValidationError as exc:
+        raise DirectiveError(f"invalid sim directive: {exc}") from None
+
+
+@functools.lru_cache(maxsize=1024)
+def _resolve_text(model: str, default: str | None) -> tuple[str, Directives]:
+    base, raw = parse_model(model)
+    merged = dict(_pairs(default)) if default else {}
+    merged.update(raw)
+    return base, _convert(merged)
+
+
+def resolve(
+    model: str, sim: Mapping[str, Any] | None = None, default: str | None = None
+) -> tuple[str, Directives]:
+    """Base model name and directives: ``sim`` over the model name's over ``default``'s."""
+    if not sim:
+        return _resolve_text(model, default)
+    base, raw = parse_model(model)
+    merged: dict[str, Any] = dict(_pairs(default)) if default else {}
+    merged.update(raw)
+    merged.update(sim)
+    return base, _convert(merged)
+
+
+def fault_applies(directives: Directives, request_number: int) -> bool:
+    """Whether the ``request_number``-th request (1-based) for its model string gets the fault."""
+    if directives.fault is None:
+        return False
+    return directives.fail_first is None or request_number <= directives.fail_first
+
+
+class StatusReply(msgspec.Struct, frozen=True):
+    """An error answer given instead of a stream."""
+
+    status: int
+    content_type: str
+    body: bytes
+    headers: dict[str, str]
+
+
+_JSON_BODIES: dict[int, object] = {
+    400: {"error": "Bad request"},
+    401: {"error": "Unauthorized: missing or invalid API key"},
+    402: {"error": {"message": "Insufficient balance"}},
+    403: {"error": "Forbidden"},
+    404: {"error": "Model not found"},
+    413: {"error": "Request entity too large"},
+    422: {"detail": [{"loc": ["body", "input"], "msg": "field required", "type": "value_error.missing"}]},
+    423: {"error": "Model is locked"},
+    429: {"error": {"message": "Model busy, retry later"}},
+    500: {"error": "Internal server error"},
+    502: {"error": {"message": "Bad gateway"}},
+    503: {"error": {"message": "Service temporarily unavailable, please retry"}},
+    504: {"error": {"message": "Gateway timeout"}},
+}
+
+
+def _phrase(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def _body(status: int, kind: str) -> tuple[str, bytes]:
+    title = f"{status} {_phrase(status)}"
+    if kind == "html":  # what an nginx or load-balancer error page looks like
+        page = (
+            f"<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n"
+            f"<center><h1>{title}</h1></center>\r\n<hr><center>nginx</center>\r\n"
+            "</body>\r\n</html>\r\n"
+        )
+        return "text/html", page.encode()
+    if kind == "text":
+        return "text/plain; charset=utf-8", title.encode()
+    if kind == "empty":
+        return "application/octet-stream", b""
+    payload = _JSON_BODIES.get(status, {"error": {"message": _phrase(status)}})
+    return "application/json", msgspec.json.encode(payload)
+
+
+def status_reply(directives: Directives, now: float | None = None) -> StatusReply:
+    """The HTTP error for ``fault=status``: realistic body and optional ``Retry-After``."""
+    content_type, body = _body(directives.status, directives.body)
+    headers: dict[str, str] = {}
+    wait = directives.retry_after
+    if directives.retry_after_date:
+        when = (time.time() if now is None else now) + (1.0 if wait is None else wait)
+        headers["Retry-After"] = formatdate(when, usegmt=True)
+    elif wait is not None:
+        headers["Retry-After"] = str(math.ceil(wait))
+    return StatusReply(directives.status, content_type, body, headers)

@@ -1,0 +1,431 @@
+"""The simulator's HTTP server: routes, pacing, fault injection and SSE framing (aiohttp.web).
+
+Every streaming route is a :class:`Route` binding a path to a :class:`Dialect`, which parses the
+request (into a dialect-neutral :class:`~worker.sim.faults.SimRequest` plus an :class:`Encoder`) and
+shapes each event's JSON. The stream loop here is shared: it paces tokens on an absolute schedule,
+fires the request's fault and frames every event as its own ``data: ...`` write (one HTTP chunk per
+event, like real providers). New dialects (OpenAI chat/completions, Together, vLLM, llama.cpp) are
+new :class:`Route` entries next to :data:`DEFAULT_ROUTES`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
+from typing import Any, Protocol
+
+import msgspec
+from aiohttp import web
+
+from worker.sim import native
+from worker.sim.faults import (
+    GENERATION_ERROR,
+    Directives,
+    Fault,
+    RequestError,
+    SimRequest,
+    StatusReply,
+    fault_applies,
+    parse_directives,
+)
+from worker.sim.generate import SimToken, TokenSource, filler_token, stream_seed
+
+__all__ = [
+    "DEFAULT_ROUTES",
+    "Dialect",
+    "Encoder",
+    "Route",
+    "SimConfig",
+    "SimStats",
+    "create_app",
+    "run",
+    "serve",
+    "serve_forever",
+]
+
+_YIELD_EVERY = 64  # flat-out streams yield to the loop this often so others keep flowing
+_FLUSH_TIMEOUT = 2.0  # seconds to let sent events leave before a simulated disconnect
+_SHUTDOWN_TIMEOUT = 5.0
+_MAX_BODY = 16 * 1024 * 1024
+
+
+class SimConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Server-wide settings; every request may override pacing and faults with directives.
+
+    ``fault`` is a default directive string (``"fault=stall;after=3"``) applied under each request's
+    own directives.
+    """
+
+    seed: int = 0
+    tokens_per_second: float = 50.0  # per stream; 0 = as fast as possible
+    default_max_tokens: int = 64  # content tokens before EOS when a request gives no limit
+    keepalive_seconds: float = 15.0  # ": ping" interval while idle (directive keepalive=1)
+    fault: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.tokens_per_second >= 0:
+            raise ValueError("tokens_per_second must be >= 0")
+        if self.default_max_tokens < 0:
+            raise ValueError("default_max_tokens must be >= 0")
+        if not self.keepalive_seconds > 0:
+            raise ValueError("keepalive_seconds must be > 0")
+        parse_directives(self.fault)  # a bad default fails here, not on the first request
+
+
+class SimStats(msgspec.Struct, kw_only=True):
+    """Counters served by ``GET /stats``."""
+
+    total_requests: int = 0
+    requests: dict[str, int] = msgspec.field(default_factory=dict)  # per model string as sent
+    active_streams: int = 0
+    streams_started: int = 0
+    streams_completed: int = 0  # final event sent
+    events_sent: int = 0
+    faults: dict[str, int] = msgspec.field(default_factory=dict)
+
+    def count_request(self, key: str) -> int:
+        self.total_requests += 1
+        n = self.requests[key] = self.requests.get(key, 0) + 1
+        return n
+
+
+class Encoder(Protocol):
+    """Shapes one stream's events; each method returns SSE ``data`` payloads (JSON bytes)."""
+
+    @property
+    def done_by_default(self) -> bool:
+        """Whether the dialect ends its streams with ``data: [DONE]``."""
+        ...
+
+    def start(self) -> Sequence[bytes]: ...
+
+    def token(self, token: SimToken, top: Sequence[SimToken] | None) -> bytes: ...
+
+    def final(
+        self,
+        token: SimToken,
+        top: Sequence[SimToken] | None,
+        *,
+        finish_reason: str,
+        generated_text: str,
+        generated_tokens: int,
+    ) -> Sequence[bytes]: ...
+
+    def error(self, message: str, error_type: str) -> bytes: ...
+
+
+class Dialect(Protocol):
+    """One provider protocol: parses its request body and shapes its events and errors."""
+
+    def parse(self, body: bytes, model: str | None, default: str | None) -> tuple[SimRequest, Encoder]:
+        """``model`` is the route's ``{model}`` segment (``None`` when the path has none);
+        ``default`` is ``SimConfig.fault``. Raises :class:`RequestError` to refuse."""
+        ...
+
+    def status_reply(self, directives: Directives) -> StatusReply: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    method: str
+    path: str
+    dialect: Dialect
+
+
+DEFAULT_ROUTES: tuple[Route, ...] = (
+    Route("POST", "/v1/inference/{model:.+}", native.DEEPINFRA),
+    Route("POST", "/generate_stream", native.TGI),
+    # A later task adds: /v1/openai/chat/completions, /v1/openai/completions.
+)
+
+
+@dataclass(slots=True)
+class _State:
+    """What the handlers share, stored on the application."""
+
+    config: SimConfig
+    stats: SimStats = dataclass_field(default_factory=SimStats)
+    streams: set[asyncio.Task[Any]] = dataclass_field(default_factory=set)  # for shutdown
+
+
+_STATE = web.AppKey("tokenwire_sim_state", _State)
+
+
+def _lengths(request: SimRequest, directives: Directives, default_max: int) -> tuple[int, bool]:
+    """Content tokens to generate, and whether an EOS token follows them.
+
+    The natural length is ``tokens=``, else ``max_new_tokens``, else the default; when it does not
+    leave room for EOS under ``max_new_tokens``, the stream stops at the limit with ``length``.
+    """
+    cap = request.max_new_tokens
+    natural = directives.tokens
+    if natural is None:
+        natural = cap if cap is not None else default_max
+    if cap is not None and natural >= cap:
+        return cap, False
+    return natural, True
+
+
+class _Stream:
+    """One SSE response: paced token events, the request's fault, the final event."""
+
+    def __init__(
+        self,
+        request: web.Request,
+        sim: SimRequest,
+        encoder: Encoder,
+        fault: Fault | None,
+    ) -> None:
+        state = request.app[_STATE]
+        config = state.config
+        d = sim.directives
+        self.request = request
+        self.sim = sim
+        self.directives = d
+        self.encoder = encoder
+        self.config = config
+        self.stats = state.stats
+        self.streams = state.streams
+        self.fault = fault
+        tps = config.tokens_per_second if d.tps is None else d.tps
+        self.interval = 1.0 / tps if tps > 0 else 0.0
+        self.ping = d.ping or (config.keepalive_seconds if d.keepalive else None)
+        self.prefix = b"data:" if d.nospace else b"data: "
+        self.sep = b"\r\n\r\n" if d.crlf else b"\n\n"
+        self.sent = 0  # token events sent
+        self.parts: list[str] = []
+        self.t0 = 0.0
+        self.response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",
+            }
+        )
+
+    async def run(self) -> web.StreamResponse:
+        task = asyncio.current_task()
+        if task is not None:
+            self.streams.add(task)  # so shutdown can end it
+        self.stats.active_streams += 1
+        self.stats.streams_started += 1
+        try:
+            await self.response.prepare(self.request)
+            self.t0 = asyncio.get_running_loop().time()
+            await self._generate()
+        except ConnectionError:
+            pass  # the client went away
+        finally:
+            self.stats.active_streams -= 1
+            self.streams.discard(task)
+        return self.response
+
+    async def _generate(self) -> None:
+        sim, d = self.sim, self.directives
+        for payload in self.encoder.start():
+            await self._send(payload)
+        source = TokenSource(
+            stream_seed(self.config.seed, sim.model, sim.prompt, sim.seed),
+            force_utf8_split=d.utf8split,
+        )
+        n_content, eos = _lengths(sim, d, self.config.default_max_tokens)
+        for token, reason in source.events(n_content, eos=eos, stop=sim.stop):
+            if self.fault is not None and (self.sent >= d.after or reason is not None):
+                fault, self.fault = self.fault, None
+                if await self._fire(fault, source):
+                    return
+            await self._pace()
+            top = source.alternatives(token, sim.top_n) if sim.top_n else None
+            self._record(token)
+            if reason is None:
+                await self._send(self.encoder.token(token, top))
+                continue
+            finals = self.encoder.final(
+                token,
+                top,
+                finish_reason=reason,
+                generated_text="".join(self.parts),
+                generated_tokens=self.sent,
+            )
+            for payload in finals:
+                await self._send(payload)
+        self.stats.streams_completed += 1
+        if d.done or self.encoder.done_by_default:
+            await self._send(b"[DONE]")
+
+    def _record(self, token: SimToken) -> None:
+        self.sent += 1
+        if not token.special:
+            self.parts.append(token.text)
+
+    async def _send(self, payload: bytes) -> None:
+        await self.response.write(self.prefix + payload + self.sep)
+        self.stats.events_sent += 1
+
+    async def _pace(self) -> None:
+        if self.interval:
+            await self._sleep_until(self.t0 + self.sent * self.interval)
+        elif self.sent and self.sent % _YIELD_EVERY == 0:
+            await asyncio.sleep(0)
+
+    async def _sleep_until(self, deadline: float) -> None:
+        """Sleep (absolute schedule, no drift), sending ``: ping`` comments if keep-alive is on."""
+        loop = asyncio.get_running_loop()
+        while (delay := deadline - loop.time()) > 0:
+            if self.ping is not None and delay > self.ping:
+                await asyncio.sleep(self.ping)
+                await self.response.write(b": ping" + self.sep)
+            else:
+                await asyncio.sleep(min(delay, 3600.0))
+
+    async def _fire(self, fault: Fault, source: TokenSource) -> bool:
+        """Inject ``fault``; returns whether the stream ends here."""
+        d = self.directives
+        if fault == "disconnect":
+            await self._disconnect()
+            return True
+        if fault == "stall":
+            await self._stall()
+        elif fault == "malformed":
+            await self._send(b"{not json")
+            return d.then == "end"
+        elif fault == "error":
+            await self._send(self.encoder.error(GENERATION_ERROR, d.error_type))
+            return True
+        elif fault == "eof":
+            return True
+        elif fault == "big":
+            token = filler_token(d.size)
+            top = source.alternatives(token, self.sim.top_n) if self.sim.top_n else None
+            self._record(token)
+            await self._send(self.encoder.token(token, top))
+            return d.then == "end"
+        return False
+
+    async def _stall(self) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        stall = self.directives.stall
+        await self._sleep_until(float("inf") if stall is None else started + stall)
+        self.t0 += loop.time() - started  # resume the schedule where it paused
+
+    async def _disconnect(self) -> None:
+        """Drop the connection mid-body: the client sees a read/protocol error, not a clean end."""
+        transport = self.request.transport
+        if transport is None:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _FLUSH_TIMEOUT
+        # Let the events already written leave first; abort() would discard them. There is no
+        # event to wait on for an empty transport buffer, so poll it briefly.
+        while transport.get_write_buffer_size() and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+        sock = transport.get_extra_info("socket")
+        if self.directives.rst and sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
+
+
+def _json(payload: object, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=msgspec.json.encode(payload), content_type="application/json")
+
+
+async def _handle(request: web.Request, dialect: Dialect) -> web.StreamResponse:
+    state = request.app[_STATE]
+    config, stats = state.config, state.stats
+    try:
+        sim, encoder = dialect.parse(await request.read(), request.match_info.get("model"), config.fault)
+    except RequestError as exc:
+        stats.total_requests += 1
+        return _json(exc.payload, exc.status)
+    n = stats.count_request(sim.key)
+    fault = sim.directives.fault if fault_applies(sim.directives, n) else None
+    if fault is not None:
+        stats.faults[fault] = stats.faults.get(fault, 0) + 1
+    if fault == "status":
+        reply = dialect.status_reply(sim.directives)
+        headers = {**reply.headers, "Content-Type": reply.content_type}
+        return web.Response(status=reply.status, body=reply.body, headers=headers)
+    return await _Stream(request, sim, encoder, fault).run()
+
+
+def _route_handler(dialect: Dialect) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        return await _handle(request, dialect)
+
+    return handle
+
+
+async def _health(request: web.Request) -> web.Response:
+    return _json({"status": "ok"})
+
+
+async def _stats(request: web.Request) -> web.Response:
+    return _json(request.app[_STATE].stats)
+
+
+async def _cancel_streams(app: web.Application) -> None:
+    """On shutdown, end streams at once (a stall may otherwise wait forever)."""
+    for task in list(app[_STATE].streams):
+        task.cancel()
+
+
+def create_app(config: SimConfig, routes: Sequence[Route] = DEFAULT_ROUTES) -> web.Application:
+    """The simulator as an aiohttp application (serve it with :func:`serve`)."""
+    app = web.Application(client_max_size=_MAX_BODY)
+    app[_STATE] = _State(config)
+    for route in routes:
+        app.router.add_route(route.method, route.path, _route_handler(route.dialect))
+    app.router.add_get("/health", _health)
+    app.router.add_get("/stats", _stats)
+    app.on_shutdown.append(_cancel_streams)
+    return app
+
+
+def _base_url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+@contextlib.asynccontextmanager
+async def serve(config: SimConfig, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
+    """Run the simulator on ``host:port`` (0 = a free port); yields its base URL, then stops it."""
+    runner = web.AppRunner(
+        create_app(config),
+        handle_signals=False,
+        handler_cancellation=True,  # a stalled stream ends when its client goes away
+        access_log=None,
+        shutdown_timeout=_SHUTDOWN_TIMEOUT,
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, backlog=4096)
+        await site.start()
+        bound_port = runner.addresses[0][1]
+        yield _base_url(host, bound_port)
+    finally:
+        await runner.cleanup()
+
+
+async def serve_forever(
+    config: SimConfig,
+    host: str,
+    port: int,
+    stop: asyncio.Event,
+    ready: Callable[[str], None] | None = None,
+) -> None:
+    """Serve until ``stop`` is set; ``ready`` gets the base URL once the port is open."""
+    async with serve(config, host, port) as url:
+        if ready is not None:
+            ready(url)
+        await stop.wait()
+
+
+def run(config: SimConfig, host: str, port: int, ready: Callable[[str], None] | None = None) -> None:
+    """Blocking: serve until the process is interrupted (installs no signal handlers of its own;
+    Ctrl-C ends ``asyncio.run`` with ``KeyboardInterrupt`` after a clean stop)."""
+    asyncio.run(serve_forever(config, host, port, asyncio.Event(), ready))

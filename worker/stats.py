@@ -1,0 +1,67 @@
+"""``tokenwire stats``: what an operator asks first: queue length, pending, consumers, lag, dead."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from .keys import GROUP, Keys
+
+__all__ = ["collect_stats", "format_stats"]
+
+
+def _s(value: Any) -> Any:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+async def collect_stats(redis: Redis, prefix: str) -> dict[str, Any]:
+    keys = Keys(prefix)
+    out: dict[str, Any] = {
+        "stream": keys.jobs,
+        "group": GROUP,
+        "length": await redis.xlen(keys.jobs),
+        "dead_letters": await redis.xlen(keys.dead),
+        "group_exists": False,
+        "pending": 0,
+        "lag": None,
+        "consumers": [],
+    }
+    try:
+        groups = await redis.xinfo_groups(keys.jobs)
+    except ResponseError:  # no such stream yet
+        return out
+    for group in groups:
+        if _s(group["name"]) != GROUP:
+            continue
+        out["group_exists"] = True
+        out["pending"] = int(group["pending"])
+        out["lag"] = group.get("lag")
+        consumers = await redis.xinfo_consumers(keys.jobs, GROUP)
+        out["consumers"] = [
+            {
+                "name": _s(c["name"]),
+                "pending": int(c["pending"]),
+                "idle_ms": int(c["idle"]),
+                "inactive_ms": int(c["inactive"]) if c.get("inactive") is not None else None,
+            }
+            for c in consumers
+        ]
+    return out
+
+
+def format_stats(stats: dict[str, Any]) -> str:
+    lag = "n/a" if stats["lag"] is None else str(stats["lag"])
+    lines = [
+        f"stream        {stats['stream']}",
+        f"length        {stats['length']}",
+        f"group         {stats['group']}{'' if stats['group_exists'] else ' (not created yet)'}",
+        f"lag           {lag}",
+        f"pending       {stats['pending']}",
+        f"dead letters  {stats['dead_letters']}",
+        f"consumers     {len(stats['consumers'])}",
+    ]
+    for c in stats["consumers"]:
+        lines.append(f"  {c['name']:<40} pending {c['pending']:>5}  idle {c['idle_ms'] / 1000:.1f}s")
+    return "\n".join(lines)

@@ -1,0 +1,160 @@
+"""Job state on Redis: the state hash and the event stream's fenced transitions.
+
+Shared by the producer side (:class:`worker.Client`) and the worker, so both speak one protocol.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import msgspec
+from redis.asyncio import Redis
+
+from . import scripts
+from .events import Error, Event, Start, encode_event
+from .keys import Keys
+
+__all__ = ["BeginResult", "JobStore", "split_on_attempt"]
+
+_TERMINAL_STATE = {"done": "done", "error": "error", "cancelled": "cancelled"}
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def split_on_attempt(event: Event) -> tuple[bytes, bytes]:
+    """Encode ``event`` (with ``attempt=0``) as a head and tail around the attempt number.
+
+    Scripts that choose the attempt number inside Redis splice it in: ``head .. attempt .. tail``.
+    """
+    raw = encode_event(msgspec.structs.replace(event, attempt=0))
+    head, sep, tail = raw.partition(b'"attempt":0')
+    if not sep:  # pragma: no cover - the encoder always writes the field
+        raise AssertionError("event has no attempt field")
+    return head + b'"attempt":', tail
+
+
+class BeginResult(msgspec.Struct, frozen=True):
+    outcome: Literal["started", "terminal", "duplicate"]
+    attempt: int = 0
+    detail: str = ""
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class JobStore:
+    """The state transitions of jobs under one key prefix."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        *,
+        output_ttl_seconds: int = 3600,
+        running_ttl_seconds: int = 86400,
+        events_maxlen: int = 100_000,
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.output_ttl_ms = output_ttl_seconds * 1000
+        self.running_ttl_ms = running_ttl_seconds * 1000
+        self.events_maxlen = events_maxlen
+        self._enqueue = redis.register_script(scripts.ENQUEUE)
+        self._begin = redis.register_script(scripts.BEGIN)
+        self._finish = redis.register_script(scripts.FINISH)
+        self._fail = redis.register_script(scripts.FAIL)
+
+    async def create(self, job_id: str, model: str, api: str, provider: str) -> tuple[bool, str, str]:
+        """Create the state hash unless it exists: (created, state, entry)."""
+        reply = await self._enqueue(
+            keys=[self.keys.state(job_id)],
+            args=[now_ms(), self.running_ttl_ms, model, api, provider],
+        )
+        return _s(reply[0]) == "new", _s(reply[1]), _s(reply[2])
+
+    async def record_entry(self, job_id: str, entry_id: str) -> None:
+        await self.redis.hsetnx(self.keys.state(job_id), "entry", entry_id)
+
+    async def begin(self, job_id: str, entry_id: str, consumer: str, start: Start) -> BeginResult:
+        """Start a new attempt of the job that ``entry_id`` carries, writing its ``start`` event."""
+        head, tail = split_on_attempt(start)
+        reply = await self._begin(
+            keys=[self.keys.state(job_id), self.keys.events(job_id)],
+            args=[
+                entry_id,
+                consumer,
+                now_ms(),
+                self.running_ttl_ms,
+                self.events_maxlen,
+                head,
+                tail,
+                start.model,
+                start.api,
+                start.provider,
+            ],
+        )
+        outcome = _s(reply[0])
+        if outcome == "started":
+            return BeginResult("started", attempt=int(reply[1]))
+        if outcome == "terminal":
+            return BeginResult("terminal", detail=_s(reply[1]))
+        return BeginResult("duplicate", detail=_s(reply[1]))
+
+    async def finish(
+        self,
+        job_id: str,
+        attempt: int,
+        seq: int,
+        event: Event,
+        record: Mapping[str, str | int | float],
+    ) -> Literal["ok", "dup", "fenced"]:
+        """Write the terminal ``event`` of ``attempt`` as entry ``<attempt>-<seq>``, if still current."""
+        kind = type(event).__name__.lower()
+        args: list[Any] = [
+            attempt,
+            f"{attempt}-{seq}",
+            encode_event(event),
+            _TERMINAL_STATE[kind],
+            now_ms(),
+            self.output_ttl_ms,
+            self.events_maxlen,
+        ]
+        for field, value in record.items():
+            args += [field, value]
+        reply = _s(await self._finish(keys=[self.keys.state(job_id), self.keys.events(job_id)], args=args))
+        if reply not in ("ok", "dup", "fenced"):  # pragma: no cover - the script returns only these
+            raise AssertionError(reply)
+        return reply  # type: ignore[return-value]
+
+    async def fail(
+        self, job_id: str, entry_id: str | None, code: str, message: str, metadata: dict[str, str]
+    ) -> str:
+        """Write a terminal ``error`` for a job with no live attempt to fence on (dead letters)."""
+        head, tail = split_on_attempt(
+            Error(job_id=job_id, attempt=0, code=code, message=message, metadata=metadata)
+        )
+        reply = await self._fail(
+            keys=[self.keys.state(job_id), self.keys.events(job_id)],
+            args=[
+                entry_id or "",
+                head,
+                tail,
+                "error",
+                now_ms(),
+                self.output_ttl_ms,
+                self.events_maxlen,
+                code,
+            ],
+        )
+        return _s(reply)
+
+    async def status(self, job_id: str) -> dict[str, str] | None:
+        raw = await self.redis.hgetall(self.keys.state(job_id))
+        if not raw:
+            return None
+        return {_s(k): _s(v) for k, v in raw.items()}

@@ -1,0 +1,87 @@
+"""What every upstream adapter produces, whatever the provider's wire format.
+
+An adapter turns one SSE ``data`` payload into an :class:`Parsed`: zero or more :class:`TokenRecord`
+(per token entry, never per chunk), optionally the :class:`StreamEnd`, or raises
+:class:`UpstreamError`. Records are plain values: the confidence tracker and the publisher never see
+provider JSON.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+__all__ = ["Candidate", "Parsed", "StreamEnd", "TokenRecord", "UpstreamError"]
+
+
+class Candidate(msgspec.Struct, frozen=True):
+    """One top-k alternative as the provider sent it."""
+
+    token: str
+    logprob: float | None
+    bytes: bytes | None = None
+    token_id: int | None = None
+
+
+class TokenRecord(msgspec.Struct, frozen=True):
+    """One generated token.
+
+    ``logprob`` is the provider's raw value (``None`` when absent; never sanitised here).
+    ``bytes`` is the token's raw UTF-8 when the provider gave it (OpenAI ``bytes``), else ``None`` and
+    consumers use the UTF-8 of ``text``. ``channel`` separates the answer from reasoning content.
+    """
+
+    text: str
+    logprob: float | None
+    token_id: int | None = None
+    special: bool = False
+    bytes: bytes | None = None
+    top: list[Candidate] | None = None
+    channel: str = "content"
+
+
+class StreamEnd(msgspec.Struct, frozen=True):
+    """The provider said the generation is over."""
+
+    finish_reason: str
+    generated_text: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+
+
+class Parsed(msgspec.Struct):
+    tokens: list[TokenRecord] = msgspec.field(default_factory=list)
+    end: StreamEnd | None = None
+    usage_input_tokens: int | None = None
+    usage_output_tokens: int | None = None
+
+
+class UpstreamError(Exception):
+    """The provider failed the request, before or during the stream.
+
+    ``code`` is a stable snake_case word for the terminal ``error`` event; ``message`` carries the
+    provider's own message when it gave one; ``status`` is the HTTP status (``None`` for in-stream or
+    transport failures); ``retryable`` says whether the same request may succeed later;
+    ``retry_after`` is the provider's requested wait in seconds, when it sent one.
+    """
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        status: int | None = None,
+        retryable: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+    def __repr__(self) -> str:
+        return (
+            f"UpstreamError(code={self.code!r}, status={self.status!r}, "
+            f"retryable={self.retryable!r}, message={self.message!r})"
+        )

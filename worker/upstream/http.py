@@ -1,0 +1,462 @@
+"""Open a provider's SSE stream: status and content type checked first, sizes bounded, errors typed.
+
+:func:`open_sse` POSTs a JSON body and yields the ``data`` strings of the stream's events. Every
+failure, before or during the stream, is an :class:`UpstreamError` whose message carries the
+provider's own words and never a request header (header values that look secret are redacted).
+
+Size bounds are enforced on the decoded bytes as they arrive, before httpx-sse buffers a line: an
+event (bytes since the last blank line) longer than ``max_event_bytes`` or a stream longer than
+``max_stream_bytes`` fails at once, whatever the chunking.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import math
+import re
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+import msgspec
+from httpx_sse import EventSource, aconnect_sse
+
+from worker.settings import Settings
+from worker.upstream.base import UpstreamError
+
+__all__ = [
+    "StreamLimits",
+    "classify_status",
+    "error_from_response",
+    "message_from_body",
+    "open_sse",
+    "parse_retry_after",
+]
+
+ERROR_BODY_LIMIT = 64 * 1024
+"""At most this many bytes of a non-SSE response body are read for its error message."""
+
+EVENT_SLACK = 64
+"""Data events allowed beyond ``max_tokens`` (role, finish, usage and ``[DONE]`` events)."""
+
+_TEXT_LIMIT = 300
+_JSON_MESSAGE_LIMIT = 1000
+
+_STATUS_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    402: "payment_required",
+    403: "forbidden",
+    404: "model_not_found",
+    408: "upstream_timeout",
+    409: "conflict",
+    413: "payload_too_large",
+    422: "bad_request",
+    423: "model_locked",
+    429: "rate_limited",
+}
+_RETRYABLE_4XX = frozenset({408, 409, 425, 429})
+
+# A blank line (an event boundary) is two line terminators in a row; CRLF counts as one terminator,
+# so the pairs LF LF, CR CR and LF CR always contain one, and CR LF never does on its own.
+_BOUNDARY = re.compile(rb"\n\n|\r\r|\n\r")
+_BOUNDARY_PAIRS = frozenset({b"\n\n", b"\r\r", b"\n\r"})
+_SECRET_HEADER = re.compile(r"auth|key|token|secret|cookie|session", re.IGNORECASE)
+_MIN_SECRET = 6
+_TITLE = re.compile(r"<title[^>]*>(.*?)</title\s*>", re.IGNORECASE | re.DOTALL)
+_SCRIPT = re.compile(r"<(script|style)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
+_TAG = re.compile(r"<[^>]*>")
+_SPACE = re.compile(r"\s+")
+
+
+class StreamLimits(msgspec.Struct, frozen=True):
+    """Bounds on one upstream stream.
+
+    ``max_tokens`` bounds the number of non-empty data events at ``max_tokens + EVENT_SLACK``
+    (an upstream that ignores its own token limit); the runner may also count tokens itself.
+    """
+
+    max_event_bytes: int
+    max_stream_bytes: int
+    max_tokens: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, max_tokens: int) -> StreamLimits:
+        return cls(settings.max_event_bytes, settings.max_stream_bytes, max_tokens)
+
+
+@contextlib.asynccontextmanager
+async def open_sse(
+    client: httpx.AsyncClient,
+    url: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    limits: StreamLimits,
+) -> AsyncIterator[AsyncIterator[str]]:
+    """POST ``body`` (JSON); check the status before reading; yield an iterator of SSE ``data``.
+
+    Empty and whitespace-only data are skipped; an ``event: error`` raises. Raises
+    :class:`UpstreamError` on entry (HTTP status, content type, connection) and from the iterator
+    (transport failures, stalls, size bounds). The response is closed on every path.
+    """
+    secrets = _secrets(client.headers.items(), headers.items())
+    request_headers = {"Accept-Encoding": "identity", **headers, "Content-Type": "application/json"}
+    host = _host(url)
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            source = await stack.enter_async_context(
+                aconnect_sse(client, "POST", url, content=body, headers=request_headers)
+            )
+            await _check_response(source.response)
+        except UpstreamError as exc:
+            raise _redacted(exc, secrets) from None
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            raise _redacted(_transport_error(exc, host), secrets) from None
+        events = _data_events(source.response, limits, secrets, host)
+        yield await stack.enter_async_context(contextlib.aclosing(events))
+
+
+async def _data_events(
+    response: httpx.Response, limits: StreamLimits, secrets: tuple[str, ...], host: str
+) -> AsyncGenerator[str, None]:
+    """The non-empty ``data`` of each event, with every failure as an :class:`UpstreamError`."""
+    max_events = limits.max_tokens + EVENT_SLACK
+    count = 0
+    try:
+        async with contextlib.aclosing(EventSource(_bounded(response, limits)).aiter_sse()) as sse:
+            async for event in sse:
+                data = event.data
+                if event.event == "error":
+                    raise _error_event(data)
+                if not data or data.isspace():
+                    continue
+                count += 1
+                if count > max_events:
+                    raise UpstreamError(
+                        "upstream_too_many_events",
+                        f"upstream sent more than {max_events} events for at most {limits.max_tokens} tokens",
+                    )
+                yield data
+    except UpstreamError as exc:
+        raise _redacted(exc, secrets) from None
+    except httpx.HTTPError as exc:
+        raise _redacted(_transport_error(exc, host), secrets) from None
+
+
+# --- response checks ---------------------------------------------------------------------------
+
+
+async def _check_response(response: httpx.Response) -> None:
+    """Raise unless the response is a 2xx ``text/event-stream``."""
+    if not response.is_success:
+        body = await _read_bounded(response)
+        raise error_from_response(response.status_code, response.headers, body)
+    content_type = response.headers.get("content-type", "")
+    if "text/event-stream" not in content_type.partition(";")[0].lower():
+        body = await _read_bounded(response)
+        detail = message_from_body(body, content_type)
+        raise UpstreamError(
+            "bad_content_type",
+            f"HTTP {response.status_code} from upstream with content type "
+            f"{content_type or 'none'!r} instead of text/event-stream: {detail or '(empty body)'}",
+            status=response.status_code,
+        )
+
+
+async def _read_bounded(response: httpx.Response, limit: int = ERROR_BODY_LIMIT) -> bytes:
+    """Up to ``limit`` bytes of the decoded body; a body that fails mid-read gives what arrived."""
+    parts: list[bytes] = []
+    size = 0
+    chunks = response.aiter_bytes()
+    try:
+        async for chunk in chunks:
+            parts.append(chunk)
+            size += len(chunk)
+            if size >= limit:
+                break
+    except httpx.HTTPError:
+        pass
+    finally:
+        await _aclose(chunks)
+    return b"".join(parts)[:limit]
+
+
+def classify_status(status: int) -> tuple[str, bool]:
+    """``(code, retryable)`` for an HTTP error status."""
+    if status >= 500:
+        return "upstream_unavailable", True
+    return _STATUS_CODES.get(status, "upstream_http_error"), status in _RETRYABLE_4XX
+
+
+def error_from_response(status: int, headers: httpx.Headers, body: bytes) -> UpstreamError:
+    """The error for a non-2xx response, e.g. ``HTTP 404 from upstream: Model not found``."""
+    code, retryable = classify_status(status)
+    detail = message_from_body(body, headers.get("content-type", ""))
+    if not detail:
+        detail = httpx.codes.get_reason_phrase(status) or "(empty body)"
+    return UpstreamError(
+        code,
+        f"HTTP {status} from upstream: {detail}",
+        status=status,
+        retryable=retryable,
+        retry_after=parse_retry_after(headers),
+    )
+
+
+def parse_retry_after(headers: httpx.Headers, *, now: datetime | None = None) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or HTTP-date), ≥ 0."""
+    millis = _finite(headers.get("retry-after-ms"))
+    if millis is not None:
+        return max(millis / 1000.0, 0.0)
+    raw = headers.get("retry-after")
+    if not raw:
+        return None
+    seconds = _finite(raw)
+    if seconds is not None:
+        return max(seconds, 0.0)
+    try:
+        when = parsedate_to_datetime(raw)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max((when - (now or datetime.now(UTC))).total_seconds(), 0.0)
+
+
+def _finite(raw: str | None) -> float | None:
+    if raw is None:
+        return None
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+# --- error bodies ------------------------------------------------------------------------------
+
+
+def message_from_body(body: bytes, content_type: str = "") -> str:
+    """The provider's message in an error body (JSON, HTML or plain text), or ``""``."""
+    text = body.decode("utf-8", "replace").strip()
+    if not text:
+        return ""
+    if text[0] in "{[":
+        try:
+            message = _json_message(msgspec.json.decode(body))
+        except msgspec.DecodeError:
+            message = None
+        if message:
+            return _clip(_collapse(message), _JSON_MESSAGE_LIMIT)
+    if "html" in content_type.lower() or _looks_html(text):
+        return _clip(_html_text(text), _TEXT_LIMIT)
+    return _clip(_collapse(text), _TEXT_LIMIT)
+
+
+def _json_message(value: Any) -> str | None:
+    """From ``error`` (string or ``{message}``), ``error_message``, ``detail``, ``message``."""
+    if isinstance(value, list):
+        return _detail_list(value)
+    if not isinstance(value, dict):
+        return None
+    for key in ("error", "error_message", "detail", "message", "msg"):
+        item = value.get(key)
+        message = item.strip() if isinstance(item, str) else _json_message(item)
+        if message:
+            return message
+    return None
+
+
+def _detail_list(items: list[Any]) -> str | None:
+    """FastAPI's ``[{loc, msg, type}]`` as ``body.input: field required; ...``."""
+    parts: list[str] = []
+    for item in items[:5]:
+        if isinstance(item, dict) and isinstance(item.get("msg"), str):
+            loc = item.get("loc")
+            where = ".".join(str(p) for p in loc) if isinstance(loc, list) and loc else ""
+            parts.append(f"{where}: {item['msg']}" if where else item["msg"])
+        elif isinstance(item, str):
+            parts.append(item)
+        elif (message := _json_message(item)) is not None:
+            parts.append(message)
+    return "; ".join(parts) or None
+
+
+def _looks_html(text: str) -> bool:
+    head = text[:512].lower()
+    return head.startswith("<!doctype html") or "<html" in head
+
+
+def _html_text(text: str) -> str:
+    """The page's ``<title>``, else its text without tags."""
+    title = _TITLE.search(text)
+    if title and title.group(1).strip():
+        return _collapse(html.unescape(title.group(1)))
+    return _collapse(html.unescape(_TAG.sub(" ", _SCRIPT.sub(" ", text))))
+
+
+def _collapse(text: str) -> str:
+    return _SPACE.sub(" ", text).strip()
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _error_event(data: str) -> UpstreamError:
+    detail = message_from_body(data.encode("utf-8"), "application/json")
+    return UpstreamError("upstream_error", f"upstream error event: {detail or '(no message)'}")
+
+
+# --- transport failures and secrets ------------------------------------------------------------
+
+
+def _transport_error(exc: httpx.HTTPError | httpx.InvalidURL, host: str) -> UpstreamError:
+    """Classify an httpx failure; the message names the host and the failure, never headers."""
+    detail = str(exc) or type(exc).__name__
+    if isinstance(exc, httpx.ReadTimeout):
+        after = _read_timeout(exc)
+        within = f" for {after:g}s" if after is not None else ""
+        message = f"upstream {host} sent no data{within}: stalled"
+        return UpstreamError("upstream_stalled", message, retryable=True)
+    if isinstance(exc, httpx.InvalidURL | httpx.UnsupportedProtocol):
+        return UpstreamError("upstream_connection_error", f"bad upstream URL: {detail}")
+    if isinstance(exc, httpx.ConnectTimeout):
+        message = f"timed out connecting to upstream {host}"
+    elif isinstance(exc, httpx.ConnectError):
+        message = f"cannot connect to upstream {host}: {detail}"
+    elif isinstance(exc, httpx.ReadError | httpx.RemoteProtocolError):
+        message = f"connection to upstream {host} broke: {detail}"
+    else:
+        message = f"upstream {host} request failed: {type(exc).__name__}: {detail}"
+    return UpstreamError("upstream_connection_error", message, retryable=True)
+
+
+def _read_timeout(exc: httpx.HTTPError) -> float | None:
+    try:
+        timeout = exc.request.extensions.get("timeout", {})
+    except RuntimeError:  # no request attached
+        return None
+    value = timeout.get("read") if isinstance(timeout, dict) else None
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _host(url: str) -> str:
+    try:
+        return httpx.URL(url).host or "(no host)"
+    except httpx.InvalidURL:
+        return "(invalid URL)"
+
+
+def _secrets(*header_sets: Iterable[tuple[str, str]]) -> tuple[str, ...]:
+    """Values of headers that look secret, and their credential part (after ``Bearer``)."""
+    found: set[str] = set()
+    for items in header_sets:
+        for name, value in items:
+            if not _SECRET_HEADER.search(name):
+                continue
+            found.add(value.strip())
+            found.add(value.strip().partition(" ")[2].strip())
+    return tuple(sorted((s for s in found if len(s) >= _MIN_SECRET), key=len, reverse=True))
+
+
+def _redacted(exc: UpstreamError, secrets: tuple[str, ...]) -> UpstreamError:
+    """``exc``, or a copy whose message has every secret replaced by ``[redacted]``."""
+    message = exc.message
+    for secret in secrets:
+        message = message.replace(secret, "[redacted]")
+    if message == exc.message:
+        return exc
+    return UpstreamError(
+        exc.code,
+        message,
+        status=exc.status,
+        retryable=exc.retryable,
+        retry_after=exc.retry_after,
+    )
+
+
+# --- size bounds -------------------------------------------------------------------------------
+
+
+def _bounded(response: httpx.Response, limits: StreamLimits) -> httpx.Response:
+    """``response`` with its body counted chunk by chunk against ``limits``, decoded as UTF-8.
+
+    An unencoded body (we ask for ``identity``) is bounded in place; a compressed one through a
+    new response over the decompressed bytes, so the bounds apply to what the parser buffers.
+    SSE is UTF-8 by definition, whatever the charset says.
+    """
+    coding = response.headers.get("content-encoding", "").strip().lower()
+    if coding in ("", "identity") and isinstance(response.stream, httpx.AsyncByteStream):
+        response.stream = _BoundedStream(response.stream, limits)
+        response.encoding = "utf-8"
+        return response
+    return httpx.Response(
+        response.status_code,
+        headers={"content-type": "text/event-stream; charset=utf-8"},
+        stream=_BoundedStream(response.aiter_bytes(), limits),
+        request=response.request,
+    )
+
+
+class _BoundedStream(httpx.AsyncByteStream):
+    """Pass chunks through, counting total bytes and bytes since the last event boundary."""
+
+    def __init__(self, source: AsyncIterable[bytes], limits: StreamLimits) -> None:
+        self._source = source
+        self._max_event = limits.max_event_bytes
+        self._max_stream = limits.max_stream_bytes
+        self._total = 0
+        self._event = 0
+        self._last = b""
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._source:
+            if chunk:
+                self._count(chunk)
+                yield chunk
+
+    def _count(self, chunk: bytes) -> None:
+        size = len(chunk)
+        self._total += size
+        if self._total > self._max_stream:
+            raise UpstreamError(
+                "upstream_stream_too_large", f"upstream stream exceeds {self._max_stream} bytes"
+            )
+        if self._event + size > self._max_event:
+            self._scan(chunk)  # an event in this chunk may be too large: measure each one
+        else:
+            cut = max(chunk.rfind(b"\n\n"), chunk.rfind(b"\r\r"), chunk.rfind(b"\n\r"))
+            if cut >= 0:
+                self._event = size - cut - 2
+            elif self._last + chunk[:1] in _BOUNDARY_PAIRS:
+                self._event = size - 1
+            else:
+                self._event += size
+        self._last = chunk[-1:]
+
+    def _scan(self, chunk: bytes) -> None:
+        run, pos = self._event, 0
+        if self._last + chunk[:1] in _BOUNDARY_PAIRS:
+            run, pos = 0, 1
+        for match in _BOUNDARY.finditer(chunk, pos):
+            self._check_event(run + match.start() - pos)
+            run, pos = 0, match.end()
+        self._event = run + len(chunk) - pos
+        self._check_event(self._event)
+
+    def _check_event(self, size: int) -> None:
+        if size > self._max_event:
+            raise UpstreamError("upstream_event_too_large", f"upstream event exceeds {self._max_event} bytes")
+
+    async def aclose(self) -> None:
+        await _aclose(self._source)
+
+
+async def _aclose(source: AsyncIterable[bytes]) -> None:
+    """Close a byte stream or an async generator left before its end."""
+    if isinstance(source, httpx.AsyncByteStream | AsyncGenerator):
+        await source.aclose()

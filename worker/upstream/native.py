@@ -1,0 +1,249 @@
+"""DeepInfra native inference API (``/v1/inference/{model}``) and TGI ``/generate_stream`` events.
+
+One event carries one token. The last event has ``generated_text`` or ``details`` set; its token
+is a real generated token (often the special EOS) and is kept. These protocols send no ``[DONE]``:
+EOF after the final event is the end. Errors arrive in the stream at HTTP 200 as
+``{"error", "error_type"}`` (TGI) or ``{"error_type", "error_message"}`` (DeepInfra gateway).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+import msgspec
+
+from worker.jobs import Job
+from worker.settings import Provider, Settings
+from worker.upstream.base import Candidate, Parsed, StreamEnd, TokenRecord, UpstreamError
+from worker.upstream.http import classify_status
+
+__all__ = ["NativeAdapter"]
+
+_SAMPLING = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "repetition_penalty",
+    "stop",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+)
+
+# TGI ``error_type`` (a trailing ``_error`` removed) → (code, retryable).
+_ERROR_TYPES = {
+    "overloaded": ("rate_limited", True),
+    "rate_limit": ("rate_limited", True),
+    "validation": ("bad_request", False),
+    "generation": ("upstream_generation_error", True),
+    "incomplete_generation": ("upstream_generation_error", True),
+    "incomplete_generation_stream": ("upstream_generation_error", True),
+}
+
+_MALFORMED_PREVIEW = 200
+_MESSAGE_LIMIT = 1000
+
+
+class _Token(msgspec.Struct, gc=False):
+    id: int | None = None
+    text: str | None = None
+    logprob: float | None = None
+    special: bool = False
+
+
+class _Details(msgspec.Struct, gc=False):
+    finish_reason: str | None = None
+    generated_tokens: int | None = None
+    input_length: int | None = None
+    input_tokens: int | None = None
+    prompt_tokens: int | None = None
+
+
+class _Status(msgspec.Struct, gc=False):
+    tokens_input: int | None = None
+    tokens_generated: int | None = None
+
+
+class _Event(msgspec.Struct, gc=False):
+    """A native/TGI stream event; unknown keys (``index``, ``seed``, costs) are ignored."""
+
+    token: _Token | None = None
+    top_tokens: list[_Token] | None = None
+    generated_text: str | None = None
+    details: _Details | None = None
+    num_input_tokens: int | None = None
+    num_tokens: int | None = None
+    inference_status: _Status | None = None
+    error: Any = None
+    error_type: Any = None
+    error_message: Any = None
+
+
+_DECODER = msgspec.json.Decoder(_Event, strict=False)
+_ENCODER = msgspec.json.Encoder()
+
+
+class NativeAdapter:
+    """Build DeepInfra native requests and parse native/TGI stream events."""
+
+    api = "native"
+
+    def build_request(
+        self, job: Job, *, model_url: str, settings: Settings, provider: Provider
+    ) -> tuple[str, bytes]:
+        """``(url, JSON body)`` of a streaming request; only the params the job set are sent."""
+        if job.input is None:
+            raise UpstreamError("bad_request", "the native API needs `input`")
+        params = job.params
+        body: dict[str, Any] = {
+            "input": job.input,
+            "stream": True,
+            "max_new_tokens": min(params.max_tokens or settings.default_max_tokens, settings.max_tokens_cap),
+        }
+        for name in _SAMPLING:
+            value = getattr(params, name)
+            if value is not None:
+                body[name] = value
+        top_n = min(params.top_logprobs or 0, provider.max_top_n_tokens)
+        if provider.supports_top_n_tokens and top_n > 0:
+            body["top_n_tokens"] = top_n
+            body["details"] = True
+        return model_url.replace("{model}", _model_path(job.model)), _ENCODER.encode(body)
+
+    def parse(self, data: str) -> Parsed:
+        """One SSE data payload → :class:`Parsed`; ``[DONE]`` and status-only events → empty."""
+        if data == "[DONE]":
+            return Parsed()
+        try:
+            event = _DECODER.decode(data)
+        except msgspec.DecodeError as exc:  # ValidationError included
+            if data.strip() == "[DONE]":
+                return Parsed()
+            raise _malformed(data, exc) from None
+        token = event.token
+        if token is None:
+            if _has_error(event):
+                raise _stream_error(event)
+            if event.generated_text is None and event.details is None:
+                return Parsed()
+            return _final(event, [])
+        tokens = [_record(token, event.top_tokens)]
+        if event.generated_text is None and event.details is None:
+            return Parsed(tokens)
+        return _final(event, tokens)
+
+
+def _model_path(model: str) -> str:
+    """The model name as URL path segments: slashes kept, the rest percent-encoded."""
+    segments = model.split("/")
+    if any(s in {".", ".."} for s in segments):
+        raise UpstreamError("bad_request", f"invalid model name {model!r}")
+    return quote(model, safe="/")
+
+
+def _record(token: _Token, top: list[_Token] | None) -> TokenRecord:
+    return TokenRecord(
+        text=token.text or "",
+        logprob=token.logprob,
+        token_id=token.id,
+        special=token.special,
+        top=None if top is None else [_candidate(t) for t in top],
+    )
+
+
+def _candidate(token: _Token) -> Candidate:
+    return Candidate(token=token.text or "", logprob=token.logprob, token_id=token.id)
+
+
+def _final(event: _Event, tokens: list[TokenRecord]) -> Parsed:
+    """The final event: its token (if any) plus the :class:`StreamEnd`.
+
+    Without ``details.finish_reason`` (TGI sends ``details`` only when asked), the reason is
+    ``eos_token`` when the final token is special, else ``unknown``.
+    """
+    details = event.details or _Details()
+    status = event.inference_status or _Status()
+    input_tokens = _first(
+        details.input_length,
+        details.input_tokens,
+        details.prompt_tokens,
+        event.num_input_tokens,
+        status.tokens_input,
+    )
+    output_tokens = _first(details.generated_tokens, event.num_tokens, status.tokens_generated)
+    reason = details.finish_reason
+    if not reason:
+        reason = "eos_token" if tokens and tokens[-1].special else "unknown"
+    end = StreamEnd(reason, event.generated_text, input_tokens, output_tokens)
+    return Parsed(tokens, end, input_tokens, output_tokens)
+
+
+def _first(*values: int | None) -> int | None:
+    return next((v for v in values if v is not None), None)
+
+
+def _has_error(event: _Event) -> bool:
+    return not (event.error is None and event.error_type is None and event.error_message is None)
+
+
+def _stream_error(event: _Event) -> UpstreamError:
+    """An in-stream error event → :class:`UpstreamError` carrying the provider's message."""
+    kind = _error_kind(event)
+    code, retryable = _ERROR_TYPES.get(_normal(kind), ("upstream_error", False))
+    status = _error_status(event.error)
+    if status is not None and code == "upstream_error":
+        code, retryable = classify_status(status)
+    message = _error_text(event)
+    prefix = f"upstream error ({kind})" if kind else "upstream error"
+    return UpstreamError(code, f"{prefix}: {message}", retryable=retryable)
+
+
+def _error_kind(event: _Event) -> str:
+    if isinstance(event.error_type, str):
+        return event.error_type
+    if isinstance(event.error, dict):
+        kind = event.error.get("type") or event.error.get("code")
+        if isinstance(kind, str):
+            return kind
+    return ""
+
+
+def _normal(kind: str) -> str:
+    return kind.strip().lower().removesuffix("_error")
+
+
+def _error_status(error: Any) -> int | None:
+    """An HTTP-like status in an OpenAI-style error object (``code`` or ``status``), if any."""
+    if not isinstance(error, dict):
+        return None
+    for key in ("status", "code"):
+        value = error.get(key)
+        if isinstance(value, int) and 400 <= value <= 599:
+            return value
+    return None
+
+
+def _error_text(event: _Event) -> str:
+    for value in (event.error_message, event.error):
+        if isinstance(value, str) and value.strip():
+            return _clip(value.strip())
+        if isinstance(value, dict):
+            message = value.get("message")
+            if isinstance(message, str) and message.strip():
+                return _clip(message.strip())
+            return _clip(_ENCODER.encode(value).decode())
+    return "(no message)"
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _MESSAGE_LIMIT else text[: _MESSAGE_LIMIT - 1] + "…"
+
+
+def _malformed(data: str, exc: msgspec.DecodeError) -> UpstreamError:
+    preview = data[:_MALFORMED_PREVIEW]
+    return UpstreamError(
+        "upstream_malformed_event",
+        f"upstream sent a malformed event ({exc}): {preview!r}",
+        retryable=True,
+    )
