@@ -9,14 +9,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+
+from redis.asyncio import Redis
 
 from .client import Client
 from .connect import http_client, redis_client
 from .events import Done
 from .jobs import Job, Params
-from .redisproc import RedisServer, free_port, redis_server_available
+from .redisproc import RedisServer, redis_server_available
 from .render import TerminalView
 from .service import Worker
 from .settings import Provider, Settings
@@ -24,24 +25,29 @@ from .settings import Provider, Settings
 __all__ = ["run_demo"]
 
 
+RedisFactory = Callable[[float], Redis]
+
+
 @contextlib.contextmanager
-def _embedded_redis() -> Iterator[tuple[str, str]]:
-    """(url, description) of a Redis private to the demo."""
+def _embedded_redis() -> Iterator[tuple[str, RedisFactory, str]]:
+    """(url, client factory, description) of a Redis private to the demo."""
     if redis_server_available():
         with RedisServer() as server:
-            yield server.url, f"redis-server on 127.0.0.1:{server.port} (private, stopped on exit)"
+            url = server.url
+            yield (
+                url,
+                lambda block: redis_client(url, block_seconds=block),
+                f"redis-server on 127.0.0.1:{server.port} (private, stopped on exit)",
+            )
         return
-    from fakeredis import TcpFakeServer
+    import fakeredis
 
-    port = free_port()
-    fake = TcpFakeServer(("127.0.0.1", port), server_type="redis")
-    thread = threading.Thread(target=fake.serve_forever, daemon=True, name="fakeredis")
-    thread.start()
-    try:
-        yield f"redis://127.0.0.1:{port}/0", f"in-process fakeredis on 127.0.0.1:{port}"
-    finally:
-        fake.shutdown()
-        fake.server_close()
+    fake = fakeredis.FakeServer()
+    yield (
+        "redis://fakeredis",
+        lambda block: fakeredis.FakeAsyncRedis(server=fake),
+        "in-process fakeredis (redis-server is not installed)",
+    )
 
 
 def _say(text: str) -> None:
@@ -51,7 +57,7 @@ def _say(text: str) -> None:
 async def run_demo(*, prompt: str, tps: float, seed: int, stop: asyncio.Event) -> int:
     from .sim import SimConfig, serve
 
-    with _embedded_redis() as (redis_url, redis_desc):
+    with _embedded_redis() as (redis_url, connect, redis_desc):
         _say(redis_desc)
         async with serve(SimConfig(seed=seed, tokens_per_second=tps)) as sim_url:
             _say(f"simulator (native protocol, {tps:g} tokens/s) at {sim_url}")
@@ -63,13 +69,13 @@ async def run_demo(*, prompt: str, tps: float, seed: int, stop: asyncio.Event) -
                 block_seconds=1.0,
                 drain_grace_seconds=2.0,
             )
-            return await _run(settings, prompt, stop)
+            return await _run(settings, connect, prompt, stop)
 
 
-async def _run(settings: Settings, prompt: str, stop: asyncio.Event) -> int:
-    redis = redis_client(settings.redis_url)
-    reader = redis_client(settings.redis_url, block_seconds=settings.block_seconds)
-    client = Client(redis_client(settings.redis_url, block_seconds=2.0), prefix=settings.prefix)
+async def _run(settings: Settings, connect: RedisFactory, prompt: str, stop: asyncio.Event) -> int:
+    redis = connect(0.0)
+    reader = connect(settings.block_seconds)
+    client = Client(connect(2.0), prefix=settings.prefix)
     worker_stop = asyncio.Event()
     async with http_client(settings) as http:
         worker = Worker(settings, redis=redis, reader=reader, http=http, consumer="demo-worker")
