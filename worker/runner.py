@@ -190,8 +190,7 @@ class _Attempt:
                 self._publish(parsed)
                 if parsed.end is not None:
                     self.end = parsed.end
-                    break
-                if not self.sink.ok:
+                if parsed.closed or not self.sink.ok:
                     break
         if not self.sink.ok:
             return self._error("publish_failed", "could not write events")  # replaced by Fenced/raise

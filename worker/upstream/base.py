@@ -49,10 +49,22 @@ class StreamEnd(msgspec.Struct, frozen=True):
 
 
 class Parsed(msgspec.Struct):
+    """What one SSE data payload said.
+
+    ``end``: the generation finished (its finish reason is known); later events may still carry
+    usage. ``closed``: nothing more will come that matters (native final event, ``[DONE]``): the
+    reader stops. A stream that hits EOF after an ``end`` succeeded; without one it is incomplete.
+    ``text``: the answer text this event carried (chat ``delta.content``, completions ``text``),
+    when the protocol sends text apart from its token entries; the final text is their
+    concatenation (it is exact where token strings are not: partial UTF-8, dropped logprobs).
+    """
+
     tokens: list[TokenRecord] = msgspec.field(default_factory=list)
     end: StreamEnd | None = None
     usage_input_tokens: int | None = None
     usage_output_tokens: int | None = None
+    closed: bool = False
+    text: str | None = None
 
 
 class UpstreamError(Exception):

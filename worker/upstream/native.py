@@ -176,7 +176,7 @@ def _final(event: _Event, tokens: list[TokenRecord]) -> Parsed:
     if not reason:
         reason = "eos_token" if tokens and tokens[-1].special else "unknown"
     end = StreamEnd(reason, event.generated_text, input_tokens, output_tokens)
-    return Parsed(tokens, end, input_tokens, output_tokens)
+    return Parsed(tokens, end, input_tokens, output_tokens, closed=True)
 
 
 def _first(*values: int | None) -> int | None:
