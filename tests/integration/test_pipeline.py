@@ -224,3 +224,38 @@ async def test_missing_api_key_names_the_variable(
     error = items[-1].event
     assert isinstance(error, Error) and error.code == "missing_api_key"
     assert "TW_TEST_UNSET_KEY" in error.message
+
+
+async def test_a_worker_takes_only_as_many_jobs_as_it_has_slots(
+    start_worker: StartWorker, client: Client, redis: Redis
+) -> None:
+    keys = Keys(client.keys.prefix)
+    ids = [await client.enqueue(model="tokenwire/sim;tokens=15;tps=100", input=f"{n}") for n in range(6)]
+    handle = await start_worker(concurrency=2)
+    seen_pending: list[int] = []
+
+    async def all_done() -> bool:
+        seen_pending.append((await redis.xpending(keys.jobs, GROUP))["pending"])
+        states = [(await client.status(i) or {}).get("state") for i in ids]
+        return all(s == "done" for s in states)
+
+    await wait_for(all_done, timeout=30)
+    assert max(seen_pending) == 2  # never more delivered than the free slots
+    assert len(handle.worker.inflight) == 0
+
+
+async def test_event_streams_are_capped_and_expire_as_configured(
+    start_worker: StartWorker, client: Client, redis: Redis
+) -> None:
+    await start_worker(events_maxlen=50, output_ttl_seconds=7)
+    job_id = await client.enqueue(
+        model="tokenwire/sim;tokens=600", input="long", params=Params(max_tokens=700)
+    )
+    async with asyncio.timeout(30):
+        while (await client.status(job_id) or {}).get("state") != "done":
+            await asyncio.sleep(0.02)
+    keys = Keys(client.keys.prefix)
+    length = await redis.xlen(keys.events(job_id))
+    assert length < 602 and length <= 50 + 100  # MAXLEN ~ trims whole 100-entry nodes
+    for key in (keys.state(job_id), keys.events(job_id)):
+        assert 0 < await redis.ttl(key) <= 7

@@ -1,0 +1,69 @@
+"""The publisher's batching contract, on fakeredis (no stream-semantics questions here)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import fakeredis
+import pytest
+
+from worker.publisher import Publisher, Sink
+
+
+@pytest.fixture
+async def running() -> AsyncIterator[tuple[Publisher, list[int], fakeredis.FakeAsyncRedis]]:
+    redis = fakeredis.FakeAsyncRedis()
+    sizes: list[int] = []
+    pub = Publisher(redis, maxlen=1000, on_batch=sizes.append)
+    task = asyncio.create_task(pub.run())
+    yield pub, sizes, redis
+    task.cancel()
+    await redis.aclose()
+
+
+async def test_events_emitted_together_share_one_round_trip(
+    running: tuple[Publisher, list[int], fakeredis.FakeAsyncRedis],
+) -> None:
+    pub, sizes, redis = running
+    a, b = Sink("a"), Sink("b")
+    for seq in range(1, 6):  # one upstream read's events, and another job's, in one loop turn
+        pub.emit(a, f"1-{seq}", b"x")
+    pub.emit(b, "1-1", b"y")
+    async with asyncio.timeout(5):
+        await pub.drained(a)
+        await pub.drained(b)
+    assert sizes == [6]
+    assert await redis.xlen("a") == 5 and await redis.xlen("b") == 1
+
+
+async def test_a_lone_event_is_written_without_waiting_for_company(
+    running: tuple[Publisher, list[int], fakeredis.FakeAsyncRedis],
+) -> None:
+    pub, sizes, redis = running
+    sink = Sink("lone")
+    pub.emit(sink, "1-1", b"only")
+    async with asyncio.timeout(5):  # nothing else is ever emitted: it must still go out
+        await pub.drained(sink)
+    assert sizes == [1] and await redis.xlen("lone") == 1
+
+
+async def test_a_superseded_attempt_is_fenced_and_a_retried_write_is_not_duplicated(
+    running: tuple[Publisher, list[int], fakeredis.FakeAsyncRedis],
+) -> None:
+    pub, _, redis = running
+    await redis.xadd("job", {"event": b"start2"}, id="2-0")  # attempt 2 has started
+    old = Sink("job")
+    pub.emit(old, "1-7", b"late token of attempt 1")
+    async with asyncio.timeout(5):
+        await pub.drained(old)
+    assert old.fenced and await redis.xlen("job") == 1
+
+    current = Sink("job")
+    pub.emit(current, "2-1", b"t")
+    async with asyncio.timeout(5):
+        await pub.drained(current)
+    pub.emit(current, "2-1", b"t")  # the same write again, as after a lost reply
+    async with asyncio.timeout(5):
+        await pub.drained(current)
+    assert current.ok and await redis.xlen("job") == 2
