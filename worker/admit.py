@@ -11,11 +11,14 @@ __all__ = ["Admitted", "Rejected", "admit"]
 
 
 class Admitted(msgspec.Struct, frozen=True):
+    """A runnable job; ``stronger`` is where it escalates to when it is not confident enough."""
+
     job: Job
     job_id: str
     provider_name: str
     provider: Provider
     url: str
+    stronger: Admitted | None = None
 
 
 class Rejected(msgspec.Struct, frozen=True):
@@ -43,7 +46,18 @@ def admit(entry_id: str, payload: bytes | None, settings: Settings) -> Admitted 
     problem = _check_limits(job, settings)
     if problem is not None:
         return Rejected(problem[0], problem[1], job_id)
-    provider_name = job.provider or settings.default_provider
+    target = _resolve(job, job_id, job.provider or settings.default_provider, settings)
+    if isinstance(target, Rejected) or job.escalate is None:
+        return target
+    esc = job.escalate
+    strong_job = msgspec.structs.replace(job, model=esc.model, provider=esc.provider, escalate=None)
+    stronger = _resolve(strong_job, job_id, esc.provider or target.provider_name, settings)
+    if isinstance(stronger, Rejected):
+        return Rejected(stronger.code, f"escalate: {stronger.reason}", job_id)
+    return msgspec.structs.replace(target, stronger=stronger)
+
+
+def _resolve(job: Job, job_id: str, provider_name: str, settings: Settings) -> Admitted | Rejected:
     provider = settings.all_providers().get(provider_name)
     if provider is None:
         known = ", ".join(sorted(settings.all_providers()))

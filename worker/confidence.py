@@ -678,6 +678,19 @@ class ConfidenceTracker:
     def n_tokens(self) -> int:
         return self._n_tokens
 
+    @property
+    def mean_entropy_lb(self) -> float | None:
+        """Running mean of ``entropy_lb`` over the tokens with top-k (None before the first)."""
+        return self._ent_sum.value / self._n_topk if self._n_topk else None
+
+    @property
+    def max_entropy_lb(self) -> float | None:
+        return self._ent_max
+
+    @property
+    def n_not_top1(self) -> int:
+        return self._n_not_top1
+
     def _means(self) -> dict[str, Any]:
         n = self._n_scored
         if not n:
@@ -694,7 +707,7 @@ class ConfidenceTracker:
 
     def _topk_running(self) -> dict[str, Any]:
         return {
-            "mean_entropy_lb": self._ent_sum.value / self._n_topk if self._n_topk else None,
+            "mean_entropy_lb": self.mean_entropy_lb,
             "max_entropy_lb": self._ent_max,
             "max_entropy_index": self._ent_max_index,
             "mean_margin": self._margin_sum.value / self._n_margin if self._n_margin else None,

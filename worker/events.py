@@ -16,12 +16,14 @@ __all__ = [
     "Cancelled",
     "Done",
     "Error",
+    "Escalation",
     "Event",
     "LowSpan",
     "Start",
     "Summary",
     "Token",
     "TopLogprob",
+    "TopkMetrics",
     "Usage",
     "decode_event",
     "encode_event",
@@ -56,13 +58,31 @@ class TopLogprob(msgspec.Struct, frozen=True, kw_only=True, array_like=False):
     logprob: float | None
 
 
+class TopkMetrics(msgspec.Struct, frozen=True, kw_only=True):
+    """Per-token metrics from the provider's top alternatives (confidence.md §3.1), with the running
+    aggregates after this token. Entropies are in nats; ``entropy_ub`` needs the vocabulary size."""
+
+    margin: float | None
+    chosen_rank: int
+    tail_mass: float
+    entropy_lb: float
+    entropy_lump: float
+    entropy_ub: float | None = None
+    mean_entropy_lb: float | None = None
+    max_entropy_lb: float | None = None
+    n_not_top1: int = 0
+
+
 class Token(_Base, frozen=True, kw_only=True):
     """One generated token with its log-probability and the running confidence after it.
 
     ``logprob`` is the provider's value (null when it gave none or a non-finite one);
     ``confidence`` is ``exp(mean(sanitised logprob))`` over the scored tokens so far, null until the
     first scored token. ``low`` marks a scored token whose probability is under the job's ``low_prob``.
-    ``char_start``/``char_end`` are code-point offsets of the token in ``done.text``.
+    ``char_start``/``char_end`` are code-point offsets of the token in ``done.text``. ``topk`` holds
+    the top-k metrics when the provider sent alternatives. ``channel`` is ``content`` for the answer
+    and ``reasoning`` for reasoning tokens, which have their own running confidence and never count
+    in the answer's.
     """
 
     index: int
@@ -77,6 +97,8 @@ class Token(_Base, frozen=True, kw_only=True):
     low: bool = False
     char_start: int = 0
     char_end: int = 0
+    topk: TopkMetrics | None = None
+    channel: str = "content"
 
 
 class Usage(msgspec.Struct, frozen=True, kw_only=True):
@@ -127,6 +149,19 @@ class Summary(msgspec.Struct, frozen=True, kw_only=True):
     n_not_top1: int = 0
 
 
+class Escalation(msgspec.Struct, frozen=True, kw_only=True):
+    """Why a job moved to a stronger model, with the cheap attempt's own outcome."""
+
+    from_model: str
+    from_provider: str
+    from_attempt: int
+    confidence: float | None
+    below: float
+    after_tokens: int | None
+    tokens: int
+    summary: Summary
+
+
 class Done(_Base, frozen=True, kw_only=True):
     finish_reason: str
     text: str
@@ -134,6 +169,9 @@ class Done(_Base, frozen=True, kw_only=True):
     confidence: float | None
     summary: Summary
     metadata: dict[str, str] = msgspec.field(default_factory=dict)
+    escalation: Escalation | None = None
+    reasoning_text: str | None = None
+    reasoning_confidence: float | None = None
 
 
 class Error(_Base, frozen=True, kw_only=True):

@@ -16,6 +16,7 @@ __all__ = [
     "API_NAMES",
     "Api",
     "ChatMessage",
+    "Escalate",
     "InvalidJob",
     "Job",
     "Params",
@@ -60,6 +61,17 @@ class Params(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     frequency_penalty: Annotated[float, msgspec.Meta(ge=-2.0, le=2.0)] | None = None
 
 
+class Escalate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    """Route by confidence: run the job's (cheap) model first and, when its running confidence
+    after ``after_tokens`` answer tokens (or at the end, when not given) is below ``below``, stop it
+    and run ``model`` (on ``provider``, default the job's) as a new attempt on the same stream."""
+
+    model: ModelName
+    below: Annotated[float, msgspec.Meta(gt=0.0, le=1.0)]
+    provider: ProviderName | None = None
+    after_tokens: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = None
+
+
 class Job(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
     """An LLM generation job.
 
@@ -79,6 +91,7 @@ class Job(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True,
     metadata: Annotated[dict[MetaKey, MetaValue], msgspec.Meta(max_length=64)] = msgspec.field(
         default_factory=dict
     )
+    escalate: Escalate | None = None
 
     def __post_init__(self) -> None:
         if self.api == "chat":

@@ -9,11 +9,12 @@ from collections.abc import Mapping
 from typing import Protocol
 
 import httpx
+import msgspec
 import structlog
 
 from .admit import Admitted, Rejected, admit
 from .confidence import ConfidenceTracker, TokenScore
-from .events import Done, Error, Start, Token, TopLogprob, Usage, encode_event
+from .events import Done, Error, Escalation, Start, Token, TopkMetrics, TopLogprob, Usage, encode_event
 from .jobs import Job
 from .publisher import Publisher, Sink
 from .queue import Delivery, JobQueue
@@ -96,42 +97,88 @@ class Runner:
 
     async def _run(self, delivery: Delivery, admitted: Admitted) -> None:
         job = admitted.job
-        start = Start(
-            job_id=admitted.job_id,
-            attempt=0,
-            model=job.model,
-            provider=admitted.provider_name,
-            api=job.api,
-            metadata=job.metadata,
+        begun = await self.store.begin(
+            admitted.job_id, delivery.entry_id, self.queue.consumer, _start(admitted, None)
         )
-        begun = await self.store.begin(admitted.job_id, delivery.entry_id, self.queue.consumer, start)
         if begun.outcome != "started":
             log.info("job skipped", reason=begun.outcome, detail=begun.detail, entry=delivery.entry_id)
             await self.queue.ack(delivery.entry_id)
             return
         log.info("attempt started", attempt=begun.attempt, model=job.model, api=job.api)
-        attempt = _Attempt(self, admitted, begun.attempt)
         try:
-            terminal = await attempt.run()
+            outcome = await self._attempts(delivery, admitted, begun.attempt)
         except Fenced:
-            log.warning("attempt fenced: a newer attempt owns the job", attempt=begun.attempt)
+            log.warning("attempt fenced: a newer attempt owns the job")
             return
-        outcome = await self.store.finish(
-            admitted.job_id, begun.attempt, attempt.seq + 1, terminal, attempt.record(terminal)
+        if outcome is None:
+            return
+        attempt, terminal = outcome
+        finished = await self.store.finish(
+            admitted.job_id, attempt.attempt, attempt.seq + 1, terminal, attempt.record(terminal)
         )
-        if outcome == "fenced":
-            log.warning("terminal event fenced: a newer attempt owns the job", attempt=begun.attempt)
+        if finished == "fenced":
+            log.warning("terminal event fenced: a newer attempt owns the job", attempt=attempt.attempt)
             return
         await self.queue.ack(delivery.entry_id)
         if isinstance(terminal, Done):
             log.info(
                 "job done",
+                attempt=attempt.attempt,
                 tokens=attempt.seq,
                 finish_reason=terminal.finish_reason,
                 confidence=terminal.confidence,
+                escalated=terminal.escalation is not None,
             )
         else:
             log.warning("job failed", code=terminal.code, error=terminal.message, tokens=attempt.seq)
+
+    async def _attempts(
+        self, delivery: Delivery, admitted: Admitted, number: int
+    ) -> tuple[_Attempt, Done | Error] | None:
+        """Run the attempt, and the escalated one when the first is not confident enough."""
+        attempt = _Attempt(self, admitted, number)
+        terminal = await attempt.run()
+        reason = attempt.escalation_reason(terminal)
+        if reason is None or admitted.stronger is None:
+            assert terminal is not None
+            return attempt, terminal
+        record = attempt.escalation_record()
+        stronger = admitted.stronger
+        log.info(
+            "escalating to a stronger model",
+            reason=reason,
+            from_model=admitted.job.model,
+            to_model=stronger.job.model,
+            confidence=record.confidence,
+        )
+        begun = await self.store.begin(
+            admitted.job_id, delivery.entry_id, self.queue.consumer, _start(stronger, reason)
+        )
+        if begun.outcome != "started":
+            log.warning("escalation not started", outcome=begun.outcome, detail=begun.detail)
+            if begun.outcome == "terminal":
+                await self.queue.ack(delivery.entry_id)
+            return None
+        log.info("attempt started", attempt=begun.attempt, model=stronger.job.model, escalated=True)
+        strong = _Attempt(self, stronger, begun.attempt)
+        final = await strong.run()
+        assert final is not None
+        if isinstance(final, Done):
+            final = msgspec.structs.replace(final, escalation=record)
+        return strong, final
+
+
+def _start(admitted: Admitted, reason: str | None) -> Start:
+    job = admitted.job
+    return Start(
+        job_id=admitted.job_id,
+        attempt=0,
+        model=job.model,
+        provider=admitted.provider_name,
+        api=job.api,
+        metadata=job.metadata,
+        reason=reason,
+    )
 
 
 class _Attempt:
@@ -143,13 +190,20 @@ class _Attempt:
         self.job = admitted.job
         self.attempt = attempt
         self.seq = 0
+        self.n_content = 0
         self.tracker = ConfidenceTracker(self.job.low_prob)
+        self.reasoning: ConfidenceTracker | None = None
         self.sink = Sink(runner.store.keys.events(admitted.job_id))
         self.end: StreamEnd | None = None
         self.usage_in: int | None = None
-        self.usage_out: int | None = None
+        self.text_parts: list[str] | None = None
+        esc = self.job.escalate if admitted.stronger is not None else None
+        self.watch_after = esc.after_tokens if esc is not None else None
+        self.judge_at_end = esc is not None  # until the after_tokens check has passed
+        self.escalating: str | None = None
 
-    async def run(self) -> Done | Error:
+    async def run(self) -> Done | Error | None:
+        """The terminal event, or None when the attempt stopped early to escalate."""
         runner = self.runner
         try:
             async with asyncio.timeout(runner.settings.job_deadline_seconds):
@@ -168,7 +222,7 @@ class _Attempt:
             raise self.sink.error
         return terminal
 
-    async def _stream(self) -> Done | Error:
+    async def _stream(self) -> Done | Error | None:
         runner, admitted = self.runner, self.admitted
         key = admitted.provider.api_key(runner.environ)
         if admitted.provider.api_key_env is not None and key is None:
@@ -190,10 +244,10 @@ class _Attempt:
                 self._publish(parsed)
                 if parsed.end is not None:
                     self.end = parsed.end
-                if parsed.closed or not self.sink.ok:
+                if parsed.closed or self.escalating is not None or not self.sink.ok:
                     break
-        if not self.sink.ok:
-            return self._error("publish_failed", "could not write events")  # replaced by Fenced/raise
+        if self.escalating is not None or not self.sink.ok:
+            return None  # run() raises for a fenced or failed sink
         if self.end is None:
             raise UpstreamError(
                 "upstream_incomplete",
@@ -205,29 +259,38 @@ class _Attempt:
     def _publish(self, parsed: Parsed) -> None:
         if parsed.usage_input_tokens is not None:
             self.usage_in = parsed.usage_input_tokens
-        if parsed.usage_output_tokens is not None:
-            self.usage_out = parsed.usage_output_tokens
+        if parsed.text is not None:
+            if self.text_parts is None:
+                self.text_parts = []
+            self.text_parts.append(parsed.text)
         cap = self.runner.limits.max_tokens + 16
         for record in parsed.tokens:
-            if record.channel != "content":
-                continue
             if self.seq >= cap:
                 raise UpstreamError(
                     "upstream_too_many_tokens",
                     f"upstream sent more than {cap} tokens (max_tokens_cap={self.runner.limits.max_tokens})",
                 )
-            score = self.tracker.add(
-                record.text,
-                record.logprob,
-                special=record.special,
-                raw_bytes=record.bytes,
-                top=record.top,
-            )
             self.seq += 1
-            event = self._token(record, score)
+            event = self._token(record)
             self.runner.publisher.emit(self.sink, f"{self.attempt}-{self.seq}", encode_event(event))
+        if self.watch_after is not None and self.n_content >= self.watch_after:
+            self.watch_after = None
+            self.judge_at_end = False
+            self.escalating = self._judge(f"after {self.n_content} tokens")
 
-    def _token(self, record: TokenRecord, score: TokenScore) -> Token:
+    def _tracker_for(self, record: TokenRecord) -> ConfidenceTracker:
+        if record.channel == "content":
+            self.n_content += 1
+            return self.tracker
+        if self.reasoning is None:
+            self.reasoning = ConfidenceTracker(self.job.low_prob)
+        return self.reasoning
+
+    def _token(self, record: TokenRecord) -> Token:
+        tracker = self._tracker_for(record)
+        score = tracker.add(
+            record.text, record.logprob, special=record.special, raw_bytes=record.bytes, top=record.top
+        )
         top = None
         if record.top is not None:
             top = [TopLogprob(token=c.token, logprob=_finite(c.logprob)) for c in record.top]
@@ -246,20 +309,60 @@ class _Attempt:
             low=score.low,
             char_start=score.char_start,
             char_end=score.char_end,
+            topk=_topk(score, tracker),
+            channel=record.channel,
+        )
+
+    def _judge(self, when: str) -> str | None:
+        """Why this attempt should escalate (its confidence is under the bar), or None."""
+        esc = self.job.escalate
+        if esc is None or self.admitted.stronger is None:
+            return None
+        conf = self.tracker.confidence
+        if conf is None:
+            return f"no scored tokens {when}: confidence unknown, escalating to {esc.model}"
+        if conf < esc.below:
+            return f"confidence {conf:.4f} < {esc.below} {when} of {self.job.model}"
+        return None
+
+    def escalation_reason(self, terminal: Done | Error | None) -> str | None:
+        """Stopped early to escalate, or finished without passing the bar; errors never escalate."""
+        if terminal is None:
+            return self.escalating
+        if isinstance(terminal, Done) and self.judge_at_end:
+            return self._judge(f"at the end ({self.n_content} tokens)")
+        return None
+
+    def escalation_record(self) -> Escalation:
+        esc = self.job.escalate
+        assert esc is not None
+        return Escalation(
+            from_model=self.job.model,
+            from_provider=self.admitted.provider_name,
+            from_attempt=self.attempt,
+            confidence=self.tracker.confidence,
+            below=esc.below,
+            after_tokens=esc.after_tokens,
+            tokens=self.n_content,
+            summary=self.tracker.finish(),
         )
 
     def _done(self, end: StreamEnd) -> Done:
         summary = self.tracker.finish()
         input_tokens = end.input_tokens if end.input_tokens is not None else self.usage_in
+        text = self.tracker.text if self.text_parts is None else "".join(self.text_parts)
+        reasoning = self.reasoning
         return Done(
             job_id=self.admitted.job_id,
             attempt=self.attempt,
             finish_reason=end.finish_reason,
-            text=self.tracker.text,
+            text=text,
             usage=Usage(input_tokens=input_tokens, output_tokens=self.seq),
             confidence=self.tracker.confidence,
             summary=summary,
             metadata=self.job.metadata,
+            reasoning_text=None if reasoning is None else reasoning.text,
+            reasoning_confidence=None if reasoning is None else reasoning.confidence,
         )
 
     def _error(self, code: str, message: str) -> Error:
@@ -278,6 +381,24 @@ class _Attempt:
             out["finish_reason"] = terminal.finish_reason
             if terminal.confidence is not None:
                 out["confidence"] = repr(terminal.confidence)
+            if terminal.escalation is not None:
+                out["escalated_from"] = terminal.escalation.from_model
         else:
             out["error_code"] = terminal.code
         return out
+
+
+def _topk(score: TokenScore, tracker: ConfidenceTracker) -> TopkMetrics | None:
+    if score.chosen_rank is None or score.tail_mass is None or score.entropy_lb is None:
+        return None
+    return TopkMetrics(
+        margin=score.margin,
+        chosen_rank=score.chosen_rank,
+        tail_mass=score.tail_mass,
+        entropy_lb=score.entropy_lb,
+        entropy_lump=score.entropy_lump if score.entropy_lump is not None else score.entropy_lb,
+        entropy_ub=score.entropy_ub,
+        mean_entropy_lb=tracker.mean_entropy_lb,
+        max_entropy_lb=tracker.max_entropy_lb,
+        n_not_top1=tracker.n_not_top1,
+    )
