@@ -167,6 +167,60 @@ async def _stats(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+async def _cancel(args: argparse.Namespace, settings: Settings) -> int:
+    async with _client(settings) as client:
+        outcome = await client.cancel(args.job_id, args.reason)
+    messages = {
+        "cancelled": "cancelled (it had not started)",
+        "requested": "cancellation sent to the worker holding it",
+        "terminal": "it had already ended; nothing to cancel",
+    }
+    if outcome == "unknown":
+        raise CliError(f"no job {args.job_id!r}: never enqueued, or expired", EXIT_NOT_FOUND)
+    print(f"{args.job_id}: {messages[outcome]}")
+    return 0
+
+
+async def _dead(args: argparse.Namespace, settings: Settings) -> int:
+    from .dead import list_dead, purge_dead, redrive
+    from .keys import Keys
+    from .store import JobStore
+
+    redis = redis_client(settings.redis_url)
+    keys = Keys(settings.prefix)
+    try:
+        if args.action == "purge":
+            if not args.yes:
+                raise CliError("purge deletes every dead letter: add --yes", EXIT_USAGE)
+            print(f"purged {await purge_dead(redis, keys)} dead letters")
+        elif args.action == "redrive":
+            if not args.ids and not args.all:
+                raise CliError("name dead-letter ids, or --all", EXIT_USAGE)
+            store = JobStore(redis, keys, running_ttl_seconds=settings.running_ttl_seconds)
+            try:
+                moved = await redrive(redis, store, None if args.all else args.ids)
+            except LookupError as exc:
+                raise CliError(str(exc), EXIT_NOT_FOUND) from None
+            for row in moved:
+                print(f"{row['dead_id']} -> {row['entry']} {row['job_id']}".rstrip())
+        else:
+            _print_dead(await list_dead(redis, keys, args.count), as_json=args.json)
+    finally:
+        await redis.aclose()
+    return 0
+
+
+def _print_dead(rows: list[dict[str, str]], *, as_json: bool) -> None:
+    for row in rows:
+        if as_json:
+            print(msgspec.json.encode(row).decode())
+        else:
+            code, job_id = row.get("code", "?"), row.get("job_id", "-")
+            print(f"{row['id']}  {code:<26} {job_id:<34} {row.get('reason', '')}")
+    if not rows and not as_json:
+        print("no dead letters")
+
+
 # ------------------------------------------------------------------------------ sim, demo, schema
 
 
@@ -253,6 +307,18 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="a job's state")
     status.add_argument("job_id")
 
+    cancel = sub.add_parser("cancel", help="cancel a job (queued or running)")
+    cancel.add_argument("job_id")
+    cancel.add_argument("--reason", default="cancelled by request")
+
+    dead = sub.add_parser("dead", help="list, re-drive or purge dead letters")
+    dead.add_argument("action", nargs="?", choices=["list", "redrive", "purge"], default="list")
+    dead.add_argument("ids", nargs="*", help="redrive: the dead-letter ids")
+    dead.add_argument("--all", action="store_true", help="redrive: every dead letter")
+    dead.add_argument("--yes", action="store_true", help="purge: really delete them all")
+    dead.add_argument("--count", type=int, default=100, help="list: at most this many, newest")
+    dead.add_argument("--json", action="store_true", help="list: one JSON object per line")
+
     stats = sub.add_parser("stats", help="queue length, pending, consumers, lag, dead letters")
     stats.add_argument("--json", action="store_true")
 
@@ -279,6 +345,8 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], Coroutine[Any, Any
     "tail": _tail,
     "status": _status,
     "stats": _stats,
+    "cancel": _cancel,
+    "dead": _dead,
 }
 
 

@@ -105,6 +105,15 @@ class Client:
         await self.store.record_entry(job_id, _s(entry_id))
         return job_id
 
+    async def cancel(self, job_id: str, reason: str = "cancelled by request") -> str:
+        """Cancel a job. A queued job ends at once; a running one's worker closes its upstream
+        request and writes ``cancelled``. Returns ``cancelled``, ``requested``, ``terminal`` (it had
+        already ended) or ``unknown``."""
+        outcome = await self.store.cancel(job_id, reason)
+        if outcome == "requested":
+            await self.redis.publish(f"{self.keys.prefix}:cancel", f"{job_id}\n{reason}")
+        return outcome
+
     async def status(self, job_id: str) -> dict[str, str] | None:
         """The job's state hash (``state``, ``attempt``, ``tokens``, ...), or None if unknown."""
         return await self.store.status(job_id)

@@ -22,6 +22,7 @@ __all__ = [
     "Params",
     "decode_job",
     "encode_job",
+    "job_id_of",
     "new_job_id",
 ]
 
@@ -152,6 +153,11 @@ def _salvage_id(raw: bytes | str) -> str | None:
         return _ID_DECODER.decode(raw).id
     except (msgspec.DecodeError, UnicodeDecodeError):
         return None
+
+
+def job_id_of(payload: bytes | None, entry_id: str) -> str:
+    """The id a job stream entry's job runs under: its own ``id``, else the entry id."""
+    return (_salvage_id(payload) if payload else None) or entry_id
 
 
 def new_job_id() -> str:

@@ -16,6 +16,7 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from . import scripts
 from .keys import GROUP, Keys
 
 __all__ = ["Delivery", "JobQueue"]
@@ -25,10 +26,12 @@ log = structlog.get_logger("tokenwire.queue")
 
 class Delivery(msgspec.Struct, frozen=True):
     """One job stream entry handed to this consumer. ``payload`` is None when the entry has no
-    ``job`` field (or was deleted while pending)."""
+    ``job`` field (or was deleted while pending). ``deliveries`` counts this one."""
 
     entry_id: str
     payload: bytes | None
+    deliveries: int = 1
+    replaces: str | None = None
 
 
 def _str(value: bytes | str) -> str:
@@ -74,7 +77,8 @@ class JobQueue:
     @staticmethod
     def _delivery(entry_id: bytes | str, fields: dict[bytes, bytes] | None) -> Delivery:
         payload = fields.get(b"job") if fields else None
-        return Delivery(_str(entry_id), payload)
+        replaces = fields.get(b"replaces") if fields else None
+        return Delivery(_str(entry_id), payload, replaces=None if replaces is None else _str(replaces))
 
     async def ack(self, entry_id: str) -> None:
         """Acknowledge and delete the entry (one round trip, atomically)."""
@@ -104,6 +108,53 @@ class JobQueue:
             dead_id, *_ = await pipe.execute()
         log.warning("job dead-lettered", entry=entry_id, job_id=job_id, code=code, reason=reason)
         return _str(dead_id)
+
+    async def reclaim(self, count: int, min_idle_ms: int) -> tuple[list[Delivery], list[str]]:
+        """Take over up to ``count`` entries idle for ``min_idle_ms`` (their owner stopped renewing).
+
+        Returns the claimed deliveries, with their delivery counts, and the ids of pending entries
+        whose stream entry had been deleted (nothing to run; they are acknowledged here).
+        """
+        reply: Any = await self.redis.xautoclaim(
+            self.keys.jobs, GROUP, self.consumer, min_idle_ms, "0-0", count=count
+        )
+        claimed = reply[1] or []
+        deleted = [_str(e) for e in (reply[2] if len(reply) > 2 else [])]
+        if deleted:
+            await self.redis.xack(self.keys.jobs, GROUP, *deleted)
+        if not claimed:
+            return [], deleted
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for entry_id, _ in claimed:
+                pipe.xpending_range(self.keys.jobs, GROUP, min=entry_id, max=entry_id, count=1)
+            counts: list[Any] = await pipe.execute()
+        out = []
+        for (entry_id, fields), pending in zip(claimed, counts, strict=True):
+            times = int(pending[0]["times_delivered"]) if pending else 1
+            out.append(msgspec.structs.replace(self._delivery(entry_id, fields), deliveries=times))
+        return out, deleted
+
+    async def hand_back(self, delivery: Delivery) -> str:
+        """Re-add the entry's job as a new entry that names the one it replaces (peers blocked on
+        the stream get it at once; their pickup moves the job to it) and drop the old one."""
+        fields = {"job": delivery.payload or b"", "replaces": delivery.entry_id}
+        new_id = await self.redis.xadd(self.keys.jobs, fields)  # type: ignore[arg-type]
+        await self.ack(delivery.entry_id)
+        return _str(new_id)
+
+    async def reap(self, idle_ms: int) -> list[str]:
+        """Remove consumers idle for ``idle_ms`` that own nothing (dead workers' names)."""
+        reap = self.redis.register_script(scripts.REAP)
+        removed = []
+        for info in await self.redis.xinfo_consumers(self.keys.jobs, GROUP):
+            name = _str(info["name"])
+            if name == self.consumer or int(info["pending"]) or int(info["idle"]) < idle_ms:
+                continue
+            if await reap(keys=[self.keys.jobs], args=[GROUP, name]):
+                removed.append(name)
+        if removed:
+            log.info("removed idle consumers that owned nothing", consumers=removed)
+        return removed
 
     async def reset_reader(self) -> None:
         """Drop the blocking reader's connections (after a cancelled or timed-out blocking read the

@@ -1,49 +1,54 @@
-"""Runs one job: admission, a fenced attempt, the upstream stream, the terminal event, the ack."""
+"""Runs one delivery of a job: admission, attempts (with retries and escalation), the terminal
+event, the ack. A job is acknowledged only after its terminal event is written."""
 
 from __future__ import annotations
 
 import asyncio
-import math
 import os
+import random
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Literal
 
 import httpx
 import msgspec
 import structlog
 
 from .admit import Admitted, Rejected, admit
-from .confidence import ConfidenceTracker, TokenScore
-from .events import Done, Error, Escalation, Start, Token, TopkMetrics, TopLogprob, Usage, encode_event
-from .jobs import Job
-from .publisher import Publisher, Sink
+from .attempt import Attempt, Fenced
+from .events import Cancelled, Done, Error, Start
+from .jobs import InvalidJob, decode_job
+from .publisher import Publisher
 from .queue import Delivery, JobQueue
-from .settings import Provider, Settings
+from .settings import Settings
 from .store import JobStore
-from .upstream.base import Parsed, StreamEnd, TokenRecord, UpstreamError
-from .upstream.http import StreamLimits, open_sse
+from .upstream.adapters import Adapter
+from .upstream.http import StreamLimits
 
-__all__ = ["Adapter", "Fenced", "Runner"]
+__all__ = ["Control", "Runner"]
 
 log = structlog.get_logger("tokenwire.job")
 
 
-class Adapter(Protocol):
-    """A provider protocol: how to ask for a stream and how to read its events."""
+class Control:
+    """Why a job's task was interrupted from outside: ``cancel`` (write ``cancelled``), ``fence``
+    (another worker owns the job: stop silently), ``drain`` (shutdown: the worker hands it back)."""
 
-    def build_request(
-        self, job: Job, *, model_url: str, settings: Settings, provider: Provider
-    ) -> tuple[str, bytes]: ...
+    __slots__ = ("kind", "reason")
 
-    def parse(self, data: str) -> Parsed: ...
+    def __init__(self) -> None:
+        self.kind: Literal["cancel", "fence", "drain"] | None = None
+        self.reason = ""
+
+    def set(self, kind: Literal["cancel", "fence", "drain"], reason: str = "") -> None:
+        if self.kind is None:
+            self.kind, self.reason = kind, reason
 
 
-class Fenced(Exception):
-    """This attempt was superseded: stop writing, stop the upstream request, do not ack."""
+class _Stop(Exception):
+    """End this delivery here; ``ack`` says whether its entry is acknowledged."""
 
-
-def _finite(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
+    def __init__(self, ack: bool) -> None:
+        self.ack = ack
 
 
 class Runner:
@@ -73,53 +78,88 @@ class Runner:
             max_tokens=settings.max_tokens_cap,
         )
 
-    async def handle(self, delivery: Delivery) -> None:
+    async def handle(self, delivery: Delivery, control: Control | None = None) -> None:
+        if delivery.deliveries > self.settings.max_deliveries:
+            await self._reject(delivery, self._exhausted(delivery))
+            return
         verdict = admit(delivery.entry_id, delivery.payload, self.settings)
         if isinstance(verdict, Rejected):
             await self._reject(delivery, verdict)
             return
         with structlog.contextvars.bound_contextvars(job_id=verdict.job_id):
-            await self._run(delivery, verdict)
+            await _JobRun(self, delivery, verdict, control or Control()).run()
+
+    def _exhausted(self, delivery: Delivery) -> Rejected:
+        try:
+            job_id = decode_job(delivery.payload or b"").id or delivery.entry_id
+        except InvalidJob as exc:
+            job_id = exc.job_id or delivery.entry_id
+        return Rejected(
+            "max_deliveries_exceeded",
+            f"delivered {delivery.deliveries} times, more than max_deliveries="
+            f"{self.settings.max_deliveries}: the workers that took it died or lost it each time",
+            job_id,
+        )
 
     async def _reject(self, delivery: Delivery, rejected: Rejected) -> None:
         await self.queue.dead_letter(
-            delivery.entry_id,
-            delivery.payload,
-            rejected.reason,
-            job_id=rejected.job_id,
-            code=rejected.code,
+            delivery.entry_id, delivery.payload, rejected.reason, job_id=rejected.job_id, code=rejected.code
         )
         if rejected.job_id is not None:
             outcome = await self.store.fail(
                 rejected.job_id, delivery.entry_id, rejected.code, rejected.reason, {}
             )
-            log.info("invalid job ended", job_id=rejected.job_id, code=rejected.code, outcome=outcome)
+            log.info("rejected job ended", job_id=rejected.job_id, code=rejected.code, outcome=outcome)
 
-    async def _run(self, delivery: Delivery, admitted: Admitted) -> None:
-        job = admitted.job
-        begun = await self.store.begin(
-            admitted.job_id, delivery.entry_id, self.queue.consumer, _start(admitted, None)
-        )
-        if begun.outcome != "started":
-            log.info("job skipped", reason=begun.outcome, detail=begun.detail, entry=delivery.entry_id)
-            await self.queue.ack(delivery.entry_id)
-            return
-        log.info("attempt started", attempt=begun.attempt, model=job.model, api=job.api)
+    def backoff(self, tries: int, retry_after: float | None) -> float:
+        """Seconds before upstream request number ``tries + 1``: the provider's ``Retry-After`` when
+        it sent one, else exponential from ``retry_base_seconds`` with jitter, capped."""
+        if retry_after is not None:
+            return max(0.0, retry_after)
+        cap = min(self.settings.retry_max_seconds, self.settings.retry_base_seconds * 2.0 ** (tries - 1))
+        return float(cap / 2 + random.random() * cap / 2)
+
+
+class _JobRun:
+    """One delivery of one job, from its first ``start`` to its terminal event and ack."""
+
+    def __init__(self, runner: Runner, delivery: Delivery, admitted: Admitted, control: Control) -> None:
+        self.runner = runner
+        self.delivery = delivery
+        self.admitted = admitted
+        self.control = control
+        self.current: Attempt | None = None
+        self.deadline = asyncio.get_running_loop().time() + runner.settings.job_deadline_seconds
+
+    async def run(self) -> None:
+        runner = self.runner
+        terminal: Done | Error | Cancelled
         try:
-            outcome = await self._attempts(delivery, admitted, begun.attempt)
+            try:
+                attempt, terminal = await self._attempts()
+            except asyncio.CancelledError:
+                if self.control.kind != "cancel":
+                    raise
+                asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                attempt, terminal = await self._cancelled()
         except Fenced:
             log.warning("attempt fenced: a newer attempt owns the job")
             return
-        if outcome is None:
+        except _Stop as stop:
+            if stop.ack:
+                await runner.queue.ack(self.delivery.entry_id)
             return
-        attempt, terminal = outcome
-        finished = await self.store.finish(
-            admitted.job_id, attempt.attempt, attempt.seq + 1, terminal, attempt.record(terminal)
+        await self._finish(attempt, terminal)
+
+    async def _finish(self, attempt: Attempt, terminal: Done | Error | Cancelled) -> None:
+        runner = self.runner
+        finished = await runner.store.finish(
+            self.admitted.job_id, attempt.attempt, attempt.seq + 1, terminal, attempt.record(terminal)
         )
         if finished == "fenced":
             log.warning("terminal event fenced: a newer attempt owns the job", attempt=attempt.attempt)
             return
-        await self.queue.ack(delivery.entry_id)
+        await runner.queue.ack(self.delivery.entry_id)
         if isinstance(terminal, Done):
             log.info(
                 "job done",
@@ -129,15 +169,46 @@ class Runner:
                 confidence=terminal.confidence,
                 escalated=terminal.escalation is not None,
             )
+        elif isinstance(terminal, Cancelled):
+            log.info("job cancelled", attempt=attempt.attempt, reason=terminal.reason)
         else:
             log.warning("job failed", code=terminal.code, error=terminal.message, tokens=attempt.seq)
 
-    async def _attempts(
-        self, delivery: Delivery, admitted: Admitted, number: int
-    ) -> tuple[_Attempt, Done | Error] | None:
-        """Run the attempt, and the escalated one when the first is not confident enough."""
-        attempt = _Attempt(self, admitted, number)
-        terminal = await attempt.run()
+    async def _cancelled(self) -> tuple[Attempt, Cancelled]:
+        attempt = self.current
+        if attempt is None:
+            raise _Stop(ack=False)  # not started: the pickup of the next delivery will see the flag
+        await self.runner.publisher.drained(attempt.sink)
+        reason = self.control.reason or "cancelled"
+        return attempt, Cancelled(
+            job_id=self.admitted.job_id, attempt=attempt.attempt, reason=reason, metadata=attempt.job.metadata
+        )
+
+    async def _begin(self, admitted: Admitted, reason: str | None) -> int:
+        runner, delivery = self.runner, self.delivery
+        begun = await runner.store.begin(
+            admitted.job_id,
+            delivery.entry_id,
+            runner.queue.consumer,
+            _start(admitted, reason),
+            replaces=delivery.replaces,
+        )
+        if begun.outcome == "started":
+            log.info("attempt started", attempt=begun.attempt, model=admitted.job.model, reason=reason)
+            return begun.attempt
+        if begun.outcome == "cancel":
+            outcome = await runner.store.fail(
+                admitted.job_id, delivery.entry_id, "cancelled", begun.detail, {}, cancelled=True
+            )
+            log.info("job cancelled before it started", outcome=outcome)
+            raise _Stop(ack=True)
+        log.info("job skipped", reason=begun.outcome, detail=begun.detail, entry=delivery.entry_id)
+        raise _Stop(ack=True)
+
+    async def _attempts(self) -> tuple[Attempt, Done | Error]:
+        """The job's attempts: retries, and the escalated model when the first is not confident."""
+        admitted = self.admitted
+        attempt, terminal = await self._with_retries(admitted, await self._begin(admitted, None))
         reason = attempt.escalation_reason(terminal)
         if reason is None or admitted.stronger is None:
             assert terminal is not None
@@ -151,21 +222,40 @@ class Runner:
             to_model=stronger.job.model,
             confidence=record.confidence,
         )
-        begun = await self.store.begin(
-            admitted.job_id, delivery.entry_id, self.queue.consumer, _start(stronger, reason)
-        )
-        if begun.outcome != "started":
-            log.warning("escalation not started", outcome=begun.outcome, detail=begun.detail)
-            if begun.outcome == "terminal":
-                await self.queue.ack(delivery.entry_id)
-            return None
-        log.info("attempt started", attempt=begun.attempt, model=stronger.job.model, escalated=True)
-        strong = _Attempt(self, stronger, begun.attempt)
-        final = await strong.run()
+        strong, final = await self._with_retries(stronger, await self._begin(stronger, reason))
         assert final is not None
         if isinstance(final, Done):
             final = msgspec.structs.replace(final, escalation=record)
         return strong, final
+
+    async def _with_retries(self, admitted: Admitted, number: int) -> tuple[Attempt, Done | Error | None]:
+        """Upstream requests until one ends without a retryable failure, within ``max_attempts`` and
+        the job deadline. A retry after tokens were published is a new attempt."""
+        runner, loop = self.runner, asyncio.get_running_loop()
+        tries = 0
+        while True:
+            tries += 1
+            self.current = attempt = Attempt(runner, admitted, number, self.deadline)
+            terminal = await attempt.run()
+            failure = attempt.failure
+            if failure is None or not failure.retryable:
+                return attempt, terminal
+            delay = runner.backoff(tries, failure.retry_after)
+            limit = runner.settings.max_attempts
+            if tries >= limit or loop.time() + delay >= self.deadline:
+                why = f"attempts={tries} of max_attempts={limit}" if tries >= limit else "job deadline"
+                return attempt, attempt.give_up(f"{failure.message} (no more retries: {why})")
+            log.warning(
+                "upstream failed, retrying",
+                code=failure.code,
+                status=failure.status,
+                error=failure.message,
+                retry_in=round(delay, 3),
+                tries=tries,
+            )
+            await asyncio.sleep(delay)
+            if attempt.seq > 0:  # tokens were published: subscribers must discard them
+                number = await self._begin(admitted, f"retry after {failure.code}: {failure.message}")
 
 
 def _start(admitted: Admitted, reason: str | None) -> Start:
@@ -178,227 +268,4 @@ def _start(admitted: Admitted, reason: str | None) -> Start:
         api=job.api,
         metadata=job.metadata,
         reason=reason,
-    )
-
-
-class _Attempt:
-    """One attempt's stream: upstream events in, token events out, one terminal event at the end."""
-
-    def __init__(self, runner: Runner, admitted: Admitted, attempt: int) -> None:
-        self.runner = runner
-        self.admitted = admitted
-        self.job = admitted.job
-        self.attempt = attempt
-        self.seq = 0
-        self.n_content = 0
-        self.tracker = ConfidenceTracker(self.job.low_prob)
-        self.reasoning: ConfidenceTracker | None = None
-        self.sink = Sink(runner.store.keys.events(admitted.job_id))
-        self.end: StreamEnd | None = None
-        self.usage_in: int | None = None
-        self.text_parts: list[str] | None = None
-        esc = self.job.escalate if admitted.stronger is not None else None
-        self.watch_after = esc.after_tokens if esc is not None else None
-        self.judge_at_end = esc is not None  # until the after_tokens check has passed
-        self.escalating: str | None = None
-
-    async def run(self) -> Done | Error | None:
-        """The terminal event, or None when the attempt stopped early to escalate."""
-        runner = self.runner
-        try:
-            async with asyncio.timeout(runner.settings.job_deadline_seconds):
-                terminal = await self._stream()
-        except UpstreamError as exc:
-            terminal = self._error(exc.code, exc.message)
-        except TimeoutError:
-            terminal = self._error(
-                "deadline_exceeded",
-                f"job did not finish within job_deadline_seconds={runner.settings.job_deadline_seconds}",
-            )
-        await runner.publisher.drained(self.sink)
-        if self.sink.fenced:
-            raise Fenced
-        if self.sink.error is not None:
-            raise self.sink.error
-        return terminal
-
-    async def _stream(self) -> Done | Error | None:
-        runner, admitted = self.runner, self.admitted
-        key = admitted.provider.api_key(runner.environ)
-        if admitted.provider.api_key_env is not None and key is None:
-            return self._error(
-                "missing_api_key",
-                f"provider {admitted.provider_name!r} needs an API key in the environment variable "
-                f"{admitted.provider.api_key_env}, which is not set on this worker",
-            )
-        adapter = runner.adapters[self.job.api]
-        url, body = adapter.build_request(
-            self.job, model_url=admitted.url, settings=runner.settings, provider=admitted.provider
-        )
-        headers = {"Content-Type": "application/json"}
-        if key is not None:
-            headers["Authorization"] = f"Bearer {key}"
-        async with open_sse(runner.http, url, body, headers, runner.limits) as events:
-            async for data in events:
-                parsed = adapter.parse(data)
-                self._publish(parsed)
-                if parsed.end is not None:
-                    self.end = parsed.end
-                if parsed.closed or self.escalating is not None or not self.sink.ok:
-                    break
-        if self.escalating is not None or not self.sink.ok:
-            return None  # run() raises for a fenced or failed sink
-        if self.end is None:
-            raise UpstreamError(
-                "upstream_incomplete",
-                f"upstream stream ended after {self.seq} tokens without its end marker",
-                retryable=True,
-            )
-        return self._done(self.end)
-
-    def _publish(self, parsed: Parsed) -> None:
-        if parsed.usage_input_tokens is not None:
-            self.usage_in = parsed.usage_input_tokens
-        if parsed.text is not None:
-            if self.text_parts is None:
-                self.text_parts = []
-            self.text_parts.append(parsed.text)
-        cap = self.runner.limits.max_tokens + 16
-        for record in parsed.tokens:
-            if self.seq >= cap:
-                raise UpstreamError(
-                    "upstream_too_many_tokens",
-                    f"upstream sent more than {cap} tokens (max_tokens_cap={self.runner.limits.max_tokens})",
-                )
-            self.seq += 1
-            event = self._token(record)
-            self.runner.publisher.emit(self.sink, f"{self.attempt}-{self.seq}", encode_event(event))
-        if self.watch_after is not None and self.n_content >= self.watch_after:
-            self.watch_after = None
-            self.judge_at_end = False
-            self.escalating = self._judge(f"after {self.n_content} tokens")
-
-    def _tracker_for(self, record: TokenRecord) -> ConfidenceTracker:
-        if record.channel == "content":
-            self.n_content += 1
-            return self.tracker
-        if self.reasoning is None:
-            self.reasoning = ConfidenceTracker(self.job.low_prob)
-        return self.reasoning
-
-    def _token(self, record: TokenRecord) -> Token:
-        tracker = self._tracker_for(record)
-        score = tracker.add(
-            record.text, record.logprob, special=record.special, raw_bytes=record.bytes, top=record.top
-        )
-        top = None
-        if record.top is not None:
-            top = [TopLogprob(token=c.token, logprob=_finite(c.logprob)) for c in record.top]
-        return Token(
-            job_id=self.admitted.job_id,
-            attempt=self.attempt,
-            index=self.seq - 1,
-            text=record.text,
-            logprob=_finite(record.logprob),
-            token_id=record.token_id,
-            special=record.special,
-            top_logprobs=top,
-            confidence=score.confidence,
-            ewma_confidence=score.ewma_confidence,
-            min_prob=score.min_prob,
-            low=score.low,
-            char_start=score.char_start,
-            char_end=score.char_end,
-            topk=_topk(score, tracker),
-            channel=record.channel,
-        )
-
-    def _judge(self, when: str) -> str | None:
-        """Why this attempt should escalate (its confidence is under the bar), or None."""
-        esc = self.job.escalate
-        if esc is None or self.admitted.stronger is None:
-            return None
-        conf = self.tracker.confidence
-        if conf is None:
-            return f"no scored tokens {when}: confidence unknown, escalating to {esc.model}"
-        if conf < esc.below:
-            return f"confidence {conf:.4f} < {esc.below} {when} of {self.job.model}"
-        return None
-
-    def escalation_reason(self, terminal: Done | Error | None) -> str | None:
-        """Stopped early to escalate, or finished without passing the bar; errors never escalate."""
-        if terminal is None:
-            return self.escalating
-        if isinstance(terminal, Done) and self.judge_at_end:
-            return self._judge(f"at the end ({self.n_content} tokens)")
-        return None
-
-    def escalation_record(self) -> Escalation:
-        esc = self.job.escalate
-        assert esc is not None
-        return Escalation(
-            from_model=self.job.model,
-            from_provider=self.admitted.provider_name,
-            from_attempt=self.attempt,
-            confidence=self.tracker.confidence,
-            below=esc.below,
-            after_tokens=esc.after_tokens,
-            tokens=self.n_content,
-            summary=self.tracker.finish(),
-        )
-
-    def _done(self, end: StreamEnd) -> Done:
-        summary = self.tracker.finish()
-        input_tokens = end.input_tokens if end.input_tokens is not None else self.usage_in
-        text = self.tracker.text if self.text_parts is None else "".join(self.text_parts)
-        reasoning = self.reasoning
-        return Done(
-            job_id=self.admitted.job_id,
-            attempt=self.attempt,
-            finish_reason=end.finish_reason,
-            text=text,
-            usage=Usage(input_tokens=input_tokens, output_tokens=self.seq),
-            confidence=self.tracker.confidence,
-            summary=summary,
-            metadata=self.job.metadata,
-            reasoning_text=None if reasoning is None else reasoning.text,
-            reasoning_confidence=None if reasoning is None else reasoning.confidence,
-        )
-
-    def _error(self, code: str, message: str) -> Error:
-        return Error(
-            job_id=self.admitted.job_id,
-            attempt=self.attempt,
-            code=code,
-            message=message,
-            metadata=self.job.metadata,
-        )
-
-    def record(self, terminal: Done | Error) -> dict[str, str | int | float]:
-        """What the state hash keeps about the outcome (for ``status`` without reading events)."""
-        out: dict[str, str | int | float] = {"tokens": self.seq}
-        if isinstance(terminal, Done):
-            out["finish_reason"] = terminal.finish_reason
-            if terminal.confidence is not None:
-                out["confidence"] = repr(terminal.confidence)
-            if terminal.escalation is not None:
-                out["escalated_from"] = terminal.escalation.from_model
-        else:
-            out["error_code"] = terminal.code
-        return out
-
-
-def _topk(score: TokenScore, tracker: ConfidenceTracker) -> TopkMetrics | None:
-    if score.chosen_rank is None or score.tail_mass is None or score.entropy_lb is None:
-        return None
-    return TopkMetrics(
-        margin=score.margin,
-        chosen_rank=score.chosen_rank,
-        tail_mass=score.tail_mass,
-        entropy_lb=score.entropy_lb,
-        entropy_lump=score.entropy_lump if score.entropy_lump is not None else score.entropy_lb,
-        entropy_ub=score.entropy_ub,
-        mean_entropy_lb=tracker.mean_entropy_lb,
-        max_entropy_lb=tracker.max_entropy_lb,
-        n_not_top1=tracker.n_not_top1,
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["BEGIN", "ENQUEUE", "FAIL", "FINISH"]
+__all__ = ["BEGIN", "CANCEL", "ENQUEUE", "FAIL", "FINISH", "REAP", "RENEW"]
 
 # KEYS: state. ARGV: now_ms, ttl_ms, model, api, provider.
 # Returns {"new", ""} or {"exists", state, entry}.
@@ -27,17 +27,19 @@ return {'new', 'queued', ''}
 """
 
 # KEYS: state, events. ARGV: entry_id, consumer, now_ms, ttl_ms, maxlen, start_head, start_tail,
-# model, api, provider.
-# Returns {"started", attempt} | {"terminal", state} | {"duplicate", owning_entry}.
+# model, api, provider, replaced_entry (the entry a drain hand-back replaced, or '').
+# Returns {"started", attempt} | {"terminal", state} | {"duplicate", owning_entry} | {"cancel", reason}.
 BEGIN: Final = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if state == 'done' or state == 'error' or state == 'cancelled' then
   return {'terminal', state}
 end
 local entry = redis.call('HGET', KEYS[1], 'entry')
-if entry and entry ~= ARGV[1] then
+if entry and entry ~= ARGV[1] and entry ~= ARGV[11] then
   return {'duplicate', entry}
 end
+local cancel = redis.call('HGET', KEYS[1], 'cancel')
+if cancel then return {'cancel', cancel} end
 local attempt = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0') + 1
 local top = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
 if #top > 0 then
@@ -102,4 +104,48 @@ if ARGV[1] ~= '' then redis.call('HSETNX', KEYS[1], 'entry', ARGV[1]) end
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
 redis.call('PEXPIRE', KEYS[2], ARGV[6])
 return 'ok'
+"""
+
+# Renew the lease of every entry this consumer still owns: an owner-checked XCLAIM with min-idle 0
+# and JUSTID resets the entry's idle time without counting a delivery.
+# KEYS: jobs stream. ARGV: group, consumer, entry ids... Returns the ids this consumer no longer owns.
+RENEW: Final = """
+local lost = {}
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if #p == 0 or p[1][2] ~= ARGV[2] then
+    lost[#lost + 1] = ARGV[i]
+  else
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+  end
+end
+return lost
+"""
+
+# Remove a consumer only if it owns nothing (checked and done atomically).
+# KEYS: jobs stream. ARGV: group, consumer. Returns 1 if removed.
+REAP: Final = """
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
+if #p > 0 then return 0 end
+redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
+# Cancel a job: a queued job ends at once with `cancelled`; a running one is flagged for its worker.
+# KEYS: state, events. ARGV: reason, head, tail, now_ms, ttl_ms, maxlen.
+# Returns {"cancelled"} | {"requested"} | {"terminal", state} | {"unknown"}.
+CANCEL: Final = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return {'unknown'} end
+if state == 'done' or state == 'error' or state == 'cancelled' then return {'terminal', state} end
+redis.call('HSET', KEYS[1], 'cancel', ARGV[1])
+if state ~= 'queued' then return {'requested'} end
+local attempt = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0')
+if attempt < 1 then attempt = 1 end
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], attempt .. '-*',
+                      'event', ARGV[2] .. attempt .. ARGV[3])
+redis.call('HSET', KEYS[1], 'state', 'cancelled', 'finished', ARGV[4], 'terminal_id', id)
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+return {'cancelled'}
 """

@@ -1,8 +1,9 @@
 """The worker process's lifecycle: read as many jobs as there are free slots, run each as its own
-task, and on stop let in-flight jobs finish within the drain grace.
+task, keep their leases, take over abandoned ones, honour cancellations, and on stop let in-flight
+jobs finish within the drain grace, then hand the rest back so a peer takes them at once.
 
 No I/O happens in the constructor and no signal handler is installed here: the CLI owns signals and
-sets the ``stop`` event; embedders cancel or set it themselves.
+sets the ``stop`` event; embedders set it themselves.
 """
 
 from __future__ import annotations
@@ -10,22 +11,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import socket
 import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import httpx
 import structlog
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
+from .jobs import job_id_of
 from .keys import Keys
+from .lease import LeaseKeeper
 from .publisher import Publisher
 from .queue import Delivery, JobQueue
-from .runner import Adapter, Runner
+from .runner import Control, Runner
 from .settings import Settings
 from .store import JobStore
-from .upstream.native import NativeAdapter
+from .upstream.adapters import Adapter, default_adapters
 
-__all__ = ["Worker", "default_adapters", "default_consumer_name"]
+__all__ = ["Worker", "default_consumer_name"]
 
 log = structlog.get_logger("tokenwire.worker")
 
@@ -35,8 +42,18 @@ def default_consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-def default_adapters() -> dict[str, Adapter]:
-    return {"native": NativeAdapter()}
+def cancel_channel(keys: Keys) -> str:
+    return f"{keys.prefix}:cancel"
+
+
+class _Job:
+    __slots__ = ("control", "delivery", "job_id", "task")
+
+    def __init__(self, delivery: Delivery, task: asyncio.Task[None], control: Control) -> None:
+        self.delivery = delivery
+        self.task = task
+        self.control = control
+        self.job_id = job_id_of(delivery.payload, delivery.entry_id)
 
 
 class Worker:
@@ -53,6 +70,7 @@ class Worker:
         consumer: str | None = None,
     ) -> None:
         self.settings = settings
+        self.redis = redis
         self.keys = Keys(settings.prefix)
         self.consumer = consumer or settings.consumer_name or default_consumer_name()
         self.queue = JobQueue(redis, reader, self.keys, self.consumer, dead_maxlen=settings.dead_maxlen)
@@ -64,6 +82,7 @@ class Worker:
             events_maxlen=settings.events_maxlen,
         )
         self.publisher = Publisher(redis, maxlen=settings.events_maxlen)
+        self.leases = LeaseKeeper(redis, self.keys, self.consumer, settings.lease_seconds)
         self.runner = Runner(
             settings=settings,
             store=self.store,
@@ -72,8 +91,17 @@ class Worker:
             http=http,
             adapters=adapters or default_adapters(),
         )
-        self.inflight: set[asyncio.Task[None]] = set()
+        self.jobs: dict[str, _Job] = {}
         self.ready = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+
+    @property
+    def inflight(self) -> list[asyncio.Task[None]]:
+        return [job.task for job in self.jobs.values()]
+
+    @property
+    def free(self) -> int:
+        return self.settings.concurrency - len(self.jobs)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve jobs until ``stop`` is set, then drain and return."""
@@ -84,29 +112,45 @@ class Worker:
             concurrency=self.settings.concurrency,
             stream=self.keys.jobs,
         )
-        await self.queue.ensure_group()
-        flusher = asyncio.create_task(self.publisher.run(), name="tokenwire-publisher")
+        await self._retry_forever("create the consumer group", self.queue.ensure_group, stop)
+        helpers = [
+            asyncio.create_task(self.publisher.run(), name="tokenwire-publisher"),
+            asyncio.create_task(self.leases.run(), name="tokenwire-leases"),
+            asyncio.create_task(self._reclaim_loop(), name="tokenwire-reclaim"),
+            asyncio.create_task(self._cancel_listener(), name="tokenwire-cancel"),
+        ]
         self.ready.set()
         try:
             await self._serve(stop)
             await self._drain()
         finally:
-            flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await flusher
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
             await self.publisher.flush()
         log.info("worker stopped", consumer=self.consumer)
+
+    # -- reading -------------------------------------------------------------------------------
 
     async def _serve(self, stop: asyncio.Event) -> None:
         block_ms = int(self.settings.block_seconds * 1000)
         stopping = asyncio.create_task(stop.wait())
+        failures = 0
         try:
             while not stop.is_set():
-                free = self.settings.concurrency - len(self.inflight)
-                if free <= 0:
-                    await asyncio.wait({stopping, *self.inflight}, return_when=asyncio.FIRST_COMPLETED)
+                if self.free <= 0:
+                    self._slot_freed.clear()
+                    waiter = asyncio.create_task(self._slot_freed.wait())
+                    await asyncio.wait({stopping, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                    waiter.cancel()
                     continue
-                deliveries = await self._read(free, block_ms, stopping)
+                try:
+                    deliveries = await self._read(self.free, block_ms, stopping)
+                    failures = 0
+                except RedisError as exc:
+                    failures += 1
+                    await self._pause_after_error("read the job stream", exc, failures, stopping)
+                    continue
                 for delivery in deliveries:
                     self._spawn(delivery)
         finally:
@@ -118,32 +162,131 @@ class Worker:
         if read.done():
             return read.result()
         read.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        with contextlib.suppress(asyncio.CancelledError, RedisError):
             await read
         await self.queue.reset_reader()
         return []
 
-    def _spawn(self, delivery: Delivery) -> None:
-        task = asyncio.create_task(self._handle(delivery), name=f"job-{delivery.entry_id}")
-        self.inflight.add(task)
-        task.add_done_callback(self.inflight.discard)
+    async def _pause_after_error(
+        self, what: str, exc: Exception, failures: int, stopping: asyncio.Task[bool] | None
+    ) -> None:
+        """Back off with jitter (100 ms doubling to 5 s), waking early on stop."""
+        delay = min(5.0, 0.1 * 2 ** min(failures, 6)) * (0.5 + random.random())
+        log.warning(f"could not {what}; retrying", error=str(exc), retry_in=round(delay, 2))
+        if stopping is None:
+            await asyncio.sleep(delay)
+        else:
+            await asyncio.wait({stopping}, timeout=delay)
 
-    async def _handle(self, delivery: Delivery) -> None:
+    async def _retry_forever(self, what: str, op: Callable[[], Awaitable[Any]], stop: asyncio.Event) -> None:
+        failures = 0
+        while not stop.is_set():
+            try:
+                await op()
+                return
+            except RedisError as exc:
+                failures += 1
+                await self._pause_after_error(what, exc, failures, None)
+
+    # -- jobs ----------------------------------------------------------------------------------
+
+    def _spawn(self, delivery: Delivery) -> None:
+        if delivery.entry_id in self.jobs:
+            return  # already running here (a reclaim of our own entry)
+        control = Control()
+        task = asyncio.create_task(self._handle(delivery, control), name=f"job-{delivery.entry_id}")
+        self.jobs[delivery.entry_id] = _Job(delivery, task, control)
+        self.leases.hold(delivery.entry_id, lambda: self._interrupt(delivery.entry_id, "fence"))
+        task.add_done_callback(lambda _: self._finished(delivery.entry_id))
+
+    def _finished(self, entry_id: str) -> None:
+        self.jobs.pop(entry_id, None)
+        self.leases.release(entry_id)
+        self._slot_freed.set()
+
+    def _interrupt(self, entry_id: str, kind: Any, reason: str = "") -> None:
+        job = self.jobs.get(entry_id)
+        if job is not None and not job.task.done():
+            job.control.set(kind, reason)
+            job.task.cancel()
+
+    async def _handle(self, delivery: Delivery, control: Control) -> None:
         try:
-            await self.runner.handle(delivery)
+            await self.runner.handle(delivery, control)
         except asyncio.CancelledError:
-            log.warning("job interrupted", entry=delivery.entry_id)
+            if control.kind == "fence":
+                log.warning("job stopped: its lease was lost", entry=delivery.entry_id)
+                return
             raise
         except Exception:
-            log.exception("job crashed; it stays pending for another delivery", entry=delivery.entry_id)
+            log.exception(
+                "job crashed; its entry stays pending for another delivery", entry=delivery.entry_id
+            )
+
+    # -- reclaim, cancel, drain ------------------------------------------------------------------
+
+    async def _reclaim_loop(self) -> None:
+        interval = self.settings.reclaim_interval_seconds
+        min_idle_ms = int(self.settings.lease_seconds * 1000)
+        reap_every = max(1, int(60 / interval))
+        ticks = 0
+        while True:
+            await asyncio.sleep(interval * (0.8 + 0.4 * random.random()))
+            ticks += 1
+            try:
+                if self.free > 0:
+                    claimed, _ = await self.queue.reclaim(self.free, min_idle_ms)
+                    for delivery in claimed:
+                        log.warning(
+                            "took over an abandoned job",
+                            entry=delivery.entry_id,
+                            deliveries=delivery.deliveries,
+                        )
+                        self._spawn(delivery)
+                if ticks % reap_every == 0:
+                    await self.queue.reap(int(self.settings.consumer_reap_idle_seconds * 1000))
+            except RedisError as exc:
+                log.warning("reclaim pass failed", error=str(exc))
+
+    async def _cancel_listener(self) -> None:
+        """Cancellation requests arrive on a pub/sub channel; the job's holder acts on them."""
+        failures = 0
+        while True:
+            try:
+                async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    await pubsub.subscribe(cancel_channel(self.keys))
+                    failures = 0
+                    async for message in pubsub.listen():
+                        self._on_cancel(message.get("data"))
+            except RedisError as exc:
+                failures += 1
+                await self._pause_after_error("listen for cancellations", exc, failures, None)
+
+    def _on_cancel(self, data: Any) -> None:
+        if not isinstance(data, bytes | str):
+            return
+        job_id, _, reason = (data.decode() if isinstance(data, bytes) else data).partition("\n")
+        for entry_id, job in list(self.jobs.items()):
+            if job.control.kind is None and job.job_id == job_id:
+                log.info("cancelling job", job_id=job_id, reason=reason)
+                self._interrupt(entry_id, "cancel", reason or "cancelled")
 
     async def _drain(self) -> None:
-        if not self.inflight:
+        if not self.jobs:
             return
-        log.info("draining", inflight=len(self.inflight), grace=self.settings.drain_grace_seconds)
-        _, pending = await asyncio.wait(set(self.inflight), timeout=self.settings.drain_grace_seconds)
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.wait(pending)
-            log.warning("drain grace over: unfinished jobs left pending", count=len(pending))
+        grace = self.settings.drain_grace_seconds
+        log.info("draining", inflight=len(self.jobs), grace=grace)
+        _, pending = await asyncio.wait(self.inflight, timeout=grace)
+        if not pending:
+            return
+        left = [job for job in self.jobs.values() if job.task in pending]
+        for job in left:
+            job.control.set("drain")
+            job.task.cancel()
+        await asyncio.wait(pending)
+        for job in left:
+            try:
+                new_entry = await self.queue.hand_back(job.delivery)
+                log.info("handed a job back for a peer", entry=job.delivery.entry_id, new_entry=new_entry)
+            except RedisError as exc:
+                log.warning("could not hand a job back; a peer takes it after its lease", error=str(exc))

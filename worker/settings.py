@@ -70,6 +70,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     max_attempts: PositiveInt = 3
     drain_grace_seconds: Annotated[float, msgspec.Meta(ge=0)] = 25.0
     stall_timeout_seconds: PositiveFloat = 60.0
+    retry_base_seconds: PositiveFloat = 1.0
+    retry_max_seconds: PositiveFloat = 30.0
+    consumer_reap_idle_seconds: PositiveFloat = 3600.0
     connect_timeout_seconds: PositiveFloat = 10.0
     job_deadline_seconds: PositiveFloat = 900.0
     output_ttl_seconds: PositiveInt = 3600

@@ -13,7 +13,7 @@ import msgspec
 from redis.asyncio import Redis
 
 from . import scripts
-from .events import Error, Event, Start, encode_event
+from .events import Cancelled, Error, Event, Start, encode_event
 from .keys import Keys
 
 __all__ = ["BeginResult", "JobStore", "split_on_attempt"]
@@ -38,7 +38,7 @@ def split_on_attempt(event: Event) -> tuple[bytes, bytes]:
 
 
 class BeginResult(msgspec.Struct, frozen=True):
-    outcome: Literal["started", "terminal", "duplicate"]
+    outcome: Literal["started", "terminal", "duplicate", "cancel"]
     attempt: int = 0
     detail: str = ""
 
@@ -68,6 +68,7 @@ class JobStore:
         self._begin = redis.register_script(scripts.BEGIN)
         self._finish = redis.register_script(scripts.FINISH)
         self._fail = redis.register_script(scripts.FAIL)
+        self._cancel = redis.register_script(scripts.CANCEL)
 
     async def create(self, job_id: str, model: str, api: str, provider: str) -> tuple[bool, str, str]:
         """Create the state hash unless it exists: (created, state, entry)."""
@@ -80,8 +81,13 @@ class JobStore:
     async def record_entry(self, job_id: str, entry_id: str) -> None:
         await self.redis.hsetnx(self.keys.state(job_id), "entry", entry_id)
 
-    async def begin(self, job_id: str, entry_id: str, consumer: str, start: Start) -> BeginResult:
-        """Start a new attempt of the job that ``entry_id`` carries, writing its ``start`` event."""
+    async def begin(
+        self, job_id: str, entry_id: str, consumer: str, start: Start, *, replaces: str | None = None
+    ) -> BeginResult:
+        """Start a new attempt of the job that ``entry_id`` carries, writing its ``start`` event.
+
+        ``replaces``: the entry this one was handed back for (drain); the job moves to this entry.
+        """
         head, tail = split_on_attempt(start)
         reply = await self._begin(
             keys=[self.keys.state(job_id), self.keys.events(job_id)],
@@ -96,13 +102,14 @@ class JobStore:
                 start.model,
                 start.api,
                 start.provider,
+                replaces or "",
             ],
         )
         outcome = _s(reply[0])
         if outcome == "started":
             return BeginResult("started", attempt=int(reply[1]))
-        if outcome == "terminal":
-            return BeginResult("terminal", detail=_s(reply[1]))
+        if outcome in ("terminal", "cancel"):
+            return BeginResult(outcome, detail=_s(reply[1]))  # type: ignore[arg-type]
         return BeginResult("duplicate", detail=_s(reply[1]))
 
     async def finish(
@@ -132,19 +139,30 @@ class JobStore:
         return reply  # type: ignore[return-value]
 
     async def fail(
-        self, job_id: str, entry_id: str | None, code: str, message: str, metadata: dict[str, str]
+        self,
+        job_id: str,
+        entry_id: str | None,
+        code: str,
+        message: str,
+        metadata: dict[str, str],
+        *,
+        cancelled: bool = False,
     ) -> str:
-        """Write a terminal ``error`` for a job with no live attempt to fence on (dead letters)."""
-        head, tail = split_on_attempt(
-            Error(job_id=job_id, attempt=0, code=code, message=message, metadata=metadata)
-        )
+        """Write a terminal ``error`` (or ``cancelled``, with ``message`` as its reason) for a job
+        with no live attempt to fence on: dead letters, cancellations found at pickup."""
+        event: Event
+        if cancelled:
+            event = Cancelled(job_id=job_id, attempt=0, reason=message, metadata=metadata)
+        else:
+            event = Error(job_id=job_id, attempt=0, code=code, message=message, metadata=metadata)
+        head, tail = split_on_attempt(event)
         reply = await self._fail(
             keys=[self.keys.state(job_id), self.keys.events(job_id)],
             args=[
                 entry_id or "",
                 head,
                 tail,
-                "error",
+                "cancelled" if cancelled else "error",
                 now_ms(),
                 self.output_ttl_ms,
                 self.events_maxlen,
@@ -152,6 +170,16 @@ class JobStore:
             ],
         )
         return _s(reply)
+
+    async def cancel(self, job_id: str, reason: str) -> str:
+        """Cancel: ``cancelled`` (it was queued and is now over), ``requested`` (its worker is
+        told), ``terminal`` (it had already ended) or ``unknown``."""
+        head, tail = split_on_attempt(Cancelled(job_id=job_id, attempt=0, reason=reason))
+        reply = await self._cancel(
+            keys=[self.keys.state(job_id), self.keys.events(job_id)],
+            args=[reason, head, tail, now_ms(), self.output_ttl_ms, self.events_maxlen],
+        )
+        return _s(reply[0])
 
     async def status(self, job_id: str) -> dict[str, str] | None:
         raw = await self.redis.hgetall(self.keys.state(job_id))

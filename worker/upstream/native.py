@@ -16,9 +16,9 @@ import msgspec
 from worker.jobs import Job
 from worker.settings import Provider, Settings
 from worker.upstream.base import Candidate, Parsed, StreamEnd, TokenRecord, UpstreamError
-from worker.upstream.http import classify_status
+from worker.upstream.errors import malformed_event, stream_error
 
-__all__ = ["NativeAdapter"]
+__all__ = ["NativeAdapter", "model_path"]
 
 _SAMPLING = (
     "temperature",
@@ -30,19 +30,6 @@ _SAMPLING = (
     "presence_penalty",
     "frequency_penalty",
 )
-
-# TGI ``error_type`` (a trailing ``_error`` removed) → (code, retryable).
-_ERROR_TYPES = {
-    "overloaded": ("rate_limited", True),
-    "rate_limit": ("rate_limited", True),
-    "validation": ("bad_request", False),
-    "generation": ("upstream_generation_error", True),
-    "incomplete_generation": ("upstream_generation_error", True),
-    "incomplete_generation_stream": ("upstream_generation_error", True),
-}
-
-_MALFORMED_PREVIEW = 200
-_MESSAGE_LIMIT = 1000
 
 
 class _Token(msgspec.Struct, gc=False):
@@ -109,7 +96,7 @@ class NativeAdapter:
         if provider.supports_top_n_tokens and top_n > 0:
             body["top_n_tokens"] = top_n
             body["details"] = True
-        return model_url.replace("{model}", _model_path(job.model)), _ENCODER.encode(body)
+        return model_url.replace("{model}", model_path(job.model)), _ENCODER.encode(body)
 
     def parse(self, data: str) -> Parsed:
         """One SSE data payload → :class:`Parsed`; ``[DONE]`` and status-only events → empty."""
@@ -120,11 +107,13 @@ class NativeAdapter:
         except msgspec.DecodeError as exc:  # ValidationError included
             if data.strip() == "[DONE]":
                 return Parsed()
-            raise _malformed(data, exc) from None
+            raise malformed_event(data, exc) from None
         token = event.token
         if token is None:
             if _has_error(event):
-                raise _stream_error(event)
+                raise stream_error(
+                    event.error, error_type=event.error_type, error_message=event.error_message
+                )
             if event.generated_text is None and event.details is None:
                 return Parsed()
             return _final(event, [])
@@ -134,7 +123,7 @@ class NativeAdapter:
         return _final(event, tokens)
 
 
-def _model_path(model: str) -> str:
+def model_path(model: str) -> str:
     """The model name as URL path segments: slashes kept, the rest percent-encoded."""
     segments = model.split("/")
     if any(s in {".", ".."} for s in segments):
@@ -185,65 +174,3 @@ def _first(*values: int | None) -> int | None:
 
 def _has_error(event: _Event) -> bool:
     return not (event.error is None and event.error_type is None and event.error_message is None)
-
-
-def _stream_error(event: _Event) -> UpstreamError:
-    """An in-stream error event → :class:`UpstreamError` carrying the provider's message."""
-    kind = _error_kind(event)
-    code, retryable = _ERROR_TYPES.get(_normal(kind), ("upstream_error", False))
-    status = _error_status(event.error)
-    if status is not None and code == "upstream_error":
-        code, retryable = classify_status(status)
-    message = _error_text(event)
-    prefix = f"upstream error ({kind})" if kind else "upstream error"
-    return UpstreamError(code, f"{prefix}: {message}", retryable=retryable)
-
-
-def _error_kind(event: _Event) -> str:
-    if isinstance(event.error_type, str):
-        return event.error_type
-    if isinstance(event.error, dict):
-        kind = event.error.get("type") or event.error.get("code")
-        if isinstance(kind, str):
-            return kind
-    return ""
-
-
-def _normal(kind: str) -> str:
-    return kind.strip().lower().removesuffix("_error")
-
-
-def _error_status(error: Any) -> int | None:
-    """An HTTP-like status in an OpenAI-style error object (``code`` or ``status``), if any."""
-    if not isinstance(error, dict):
-        return None
-    for key in ("status", "code"):
-        value = error.get(key)
-        if isinstance(value, int) and 400 <= value <= 599:
-            return value
-    return None
-
-
-def _error_text(event: _Event) -> str:
-    for value in (event.error_message, event.error):
-        if isinstance(value, str) and value.strip():
-            return _clip(value.strip())
-        if isinstance(value, dict):
-            message = value.get("message")
-            if isinstance(message, str) and message.strip():
-                return _clip(message.strip())
-            return _clip(_ENCODER.encode(value).decode())
-    return "(no message)"
-
-
-def _clip(text: str) -> str:
-    return text if len(text) <= _MESSAGE_LIMIT else text[: _MESSAGE_LIMIT - 1] + "…"
-
-
-def _malformed(data: str, exc: msgspec.DecodeError) -> UpstreamError:
-    preview = data[:_MALFORMED_PREVIEW]
-    return UpstreamError(
-        "upstream_malformed_event",
-        f"upstream sent a malformed event ({exc}): {preview!r}",
-        retryable=True,
-    )

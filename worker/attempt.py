@@ -1,0 +1,263 @@
+"""One attempt of a job: the upstream request, one token event per token, the terminal event.
+
+It reads the provider's stream through its protocol adapter, scores every token, emits token events
+through the publisher and builds the terminal event. It owns no Redis state transition: the runner
+begins attempts and writes terminal events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import TYPE_CHECKING
+
+from .admit import Admitted
+from .confidence import ConfidenceTracker, TokenScore
+from .events import Cancelled, Done, Error, Escalation, Token, TopkMetrics, TopLogprob, Usage, encode_event
+from .publisher import Sink
+from .upstream.base import Parsed, StreamEnd, TokenRecord, UpstreamError
+from .upstream.http import open_sse
+
+if TYPE_CHECKING:
+    from .runner import Runner
+
+__all__ = ["Attempt", "Fenced"]
+
+
+class Fenced(Exception):
+    """This attempt was superseded: stop writing, stop the upstream request, do not ack."""
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+class Attempt:
+    """One attempt's stream: upstream events in, token events out, one terminal event at the end."""
+
+    def __init__(self, runner: Runner, admitted: Admitted, attempt: int, deadline: float) -> None:
+        self.runner = runner
+        self.admitted = admitted
+        self.job = admitted.job
+        self.attempt = attempt
+        self.seq = 0
+        self.n_content = 0
+        self.tracker = ConfidenceTracker(self.job.low_prob)
+        self.reasoning: ConfidenceTracker | None = None
+        self.sink = Sink(runner.store.keys.events(admitted.job_id))
+        self.end: StreamEnd | None = None
+        self.usage_in: int | None = None
+        self.text_parts: list[str] | None = None
+        esc = self.job.escalate if admitted.stronger is not None else None
+        self.watch_after = esc.after_tokens if esc is not None else None
+        self.judge_at_end = esc is not None  # until the after_tokens check has passed
+        self.escalating: str | None = None
+        self.deadline = deadline
+        self.failure: UpstreamError | None = None
+
+    async def run(self) -> Done | Error | None:
+        """The terminal event, or None when the attempt stopped early to escalate."""
+        runner = self.runner
+        try:
+            async with asyncio.timeout_at(self.deadline):
+                terminal = await self._stream()
+        except UpstreamError as exc:
+            self.failure = exc
+            terminal = self._error(exc.code, exc.message)
+        except TimeoutError:
+            terminal = self._error(
+                "deadline_exceeded",
+                f"job did not finish within job_deadline_seconds={runner.settings.job_deadline_seconds}",
+            )
+        await runner.publisher.drained(self.sink)
+        if self.sink.fenced:
+            raise Fenced
+        if self.sink.error is not None:
+            raise self.sink.error
+        return terminal
+
+    async def _stream(self) -> Done | Error | None:
+        runner, admitted = self.runner, self.admitted
+        key = admitted.provider.api_key(runner.environ)
+        if admitted.provider.api_key_env is not None and key is None:
+            return self._error(
+                "missing_api_key",
+                f"provider {admitted.provider_name!r} needs an API key in the environment variable "
+                f"{admitted.provider.api_key_env}, which is not set on this worker",
+            )
+        adapter = runner.adapters[self.job.api]
+        url, body = adapter.build_request(
+            self.job, model_url=admitted.url, settings=runner.settings, provider=admitted.provider
+        )
+        headers = {"Content-Type": "application/json"}
+        if key is not None:
+            headers["Authorization"] = f"Bearer {key}"
+        async with open_sse(runner.http, url, body, headers, runner.limits) as events:
+            async for data in events:
+                parsed = adapter.parse(data)
+                self._publish(parsed)
+                if parsed.end is not None:
+                    self.end = parsed.end
+                if parsed.closed or self.escalating is not None or not self.sink.ok:
+                    break
+        if self.escalating is not None or not self.sink.ok:
+            return None  # run() raises for a fenced or failed sink
+        if self.end is None:
+            raise UpstreamError(
+                "upstream_incomplete",
+                f"upstream stream ended after {self.seq} tokens without its end marker",
+                retryable=True,
+            )
+        return self._done(self.end)
+
+    def _publish(self, parsed: Parsed) -> None:
+        if parsed.usage_input_tokens is not None:
+            self.usage_in = parsed.usage_input_tokens
+        if parsed.text is not None:
+            if self.text_parts is None:
+                self.text_parts = []
+            self.text_parts.append(parsed.text)
+        cap = self.runner.limits.max_tokens + 16
+        for record in parsed.tokens:
+            if self.seq >= cap:
+                raise UpstreamError(
+                    "upstream_too_many_tokens",
+                    f"upstream sent more than {cap} tokens (max_tokens_cap={self.runner.limits.max_tokens})",
+                )
+            self.seq += 1
+            event = self._token(record)
+            self.runner.publisher.emit(self.sink, f"{self.attempt}-{self.seq}", encode_event(event))
+        if self.watch_after is not None and self.n_content >= self.watch_after:
+            self.watch_after = None
+            self.judge_at_end = False
+            self.escalating = self._judge(f"after {self.n_content} tokens")
+
+    def _tracker_for(self, record: TokenRecord) -> ConfidenceTracker:
+        if record.channel == "content":
+            self.n_content += 1
+            return self.tracker
+        if self.reasoning is None:
+            self.reasoning = ConfidenceTracker(self.job.low_prob)
+        return self.reasoning
+
+    def _token(self, record: TokenRecord) -> Token:
+        tracker = self._tracker_for(record)
+        score = tracker.add(
+            record.text, record.logprob, special=record.special, raw_bytes=record.bytes, top=record.top
+        )
+        top = None
+        if record.top is not None:
+            top = [TopLogprob(token=c.token, logprob=_finite(c.logprob)) for c in record.top]
+        return Token(
+            job_id=self.admitted.job_id,
+            attempt=self.attempt,
+            index=self.seq - 1,
+            text=record.text,
+            logprob=_finite(record.logprob),
+            token_id=record.token_id,
+            special=record.special,
+            top_logprobs=top,
+            confidence=score.confidence,
+            ewma_confidence=score.ewma_confidence,
+            min_prob=score.min_prob,
+            low=score.low,
+            char_start=score.char_start,
+            char_end=score.char_end,
+            topk=_topk(score, tracker),
+            channel=record.channel,
+        )
+
+    def _judge(self, when: str) -> str | None:
+        """Why this attempt should escalate (its confidence is under the bar), or None."""
+        esc = self.job.escalate
+        if esc is None or self.admitted.stronger is None:
+            return None
+        conf = self.tracker.confidence
+        if conf is None:
+            return f"no scored tokens {when}: confidence unknown, escalating to {esc.model}"
+        if conf < esc.below:
+            return f"confidence {conf:.4f} < {esc.below} {when} of {self.job.model}"
+        return None
+
+    def escalation_reason(self, terminal: Done | Error | None) -> str | None:
+        """Stopped early to escalate, or finished without passing the bar; errors never escalate."""
+        if terminal is None:
+            return self.escalating
+        if isinstance(terminal, Done) and self.judge_at_end:
+            return self._judge(f"at the end ({self.n_content} tokens)")
+        return None
+
+    def escalation_record(self) -> Escalation:
+        esc = self.job.escalate
+        assert esc is not None
+        return Escalation(
+            from_model=self.job.model,
+            from_provider=self.admitted.provider_name,
+            from_attempt=self.attempt,
+            confidence=self.tracker.confidence,
+            below=esc.below,
+            after_tokens=esc.after_tokens,
+            tokens=self.n_content,
+            summary=self.tracker.finish(),
+        )
+
+    def _done(self, end: StreamEnd) -> Done:
+        summary = self.tracker.finish()
+        input_tokens = end.input_tokens if end.input_tokens is not None else self.usage_in
+        text = self.tracker.text if self.text_parts is None else "".join(self.text_parts)
+        reasoning = self.reasoning
+        return Done(
+            job_id=self.admitted.job_id,
+            attempt=self.attempt,
+            finish_reason=end.finish_reason,
+            text=text,
+            usage=Usage(input_tokens=input_tokens, output_tokens=self.seq),
+            confidence=self.tracker.confidence,
+            summary=summary,
+            metadata=self.job.metadata,
+            reasoning_text=None if reasoning is None else reasoning.text,
+            reasoning_confidence=None if reasoning is None else reasoning.confidence,
+        )
+
+    def give_up(self, message: str) -> Error:
+        """The terminal error of a retryable failure that will not be retried again."""
+        code = self.failure.code if self.failure is not None else "upstream_error"
+        return self._error(code, message)
+
+    def _error(self, code: str, message: str) -> Error:
+        return Error(
+            job_id=self.admitted.job_id,
+            attempt=self.attempt,
+            code=code,
+            message=message,
+            metadata=self.job.metadata,
+        )
+
+    def record(self, terminal: Done | Error | Cancelled) -> dict[str, str | int | float]:
+        """What the state hash keeps about the outcome (for ``status`` without reading events)."""
+        out: dict[str, str | int | float] = {"tokens": self.seq}
+        if isinstance(terminal, Done):
+            out["finish_reason"] = terminal.finish_reason
+            if terminal.confidence is not None:
+                out["confidence"] = repr(terminal.confidence)
+            if terminal.escalation is not None:
+                out["escalated_from"] = terminal.escalation.from_model
+        elif isinstance(terminal, Error):
+            out["error_code"] = terminal.code
+        return out
+
+
+def _topk(score: TokenScore, tracker: ConfidenceTracker) -> TopkMetrics | None:
+    if score.chosen_rank is None or score.tail_mass is None or score.entropy_lb is None:
+        return None
+    return TopkMetrics(
+        margin=score.margin,
+        chosen_rank=score.chosen_rank,
+        tail_mass=score.tail_mass,
+        entropy_lb=score.entropy_lb,
+        entropy_lump=score.entropy_lump if score.entropy_lump is not None else score.entropy_lb,
+        entropy_ub=score.entropy_ub,
+        mean_entropy_lb=tracker.mean_entropy_lb,
+        max_entropy_lb=tracker.max_entropy_lb,
+        n_not_top1=tracker.n_not_top1,
+    )

@@ -1,0 +1,69 @@
+"""Dead letters: list them, re-drive them onto the job stream, purge them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.asyncio import Redis
+
+from .jobs import InvalidJob, decode_job
+from .keys import Keys
+from .store import JobStore
+
+__all__ = ["list_dead", "purge_dead", "redrive"]
+
+
+def _s(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+async def list_dead(redis: Redis, keys: Keys, count: int = 100) -> list[dict[str, str]]:
+    """The newest ``count`` dead letters, oldest first: their fields plus ``id``."""
+    entries: Any = await redis.xrevrange(keys.dead, count=count)
+    return [{"id": _s(i), **{_s(k): _s(v) for k, v in f.items()}} for i, f in reversed(entries)]
+
+
+async def redrive(redis: Redis, store: JobStore, ids: list[str] | None) -> list[dict[str, str]]:
+    """Put dead letters back on the job stream (all when ``ids`` is None).
+
+    A re-driven job starts afresh: its old state and events are deleted (its terminal ``error``
+    included), so a subscriber sees exactly one terminal event again.
+    """
+    keys = store.keys
+    if ids is None:
+        entries: Any = await redis.xrange(keys.dead)
+    else:
+        entries = []
+        for dead_id in ids:
+            found: Any = await redis.xrange(keys.dead, dead_id, dead_id)
+            if not found:
+                raise LookupError(f"no dead letter {dead_id!r} in {keys.dead}")
+            entries.extend(found)
+    out = []
+    for dead_id, fields in entries:
+        payload = fields.get(b"job", b"")
+        job_id = await _reset(redis, store, payload)
+        new_entry = _s(await redis.xadd(keys.jobs, {"job": payload}))
+        if job_id is not None:
+            await store.record_entry(job_id, new_entry)
+        await redis.xdel(keys.dead, dead_id)
+        out.append({"dead_id": _s(dead_id), "job_id": job_id or "", "entry": new_entry})
+    return out
+
+
+async def _reset(redis: Redis, store: JobStore, payload: bytes) -> str | None:
+    try:
+        job = decode_job(payload)
+    except InvalidJob:
+        return None  # it will be dead-lettered again, with its reason
+    if job.id is None:
+        return None
+    await redis.delete(store.keys.state(job.id), store.keys.events(job.id))
+    await store.create(job.id, job.model, job.api, job.provider or "")
+    return job.id
+
+
+async def purge_dead(redis: Redis, keys: Keys) -> int:
+    count = int(await redis.xlen(keys.dead))
+    await redis.delete(keys.dead)
+    return count

@@ -1,0 +1,76 @@
+"""Leases: a job's pending entry is its lease; its idle time is reset while the job runs.
+
+Every ``lease / 3`` the keeper renews, in one script call, every entry this consumer holds, checking
+that it still owns each one. An entry it no longer owns (a peer reclaimed it after this process was
+stopped or starved) is reported lost: its job must stop writing and close its upstream request. If
+Redis cannot be reached for a whole lease, every job is reported lost: peers will have taken them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from . import scripts
+from .keys import GROUP, Keys
+
+__all__ = ["LeaseKeeper"]
+
+log = structlog.get_logger("tokenwire.lease")
+
+
+class LeaseKeeper:
+    def __init__(self, redis: Redis, keys: Keys, consumer: str, lease_seconds: float) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.consumer = consumer
+        self.lease_seconds = lease_seconds
+        self.interval = lease_seconds / 3
+        self._held: dict[str, Callable[[], None]] = {}
+        self._renew = redis.register_script(scripts.RENEW)
+        self._last_ok = time.monotonic()
+
+    def hold(self, entry_id: str, on_lost: Callable[[], None]) -> None:
+        self._held[entry_id] = on_lost
+
+    def release(self, entry_id: str) -> None:
+        self._held.pop(entry_id, None)
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval * (0.9 + 0.2 * random.random()))
+            await self.renew_once()
+
+    async def renew_once(self) -> list[str]:
+        """Renew every held entry; returns (and reports) the ones lost."""
+        entries = list(self._held)
+        if not entries:
+            self._last_ok = time.monotonic()
+            return []
+        try:
+            reply = await self._renew(keys=[self.keys.jobs], args=[GROUP, self.consumer, *entries])
+        except RedisError as exc:
+            silent = time.monotonic() - self._last_ok
+            log.warning("lease renewal failed", error=str(exc), silent_for=round(silent, 2))
+            if silent < self.lease_seconds:
+                return []
+            lost = entries  # a whole lease without Redis: peers own these by now
+        else:
+            self._last_ok = time.monotonic()
+            lost = [e.decode() if isinstance(e, bytes) else str(e) for e in reply]
+        for entry_id in lost:
+            on_lost = self._held.pop(entry_id, None)
+            if on_lost is not None:
+                log.warning("lease lost: another worker owns the job now", entry=entry_id)
+                on_lost()
+        return lost
