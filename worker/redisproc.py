@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -37,7 +38,10 @@ class RedisServer:
         appendonly: bool = False,
         extra_args: Sequence[str] = (),
         directory: Path | None = None,
+        tls: tuple[Path, Path, Path] | None = None,
     ) -> None:
+        """``tls``: (certificate, key, CA certificate) files; the server then speaks only TLS."""
+        self.tls = tls
         self.port = port or free_port()
         self.password = password
         self.appendonly = appendonly
@@ -49,6 +53,8 @@ class RedisServer:
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
+        if self.tls is not None:
+            return f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_ca_certs={self.tls[2]}"
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def command(self) -> list[str]:
@@ -67,6 +73,11 @@ class RedisServer:
         ]  # fmt: skip
         if self.password:
             cmd += ["--requirepass", self.password]
+        if self.tls is not None:
+            cert, key, ca = self.tls
+            cmd[cmd.index("--port") + 1] = "0"
+            cmd += ["--tls-port", str(self.port), "--tls-cert-file", str(cert), "--tls-key-file", str(key)]
+            cmd += ["--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no"]
         return cmd + self.extra_args
 
     def start(self, timeout: float = 10.0) -> RedisServer:
@@ -91,15 +102,22 @@ class RedisServer:
 
     def _ping(self) -> bool:
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                if self.password:
-                    sock.sendall(f"AUTH {self.password}\r\n".encode())
-                    if not sock.recv(64).startswith(b"+OK"):
-                        return False
-                sock.sendall(b"PING\r\n")
-                return sock.recv(64).startswith(b"+PONG")
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as raw:
+                if self.tls is None:
+                    return self._ping_on(raw)
+                context = ssl.create_default_context(cafile=str(self.tls[2]))
+                with context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+                    return self._ping_on(sock)
         except OSError:
             return False
+
+    def _ping_on(self, sock: socket.socket) -> bool:
+        if self.password:
+            sock.sendall(f"AUTH {self.password}\r\n".encode())
+            if not sock.recv(64).startswith(b"+OK"):
+                return False
+        sock.sendall(b"PING\r\n")
+        return sock.recv(64).startswith(b"+PONG")
 
     def _log_tail(self) -> str:
         if self.directory is None:
