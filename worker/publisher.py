@@ -55,7 +55,7 @@ class Publisher:
         *,
         maxlen: int,
         retry_seconds: float = 10.0,
-        on_batch: Callable[[int], None] | None = None,
+        on_batch: Callable[[int, float | None], None] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.redis = redis
@@ -65,11 +65,14 @@ class Publisher:
         self._sleep = sleep
         self._pending: list[Entry] = []
         self._batch: asyncio.Future[None] | None = None
+        self._oldest: float | None = None
         self._wake = asyncio.Event()
 
     def emit(self, sink: Sink, entry_id: str, payload: bytes) -> None:
         if self._batch is None:
-            self._batch = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            self._batch = loop.create_future()
+            self._oldest = loop.time()
         self._pending.append((sink, entry_id, payload))
         sink.batch = self._batch
         self._wake.set()
@@ -88,10 +91,10 @@ class Publisher:
 
     async def flush(self) -> None:
         while self._pending:
-            batch, done = self._pending, self._batch
-            self._pending, self._batch = [], None
+            batch, done, oldest = self._pending, self._batch, self._oldest
+            self._pending, self._batch, self._oldest = [], None, None
             try:
-                await self._write(batch)
+                await self._write(batch, oldest)
             except Exception as exc:  # never lose track of a batch: its sinks learn why
                 log.exception("event batch failed", size=len(batch))
                 for sink, _, _ in batch:
@@ -100,10 +103,8 @@ class Publisher:
                 if done is not None and not done.done():
                     done.set_result(None)
 
-    async def _write(self, batch: list[Entry]) -> None:
+    async def _write(self, batch: list[Entry], oldest: float | None) -> None:
         live = [e for e in batch if e[0].ok]
-        if self.on_batch is not None:
-            self.on_batch(len(live))
         delay, waited = 0.05, 0.0
         while live:
             try:
@@ -118,6 +119,8 @@ class Publisher:
                 delay = min(delay * 2, 2.0)
                 continue
             await self._settle(live, results)
+            if self.on_batch is not None:
+                self.on_batch(len(live), oldest)
             return
 
     async def _pipeline(self, entries: list[Entry]) -> list[object]:

@@ -17,6 +17,7 @@ from .admit import Admitted, Rejected, admit
 from .attempt import Attempt, Fenced
 from .events import Cancelled, Done, Error, Start
 from .jobs import InvalidJob, decode_job
+from .metrics import Metrics
 from .publisher import Publisher
 from .queue import Delivery, JobQueue
 from .settings import Settings
@@ -64,8 +65,10 @@ class Runner:
         http: httpx.AsyncClient,
         adapters: Mapping[str, Adapter],
         environ: Mapping[str, str] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics or Metrics()
         self.store = store
         self.queue = queue
         self.publisher = publisher
@@ -102,6 +105,8 @@ class Runner:
         )
 
     async def _reject(self, delivery: Delivery, rejected: Rejected) -> None:
+        self.metrics.dead_letters.labels(rejected.code).inc()
+        self.metrics.jobs.labels("dead_lettered").inc()
         await self.queue.dead_letter(
             delivery.entry_id, delivery.payload, rejected.reason, job_id=rejected.job_id, code=rejected.code
         )
@@ -160,6 +165,7 @@ class _JobRun:
             log.warning("terminal event fenced: a newer attempt owns the job", attempt=attempt.attempt)
             return
         await runner.queue.ack(self.delivery.entry_id)
+        runner.metrics.jobs.labels(type(terminal).__name__.lower()).inc()
         if isinstance(terminal, Done):
             log.info(
                 "job done",
@@ -201,8 +207,10 @@ class _JobRun:
                 admitted.job_id, delivery.entry_id, "cancelled", begun.detail, {}, cancelled=True
             )
             log.info("job cancelled before it started", outcome=outcome)
+            runner.metrics.jobs.labels("cancelled").inc()
             raise _Stop(ack=True)
         log.info("job skipped", reason=begun.outcome, detail=begun.detail, entry=delivery.entry_id)
+        runner.metrics.jobs.labels("skipped").inc()
         raise _Stop(ack=True)
 
     async def _attempts(self) -> tuple[Attempt, Done | Error]:
@@ -215,6 +223,7 @@ class _JobRun:
             return attempt, terminal
         record = attempt.escalation_record()
         stronger = admitted.stronger
+        self.runner.metrics.escalations.inc()
         log.info(
             "escalating to a stronger model",
             reason=reason,
@@ -238,6 +247,8 @@ class _JobRun:
             self.current = attempt = Attempt(runner, admitted, number, self.deadline)
             terminal = await attempt.run()
             failure = attempt.failure
+            if failure is not None:
+                runner.metrics.upstream_errors.labels(str(failure.status or "none"), failure.code).inc()
             if failure is None or not failure.retryable:
                 return attempt, terminal
             delay = runner.backoff(tries, failure.retry_after)
@@ -253,6 +264,7 @@ class _JobRun:
                 retry_in=round(delay, 3),
                 tries=tries,
             )
+            runner.metrics.retries.labels(failure.code).inc()
             await asyncio.sleep(delay)
             if attempt.seq > 0:  # tokens were published: subscribers must discard them
                 number = await self._begin(admitted, f"retry after {failure.code}: {failure.message}")

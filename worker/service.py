@@ -19,16 +19,19 @@ from typing import Any
 
 import httpx
 import structlog
+from aiohttp import web
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from .jobs import job_id_of
 from .keys import Keys
 from .lease import LeaseKeeper
+from .metrics import Metrics, serve_metrics
 from .publisher import Publisher
 from .queue import Delivery, JobQueue
 from .runner import Control, Runner
 from .settings import Settings
+from .stats import collect_stats
 from .store import JobStore
 from .upstream.adapters import Adapter, default_adapters
 
@@ -81,7 +84,8 @@ class Worker:
             running_ttl_seconds=settings.running_ttl_seconds,
             events_maxlen=settings.events_maxlen,
         )
-        self.publisher = Publisher(redis, maxlen=settings.events_maxlen)
+        self.metrics = Metrics()
+        self.publisher = Publisher(redis, maxlen=settings.events_maxlen, on_batch=self.metrics.batch_written)
         self.leases = LeaseKeeper(redis, self.keys, self.consumer, settings.lease_seconds)
         self.runner = Runner(
             settings=settings,
@@ -90,6 +94,7 @@ class Worker:
             publisher=self.publisher,
             http=http,
             adapters=adapters or default_adapters(),
+            metrics=self.metrics,
         )
         self.jobs: dict[str, _Job] = {}
         self.ready = asyncio.Event()
@@ -113,7 +118,9 @@ class Worker:
             stream=self.keys.jobs,
         )
         await self._retry_forever("create the consumer group", self.queue.ensure_group, stop)
+        endpoints = await self._start_endpoints()
         helpers = [
+            asyncio.create_task(self._heartbeat(), name="tokenwire-heartbeat"),
             asyncio.create_task(self.publisher.run(), name="tokenwire-publisher"),
             asyncio.create_task(self.leases.run(), name="tokenwire-leases"),
             asyncio.create_task(self._reclaim_loop(), name="tokenwire-reclaim"),
@@ -128,7 +135,41 @@ class Worker:
                 task.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
             await self.publisher.flush()
+            if endpoints is not None:
+                await endpoints.cleanup()
         log.info("worker stopped", consumer=self.consumer)
+
+    # -- health and metrics ----------------------------------------------------------------------
+
+    async def _start_endpoints(self) -> web.AppRunner | None:
+        port = self.settings.metrics_port
+        if not port:
+            return None
+        runner = await serve_metrics(self.metrics, port, ready=self._not_ready, stale_after=10.0)
+        log.info("metrics and health endpoints up", port=port, paths="/metrics /healthz /readyz")
+        return runner
+
+    async def _heartbeat(self) -> None:
+        while True:
+            self.metrics.beat()
+            await asyncio.sleep(1.0)
+
+    async def _not_ready(self) -> str | None:
+        """None when Redis answers and the consumer group exists; else why not."""
+        try:
+            groups = await self.redis.xinfo_groups(self.keys.jobs)
+        except RedisError as exc:
+            return f"Redis not reachable or no job stream: {exc}"
+        names = {g["name"].decode() if isinstance(g["name"], bytes) else g["name"] for g in groups}
+        return None if "workers" in names else "consumer group 'workers' missing"
+
+    async def _observe_queue(self) -> None:
+        stats = await collect_stats(self.redis, self.settings.prefix)
+        self.metrics.queue_length.set(stats["length"])
+        self.metrics.dead_length.set(stats["dead_letters"])
+        self.metrics.queue_pending.set(stats["pending"])
+        if stats["lag"] is not None:
+            self.metrics.queue_lag.set(stats["lag"])
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -196,11 +237,13 @@ class Worker:
         control = Control()
         task = asyncio.create_task(self._handle(delivery, control), name=f"job-{delivery.entry_id}")
         self.jobs[delivery.entry_id] = _Job(delivery, task, control)
+        self.metrics.inflight.set(len(self.jobs))
         self.leases.hold(delivery.entry_id, lambda: self._interrupt(delivery.entry_id, "fence"))
         task.add_done_callback(lambda _: self._finished(delivery.entry_id))
 
     def _finished(self, entry_id: str) -> None:
         self.jobs.pop(entry_id, None)
+        self.metrics.inflight.set(len(self.jobs))
         self.leases.release(entry_id)
         self._slot_freed.set()
 
@@ -216,6 +259,7 @@ class Worker:
         except asyncio.CancelledError:
             if control.kind == "fence":
                 log.warning("job stopped: its lease was lost", entry=delivery.entry_id)
+                self.metrics.leases_lost.inc()
                 return
             raise
         except Exception:
@@ -237,12 +281,14 @@ class Worker:
                 if self.free > 0:
                     claimed, _ = await self.queue.reclaim(self.free, min_idle_ms)
                     for delivery in claimed:
+                        self.metrics.takeovers.inc()
                         log.warning(
                             "took over an abandoned job",
                             entry=delivery.entry_id,
                             deliveries=delivery.deliveries,
                         )
                         self._spawn(delivery)
+                await self._observe_queue()
                 if ticks % reap_every == 0:
                     await self.queue.reap(int(self.settings.consumer_reap_idle_seconds * 1000))
             except RedisError as exc:

@@ -15,7 +15,7 @@ from worker.publisher import Publisher, Sink
 async def running() -> AsyncIterator[tuple[Publisher, list[int], fakeredis.FakeAsyncRedis]]:
     redis = fakeredis.FakeAsyncRedis()
     sizes: list[int] = []
-    pub = Publisher(redis, maxlen=1000, on_batch=sizes.append)
+    pub = Publisher(redis, maxlen=1000, on_batch=lambda count, _oldest: sizes.append(count))
     task = asyncio.create_task(pub.run())
     yield pub, sizes, redis
     task.cancel()
