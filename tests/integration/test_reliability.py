@@ -169,7 +169,7 @@ async def test_cancel_a_running_job_closes_upstream_within_a_second(
 
 
 async def _no_active_streams(sim_url: str) -> bool:
-    return (await sim_stats(sim_url))["active_streams"] == 0
+    return bool((await sim_stats(sim_url))["active_streams"] == 0)
 
 
 async def test_cancel_a_queued_job_ends_it_at_once(client: Client) -> None:
