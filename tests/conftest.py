@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-from worker.redisproc import RedisServer, redis_server_available
+from worker.redisproc import RedisClusterServers, RedisServer, redis_server_available
 
 
 @pytest.fixture(autouse=True)
@@ -37,3 +37,12 @@ def redis_server() -> Iterator[RedisServer]:
         pytest.fail("redis-server is not installed (make test installs it)")
     with RedisServer() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterServers]:
+    """A private three-master Redis Cluster for the whole session."""
+    if not redis_server_available():
+        pytest.fail("redis-server is not installed (make test installs it)")
+    with RedisClusterServers(masters=3) as cluster:
+        yield cluster

@@ -49,8 +49,10 @@ async def _worker(args: argparse.Namespace, settings: Settings) -> int:
     _warn_missing_keys(settings)
     stop = asyncio.Event()
     _stop_on_signals(stop)
-    redis = redis_client(settings.redis_url)
-    reader = redis_client(settings.redis_url, block_seconds=settings.block_seconds)
+    redis = redis_client(settings.redis_url, cluster=settings.redis_cluster)
+    reader = redis_client(
+        settings.redis_url, block_seconds=settings.block_seconds, cluster=settings.redis_cluster
+    )
     async with http_client(settings) as http:
         try:
             await Worker(settings, redis=redis, reader=reader, http=http).run(stop)
@@ -155,7 +157,7 @@ async def _status(args: argparse.Namespace, settings: Settings) -> int:
 async def _stats(args: argparse.Namespace, settings: Settings) -> int:
     from .stats import collect_stats, format_stats
 
-    redis = redis_client(settings.redis_url)
+    redis = redis_client(settings.redis_url, cluster=settings.redis_cluster)
     try:
         stats = await collect_stats(redis, settings.prefix)
     finally:
@@ -186,7 +188,7 @@ async def _dead(args: argparse.Namespace, settings: Settings) -> int:
     from .keys import Keys
     from .store import JobStore
 
-    redis = redis_client(settings.redis_url)
+    redis = redis_client(settings.redis_url, cluster=settings.redis_cluster)
     keys = Keys(settings.prefix)
     try:
         if args.action == "purge":
@@ -267,7 +269,10 @@ def _schema(args: argparse.Namespace) -> int:
 
 def _client(settings: Settings) -> Client:
     """A client whose blocking reads (2 s) stay under its socket timeout; use as ``async with``."""
-    return Client(redis_client(settings.redis_url, block_seconds=2.0), prefix=settings.prefix)
+    return Client(
+        redis_client(settings.redis_url, block_seconds=2.0, cluster=settings.redis_cluster),
+        prefix=settings.prefix,
+    )
 
 
 # ---------------------------------------------------------------------------------------- parser

@@ -71,9 +71,12 @@ class Client:
         self.store = JobStore(redis, self.keys, running_ttl_seconds=job_ttl_seconds)
 
     @classmethod
-    def from_url(cls, url: str, *, prefix: str = "tokenwire", **kwargs: Any) -> Client:
+    def from_url(cls, url: str, *, prefix: str = "tokenwire", cluster: bool = False, **kwargs: Any) -> Client:
+        """A client for ``url``; ``cluster=True`` when it names a node of a Redis Cluster."""
+        from .connect import redis_client
+
         block_ms = int(kwargs.pop("block_ms", 2000))
-        redis = Redis.from_url(url, socket_timeout=block_ms / 1000 + 10, socket_connect_timeout=10)
+        redis = redis_client(url, block_seconds=block_ms / 1000, cluster=cluster)
         return cls(redis, prefix=prefix, block_ms=block_ms, **kwargs)
 
     async def aclose(self) -> None:

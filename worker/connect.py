@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import httpx
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from .settings import Settings
 
 __all__ = ["http_client", "redis_client"]
 
 
-def redis_client(url: str, *, block_seconds: float = 0.0) -> Redis:
+def redis_client(url: str, *, block_seconds: float = 0.0, cluster: bool = False) -> Redis:
     """A client for ``url`` (``redis://``, ``rediss://``, passwords in the URL all work).
 
     ``block_seconds``: the longest blocking command this client will run; its socket timeout is set
     above it, so a blocking read never trips the timeout while a dead connection still does.
+    ``cluster``: ``url`` names any node of a Redis Cluster. Every command and script tokenwire
+    sends touches keys of one hash slot, so the cluster client serves the same code unchanged.
     """
+    if cluster:
+        client = RedisCluster.from_url(url, socket_timeout=block_seconds + 10.0, socket_connect_timeout=10.0)
+        return cast(Redis, client)
     return Redis.from_url(
         url,
         socket_timeout=block_seconds + 10.0,

@@ -45,6 +45,9 @@ class JobQueue:
         self.keys = keys
         self.consumer = consumer
         self.dead_maxlen = dead_maxlen
+        self._ack = redis.register_script(scripts.ACK)
+        self._dead = redis.register_script(scripts.DEAD)
+        self._reap = redis.register_script(scripts.REAP)
 
     async def ensure_group(self) -> None:
         """Create the group (and the stream) when missing; start from the beginning so jobs
@@ -82,30 +85,25 @@ class JobQueue:
 
     async def ack(self, entry_id: str) -> None:
         """Acknowledge and delete the entry (one round trip, atomically)."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xack(self.keys.jobs, GROUP, entry_id)
-            pipe.xdel(self.keys.jobs, entry_id)
-            await pipe.execute()
+        await self._ack(keys=[self.keys.jobs], args=[GROUP, entry_id])
 
     async def dead_letter(
         self, entry_id: str, payload: bytes | None, reason: str, *, job_id: str | None, code: str
     ) -> str:
         """Move the entry to ``{P}:dead`` with the reason and acknowledge it, atomically."""
-        fields: dict[str, str | bytes] = {
-            "entry": entry_id,
-            "code": code,
-            "reason": reason,
-            "consumer": self.consumer,
-            "ts": str(int(time.time() * 1000)),
-            "job": payload if payload is not None else b"",
-        }
+        fields: list[str | bytes] = [
+            "entry", entry_id,
+            "code", code,
+            "reason", reason,
+            "consumer", self.consumer,
+            "ts", str(int(time.time() * 1000)),
+            "job", payload if payload is not None else b"",
+        ]  # fmt: skip
         if job_id:
-            fields["job_id"] = job_id
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(self.keys.dead, fields, maxlen=self.dead_maxlen, approximate=True)  # type: ignore[arg-type]
-            pipe.xack(self.keys.jobs, GROUP, entry_id)
-            pipe.xdel(self.keys.jobs, entry_id)
-            dead_id, *_ = await pipe.execute()
+            fields += ["job_id", job_id]
+        dead_id = await self._dead(
+            keys=[self.keys.jobs, self.keys.dead], args=[GROUP, entry_id, self.dead_maxlen, *fields]
+        )
         log.warning("job dead-lettered", entry=entry_id, job_id=job_id, code=code, reason=reason)
         return _str(dead_id)
 
@@ -144,13 +142,12 @@ class JobQueue:
 
     async def reap(self, idle_ms: int) -> list[str]:
         """Remove consumers idle for ``idle_ms`` that own nothing (dead workers' names)."""
-        reap = self.redis.register_script(scripts.REAP)
         removed = []
         for info in await self.redis.xinfo_consumers(self.keys.jobs, GROUP):
             name = _str(info["name"])
             if name == self.consumer or int(info["pending"]) or int(info["idle"]) < idle_ms:
                 continue
-            if await reap(keys=[self.keys.jobs], args=[GROUP, name]):
+            if await self._reap(keys=[self.keys.jobs], args=[GROUP, name]):
                 removed.append(name)
         if removed:
             log.info("removed idle consumers that owned nothing", consumers=removed)
@@ -159,4 +156,8 @@ class JobQueue:
     async def reset_reader(self) -> None:
         """Drop the blocking reader's connections (after a cancelled or timed-out blocking read the
         connection's state is unknown, so it must not be reused)."""
-        await asyncio.shield(self.reader.connection_pool.disconnect())
+        pool = getattr(self.reader, "connection_pool", None)
+        if pool is not None:
+            await asyncio.shield(pool.disconnect())
+        else:  # a cluster client: close it (it is not read from again after a stop)
+            await asyncio.shield(self.reader.aclose())

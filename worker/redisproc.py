@@ -5,6 +5,7 @@ Used by ``tokenwire demo`` and by the test suite: they never touch a Redis they 
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import ssl
@@ -14,17 +15,33 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["RedisServer", "free_port", "redis_server_available"]
+__all__ = ["RedisClusterServers", "RedisServer", "free_port", "redis_server_available"]
 
 
 def redis_server_available() -> bool:
     return shutil.which("redis-server") is not None
 
 
-def free_port() -> int:
+def free_port(*, below: int | None = None) -> int:
+    """A free loopback port; ``below``: also free at port + 10000 (a cluster node's bus port)."""
+    if below is None:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            return int(sock.getsockname()[1])
+    for _ in range(200):
+        port = random.randrange(20000, below)
+        if _free(port) and _free(port + 10000):
+            return port
+    raise RuntimeError("no free port pair found")
+
+
+def _free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 class RedisServer:
@@ -145,6 +162,56 @@ class RedisServer:
             shutil.rmtree(self.directory, ignore_errors=True)
 
     def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class RedisClusterServers:
+    """A real Redis Cluster of ``masters`` nodes on loopback (no replicas), for tests and demos."""
+
+    def __init__(self, masters: int = 3) -> None:
+        self.nodes = [
+            RedisServer(
+                port=free_port(below=55535),
+                extra_args=["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"],
+            )
+            for _ in range(masters)
+        ]
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0].url
+
+    def start(self, timeout: float = 30.0) -> RedisClusterServers:
+        for node in self.nodes:
+            node.start()
+        addresses = [f"127.0.0.1:{n.port}" for n in self.nodes]
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+            check=True, capture_output=True, timeout=timeout,
+        )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(self._state_ok(n) for n in self.nodes):
+                return self
+            time.sleep(0.1)
+        self.stop()
+        raise TimeoutError("the Redis Cluster did not reach cluster_state:ok")
+
+    @staticmethod
+    def _state_ok(node: RedisServer) -> bool:
+        out = subprocess.run(
+            ["redis-cli", "-p", str(node.port), "cluster", "info"], capture_output=True, text=True, timeout=5
+        )
+        return "cluster_state:ok" in out.stdout
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> RedisClusterServers:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

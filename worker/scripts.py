@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["BEGIN", "CANCEL", "ENQUEUE", "FAIL", "FINISH", "REAP", "RENEW"]
+__all__ = ["ACK", "BEGIN", "CANCEL", "DEAD", "ENQUEUE", "FAIL", "FINISH", "REAP", "RENEW"]
 
 # KEYS: state. ARGV: now_ms, ttl_ms, model, api, provider.
 # Returns {"new", ""} or {"exists", state, entry}.
@@ -148,4 +148,23 @@ redis.call('HSET', KEYS[1], 'state', 'cancelled', 'finished', ARGV[4], 'terminal
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
 return {'cancelled'}
+"""
+
+# Acknowledge a job stream entry and delete it (acknowledged entries do not pile up).
+# KEYS: jobs stream. ARGV: group, entry id.
+ACK: Final = """
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+return 1
+"""
+
+# Move an entry to the dead-letter stream and acknowledge it, atomically (same hash slot).
+# KEYS: jobs stream, dead stream. ARGV: group, entry id, maxlen, then field/value pairs.
+DEAD: Final = """
+local fields = {}
+for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(fields))
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+return id
 """

@@ -61,6 +61,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Every knob of a worker process. Times are in seconds."""
 
     redis_url: str = "redis://localhost:6379/0"
+    redis_cluster: bool = False
     prefix: Annotated[str, msgspec.Meta(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")] = "tokenwire"
     consumer_name: str | None = None
     concurrency: PositiveInt = 64

@@ -12,7 +12,6 @@ from redis.asyncio import Redis
 
 from worker import Client, Provider, Settings, Worker
 from worker.connect import http_client, redis_client
-from worker.redisproc import RedisServer
 from worker.sim import SimConfig, serve
 
 pytestmark = pytest.mark.integration
@@ -24,8 +23,21 @@ def prefix() -> str:
 
 
 @pytest.fixture
-async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
-    client = redis_client(redis_server.url)
+def backend() -> str:
+    """Which Redis the test runs on; a module overrides this fixture to run on both."""
+    return "single"
+
+
+@pytest.fixture
+def redis_url(backend: str, request: pytest.FixtureRequest) -> str:
+    if backend == "cluster":
+        return str(request.getfixturevalue("redis_cluster").url)
+    return str(request.getfixturevalue("redis_server").url)
+
+
+@pytest.fixture
+async def redis(redis_url: str, backend: str) -> AsyncIterator[Redis]:
+    client = redis_client(redis_url, cluster=backend == "cluster")
     yield client
     await client.aclose()
 
@@ -37,10 +49,11 @@ async def sim_url() -> AsyncIterator[str]:
 
 
 @pytest.fixture
-def settings_for(redis_server: RedisServer, sim_url: str, prefix: str) -> Callable[..., Settings]:
+def settings_for(redis_url: str, backend: str, sim_url: str, prefix: str) -> Callable[..., Settings]:
     def make(**overrides: Any) -> Settings:
         base: dict[str, Any] = {
-            "redis_url": redis_server.url,
+            "redis_url": redis_url,
+            "redis_cluster": backend == "cluster",
             "prefix": prefix,
             "default_provider": "sim",
             "providers": {"sim": Provider(native_url=f"{sim_url}/v1/inference/{{model}}")},
@@ -75,8 +88,9 @@ async def start_worker(
 
     async def start(**overrides: Any) -> RunningWorker:
         settings = settings_for(**overrides)
-        redis = redis_client(settings.redis_url)
-        reader = redis_client(settings.redis_url, block_seconds=settings.block_seconds)
+        cluster = settings.redis_cluster
+        redis = redis_client(settings.redis_url, cluster=cluster)
+        reader = redis_client(settings.redis_url, block_seconds=settings.block_seconds, cluster=cluster)
         http = http_client(settings)
         closers.extend([redis.aclose, reader.aclose, http.aclose])
         worker = Worker(settings, redis=redis, reader=reader, http=http)
@@ -97,7 +111,9 @@ async def start_worker(
 
 
 @pytest.fixture
-async def client(redis_server: RedisServer, prefix: str) -> AsyncIterator[Client]:
-    c = Client(redis_client(redis_server.url, block_seconds=2.0), prefix=prefix, block_ms=500)
+async def client(redis_url: str, backend: str, prefix: str) -> AsyncIterator[Client]:
+    c = Client(
+        redis_client(redis_url, block_seconds=2.0, cluster=backend == "cluster"), prefix=prefix, block_ms=500
+    )
     yield c
     await c.aclose()

@@ -18,6 +18,13 @@ from .conftest import RunningWorker
 
 pytestmark = pytest.mark.integration
 
+
+@pytest.fixture(params=["single", "cluster"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """These tests run on a single redis-server and on a real three-master Redis Cluster."""
+    return str(request.param)
+
+
 StartWorker = Callable[..., Awaitable[RunningWorker]]
 
 

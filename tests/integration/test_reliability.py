@@ -20,6 +20,13 @@ from .conftest import RunningWorker
 
 pytestmark = pytest.mark.integration
 
+
+@pytest.fixture(params=["single", "cluster"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """These tests run on a single redis-server and on a real three-master Redis Cluster."""
+    return str(request.param)
+
+
 StartWorker = Callable[..., Awaitable[RunningWorker]]
 FAST = {
     "lease_seconds": 1.0,
@@ -58,8 +65,11 @@ async def test_a_job_abandoned_by_a_dead_consumer_is_taken_over(
     await start_worker(**FAST)
     items = await collect(client, job_id)
     assert isinstance(items[-1].event, Done)
-    pending = await redis.xpending(keys.jobs, GROUP)
-    assert pending["pending"] == 0
+
+    async def acked() -> bool:
+        return bool((await redis.xpending(keys.jobs, GROUP))["pending"] == 0)
+
+    await wait_for(acked)  # the ack follows the terminal event
 
 
 async def test_a_job_delivered_too_often_is_dead_lettered(
