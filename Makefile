@@ -41,5 +41,8 @@ unit: $(STAMP)
 test: $(STAMP) redis-server lint typecheck
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+faults: $(STAMP) redis-server
+	$(BIN)/pytest tests/faults $(PYTEST_ARGS)
+
 clean:
 	rm -rf $(VENV) dist build .mypy_cache .ruff_cache .pytest_cache
