@@ -4,6 +4,7 @@ Directives ride in the model name, so a job picks its fault through its ``model`
 worker needs no special support::
 
     tokenwire/sim-small;fault=disconnect;after=5;tps=0;tokens=40
+    tokenwire/sim-small;dialect=vllm;per_chunk=3;sentinel=1
 
 The base model is the part before the first ``;``; each ``key=value`` after it is a directive (a
 bare ``key`` means ``key=1``). The same keys may come as a JSON object in an optional request-body
@@ -29,6 +30,7 @@ __all__ = [
     "DirectiveError",
     "Directives",
     "Fault",
+    "Flavor",
     "RequestError",
     "SimRequest",
     "StatusReply",
@@ -40,6 +42,7 @@ __all__ = [
 ]
 
 Fault = Literal["status", "disconnect", "stall", "malformed", "error", "eof", "big"]
+Flavor = Literal["openai", "together", "vllm", "llamacpp"]
 
 NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
 NonNegFloat = Annotated[float, msgspec.Meta(ge=0.0)]
@@ -72,6 +75,11 @@ class Directives(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     nospace: bool = False  # "data:{...}" without the space
     crlf: bool = False  # CRLF line endings
     utf8split: bool = False  # split every multi-byte character into byte-fallback tokens
+    # OpenAI-style routes only (/v1/openai/chat/completions, /v1/openai/completions):
+    dialect: Flavor = "openai"  # whose wire shape the stream takes
+    per_chunk: Annotated[int, msgspec.Meta(ge=1, le=256)] = 1  # tokens per chunk (not together)
+    nolp_every: NonNegInt = 0  # every Nth token arrives with its text but without logprobs
+    sentinel: bool = False  # very unlikely tokens report -9999.0 (openai, vllm)
 
 
 DIRECTIVE_NAMES: frozenset[str] = frozenset(Directives.__struct_fields__)

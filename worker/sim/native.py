@@ -141,8 +141,11 @@ class NativeEncoder:
             }
         return (self._event(token, top, generated_text, details),)
 
-    def error(self, message: str, error_type: str) -> bytes:
-        return _ENCODER.encode({"error": message, "error_type": error_type})
+    def flush(self) -> Sequence[bytes]:
+        return ()
+
+    def error(self, message: str, error_type: str) -> Sequence[bytes]:
+        return (_ENCODER.encode({"error": message, "error_type": error_type}),)
 
 
 _AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)

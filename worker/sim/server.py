@@ -4,8 +4,9 @@ Every streaming route is a :class:`Route` binding a path to a :class:`Dialect`, 
 request (into a dialect-neutral :class:`~worker.sim.faults.SimRequest` plus an :class:`Encoder`) and
 shapes each event's JSON. The stream loop here is shared: it paces tokens on an absolute schedule,
 fires the request's fault and frames every event as its own ``data: ...`` write (one HTTP chunk per
-event, like real providers). New dialects (OpenAI chat/completions, Together, vLLM, llama.cpp) are
-new :class:`Route` entries next to :data:`DEFAULT_ROUTES`.
+event, like real providers). :data:`DEFAULT_ROUTES` serves DeepInfra native, TGI, and the OpenAI-style
+chat and legacy completions routes, whose wire shape (OpenAI, Together, vLLM, llama.cpp) each request
+picks with its ``dialect`` directive (:mod:`worker.sim.openai_api`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from worker.sim.faults import (
     parse_directives,
 )
 from worker.sim.generate import SimToken, TokenSource, filler_token, stream_seed
+from worker.sim.openai_api import CHAT, COMPLETIONS
 
 __all__ = [
     "DEFAULT_ROUTES",
@@ -104,7 +106,14 @@ class Encoder(Protocol):
 
     def start(self) -> Sequence[bytes]: ...
 
-    def token(self, token: SimToken, top: Sequence[SimToken] | None) -> bytes: ...
+    def token(self, token: SimToken, top: Sequence[SimToken] | None) -> bytes | None:
+        """The event for ``token``, or ``None`` when the dialect holds it back (several tokens per
+        chunk, partial UTF-8 a server does not send)."""
+        ...
+
+    def flush(self) -> Sequence[bytes]:
+        """Events for tokens held back so far (called before a fault fires)."""
+        ...
 
     def final(
         self,
@@ -116,7 +125,9 @@ class Encoder(Protocol):
         generated_tokens: int,
     ) -> Sequence[bytes]: ...
 
-    def error(self, message: str, error_type: str) -> bytes: ...
+    def error(self, message: str, error_type: str) -> Sequence[bytes]:
+        """The in-stream error event(s) ending the stream (``[DONE]`` included where sent)."""
+        ...
 
 
 class Dialect(Protocol):
@@ -140,7 +151,10 @@ class Route:
 DEFAULT_ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/inference/{model:.+}", native.DEEPINFRA),
     Route("POST", "/generate_stream", native.TGI),
-    # A later task adds: /v1/openai/chat/completions, /v1/openai/completions.
+    Route("POST", "/v1/openai/chat/completions", CHAT),
+    Route("POST", "/v1/openai/completions", COMPLETIONS),
+    Route("POST", "/v1/chat/completions", CHAT),
+    Route("POST", "/v1/completions", COMPLETIONS),
 )
 
 
@@ -227,8 +241,7 @@ class _Stream:
 
     async def _generate(self) -> None:
         sim, d = self.sim, self.directives
-        for payload in self.encoder.start():
-            await self._send(payload)
+        await self._send_all(self.encoder.start())
         source = TokenSource(
             stream_seed(self.config.seed, sim.model, sim.prompt, sim.seed),
             force_utf8_split=d.utf8split,
@@ -243,7 +256,9 @@ class _Stream:
             top = source.alternatives(token, sim.top_n) if sim.top_n else None
             self._record(token)
             if reason is None:
-                await self._send(self.encoder.token(token, top))
+                payload = self.encoder.token(token, top)
+                if payload is not None:
+                    await self._send(payload)
                 continue
             finals = self.encoder.final(
                 token,
@@ -252,8 +267,7 @@ class _Stream:
                 generated_text="".join(self.parts),
                 generated_tokens=self.sent,
             )
-            for payload in finals:
-                await self._send(payload)
+            await self._send_all(finals)
         self.stats.streams_completed += 1
         if d.done or self.encoder.done_by_default:
             await self._send(b"[DONE]")
@@ -266,6 +280,10 @@ class _Stream:
     async def _send(self, payload: bytes) -> None:
         await self.response.write(self.prefix + payload + self.sep)
         self.stats.events_sent += 1
+
+    async def _send_all(self, payloads: Sequence[bytes]) -> None:
+        for payload in payloads:
+            await self._send(payload)
 
     async def _pace(self) -> None:
         if self.interval:
@@ -286,6 +304,7 @@ class _Stream:
     async def _fire(self, fault: Fault, source: TokenSource) -> bool:
         """Inject ``fault``; returns whether the stream ends here."""
         d = self.directives
+        await self._send_all(self.encoder.flush())
         if fault == "disconnect":
             await self._disconnect()
             return True
@@ -295,7 +314,7 @@ class _Stream:
             await self._send(b"{not json")
             return d.then == "end"
         elif fault == "error":
-            await self._send(self.encoder.error(GENERATION_ERROR, d.error_type))
+            await self._send_all(self.encoder.error(GENERATION_ERROR, d.error_type))
             return True
         elif fault == "eof":
             return True
@@ -303,7 +322,8 @@ class _Stream:
             token = filler_token(d.size)
             top = source.alternatives(token, self.sim.top_n) if self.sim.top_n else None
             self._record(token)
-            await self._send(self.encoder.token(token, top))
+            payload = self.encoder.token(token, top)
+            await self._send_all(self.encoder.flush() if payload is None else (payload,))
             return d.then == "end"
         return False
 
