@@ -32,6 +32,10 @@ def redis_client(url: str, *, block_seconds: float = 0.0, cluster: bool = False)
         socket_timeout=block_seconds + 10.0,
         socket_connect_timeout=10.0,
         health_check_interval=30,
+        # a pooled connection found dead after a Redis restart is replaced and the command retried
+        # (tokenwire's writes are idempotent: explicit event ids, fenced scripts, enqueue dedup)
+        retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=3),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
 
 
