@@ -58,6 +58,7 @@ def env(redis_server: RedisServer, sim_port: int, tmp_path: Path) -> dict[str, s
         'default_provider = "local"\n'
         "[providers.local]\n"
         f'native_url = "http://127.0.0.1:{sim_port}/v1/inference/{{model}}"\n'
+        f'chat_url = "http://127.0.0.1:{sim_port}/v1/openai/chat/completions"\n'
     )
     return {
         **{k: v for k, v in os.environ.items() if not k.startswith("TOKENWIRE_")},
@@ -132,6 +133,27 @@ def test_worker_enqueue_follow_tail_stats(
     job_lines = [rec for rec in log_lines if rec.get("job_id") == job_id]
     assert {"attempt started", "job done"} <= {rec["event"] for rec in job_lines}
     assert any(rec["event"] == "worker stopped" for rec in log_lines)
+
+
+def test_chat_job_with_top_logprobs_as_a_user_types_it(
+    env: dict[str, str], worker_proc: subprocess.Popen[str]
+) -> None:
+    validator = jsonschema.Draft202012Validator(json.loads((SCHEMAS / "event.schema.json").read_text()))
+    messages = '[{"role":"system","content":"Be brief."},{"role":"user","content":"Name a colour."}]'
+    result = run(
+        env, "enqueue", "--model", "tokenwire/sim;tokens=12", "--api", "chat", "--messages", messages,
+        "--top-logprobs", "5", "--follow", "--json", "--timeout", "30",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    _, *lines = result.stdout.splitlines()
+    events = [json.loads(line) for line in lines]
+    for event in events:
+        validator.validate(event)
+    assert events[0]["type"] == "start" and events[0]["api"] == "chat" and events[-1]["type"] == "done"
+    toks = [e for e in events if e["type"] == "token" and not e["special"]]
+    assert toks and all(1 <= len(t["top_logprobs"]) <= 5 for t in toks)
+    assert all(t["topk"]["chosen_rank"] >= 1 for t in toks)
+    assert events[-1]["summary"]["n_topk"] == len(toks)
 
 
 def test_tail_times_out_and_unknown_jobs_fail(env: dict[str, str]) -> None:

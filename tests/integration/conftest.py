@@ -56,7 +56,13 @@ def settings_for(redis_url: str, backend: str, sim_url: str, prefix: str) -> Cal
             "redis_cluster": backend == "cluster",
             "prefix": prefix,
             "default_provider": "sim",
-            "providers": {"sim": Provider(native_url=f"{sim_url}/v1/inference/{{model}}")},
+            "providers": {
+                "sim": Provider(
+                    native_url=f"{sim_url}/v1/inference/{{model}}",
+                    chat_url=f"{sim_url}/v1/openai/chat/completions",
+                    completions_url=f"{sim_url}/v1/openai/completions",
+                )
+            },
             "concurrency": 64,
             "block_seconds": 0.5,
             "drain_grace_seconds": 5.0,

@@ -565,3 +565,18 @@ def test_default_adapters_cover_every_api() -> None:
     assert isinstance(adapters["native"], NativeAdapter)
     assert isinstance(adapters["chat"], ChatAdapter)
     assert isinstance(adapters["completions"], CompletionsAdapter)
+
+
+def test_together_partial_character_piece_is_not_a_control_token() -> None:
+    piece = (
+        '{"id":"x","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"",'
+        '"token_id":157},"logprobs":-0.25,"top_logprobs":{"":-0.25},"finish_reason":null}]}'
+    )
+    (token,) = ChatAdapter().parse(piece).tokens
+    assert token.text == "" and token.logprob == -0.25 and token.token_id == 157 and not token.special
+    stop = (
+        '{"id":"x","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"",'
+        '"token_id":2},"logprobs":-0.01,"finish_reason":"eos"}]}'
+    )
+    parsed = ChatAdapter().parse(stop)
+    assert parsed.tokens[0].special and parsed.end is not None and parsed.end.finish_reason == "eos"

@@ -255,7 +255,11 @@ def sampled(
     if legacy is not None:
         return [_legacy_record(legacy, choice, text, channel, token_id)]
     if isinstance(logprobs, float):
-        return [record(text, logprobs, token_id, None, map_candidates(choice.top_logprobs), channel)]
+        # Together: an empty piece mid-stream is part of a character split across tokens (its text
+        # comes with a later token), not a control token; only the finishing one is the stop token
+        special = not text and choice.finish_reason is not None
+        top = map_candidates(choice.top_logprobs)
+        return [record(text, logprobs, token_id, None, top, channel, special=special, auto_special=False)]
     if logprobs is None:
         return []
     if logprobs.content:
@@ -273,13 +277,16 @@ def record(
     top: list[Candidate] | None,
     channel: str,
     special: bool = False,
+    *,
+    auto_special: bool = True,
 ) -> TokenRecord:
-    """A token record; no text and no bytes (a stripped stop token) makes it a control token."""
+    """A token record; no text and no bytes (a stripped stop token) makes it a control token,
+    unless ``auto_special`` is off (the protocol says which empty tokens are control tokens)."""
     return TokenRecord(
         text=text,
         logprob=logprob,
         token_id=token_id,
-        special=special or not (text or raw),
+        special=special or (auto_special and not (text or raw)),
         bytes=raw,
         top=top,
         channel=channel,
