@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from .jobs import InvalidJob, Job, decode_job
+from .jobs import InvalidJob, Job, decode_job, job_id_of
 from .settings import Provider, Settings
 
 __all__ = ["Admitted", "Rejected", "admit"]
@@ -37,6 +37,7 @@ def admit(entry_id: str, payload: bytes | None, settings: Settings) -> Admitted 
         return Rejected(
             "payload_too_large",
             f"job payload is {len(payload)} bytes, over max_payload_bytes={settings.max_payload_bytes}",
+            job_id_of(payload, entry_id),
         )
     try:
         job = decode_job(payload)

@@ -272,7 +272,7 @@ class Worker:
     async def _reclaim_loop(self) -> None:
         interval = self.settings.reclaim_interval_seconds
         min_idle_ms = int(self.settings.lease_seconds * 1000)
-        reap_every = max(1, int(60 / interval))
+        reap_every = max(1, int(min(60.0, self.settings.consumer_reap_idle_seconds) / interval))
         ticks = 0
         while True:
             await asyncio.sleep(interval * (0.8 + 0.4 * random.random()))
