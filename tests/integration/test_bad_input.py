@@ -74,10 +74,17 @@ async def test_over_the_limits_jobs_are_dead_lettered_with_a_clear_reason(
         ),
     ],
 )
+@pytest.mark.parametrize("transport", ["httpx", "aiohttp"])
 async def test_bad_upstream_streams_end_with_a_clear_error(
-    start_worker: StartWorker, client: Client, model: str, overrides: dict[str, Any], code: str, words: str
+    start_worker: StartWorker,
+    client: Client,
+    model: str,
+    overrides: dict[str, Any],
+    code: str,
+    words: str,
+    transport: str,
 ) -> None:
-    await start_worker(**overrides)
+    await start_worker(upstream_transport=transport, **overrides)
     error = await terminal(client, await client.enqueue(Job(model=model, input="x", params=Params())))
     assert isinstance(error, Error) and error.code.startswith(code), error
     assert words in error.message and "<html" not in error.message.lower()
