@@ -75,7 +75,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     retry_max_seconds: PositiveFloat = 30.0
     consumer_reap_idle_seconds: PositiveFloat = 3600.0
     connect_timeout_seconds: PositiveFloat = 10.0
-    upstream_transport: Annotated[str, msgspec.Meta(pattern=r"^(httpx|aiohttp)$")] = "httpx"
+    upstream_transport: Annotated[str, msgspec.Meta(pattern=r"^(httpx|aiohttp)$")] = "aiohttp"
     job_deadline_seconds: PositiveFloat = 900.0
     output_ttl_seconds: PositiveInt = 3600
     running_ttl_seconds: PositiveInt = 86400

@@ -1,5 +1,5 @@
-"""The aiohttp-backed upstream transport behaves exactly like httpx's own: streams, retries on
-disconnects, stalls and 429s, HTTP errors and cancellation."""
+"""Both upstream transports (aiohttp-backed, the default, and httpx's own) behave the same: streams,
+retries on disconnects, stalls and 429s, HTTP errors and cancellation."""
 
 from __future__ import annotations
 
@@ -16,8 +16,7 @@ from .conftest import RunningWorker
 pytestmark = pytest.mark.integration
 
 StartWorker = Callable[..., Awaitable[RunningWorker]]
-AIOHTTP = {
-    "upstream_transport": "aiohttp",
+FAST = {
     "stall_timeout_seconds": 1.0,
     "retry_base_seconds": 0.05,
     "retry_max_seconds": 0.2,
@@ -37,10 +36,11 @@ async def collect(client: Client, job_id: str) -> list[Received]:
         ("tokens=12;fault=status;status=429;retry_after=0.2;fail_first=1", 1),
     ],
 )
-async def test_jobs_and_retries_on_the_aiohttp_transport(
-    start_worker: StartWorker, client: Client, directives: str, starts: int
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+async def test_jobs_and_retries_on_both_transports(
+    start_worker: StartWorker, client: Client, directives: str, starts: int, transport: str
 ) -> None:
-    await start_worker(**AIOHTTP)
+    await start_worker(upstream_transport=transport, **FAST)
     items = await collect(client, await client.enqueue(model=f"tokenwire/sim;{directives}", input="x"))
     done = items[-1].event
     assert isinstance(done, Done), done
@@ -49,10 +49,11 @@ async def test_jobs_and_retries_on_the_aiohttp_transport(
     assert done.text == "".join(t.text for t in final if not t.special)
 
 
-async def test_http_errors_and_cancel_on_the_aiohttp_transport(
-    start_worker: StartWorker, client: Client
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+async def test_http_errors_and_cancel_on_both_transports(
+    start_worker: StartWorker, client: Client, transport: str
 ) -> None:
-    await start_worker(**AIOHTTP)
+    await start_worker(upstream_transport=transport, **FAST)
     failed = await collect(
         client, await client.enqueue(model="tokenwire/sim;fault=status;status=404", input="x")
     )
