@@ -50,8 +50,17 @@ def sim_port() -> Iterator[int]:
     proc.stdout.close()
 
 
+@pytest.fixture(params=["single", "cluster"])
+def redis_target(request: pytest.FixtureRequest) -> tuple[str, bool]:
+    """The CLI runs against a single redis-server and a real three-master Redis Cluster."""
+    if request.param == "cluster":
+        return str(request.getfixturevalue("redis_cluster").url), True
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return server.url, False
+
+
 @pytest.fixture
-def env(redis_server: RedisServer, sim_port: int, tmp_path: Path) -> dict[str, str]:
+def env(redis_target: tuple[str, bool], sim_port: int, tmp_path: Path) -> dict[str, str]:
     cfg = tmp_path / "tokenwire.toml"
     cfg.write_text(
         "block_seconds = 0.5\n"
@@ -63,7 +72,8 @@ def env(redis_server: RedisServer, sim_port: int, tmp_path: Path) -> dict[str, s
     return {
         **{k: v for k, v in os.environ.items() if not k.startswith("TOKENWIRE_")},
         "TOKENWIRE_CONFIG": str(cfg),
-        "TOKENWIRE_REDIS_URL": redis_server.url,
+        "TOKENWIRE_REDIS_URL": redis_target[0],
+        "TOKENWIRE_REDIS_CLUSTER": "true" if redis_target[1] else "false",
         "TOKENWIRE_PREFIX": f"e2e-{uuid.uuid4().hex[:8]}",
         "TOKENWIRE_CONSUMER_NAME": "e2e-worker-1",
     }
