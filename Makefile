@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint typecheck unit integration e2e faults schema redis-server clean
+.PHONY: demo test lint typecheck unit integration e2e faults schema redis-server clean bench
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "tokenwire needs Python 3.11+"'
@@ -26,8 +26,8 @@ demo: $(STAMP)
 	@$(BIN)/tokenwire demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check worker tests
-	$(BIN)/ruff format --check worker tests
+	$(BIN)/ruff check worker tests bench
+	$(BIN)/ruff format --check worker tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -43,6 +43,11 @@ test: $(STAMP) redis-server lint typecheck
 
 faults: $(STAMP) redis-server
 	$(BIN)/pytest tests/faults $(PYTEST_ARGS)
+
+# make bench: tokenwire against a naive worker and the floor (bench/results/latest.json);
+# make bench QUICK=1: a subset in under two minutes.
+bench: $(STAMP) redis-server
+	$(BIN)/python -m bench.run $(if $(QUICK),--quick,)
 
 clean:
 	rm -rf $(VENV) dist build .mypy_cache .ruff_cache .pytest_cache

@@ -93,9 +93,12 @@ class Attempt:
         if key is not None:
             headers["Authorization"] = f"Bearer {key}"
         async with open_sse(runner.http, url, body, headers, runner.limits) as events:
+            publisher = runner.publisher
             async for data in events:
                 parsed = adapter.parse(data)
                 self._publish(parsed)
+                if publisher.full:
+                    await publisher.room()
                 if parsed.end is not None:
                     self.end = parsed.end
                 if parsed.closed or self.escalating is not None or not self.sink.ok:

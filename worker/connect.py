@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import cast
 
 import httpx
-from redis.asyncio import Redis, RedisCluster
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -16,7 +16,9 @@ from .settings import Settings
 __all__ = ["http_client", "redis_client"]
 
 
-def redis_client(url: str, *, block_seconds: float = 0.0, cluster: bool = False) -> Redis:
+def redis_client(
+    url: str, *, block_seconds: float = 0.0, cluster: bool = False, max_connections: int = 256
+) -> Redis:
     """A client for ``url`` (``redis://``, ``rediss://``, passwords in the URL all work).
 
     ``block_seconds``: the longest blocking command this client will run; its socket timeout is set
@@ -27,8 +29,12 @@ def redis_client(url: str, *, block_seconds: float = 0.0, cluster: bool = False)
     if cluster:
         client = RedisCluster.from_url(url, socket_timeout=block_seconds + 10.0, socket_connect_timeout=10.0)
         return cast(Redis, client)
-    return Redis.from_url(
+    pool = BlockingConnectionPool.from_url(
         url,
+        # past this many connections, a command waits for a free one (redis-py's default pool
+        # raises instead, which a burst of job starts easily hits)
+        max_connections=max_connections,
+        timeout=30,
         socket_timeout=block_seconds + 10.0,
         socket_connect_timeout=10.0,
         health_check_interval=30,
@@ -37,6 +43,7 @@ def redis_client(url: str, *, block_seconds: float = 0.0, cluster: bool = False)
         retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=3),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
+    return Redis.from_pool(pool)
 
 
 def http_client(settings: Settings) -> httpx.AsyncClient:

@@ -59,6 +59,8 @@ class Publisher:
         maxlen: int,
         retry_seconds: float = 10.0,
         write_timeout: float = 10.0,
+        high_water: int = 20_000,
+        max_round_trip: int = 2_000,
         on_batch: Callable[[int, float | None], None] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
@@ -66,6 +68,10 @@ class Publisher:
         self.maxlen = maxlen
         self.retry_seconds = retry_seconds
         self.write_timeout = write_timeout
+        self.high_water = high_water
+        self.max_round_trip = max_round_trip
+        self._room = asyncio.Event()
+        self._room.set()
         self.on_batch = on_batch
         self._sleep = sleep
         self._pending: list[Entry] = []
@@ -81,6 +87,19 @@ class Publisher:
         self._pending.append((sink, entry_id, payload))
         sink.batch = self._batch
         self._wake.set()
+
+    @property
+    def full(self) -> bool:
+        """More events are queued than one round trip should carry: producers should wait."""
+        return len(self._pending) >= self.high_water
+
+    async def room(self) -> None:
+        """Wait until the queue is below its high-water mark (backpressure on fast upstreams: while
+        their readers wait, TCP flow control slows the providers' streams instead of memory
+        growing without bound)."""
+        while self.full:
+            self._room.clear()
+            await self._room.wait()
 
     async def drained(self, sink: Sink) -> None:
         """Wait until everything emitted so far for ``sink`` is written (or failed)."""
@@ -98,6 +117,7 @@ class Publisher:
         while self._pending:
             batch, done, oldest = self._pending, self._batch, self._oldest
             self._pending, self._batch, self._oldest = [], None, None
+            self._room.set()
             try:
                 await self._write(batch, oldest)
             except Exception as exc:  # never lose track of a batch: its sinks learn why
@@ -110,6 +130,11 @@ class Publisher:
 
     async def _write(self, batch: list[Entry], oldest: float | None) -> None:
         live = [e for e in batch if e[0].ok]
+        step = self.max_round_trip
+        for start in range(0, len(live), step):  # a backlog goes out in bounded round trips
+            await self._write_chunk(live[start : start + step], oldest)
+
+    async def _write_chunk(self, live: list[Entry], oldest: float | None) -> None:
         delay, waited = 0.05, 0.0
         while live:
             try:

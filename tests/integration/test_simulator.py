@@ -461,6 +461,19 @@ async def test_utf8_split_tokens(sim: str, http: httpx.AsyncClient) -> None:
     assert any(not ch.isascii() for ch in text)
 
 
+async def test_stamp_sets_token_ids_to_send_times(sim: str, http: httpx.AsyncClient) -> None:
+    plain = await _json_events(http, sim, f"{MODEL};tokens=20", seed=3)
+    before = time.time_ns() // 1000
+    stamped = await _json_events(http, sim, f"{MODEL};tokens=20;stamp=1", seed=3)
+    after = time.time_ns() // 1000
+    ids = [e["token"]["id"] for e in stamped]
+    assert len(ids) == 21  # the final (EOS) event is stamped too
+    assert all(before <= i <= after for i in ids)
+    assert ids == sorted(ids)
+    assert _text(stamped) == _text(plain)
+    assert [e["token"]["logprob"] for e in stamped] == [e["token"]["logprob"] for e in plain]
+
+
 # --- server ----------------------------------------------------------------------------------
 
 

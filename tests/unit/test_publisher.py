@@ -67,3 +67,34 @@ async def test_a_superseded_attempt_is_fenced_and_a_retried_write_is_not_duplica
     async with asyncio.timeout(5):
         await pub.drained(current)
     assert current.ok and await redis.xlen("job") == 2
+
+
+async def test_producers_wait_while_the_queue_is_above_its_high_water_mark() -> None:
+    redis = fakeredis.FakeAsyncRedis()
+    pub = Publisher(redis, maxlen=1000, high_water=3)
+    sink = Sink("bp")
+    for seq in range(1, 4):
+        pub.emit(sink, f"1-{seq}", b"x")
+    assert pub.full
+    waiter = asyncio.create_task(pub.room())
+    await asyncio.sleep(0)
+    assert not waiter.done()  # nothing is flushing yet: the producer waits
+    flusher = asyncio.create_task(pub.run())
+    async with asyncio.timeout(5):
+        await waiter
+        await pub.drained(sink)
+    assert not pub.full and await redis.xlen("bp") == 3
+    flusher.cancel()
+    await redis.aclose()
+
+
+async def test_a_backlog_goes_out_in_bounded_round_trips() -> None:
+    redis = fakeredis.FakeAsyncRedis()
+    sizes: list[int] = []
+    pub = Publisher(redis, maxlen=10_000, max_round_trip=4, on_batch=lambda count, _o: sizes.append(count))
+    sink = Sink("big")
+    for seq in range(1, 11):
+        pub.emit(sink, f"1-{seq}", b"x")
+    await pub.flush()
+    assert sizes == [4, 4, 2] and await redis.xlen("big") == 10
+    await redis.aclose()

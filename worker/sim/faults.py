@@ -75,6 +75,7 @@ class Directives(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     nospace: bool = False  # "data:{...}" without the space
     crlf: bool = False  # CRLF line endings
     utf8split: bool = False  # split every multi-byte character into byte-fallback tokens
+    stamp: bool = False  # each token's id is its send time, µs since the epoch (latency probes)
     # OpenAI-style routes only (/v1/openai/chat/completions, /v1/openai/completions):
     dialect: Flavor = "openai"  # whose wire shape the stream takes
     per_chunk: Annotated[int, msgspec.Meta(ge=1, le=256)] = 1  # tokens per chunk (not together)

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import socket
 import struct
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
@@ -253,6 +254,8 @@ class _Stream:
                 if await self._fire(fault, source):
                     return
             await self._pace()
+            if d.stamp:  # the send time, taken just before the event is encoded and written
+                token = msgspec.structs.replace(token, id=time.time_ns() // 1000)
             top = source.alternatives(token, sim.top_n) if sim.top_n else None
             self._record(token)
             if reason is None:

@@ -1,0 +1,120 @@
+"""The workers under test and how each is started: the naive baseline, the floor, and tokenwire as
+users run it (``tokenwire worker`` configured by a TOML file and ``TOKENWIRE_*`` variables)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["DEFAULT_VARIANTS", "QUICK_VARIANTS", "VARIANTS", "Setup", "Variant", "by_name"]
+
+PREFIX = "tokenwire"
+
+
+@dataclass(frozen=True, slots=True)
+class Setup:
+    """What a worker needs to know about one run."""
+
+    redis_url: str
+    sim_url: str
+    streams: int
+    max_seconds: float
+    work_dir: Path
+    redis_query: str = ""  # appended to tokenwire's TOKENWIRE_REDIS_URL (e.g. max_connections=2048)
+
+
+Command = tuple[list[str], dict[str, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    name: str
+    description: str
+    command: Callable[[Setup], Command]
+    available: Callable[[], bool] = lambda: True
+
+
+def _base_env() -> dict[str, str]:
+    """The environment without any ``TOKENWIRE_*`` setting of the caller's."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("TOKENWIRE_")}
+
+
+def _bench_module(module: str) -> Callable[[Setup], Command]:
+    def command(setup: Setup) -> Command:
+        argv = [sys.executable, "-m", module, "--redis-url", setup.redis_url, "--sim-url", setup.sim_url]
+        argv += ["--prefix", PREFIX, "--max-seconds", f"{setup.max_seconds:.0f}"]
+        return argv, _base_env()
+
+    return command
+
+
+def _tokenwire_env(setup: Setup) -> dict[str, str]:
+    config = setup.work_dir / "tokenwire.toml"
+    config.write_text(
+        'default_provider = "sim"\n\n[providers.sim]\n'
+        f'native_url = "{setup.sim_url}/v1/inference/{{model}}"\n'
+    )
+    return {
+        **_base_env(),
+        "TOKENWIRE_CONFIG": str(config),
+        "TOKENWIRE_REDIS_URL": f"{setup.redis_url}?{setup.redis_query}"
+        if setup.redis_query
+        else setup.redis_url,
+        "TOKENWIRE_PREFIX": PREFIX,
+        "TOKENWIRE_CONCURRENCY": str(max(64, setup.streams)),
+        # flat-out streams run far past the default caps: the window ends them, not a limit
+        "TOKENWIRE_MAX_TOKENS_CAP": "10000000",
+        "TOKENWIRE_MAX_STREAM_BYTES": str(1 << 40),
+        "TOKENWIRE_DRAIN_GRACE_SECONDS": "0",
+    }
+
+
+def _tokenwire_argv() -> list[str]:
+    script = Path(sys.executable).with_name("tokenwire")
+    return [str(script), "worker"] if script.exists() else [sys.executable, "-m", "worker", "worker"]
+
+
+def _tokenwire(setup: Setup) -> Command:
+    return _tokenwire_argv(), _tokenwire_env(setup)
+
+
+def _tokenwire_httpx(setup: Setup) -> Command:
+    argv, env = _tokenwire(setup)
+    return argv, {**env, "TOKENWIRE_UPSTREAM_TRANSPORT": "httpx"}
+
+
+def _has_transport_setting() -> bool:
+    from worker.settings import Settings
+
+    return "upstream_transport" in Settings.__struct_fields__
+
+
+VARIANTS: tuple[Variant, ...] = (
+    Variant(
+        "naive", "httpx + httpx-sse + json.loads + one awaited XADD per token", _bench_module("bench.naive")
+    ),
+    Variant(
+        "floor", "aiohttp bytes in, raw pipelined XADDs of the payloads out", _bench_module("bench.floor")
+    ),
+    Variant("tokenwire", "tokenwire worker, as users run it", _tokenwire),
+    Variant(
+        "tokenwire-httpx",
+        "tokenwire worker with upstream_transport = httpx (httpx's default transport)",
+        _tokenwire_httpx,
+        _has_transport_setting,
+    ),
+)
+
+DEFAULT_VARIANTS: tuple[str, ...] = ("naive", "floor", "tokenwire", "tokenwire-httpx")
+QUICK_VARIANTS: tuple[str, ...] = ("naive", "floor", "tokenwire")
+
+
+def by_name(name: str) -> Variant:
+    for variant in VARIANTS:
+        if variant.name == name:
+            return variant
+    known = ", ".join(v.name for v in VARIANTS)
+    raise KeyError(f"unknown variant {name!r} (known: {known})")
