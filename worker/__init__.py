@@ -2,8 +2,21 @@
 confidence-scored event per token."""
 
 from .client import Client, JobNotFound, Received, SubscriptionTimeout
-from .events import Cancelled, Done, Error, Event, LowSpan, Start, Summary, Token, TopLogprob, Usage
-from .jobs import ChatMessage, InvalidJob, Job, Params
+from .events import (
+    Cancelled,
+    Done,
+    Error,
+    Escalation,
+    Event,
+    LowSpan,
+    Start,
+    Summary,
+    Token,
+    TopkMetrics,
+    TopLogprob,
+    Usage,
+)
+from .jobs import ChatMessage, Escalate, InvalidJob, Job, Params
 from .service import Worker
 from .settings import Provider, Settings, SettingsError, load_settings
 
@@ -15,6 +28,8 @@ __all__ = [
     "Client",
     "Done",
     "Error",
+    "Escalate",
+    "Escalation",
     "Event",
     "InvalidJob",
     "Job",
@@ -30,6 +45,7 @@ __all__ = [
     "Summary",
     "Token",
     "TopLogprob",
+    "TopkMetrics",
     "Usage",
     "Worker",
     "__version__",
