@@ -22,7 +22,7 @@ TOKENWIRE = str(Path(sys.executable).parent / "tokenwire")
 def python_example() -> str:
     readme = (ROOT / "README.md").read_text()
     (block,) = re.findall(r"### From Python\n\n```python\n(.*?)```", readme, re.S)
-    return block
+    return str(block)
 
 
 def test_the_python_example_runs(tmp_path: Path) -> None:
