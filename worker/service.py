@@ -99,6 +99,7 @@ class Worker:
         self.jobs: dict[str, _Job] = {}
         self.ready = asyncio.Event()
         self._slot_freed = asyncio.Event()
+        self._closing = asyncio.Event()
 
     @property
     def inflight(self) -> list[asyncio.Task[None]]:
@@ -131,9 +132,13 @@ class Worker:
             await self._serve(stop)
             await self._drain()
         finally:
-            for task in helpers:
+            self._closing.set()  # the cancel listener (last) stops by itself; the rest are cancelled
+            for task in helpers[:-1]:
                 task.cancel()
-            await asyncio.gather(*helpers, return_exceptions=True)
+            _, stuck = await asyncio.wait(helpers, timeout=5.0)
+            for task in stuck:  # bounded: a stop never hangs on a helper
+                log.warning("helper did not stop in time; abandoning it", task=task.get_name())
+                task.cancel()
             await self.publisher.flush()
             if endpoints is not None:
                 await endpoints.cleanup()
@@ -295,15 +300,21 @@ class Worker:
                 log.warning("reclaim pass failed", error=str(exc))
 
     async def _cancel_listener(self) -> None:
-        """Cancellation requests arrive on a pub/sub channel; the job's holder acts on them."""
+        """Cancellation requests arrive on a pub/sub channel; the job's holder acts on them.
+
+        It polls with a short timeout and stops on ``_closing``, so it never has to be cancelled in
+        the middle of a socket read (which could leave the pub/sub connection's close hanging).
+        """
         failures = 0
-        while True:
+        while not self._closing.is_set():
             try:
                 async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(cancel_channel(self.keys))
                     failures = 0
-                    async for message in pubsub.listen():
-                        self._on_cancel(message.get("data"))
+                    while not self._closing.is_set():
+                        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+                        if message is not None:
+                            self._on_cancel(message.get("data"))
             except RedisError as exc:
                 failures += 1
                 await self._pause_after_error("listen for cancellations", exc, failures, None)
