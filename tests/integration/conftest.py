@@ -7,6 +7,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import httpx
 import pytest
 from redis.asyncio import Redis
 
@@ -40,6 +41,19 @@ async def redis(redis_url: str, backend: str) -> AsyncIterator[Redis]:
     client = redis_client(redis_url, cluster=backend == "cluster")
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[str]:
+    """A simulator for the simulator's own tests: flat out, quick keep-alive pings."""
+    async with serve(SimConfig(tokens_per_second=0, keepalive_seconds=0.05)) as url:
+        yield url
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(5.0)) as c:
+        yield c
 
 
 @pytest.fixture

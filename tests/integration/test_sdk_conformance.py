@@ -62,12 +62,6 @@ async def sim() -> AsyncIterator[str]:
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=TIMEOUT) as c:
-        yield c
-
-
-@pytest.fixture
 async def client(sim: str) -> AsyncIterator[openai.AsyncOpenAI]:
     async with openai.AsyncOpenAI(base_url=f"{sim}/v1/openai", api_key="x", max_retries=0, timeout=5.0) as c:
         yield c

@@ -6,7 +6,7 @@ import asyncio
 import email.utils
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -23,18 +23,6 @@ READ_LIMIT = 10.0  # seconds for any one stream read in these tests
 MODEL = "tokenwire/sim-small"
 NATIVE_KEYS = {"token", "generated_text", "details"}
 TOKEN_KEYS = {"id", "text", "logprob", "special"}
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[str]:
-    async with serve(SimConfig(tokens_per_second=0, keepalive_seconds=0.05)) as url:
-        yield url
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=TIMEOUT) as c:
-        yield c
 
 
 def _body(**extra: Any) -> dict[str, Any]:

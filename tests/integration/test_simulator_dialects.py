@@ -7,14 +7,12 @@ import asyncio
 import json
 import math
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 from httpx_sse import aconnect_sse
 
-from worker.sim import SimConfig, serve
 from worker.sim.generate import estimate_tokens
 from worker.sim.openai_api import render_messages
 
@@ -31,18 +29,6 @@ DIALECTS = ["openai", "vllm", "llamacpp", "together"]
 HEAD_KEYS = {"id", "object", "created", "model"}
 
 Obj = dict[str, Any]
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[str]:
-    async with serve(SimConfig(tokens_per_second=0, keepalive_seconds=0.05)) as url:
-        yield url
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=TIMEOUT) as c:
-        yield c
 
 
 def _chat_body(model: str, **extra: Any) -> Obj:
