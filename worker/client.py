@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 
 from .events import Done, Error, Event, Start, decode_event, is_terminal
 from .jobs import Job, encode_job, new_job_id
-from .keys import Keys
+from .keys import Keys, as_text
 from .store import JobStore
 
 __all__ = ["Client", "JobNotFound", "Received", "SubscriptionTimeout"]
@@ -48,10 +48,6 @@ class Received(msgspec.Struct, frozen=True):
     @property
     def type(self) -> str:
         return type(self.event).__name__.lower()
-
-
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class Client:
@@ -105,7 +101,7 @@ class Client:
         if not created and (entry or state != "queued"):
             return job_id
         entry_id = await self.redis.xadd(self.keys.jobs, {"job": encode_job(job)})
-        await self.store.record_entry(job_id, _s(entry_id))
+        await self.store.record_entry(job_id, as_text(entry_id))
         return job_id
 
     async def cancel(self, job_id: str, reason: str = "cancelled by request") -> str:
@@ -138,7 +134,7 @@ class Client:
                 await self._check_alive(job_id, deadline)
                 continue
             for entry_id, fields in reply[0][1]:
-                last = _s(entry_id)
+                last = as_text(entry_id)
                 raw = fields[b"event"]
                 event = decode_event(raw)
                 restarted = isinstance(event, Start) and attempt > 0 and event.attempt > attempt

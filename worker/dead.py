@@ -7,20 +7,18 @@ from typing import Any
 from redis.asyncio import Redis
 
 from .jobs import InvalidJob, decode_job
-from .keys import Keys
+from .keys import Keys, as_text
 from .store import JobStore
 
 __all__ = ["list_dead", "purge_dead", "redrive"]
 
 
-def _s(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
 async def list_dead(redis: Redis, keys: Keys, count: int = 100) -> list[dict[str, str]]:
     """The newest ``count`` dead letters, oldest first: their fields plus ``id``."""
     entries: Any = await redis.xrevrange(keys.dead, count=count)
-    return [{"id": _s(i), **{_s(k): _s(v) for k, v in f.items()}} for i, f in reversed(entries)]
+    return [
+        {"id": as_text(i), **{as_text(k): as_text(v) for k, v in f.items()}} for i, f in reversed(entries)
+    ]
 
 
 async def redrive(redis: Redis, store: JobStore, ids: list[str] | None) -> list[dict[str, str]]:
@@ -43,11 +41,11 @@ async def redrive(redis: Redis, store: JobStore, ids: list[str] | None) -> list[
     for dead_id, fields in entries:
         payload = fields.get(b"job", b"")
         job_id = await _reset(redis, store, payload)
-        new_entry = _s(await redis.xadd(keys.jobs, {"job": payload}))
+        new_entry = as_text(await redis.xadd(keys.jobs, {"job": payload}))
         if job_id is not None:
             await store.record_entry(job_id, new_entry)
         await redis.xdel(keys.dead, dead_id)
-        out.append({"dead_id": _s(dead_id), "job_id": job_id or "", "entry": new_entry})
+        out.append({"dead_id": as_text(dead_id), "job_id": job_id or "", "entry": new_entry})
     return out
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["GROUP", "Keys"]
+__all__ = ["GROUP", "Keys", "as_text"]
 
 GROUP: Final = "workers"
 
@@ -29,3 +29,9 @@ class Keys:
 
     def events(self, job_id: str) -> str:
         return f"{self.prefix}:job:{{{job_id}}}:events"
+
+
+def as_text(value: object) -> str:
+    """A Redis reply item as text (replies are bytes unless the client decodes them); bytes that are
+    not UTF-8 (a dead letter's raw payload) are shown with replacement characters, never raised."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)

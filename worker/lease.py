@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from . import scripts
-from .keys import GROUP, Keys
+from .keys import GROUP, Keys, as_text
 
 __all__ = ["LeaseKeeper"]
 
@@ -67,7 +67,7 @@ class LeaseKeeper:
             lost = entries  # a whole lease without Redis: peers own these by now
         else:
             self._last_ok = time.monotonic()
-            lost = [e.decode() if isinstance(e, bytes) else str(e) for e in reply]
+            lost = [as_text(e) for e in reply]
         for entry_id in lost:
             on_lost = self._held.pop(entry_id, None)
             if on_lost is not None:

@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from . import scripts
-from .keys import GROUP, Keys
+from .keys import GROUP, Keys, as_text
 
 __all__ = ["Delivery", "JobQueue"]
 
@@ -32,10 +32,6 @@ class Delivery(msgspec.Struct, frozen=True):
     payload: bytes | None
     deliveries: int = 1
     replaces: str | None = None
-
-
-def _str(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class JobQueue:
@@ -81,7 +77,7 @@ class JobQueue:
     def _delivery(entry_id: bytes | str, fields: dict[bytes, bytes] | None) -> Delivery:
         payload = fields.get(b"job") if fields else None
         replaces = fields.get(b"replaces") if fields else None
-        return Delivery(_str(entry_id), payload, replaces=None if replaces is None else _str(replaces))
+        return Delivery(as_text(entry_id), payload, replaces=None if replaces is None else as_text(replaces))
 
     async def ack(self, entry_id: str) -> None:
         """Acknowledge and delete the entry (one round trip, atomically)."""
@@ -105,7 +101,7 @@ class JobQueue:
             keys=[self.keys.jobs, self.keys.dead], args=[GROUP, entry_id, self.dead_maxlen, *fields]
         )
         log.warning("job dead-lettered", entry=entry_id, job_id=job_id, code=code, reason=reason)
-        return _str(dead_id)
+        return as_text(dead_id)
 
     async def reclaim(self, count: int, min_idle_ms: int) -> tuple[list[Delivery], list[str]]:
         """Take over up to ``count`` entries idle for ``min_idle_ms`` (their owner stopped renewing).
@@ -117,7 +113,7 @@ class JobQueue:
             self.keys.jobs, GROUP, self.consumer, min_idle_ms, "0-0", count=count
         )
         claimed = reply[1] or []
-        deleted = [_str(e) for e in (reply[2] if len(reply) > 2 else [])]
+        deleted = [as_text(e) for e in (reply[2] if len(reply) > 2 else [])]
         if deleted:
             await self.redis.xack(self.keys.jobs, GROUP, *deleted)
         if not claimed:
@@ -138,13 +134,13 @@ class JobQueue:
         fields = {"job": delivery.payload or b"", "replaces": delivery.entry_id}
         new_id = await self.redis.xadd(self.keys.jobs, fields)  # type: ignore[arg-type]
         await self.ack(delivery.entry_id)
-        return _str(new_id)
+        return as_text(new_id)
 
     async def reap(self, idle_ms: int) -> list[str]:
         """Remove consumers idle for ``idle_ms`` that own nothing (dead workers' names)."""
         removed = []
         for info in await self.redis.xinfo_consumers(self.keys.jobs, GROUP):
-            name = _str(info["name"])
+            name = as_text(info["name"])
             if name == self.consumer or int(info["pending"]) or int(info["idle"]) < idle_ms:
                 continue
             if await self._reap(keys=[self.keys.jobs], args=[GROUP, name]):

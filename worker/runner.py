@@ -16,7 +16,7 @@ import structlog
 from .admit import Admitted, Rejected, admit
 from .attempt import Attempt, Fenced
 from .events import Cancelled, Done, Error, Start
-from .jobs import InvalidJob, decode_job
+from .jobs import job_id_of
 from .metrics import Metrics
 from .publisher import Publisher
 from .queue import Delivery, JobQueue
@@ -93,10 +93,7 @@ class Runner:
             await _JobRun(self, delivery, verdict, control or Control()).run()
 
     def _exhausted(self, delivery: Delivery) -> Rejected:
-        try:
-            job_id = decode_job(delivery.payload or b"").id or delivery.entry_id
-        except InvalidJob as exc:
-            job_id = exc.job_id or delivery.entry_id
+        job_id = job_id_of(delivery.payload, delivery.entry_id)
         return Rejected(
             "max_deliveries_exceeded",
             f"delivered {delivery.deliveries} times, more than max_deliveries="

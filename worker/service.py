@@ -24,7 +24,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from .jobs import job_id_of
-from .keys import Keys
+from .keys import GROUP, Keys, as_text
 from .lease import LeaseKeeper
 from .metrics import Metrics, serve_metrics
 from .publisher import Publisher
@@ -162,11 +162,10 @@ class Worker:
     async def _not_ready(self) -> str | None:
         """None when Redis answers and the consumer group exists; else why not."""
         try:
-            groups = await self.redis.xinfo_groups(self.keys.jobs)
+            stats = await collect_stats(self.redis, self.settings.prefix)
         except RedisError as exc:
-            return f"Redis not reachable or no job stream: {exc}"
-        names = {g["name"].decode() if isinstance(g["name"], bytes) else g["name"] for g in groups}
-        return None if "workers" in names else "consumer group 'workers' missing"
+            return f"Redis not reachable: {exc}"
+        return None if stats["group_exists"] else f"consumer group {GROUP!r} missing"
 
     async def _observe_queue(self) -> None:
         stats = await collect_stats(self.redis, self.settings.prefix)
@@ -322,7 +321,7 @@ class Worker:
     def _on_cancel(self, data: Any) -> None:
         if not isinstance(data, bytes | str):
             return
-        job_id, _, reason = (data.decode() if isinstance(data, bytes) else data).partition("\n")
+        job_id, _, reason = as_text(data).partition("\n")
         for entry_id, job in list(self.jobs.items()):
             if job.control.kind is None and job.job_id == job_id:
                 log.info("cancelling job", job_id=job_id, reason=reason)

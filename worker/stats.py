@@ -7,13 +7,9 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from .keys import GROUP, Keys
+from .keys import GROUP, Keys, as_text
 
 __all__ = ["collect_stats", "format_stats"]
-
-
-def _s(value: Any) -> Any:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 async def collect_stats(redis: Redis, prefix: str) -> dict[str, Any]:
@@ -33,7 +29,7 @@ async def collect_stats(redis: Redis, prefix: str) -> dict[str, Any]:
     except ResponseError:  # no such stream yet
         return out
     for group in groups:
-        if _s(group["name"]) != GROUP:
+        if as_text(group["name"]) != GROUP:
             continue
         out["group_exists"] = True
         out["pending"] = int(group["pending"])
@@ -41,7 +37,7 @@ async def collect_stats(redis: Redis, prefix: str) -> dict[str, Any]:
         consumers = await redis.xinfo_consumers(keys.jobs, GROUP)
         out["consumers"] = [
             {
-                "name": _s(c["name"]),
+                "name": as_text(c["name"]),
                 "pending": int(c["pending"]),
                 "idle_ms": int(c["idle"]),
                 "inactive_ms": int(c["inactive"]) if c.get("inactive") is not None else None,

@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 
 from . import scripts
 from .events import Cancelled, Error, Event, Start, encode_event
-from .keys import Keys
+from .keys import Keys, as_text
 
 __all__ = ["BeginResult", "JobStore", "split_on_attempt"]
 
@@ -41,10 +41,6 @@ class BeginResult(msgspec.Struct, frozen=True):
     outcome: Literal["started", "terminal", "duplicate", "cancel"]
     attempt: int = 0
     detail: str = ""
-
-
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class JobStore:
@@ -76,7 +72,7 @@ class JobStore:
             keys=[self.keys.state(job_id)],
             args=[now_ms(), self.running_ttl_ms, model, api, provider],
         )
-        return _s(reply[0]) == "new", _s(reply[1]), _s(reply[2])
+        return as_text(reply[0]) == "new", as_text(reply[1]), as_text(reply[2])
 
     async def record_entry(self, job_id: str, entry_id: str) -> None:
         await self.redis.hsetnx(self.keys.state(job_id), "entry", entry_id)
@@ -105,12 +101,12 @@ class JobStore:
                 replaces or "",
             ],
         )
-        outcome = _s(reply[0])
+        outcome = as_text(reply[0])
         if outcome == "started":
             return BeginResult("started", attempt=int(reply[1]))
         if outcome in ("terminal", "cancel"):
-            return BeginResult(outcome, detail=_s(reply[1]))  # type: ignore[arg-type]
-        return BeginResult("duplicate", detail=_s(reply[1]))
+            return BeginResult(outcome, detail=as_text(reply[1]))  # type: ignore[arg-type]
+        return BeginResult("duplicate", detail=as_text(reply[1]))
 
     async def finish(
         self,
@@ -133,7 +129,9 @@ class JobStore:
         ]
         for field, value in record.items():
             args += [field, value]
-        reply = _s(await self._finish(keys=[self.keys.state(job_id), self.keys.events(job_id)], args=args))
+        reply = as_text(
+            await self._finish(keys=[self.keys.state(job_id), self.keys.events(job_id)], args=args)
+        )
         if reply not in ("ok", "dup", "fenced"):  # pragma: no cover - the script returns only these
             raise AssertionError(reply)
         return reply  # type: ignore[return-value]
@@ -169,7 +167,7 @@ class JobStore:
                 code,
             ],
         )
-        return _s(reply)
+        return as_text(reply)
 
     async def cancel(self, job_id: str, reason: str) -> str:
         """Cancel: ``cancelled`` (it was queued and is now over), ``requested`` (its worker is
@@ -179,10 +177,10 @@ class JobStore:
             keys=[self.keys.state(job_id), self.keys.events(job_id)],
             args=[reason, head, tail, now_ms(), self.output_ttl_ms, self.events_maxlen],
         )
-        return _s(reply[0])
+        return as_text(reply[0])
 
     async def status(self, job_id: str) -> dict[str, str] | None:
         raw = await self.redis.hgetall(self.keys.state(job_id))
         if not raw:
             return None
-        return {_s(k): _s(v) for k, v in raw.items()}
+        return {as_text(k): as_text(v) for k, v in raw.items()}
