@@ -129,7 +129,7 @@ class Attempt:
                 )
             self.seq += 1
             event = self._token(record)
-            self.runner.publisher.emit(self.sink, f"{self.attempt}-{self.seq}", encode_event(event))
+            self.runner.publisher.emit(self.sink, b"%d-%d" % (self.attempt, self.seq), encode_event(event))
         if self.watch_after is not None and self.n_content >= self.watch_after:
             self.watch_after = None
             self.judge_at_end = False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -49,6 +50,9 @@ async def _worker(args: argparse.Namespace, settings: Settings) -> int:
     _warn_missing_keys(settings)
     stop = asyncio.Event()
     _stop_on_signals(stop)
+    # Everything loaded so far lives as long as the process: keep it out of the collector's full
+    # passes, which otherwise scan it all (a 60 ms pause once the heap had grown, seen at p99).
+    gc.freeze()
     redis = redis_client(settings.redis_url, cluster=settings.redis_cluster)
     reader = redis_client(
         settings.redis_url, block_seconds=settings.block_seconds, cluster=settings.redis_cluster

@@ -47,10 +47,11 @@ def redis_client(
 
 
 def http_client(settings: Settings) -> httpx.AsyncClient:
-    """The upstream HTTP client: the read timeout is the stall detector (no bytes for that long)."""
+    """The upstream HTTP client. It has no read timeout: stalls are detected per stream by
+    :mod:`worker.upstream.stall` (``stall_timeout_seconds``), which costs no timer per chunk."""
     timeout = httpx.Timeout(
         connect=settings.connect_timeout_seconds,
-        read=settings.stall_timeout_seconds,
+        read=None,
         write=30.0,
         pool=settings.connect_timeout_seconds,
     )

@@ -75,11 +75,7 @@ class Runner:
         self.http = http
         self.adapters = adapters
         self.environ = os.environ if environ is None else environ
-        self.limits = StreamLimits(
-            max_event_bytes=settings.max_event_bytes,
-            max_stream_bytes=settings.max_stream_bytes,
-            max_tokens=settings.max_tokens_cap,
-        )
+        self.limits = StreamLimits.from_settings(settings, max_tokens=settings.max_tokens_cap)
 
     async def handle(self, delivery: Delivery, control: Control | None = None) -> None:
         if delivery.deliveries > self.settings.max_deliveries:

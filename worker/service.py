@@ -140,6 +140,7 @@ class Worker:
                 log.warning("helper did not stop in time; abandoning it", task=task.get_name())
                 task.cancel()
             await self.publisher.flush()
+            await self.publisher.aclose()
             if endpoints is not None:
                 await endpoints.cleanup()
         log.info("worker stopped", consumer=self.consumer)

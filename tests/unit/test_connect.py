@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from worker.connect import http_client, redis_client
 from worker.settings import Settings
+from worker.upstream.http import StreamLimits
 
 
 async def test_socket_timeout_is_above_the_block_time() -> None:
@@ -13,7 +14,10 @@ async def test_socket_timeout_is_above_the_block_time() -> None:
         await client.aclose()
 
 
-async def test_the_upstream_read_timeout_is_the_stall_timeout() -> None:
-    http = http_client(Settings(stall_timeout_seconds=7.5, connect_timeout_seconds=2.0))
-    assert http.timeout.read == 7.5 and http.timeout.connect == 2.0
+async def test_stalls_are_the_stream_limits_job_not_a_read_timeout() -> None:
+    """No per-read timer (it cost a timer per chunk); the stall timeout rides in the stream limits."""
+    settings = Settings(stall_timeout_seconds=7.5, connect_timeout_seconds=2.0)
+    http = http_client(settings)
+    assert http.timeout.read is None and http.timeout.connect == 2.0
+    assert StreamLimits.from_settings(settings, max_tokens=10).stall_seconds == 7.5
     await http.aclose()

@@ -28,8 +28,8 @@ async def test_events_emitted_together_share_one_round_trip(
     pub, sizes, redis = running
     a, b = Sink("a"), Sink("b")
     for seq in range(1, 6):  # one upstream read's events, and another job's, in one loop turn
-        pub.emit(a, f"1-{seq}", b"x")
-    pub.emit(b, "1-1", b"y")
+        pub.emit(a, b"1-%d" % seq, b"x")
+    pub.emit(b, b"1-1", b"y")
     async with asyncio.timeout(5):
         await pub.drained(a)
         await pub.drained(b)
@@ -42,7 +42,7 @@ async def test_a_lone_event_is_written_without_waiting_for_company(
 ) -> None:
     pub, sizes, redis = running
     sink = Sink("lone")
-    pub.emit(sink, "1-1", b"only")
+    pub.emit(sink, b"1-1", b"only")
     async with asyncio.timeout(5):  # nothing else is ever emitted: it must still go out
         await pub.drained(sink)
     assert sizes == [1] and await redis.xlen("lone") == 1
@@ -54,16 +54,16 @@ async def test_a_superseded_attempt_is_fenced_and_a_retried_write_is_not_duplica
     pub, _, redis = running
     await redis.xadd("job", {"event": b"start2"}, id="2-0")  # attempt 2 has started
     old = Sink("job")
-    pub.emit(old, "1-7", b"late token of attempt 1")
+    pub.emit(old, b"1-7", b"late token of attempt 1")
     async with asyncio.timeout(5):
         await pub.drained(old)
     assert old.fenced and await redis.xlen("job") == 1
 
     current = Sink("job")
-    pub.emit(current, "2-1", b"t")
+    pub.emit(current, b"2-1", b"t")
     async with asyncio.timeout(5):
         await pub.drained(current)
-    pub.emit(current, "2-1", b"t")  # the same write again, as after a lost reply
+    pub.emit(current, b"2-1", b"t")  # the same write again, as after a lost reply
     async with asyncio.timeout(5):
         await pub.drained(current)
     assert current.ok and await redis.xlen("job") == 2
@@ -74,7 +74,7 @@ async def test_producers_wait_while_the_queue_is_above_its_high_water_mark() -> 
     pub = Publisher(redis, maxlen=1000, high_water=3)
     sink = Sink("bp")
     for seq in range(1, 4):
-        pub.emit(sink, f"1-{seq}", b"x")
+        pub.emit(sink, b"1-%d" % seq, b"x")
     assert pub.full
     waiter = asyncio.create_task(pub.room())
     await asyncio.sleep(0)
@@ -94,7 +94,7 @@ async def test_a_backlog_goes_out_in_bounded_round_trips() -> None:
     pub = Publisher(redis, maxlen=10_000, max_round_trip=4, on_batch=lambda count, _o: sizes.append(count))
     sink = Sink("big")
     for seq in range(1, 11):
-        pub.emit(sink, f"1-{seq}", b"x")
+        pub.emit(sink, b"1-%d" % seq, b"x")
     await pub.flush()
     assert sizes == [4, 4, 2] and await redis.xlen("big") == 10
     await redis.aclose()

@@ -24,6 +24,7 @@ from worker.upstream.http import (
     open_sse,
     parse_retry_after,
 )
+from worker.upstream.stall import StallGuard
 
 URL = "https://upstream.test/v1/inference/org/model"
 API_KEY = "sk-test-0123456789abcdef"
@@ -484,7 +485,7 @@ def test_event_bound_matches_a_reference(
             break
         chunks.append(wire[pos : pos + cut])
         pos += cut
-    stream = _BoundedStream(_never(), StreamLimits(limit, 10**9, 10))
+    stream = _BoundedStream(_never(), StreamLimits(limit, 10**9, 10), StallGuard(60.0, "upstream.test"))
     largest = max(len(e) for e in events)
     try:
         for chunk in chunks:

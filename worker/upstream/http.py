@@ -26,6 +26,7 @@ from httpx_sse import EventSource, aconnect_sse
 
 from worker.settings import Settings
 from worker.upstream.base import UpstreamError
+from worker.upstream.stall import StallGuard
 
 __all__ = [
     "StreamLimits",
@@ -77,15 +78,19 @@ class StreamLimits(msgspec.Struct, frozen=True):
 
     ``max_tokens`` bounds the number of non-empty data events at ``max_tokens + EVENT_SLACK``
     (an upstream that ignores its own token limit); the runner may also count tokens itself.
+    ``stall_seconds``: the longest the reader waits for bytes, response headers included.
     """
 
     max_event_bytes: int
     max_stream_bytes: int
     max_tokens: int
+    stall_seconds: float = 60.0
 
     @classmethod
     def from_settings(cls, settings: Settings, *, max_tokens: int) -> StreamLimits:
-        return cls(settings.max_event_bytes, settings.max_stream_bytes, max_tokens)
+        return cls(
+            settings.max_event_bytes, settings.max_stream_bytes, max_tokens, settings.stall_timeout_seconds
+        )
 
 
 @contextlib.asynccontextmanager
@@ -100,12 +105,14 @@ async def open_sse(
 
     Empty and whitespace-only data are skipped; an ``event: error`` raises. Raises
     :class:`UpstreamError` on entry (HTTP status, content type, connection) and from the iterator
-    (transport failures, stalls, size bounds). The response is closed on every path.
+    (transport failures, stalls, size bounds). The response is closed on every path. No bytes for
+    ``limits.stall_seconds`` while waiting for them (headers included) is a stall (:mod:`.stall`).
     """
     secrets = _secrets(client.headers.items(), headers.items())
     request_headers = {"Accept-Encoding": "identity", **headers, "Content-Type": "application/json"}
     host = _host(url)
     async with contextlib.AsyncExitStack() as stack:
+        guard = await stack.enter_async_context(StallGuard(limits.stall_seconds, host).watching())
         try:
             source = await stack.enter_async_context(
                 aconnect_sse(client, "POST", url, content=body, headers=request_headers)
@@ -115,18 +122,23 @@ async def open_sse(
             raise _redacted(exc, secrets) from None
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise _redacted(_transport_error(exc, host), secrets) from None
-        events = _data_events(source.response, limits, secrets, host)
+        events = _data_events(source.response, limits, secrets, host, guard)
         yield await stack.enter_async_context(contextlib.aclosing(events))
 
 
 async def _data_events(
-    response: httpx.Response, limits: StreamLimits, secrets: tuple[str, ...], host: str
+    response: httpx.Response,
+    limits: StreamLimits,
+    secrets: tuple[str, ...],
+    host: str,
+    guard: StallGuard,
 ) -> AsyncGenerator[str, None]:
     """The non-empty ``data`` of each event, with every failure as an :class:`UpstreamError`."""
     max_events = limits.max_tokens + EVENT_SLACK
     count = 0
     try:
-        async with contextlib.aclosing(EventSource(_bounded(response, limits)).aiter_sse()) as sse:
+        stream = EventSource(_bounded(response, limits, guard)).aiter_sse()
+        async with contextlib.aclosing(stream) as sse:
             async for event in sse:
                 data = event.data
                 if event.event == "error":
@@ -139,7 +151,9 @@ async def _data_events(
                         "upstream_too_many_events",
                         f"upstream sent more than {max_events} events for at most {limits.max_tokens} tokens",
                     )
+                guard.hold()
                 yield data
+                guard.resume()
     except UpstreamError as exc:
         raise _redacted(exc, secrets) from None
     except httpx.HTTPError as exc:
@@ -382,8 +396,9 @@ def _redacted(exc: UpstreamError, secrets: tuple[str, ...]) -> UpstreamError:
 # --- size bounds -------------------------------------------------------------------------------
 
 
-def _bounded(response: httpx.Response, limits: StreamLimits) -> httpx.Response:
-    """``response`` with its body counted chunk by chunk against ``limits``, decoded as UTF-8.
+def _bounded(response: httpx.Response, limits: StreamLimits, guard: StallGuard) -> httpx.Response:
+    """``response`` with its body counted chunk by chunk against ``limits`` (each chunk is progress
+    for ``guard``), decoded as UTF-8.
 
     An unencoded body (we ask for ``identity``) is bounded in place; a compressed one through a
     new response over the decompressed bytes, so the bounds apply to what the parser buffers.
@@ -391,13 +406,13 @@ def _bounded(response: httpx.Response, limits: StreamLimits) -> httpx.Response:
     """
     coding = response.headers.get("content-encoding", "").strip().lower()
     if coding in ("", "identity") and isinstance(response.stream, httpx.AsyncByteStream):
-        response.stream = _BoundedStream(response.stream, limits)
+        response.stream = _BoundedStream(response.stream, limits, guard)
         response.encoding = "utf-8"
         return response
     return httpx.Response(
         response.status_code,
         headers={"content-type": "text/event-stream; charset=utf-8"},
-        stream=_BoundedStream(response.aiter_bytes(), limits),
+        stream=_BoundedStream(response.aiter_bytes(), limits, guard),
         request=response.request,
     )
 
@@ -405,8 +420,9 @@ def _bounded(response: httpx.Response, limits: StreamLimits) -> httpx.Response:
 class _BoundedStream(httpx.AsyncByteStream):
     """Pass chunks through, counting total bytes and bytes since the last event boundary."""
 
-    def __init__(self, source: AsyncIterable[bytes], limits: StreamLimits) -> None:
+    def __init__(self, source: AsyncIterable[bytes], limits: StreamLimits, guard: StallGuard) -> None:
         self._source = source
+        self._guard = guard
         self._max_event = limits.max_event_bytes
         self._max_stream = limits.max_stream_bytes
         self._total = 0
@@ -416,6 +432,7 @@ class _BoundedStream(httpx.AsyncByteStream):
     async def __aiter__(self) -> AsyncIterator[bytes]:
         async for chunk in self._source:
             if chunk:
+                self._guard.progress()
                 self._count(chunk)
                 yield chunk
 

@@ -1,0 +1,125 @@
+"""Stall detection (worker.upstream.stall) through ``open_sse`` on ``httpx.MockTransport``.
+
+The client has no read timeout (as the worker's has none): only the guard can end these streams.
+Silences are real time (``STALL`` is short); every test is bounded by ``BOUND``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from worker.upstream.base import UpstreamError
+from worker.upstream.http import StreamLimits, open_sse
+
+URL = "https://upstream.test/v1/inference/org/model"
+SSE = {"content-type": "text/event-stream"}
+STALL = 0.3
+BOUND = 10.0
+LIMITS = StreamLimits(64 * 1024, 1 << 30, 1000, stall_seconds=STALL)
+
+
+def client(handler: httpx.MockTransport) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=handler, timeout=httpx.Timeout(5.0, read=None))
+
+
+async def read_all(transport: httpx.MockTransport, on_event: float = 0.0) -> list[str]:
+    """Every data string; ``on_event`` seconds spent holding each (a consumer under backpressure)."""
+    seen: list[str] = []
+    async with (
+        asyncio.timeout(BOUND),
+        client(transport) as http,
+        open_sse(http, URL, b"{}", {}, LIMITS) as events,
+    ):
+        async for data in events:
+            seen.append(data)
+            if on_event:
+                await asyncio.sleep(on_event)
+    return seen
+
+
+def body_then_silence(events: int, silence: asyncio.Event) -> httpx.MockTransport:
+    async def handler(request: httpx.Request) -> httpx.Response:
+        async def body() -> AsyncIterator[bytes]:
+            for i in range(events):
+                yield b"data: %d\n\n" % i
+            await silence.wait()  # never set: the upstream goes quiet with the connection open
+            yield b"data: never\n\n"
+
+        return httpx.Response(200, headers=SSE, content=body())
+
+    return httpx.MockTransport(handler)
+
+
+async def test_silence_mid_stream_is_a_stall_after_the_timeout() -> None:
+    started = time.monotonic()
+    seen: list[str] = []
+    with pytest.raises(UpstreamError) as info:
+        async with (
+            asyncio.timeout(BOUND),
+            client(body_then_silence(3, asyncio.Event())) as http,
+            open_sse(http, URL, b"{}", {}, LIMITS) as events,
+        ):
+            async for data in events:
+                seen.append(data)
+    waited = time.monotonic() - started
+    err = info.value
+    assert seen == ["0", "1", "2"]  # what arrived before the silence was delivered
+    assert (err.code, err.retryable) == ("upstream_stalled", True)
+    assert err.message == f"upstream upstream.test sent no data for {STALL:g}s: stalled"
+    assert STALL <= waited < STALL * 2 + 1.0
+
+
+async def test_headers_that_never_come_are_a_stall() -> None:
+    async def handler(request: httpx.Request) -> httpx.Response:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    with pytest.raises(UpstreamError) as info:
+        await read_all(httpx.MockTransport(handler))
+    assert info.value.code == "upstream_stalled"
+
+
+async def test_a_consumer_holding_events_longer_than_the_timeout_is_not_a_stall() -> None:
+    """Backpressure: the worker waits to publish; the upstream is not silent, it is not being read."""
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        async def body() -> AsyncIterator[bytes]:
+            for i in range(4):
+                yield b"data: %d\n\n" % i
+
+        return httpx.Response(200, headers=SSE, content=body())
+
+    seen = await read_all(httpx.MockTransport(handler), on_event=STALL * 1.5)
+    assert seen == ["0", "1", "2", "3"]
+
+
+async def test_bytes_trickling_into_one_event_keep_the_stream_alive() -> None:
+    """Progress is any bytes, not whole events: a slow large event is not a stall."""
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        async def body() -> AsyncIterator[bytes]:
+            for part in (b"data: ab", b"cd", b"ef", b"gh", b"\n\n"):
+                yield part
+                await asyncio.sleep(STALL * 0.6)  # each gap under the timeout, the whole event over
+
+        return httpx.Response(200, headers=SSE, content=body())
+
+    assert await read_all(httpx.MockTransport(handler)) == ["abcdefgh"]
+
+
+async def test_an_outer_deadline_is_not_reported_as_a_stall() -> None:
+    """The job deadline's TimeoutError passes through the guard unchanged."""
+    limits = StreamLimits(64 * 1024, 1 << 30, 1000, stall_seconds=BOUND)
+    with pytest.raises(TimeoutError):
+        async with (
+            asyncio.timeout(STALL),
+            client(body_then_silence(1, asyncio.Event())) as http,
+            open_sse(http, URL, b"{}", {}, limits) as events,
+        ):
+            async for _ in events:
+                pass
