@@ -19,12 +19,11 @@ from worker.upstream.http import (
     ERROR_BODY_LIMIT,
     EVENT_SLACK,
     StreamLimits,
-    _BoundedStream,
+    _Bounds,
     message_from_body,
     open_sse,
     parse_retry_after,
 )
-from worker.upstream.stall import StallGuard
 
 URL = "https://upstream.test/v1/inference/org/model"
 API_KEY = "sk-test-0123456789abcdef"
@@ -485,11 +484,11 @@ def test_event_bound_matches_a_reference(
             break
         chunks.append(wire[pos : pos + cut])
         pos += cut
-    stream = _BoundedStream(_never(), StreamLimits(limit, 10**9, 10), StallGuard(60.0, "upstream.test"))
+    bounds = _Bounds(StreamLimits(limit, 10**9, 10))
     largest = max(len(e) for e in events)
     try:
         for chunk in chunks:
-            stream._count(chunk)
+            bounds.count(chunk)
     except UpstreamError as exc:
         assert exc.code == "upstream_event_too_large"
         assert largest + slack > limit

@@ -11,6 +11,7 @@ event (bytes since the last blank line) longer than ``max_event_bytes`` or a str
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import html
 import math
@@ -20,9 +21,12 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+import aiohttp
 import httpx
 import msgspec
-from httpx_sse import EventSource, aconnect_sse
+from httpx_aiohttp.transport import AiohttpResponseStream, map_aiohttp_exceptions
+from httpx_sse import aconnect_sse
+from httpx_sse._decoders import SSEDecoder, SSELineDecoder
 
 from worker.settings import Settings
 from worker.upstream.base import UpstreamError
@@ -133,31 +137,107 @@ async def _data_events(
     host: str,
     guard: StallGuard,
 ) -> AsyncGenerator[str, None]:
-    """The non-empty ``data`` of each event, with every failure as an :class:`UpstreamError`."""
-    max_events = limits.max_tokens + EVENT_SLACK
-    count = 0
+    """The non-empty ``data`` of each event, with every failure as an :class:`UpstreamError`.
+
+    One generator from the body's bytes to the events: httpx-sse's line and event decoders run
+    here directly, over :func:`_chunks`. (Its ``EventSource`` reads through httpx's ``aiter_text``,
+    seven async generators deep under httpx-aiohttp; each costs about a microsecond per event.)
+    """
+    bounds = _Bounds(limits)
+    decode = codecs.getincrementaldecoder("utf-8")("replace").decode  # SSE is UTF-8, always
+    lines, take = SSELineDecoder(), _DataFilter(limits)
+    chunks = _chunks(response)
     try:
-        stream = EventSource(_bounded(response, limits, guard)).aiter_sse()
-        async with contextlib.aclosing(stream) as sse:
-            async for event in sse:
-                data = event.data
-                if event.event == "error":
-                    raise _error_event(data)
-                if not data or data.isspace():
+        with _mapped_errors(chunks):
+            async for chunk in chunks:
+                if not chunk:
                     continue
-                count += 1
-                if count > max_events:
-                    raise UpstreamError(
-                        "upstream_too_many_events",
-                        f"upstream sent more than {max_events} events for at most {limits.max_tokens} tokens",
-                    )
-                guard.hold()
-                yield data
-                guard.resume()
+                guard.progress()
+                bounds.count(chunk)
+                text = decode(chunk)
+                for line in lines.decode(text) if text else ():
+                    if (data := take(line)) is not None:
+                        guard.hold()
+                        yield data
+                        guard.resume()
+            tail = decode(b"", True)
+            for line in [*(lines.decode(tail) if tail else ()), *lines.flush()]:
+                if (data := take(line)) is not None:
+                    yield data
     except UpstreamError as exc:
         raise _redacted(exc, secrets) from None
     except httpx.HTTPError as exc:
         raise _redacted(_transport_error(exc, host), secrets) from None
+    finally:
+        await _aclose(chunks)
+
+
+class _DataFilter:
+    """Lines in, the ``data`` of each non-empty event out (httpx-sse's event decoder); an
+    ``event: error`` and more events than ``max_tokens`` allows raise."""
+
+    __slots__ = ("_count", "_decoder", "_max_events", "_max_tokens")
+
+    def __init__(self, limits: StreamLimits) -> None:
+        self._decoder = SSEDecoder()
+        self._count = 0
+        self._max_tokens = limits.max_tokens
+        self._max_events = limits.max_tokens + EVENT_SLACK
+
+    def __call__(self, line: str) -> str | None:
+        event = self._decoder.decode(line)
+        if event is None:
+            return None
+        data = event.data
+        if event.event == "error":
+            raise _error_event(data)
+        if not data or data.isspace():
+            return None
+        self._count += 1
+        if self._count > self._max_events:
+            raise UpstreamError(
+                "upstream_too_many_events",
+                f"upstream sent more than {self._max_events} events for at most {self._max_tokens} tokens",
+            )
+        return data
+
+
+def _chunks(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The body's bytes as they arrive.
+
+    Under httpx-aiohttp, straight from aiohttp's reader: httpx's own path (``aiter_raw``) adds
+    four async generators between the socket and the parser. A compressed body (we ask for
+    ``identity``) is decompressed by httpx, so the bounds apply to what the parser buffers.
+    """
+    coding = response.headers.get("content-encoding", "").strip().lower()
+    if coding not in ("", "identity"):
+        return response.aiter_bytes()
+    content = aiohttp_content(response)
+    if content is not None:
+        return content.iter_any()
+    return response.aiter_raw()
+
+
+def aiohttp_content(response: httpx.Response) -> aiohttp.StreamReader | None:
+    """The aiohttp reader behind a response of httpx-aiohttp's transport, else ``None``.
+
+    httpx wraps the transport's stream (``BoundAsyncStream._stream``) and httpx-aiohttp's stream
+    holds the aiohttp response (``AiohttpResponseStream._aiohttp_response``): private names, so
+    anything unexpected falls back to httpx's path, and a test checks this one is taken.
+    """
+    inner = getattr(response.stream, "_stream", None)
+    if not isinstance(inner, AiohttpResponseStream):
+        return None
+    content = getattr(getattr(inner, "_aiohttp_response", None), "content", None)
+    return content if isinstance(content, aiohttp.StreamReader) else None
+
+
+def _mapped_errors(chunks: AsyncIterator[bytes]) -> contextlib.AbstractContextManager[None]:
+    """aiohttp's exceptions as httpx-aiohttp maps them (as its own stream would), when reading
+    aiohttp directly; httpx's paths raise httpx's exceptions already."""
+    if isinstance(chunks, aiohttp.streams.AsyncStreamIterator):
+        return map_aiohttp_exceptions()
+    return contextlib.nullcontext()
 
 
 # --- response checks ---------------------------------------------------------------------------
@@ -396,47 +476,19 @@ def _redacted(exc: UpstreamError, secrets: tuple[str, ...]) -> UpstreamError:
 # --- size bounds -------------------------------------------------------------------------------
 
 
-def _bounded(response: httpx.Response, limits: StreamLimits, guard: StallGuard) -> httpx.Response:
-    """``response`` with its body counted chunk by chunk against ``limits`` (each chunk is progress
-    for ``guard``), decoded as UTF-8.
+class _Bounds:
+    """Counts the body's bytes: in all, and since the last event boundary (blank line)."""
 
-    An unencoded body (we ask for ``identity``) is bounded in place; a compressed one through a
-    new response over the decompressed bytes, so the bounds apply to what the parser buffers.
-    SSE is UTF-8 by definition, whatever the charset says.
-    """
-    coding = response.headers.get("content-encoding", "").strip().lower()
-    if coding in ("", "identity") and isinstance(response.stream, httpx.AsyncByteStream):
-        response.stream = _BoundedStream(response.stream, limits, guard)
-        response.encoding = "utf-8"
-        return response
-    return httpx.Response(
-        response.status_code,
-        headers={"content-type": "text/event-stream; charset=utf-8"},
-        stream=_BoundedStream(response.aiter_bytes(), limits, guard),
-        request=response.request,
-    )
+    __slots__ = ("_event", "_last", "_max_event", "_max_stream", "_total")
 
-
-class _BoundedStream(httpx.AsyncByteStream):
-    """Pass chunks through, counting total bytes and bytes since the last event boundary."""
-
-    def __init__(self, source: AsyncIterable[bytes], limits: StreamLimits, guard: StallGuard) -> None:
-        self._source = source
-        self._guard = guard
+    def __init__(self, limits: StreamLimits) -> None:
         self._max_event = limits.max_event_bytes
         self._max_stream = limits.max_stream_bytes
         self._total = 0
         self._event = 0
         self._last = b""
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._source:
-            if chunk:
-                self._guard.progress()
-                self._count(chunk)
-                yield chunk
-
-    def _count(self, chunk: bytes) -> None:
+    def count(self, chunk: bytes) -> None:
         size = len(chunk)
         self._total += size
         if self._total > self._max_stream:
@@ -469,11 +521,9 @@ class _BoundedStream(httpx.AsyncByteStream):
         if size > self._max_event:
             raise UpstreamError("upstream_event_too_large", f"upstream event exceeds {self._max_event} bytes")
 
-    async def aclose(self) -> None:
-        await _aclose(self._source)
-
 
 async def _aclose(source: AsyncIterable[bytes]) -> None:
-    """Close a byte stream or an async generator left before its end."""
+    """Close a byte stream or an async generator left before its end (aiohttp's reader is closed
+    with its response)."""
     if isinstance(source, httpx.AsyncByteStream | AsyncGenerator):
         await source.aclose()
