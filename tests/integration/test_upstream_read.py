@@ -50,7 +50,10 @@ async def test_the_aiohttp_transport_is_read_straight_from_aiohttp(sim_url: str)
             http_client(Settings(upstream_transport=transport)) as http,
             http.stream("POST", url(sim_url, "tokens=3"), content=b'{"input":"x","stream":true}') as response,
         ):
-            found[transport] = aiohttp_content(response) is not None
+            content = aiohttp_content(response)
+            found[transport] = content is not None
+            if content is not None:  # a stream faster than the worker buffers at most this much
+                assert content.get_read_buffer_limits()[1] <= 128 * 1024
             await response.aread()
     assert found == {"aiohttp": True, "httpx": False}
 
