@@ -14,7 +14,12 @@ from typing import Any
 
 __all__ = ["LEGEND", "Row", "format_ratios", "format_table", "noisy", "ratios", "write_json"]
 
-PAIRS = (("tokenwire", "naive"), ("tokenwire", "floor"), ("tokenwire", "tokenwire-httpx"))
+PAIRS = (
+    ("tokenwire", "naive"),
+    ("tokenwire", "floor"),
+    ("tokenwire", "tokenwire-httpx"),
+    ("tokenwire-x2", "tokenwire"),
+)
 NOISY_OTHER_PCT = 25.0
 
 LEGEND = """\

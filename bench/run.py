@@ -236,7 +236,7 @@ class Run:
             self.options.redis_query,
         )
         argv, env = self.variant.command(setup)
-        for n in range(self.options.workers):
+        for n in range(self.options.workers * self.variant.processes):
             self.workers.append(self.procs.start(f"worker-{n}", argv, env))
 
     # -- drive ------------------------------------------------------------------------------------
@@ -403,6 +403,8 @@ def run_all(scenarios: list[Scenario], variants: list[Variant], options: Options
     rows: list[Row] = []
     for scenario in scenarios:
         for variant in variants:
+            if not variant.runs_in(scenario.name):
+                continue
             print(f"-- {scenario.name} ({scenario.description}): {variant.name}", flush=True)
             with tempfile.TemporaryDirectory(prefix="tokenwire-bench-") as tmp:
                 row = Run(scenario, variant, options, Path(tmp)).execute()

@@ -35,6 +35,11 @@ class Variant:
     description: str
     command: Callable[[Setup], Command]
     available: Callable[[], bool] = lambda: True
+    processes: int = 1  # worker processes started with ``command`` (times ``--workers``)
+    scenarios: tuple[str, ...] = ()  # the only scenarios it runs in; empty: all
+
+    def runs_in(self, scenario: str) -> bool:
+        return not self.scenarios or scenario in self.scenarios
 
 
 def _base_env() -> dict[str, str]:
@@ -106,9 +111,16 @@ VARIANTS: tuple[Variant, ...] = (
         _tokenwire_httpx,
         _has_transport_setting,
     ),
+    Variant(
+        "tokenwire-x2",
+        "two tokenwire worker processes on the same jobs (the ceiling scenario only)",
+        _tokenwire,
+        processes=2,
+        scenarios=("200-flat",),
+    ),
 )
 
-DEFAULT_VARIANTS: tuple[str, ...] = ("naive", "floor", "tokenwire", "tokenwire-httpx")
+DEFAULT_VARIANTS: tuple[str, ...] = ("naive", "floor", "tokenwire", "tokenwire-httpx", "tokenwire-x2")
 QUICK_VARIANTS: tuple[str, ...] = ("naive", "floor", "tokenwire")
 
 
