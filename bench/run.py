@@ -351,7 +351,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--window", type=float, help="measured seconds per run")
     parser.add_argument("--warmup", type=float, help="unmeasured seconds before the window")
     parser.add_argument("--workers", type=int, default=1, help="worker processes per run")
-    parser.add_argument("--keys-per-call", type=int, default=250, help="streams per XREAD call")
+    parser.add_argument("--keys-per-call", type=int, default=1000, help="streams per XREAD call")
     parser.add_argument("--min-interval-ms", type=float, default=2.0, help="subscriber: ms between calls")
     parser.add_argument("--profile", type=Path, help="py-spy the tokenwire worker into this directory")
     parser.add_argument(

@@ -116,7 +116,7 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--keys-file", type=Path, required=True, help="one event-stream key per line")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--ready-file", type=Path)
-    parser.add_argument("--keys-per-call", type=int, default=250)
+    parser.add_argument("--keys-per-call", type=int, default=1000)
     parser.add_argument("--min-interval-ms", type=float, default=2.0)
     parser.add_argument("--max-seconds", type=float, default=120.0)
     return parser.parse_args()
