@@ -48,6 +48,7 @@ faults: $(STAMP) redis-server
 # make bench QUICK=1: a subset in under two minutes.
 bench: $(STAMP) redis-server
 	$(BIN)/python -m bench.run $(if $(QUICK),--quick,)
+	$(if $(QUICK),,$(BIN)/python -m bench.run --scaling)
 
 clean:
 	rm -rf $(VENV) dist build .mypy_cache .ruff_cache .pytest_cache

@@ -28,6 +28,7 @@ import redis as redis_sync
 from redis.exceptions import RedisError
 
 from bench import profile
+from bench.cpulimit import CpuQuota, quota_unavailable
 from bench.procs import Child, ProcessSet, cpu_seconds, machine_busy_seconds, peak_rss_bytes, wait_until
 from bench.report import LEGEND, Row, format_ratios, format_table, noisy, ratios, write_json
 from bench.scenarios import FULL_TIMING, QUICK, QUICK_TIMING, SCENARIOS, Scenario, Timing, by_name
@@ -45,6 +46,8 @@ SLACK_SECONDS = 30.0  # children exit on their own this long after a run should 
 P99_BOUND_MS = 1000.0  # a paced scenario with a worse p99 did not keep up
 KEPT_UP_SHARE = 0.97  # of the offered events, visible in the window
 DEFAULT_OUT = Path("bench/results/latest.json")
+SCALING_OUT = Path("bench/results/scaling.json")
+SCALING_CPUS = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +59,7 @@ class Options:
     min_interval_ms: float
     profile_dir: Path | None
     redis_query: str = ""
+    worker_cpus: float | None = None  # a CPU quota per worker process (cores), or none
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +159,7 @@ class Run:
         self.sim_url = ""
         self.client: redis_sync.Redis | None = None
         self.workers: list[Child] = []
+        self.quotas: list[CpuQuota] = []
         self.roles: dict[str, list[int]] = {}
         self.subscriber: Child | None = None
         self.sub_out = work / "sub"
@@ -237,7 +242,13 @@ class Run:
         )
         argv, env = self.variant.command(setup)
         for n in range(self.options.workers * self.variant.processes):
-            self.workers.append(self.procs.start(f"worker-{n}", argv, env))
+            worker = self.procs.start(f"worker-{n}", argv, env)
+            self.workers.append(worker)
+            if self.options.worker_cpus is not None:
+                quota = CpuQuota(f"tokenwire-bench-{worker.pid}", self.options.worker_cpus)
+                self.quotas.append(quota)
+                quota.create()
+                quota.add(worker.pid)
 
     # -- drive ------------------------------------------------------------------------------------
 
@@ -334,6 +345,8 @@ class Run:
         try:
             self.procs.stop_all()
         finally:
+            for quota in self.quotas:
+                quota.remove()
             if self.client is not None:
                 self.client.close()
             self.redis.stop()
@@ -351,6 +364,18 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--window", type=float, help="measured seconds per run")
     parser.add_argument("--warmup", type=float, help="unmeasured seconds before the window")
     parser.add_argument("--workers", type=int, default=1, help="worker processes per run")
+    parser.add_argument(
+        "--scaling",
+        action="store_true",
+        help=f"one worker against two at the ceiling, each held to {SCALING_CPUS} core "
+        f"(--worker-cpus): writes {SCALING_OUT}; skipped with a note where quotas cannot be set",
+    )
+    parser.add_argument(
+        "--worker-cpus",
+        type=float,
+        help="hold each worker process to this many cores with a cgroup quota (Linux, root): "
+        "scaling across worker processes on a machine with too few cores to give each its own",
+    )
     parser.add_argument("--keys-per-call", type=int, default=1000, help="streams per XREAD call")
     parser.add_argument("--min-interval-ms", type=float, default=2.0, help="subscriber: ms between calls")
     parser.add_argument("--profile", type=Path, help="py-spy the tokenwire worker into this directory")
@@ -416,6 +441,14 @@ def run_all(scenarios: list[Scenario], variants: list[Variant], options: Options
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
+    if args.scaling:
+        args.scenario = args.scenario or ["200-flat"]
+        args.variant = args.variant or ["tokenwire", "tokenwire-x2"]
+        args.worker_cpus = args.worker_cpus or SCALING_CPUS
+        args.out = SCALING_OUT if args.out == DEFAULT_OUT else args.out
+    if args.worker_cpus is not None and (why := quota_unavailable()) is not None:
+        print(f"bench: skipped, no CPU quota per worker here: {why}", file=sys.stderr)
+        return 0 if args.scaling else 2
     if not redis_server_available():
         print("bench: redis-server is not installed (make redis-server installs it)", file=sys.stderr)
         return 2
@@ -426,13 +459,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
     options = Options(
-        timing, args.workers, stamp, args.keys_per_call, args.min_interval_ms, args.profile, args.redis_query
+        timing,
+        args.workers,
+        stamp,
+        args.keys_per_call,
+        args.min_interval_ms,
+        args.profile,
+        args.redis_query,
+        args.worker_cpus,
     )
     began = time.monotonic()
     rows = run_all(scenarios, variants, options)
     print()
     print(format_table(rows))
     print(LEGEND)
+    if args.worker_cpus is not None:
+        print(f"each worker process was held to {args.worker_cpus:g} core by a cgroup CPU quota")
     busy = noisy(rows)
     if busy:
         print(f"warning: other processes were busy during {', '.join(busy)}: those numbers are noisy")
@@ -443,6 +485,7 @@ def main(argv: list[str] | None = None) -> int:
         "warmup_s": timing.warmup,
         "window_s": timing.window,
         "workers": args.workers,
+        "worker_cpus": args.worker_cpus,
         "stamped": stamp,
         "tokenwire_redis_query": args.redis_query,
         "p99_bound_ms": P99_BOUND_MS,
