@@ -24,6 +24,11 @@ if TYPE_CHECKING:
 __all__ = ["Attempt", "Fenced"]
 
 
+YIELD_EVERY = 256
+"""Tokens an attempt publishes between turns it gives the event loop when its upstream is faster
+than the worker (a paced stream waits for bytes far more often than this)."""
+
+
 class Fenced(Exception):
     """This attempt was superseded: stop writing, stop the upstream request, do not ack."""
 
@@ -41,6 +46,7 @@ class Attempt:
         self.job = admitted.job
         self.attempt = attempt
         self.seq = 0
+        self._next_yield = YIELD_EVERY
         self.n_content = 0
         self.tracker = ConfidenceTracker(self.job.low_prob)
         self.reasoning: ConfidenceTracker | None = None
@@ -99,6 +105,11 @@ class Attempt:
                 self._publish(parsed)
                 if publisher.full:
                     await publisher.room()
+                elif self.seq >= self._next_yield:
+                    # A fast upstream's buffered events are read without a pause; let the loop
+                    # run (the flusher sends, replies are read) every so often.
+                    self._next_yield = self.seq + YIELD_EVERY
+                    await asyncio.sleep(0)
                 if parsed.end is not None:
                     self.end = parsed.end
                 if parsed.closed or self.escalating is not None or not self.sink.ok:

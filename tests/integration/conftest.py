@@ -106,12 +106,16 @@ async def start_worker(
     running: list[RunningWorker] = []
     closers: list[Any] = []
 
-    async def start(**overrides: Any) -> RunningWorker:
+    async def start(
+        *, http: httpx.AsyncClient | None = None, redis_connections: int = 256, **overrides: Any
+    ) -> RunningWorker:
+        """A worker on ``settings_for(**overrides)``; ``http`` replaces its upstream client,
+        ``redis_connections`` caps its command client's pool."""
         settings = settings_for(**overrides)
         cluster = settings.redis_cluster
-        redis = redis_client(settings.redis_url, cluster=cluster)
+        redis = redis_client(settings.redis_url, cluster=cluster, max_connections=redis_connections)
         reader = redis_client(settings.redis_url, block_seconds=settings.block_seconds, cluster=cluster)
-        http = http_client(settings)
+        http = http or http_client(settings)
         closers.extend([redis.aclose, reader.aclose, http.aclose])
         worker = Worker(settings, redis=redis, reader=reader, http=http)
         stop = asyncio.Event()

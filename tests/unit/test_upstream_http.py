@@ -499,3 +499,11 @@ def test_event_bound_matches_a_reference(
 async def _never() -> AsyncIterator[bytes]:
     return
     yield b""
+
+
+async def test_a_body_the_transport_already_read() -> None:
+    """A transport may hand over the whole body at once (bytes content, already read)."""
+    response = httpx.Response(
+        200, headers={"content-type": SSE}, content=b'data: {"a":1}\n\ndata: {"b":2}\n\n'
+    )
+    assert await collect(responding(response)) == ['{"a":1}', '{"b":2}']

@@ -205,17 +205,16 @@ class _DataFilter:
 def _chunks(response: httpx.Response) -> AsyncIterator[bytes]:
     """The body's bytes as they arrive.
 
-    Under httpx-aiohttp, straight from aiohttp's reader: httpx's own path (``aiter_raw``) adds
-    four async generators between the socket and the parser. A compressed body (we ask for
-    ``identity``) is decompressed by httpx, so the bounds apply to what the parser buffers.
+    Under httpx-aiohttp, straight from aiohttp's reader (httpx's path adds four async generators
+    between the socket and the parser); otherwise httpx's ``aiter_bytes``, which also serves a body
+    a transport already read and decompresses one sent encoded (we ask for ``identity``), so the
+    bounds apply to what the parser buffers.
     """
     coding = response.headers.get("content-encoding", "").strip().lower()
-    if coding not in ("", "identity"):
-        return response.aiter_bytes()
-    content = aiohttp_content(response)
+    content = aiohttp_content(response) if coding in ("", "identity") else None
     if content is not None:
         return content.iter_any()
-    return response.aiter_raw()
+    return response.aiter_bytes()
 
 
 def aiohttp_content(response: httpx.Response) -> aiohttp.StreamReader | None:
