@@ -123,3 +123,16 @@ async def test_an_outer_deadline_is_not_reported_as_a_stall() -> None:
         ):
             async for _ in events:
                 pass
+
+
+async def test_holding_the_events_that_end_the_body_is_not_a_stall() -> None:
+    """The last event may be complete only at the end of the body (a trailing CR); once the body
+    has ended there is nothing left to wait for, however long the consumer holds it."""
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        async def body() -> AsyncIterator[bytes]:
+            yield b"data: a\n\ndata: b\r\r"
+
+        return httpx.Response(200, headers=SSE, content=body())
+
+    assert await read_all(httpx.MockTransport(handler), on_event=STALL * 1.5) == ["a", "b"]

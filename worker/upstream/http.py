@@ -160,6 +160,7 @@ async def _data_events(
                         guard.hold()
                         yield data
                         guard.resume()
+            guard.hold()  # the body has ended: nothing is awaited from the upstream any more
             tail = decode(b"", True)
             for line in [*(lines.decode(tail) if tail else ()), *lines.flush()]:
                 if (data := take(line)) is not None:
