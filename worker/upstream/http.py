@@ -146,9 +146,9 @@ async def _data_events(
     bounds = _Bounds(limits)
     decode = codecs.getincrementaldecoder("utf-8")("replace").decode  # SSE is UTF-8, always
     lines, take = SSELineDecoder(), _DataFilter(limits)
-    chunks = _chunks(response)
+    chunks, mapped_errors = _chunks(response)
     try:
-        with _mapped_errors(chunks):
+        with mapped_errors:
             async for chunk in chunks:
                 if not chunk:
                     continue
@@ -203,19 +203,22 @@ class _DataFilter:
         return data
 
 
-def _chunks(response: httpx.Response) -> AsyncIterator[bytes]:
-    """The body's bytes as they arrive.
+def _chunks(
+    response: httpx.Response,
+) -> tuple[AsyncIterator[bytes], contextlib.AbstractContextManager[None]]:
+    """The body's bytes as they arrive, and the context that turns the reader's errors into httpx's.
 
     Under httpx-aiohttp, straight from aiohttp's reader (httpx's path adds four async generators
-    between the socket and the parser); otherwise httpx's ``aiter_bytes``, which also serves a body
-    a transport already read and decompresses one sent encoded (we ask for ``identity``), so the
-    bounds apply to what the parser buffers.
+    between the socket and the parser), with aiohttp's exceptions mapped as httpx-aiohttp's own
+    stream maps them; otherwise httpx's ``aiter_bytes`` (its errors are httpx's already), which also
+    serves a body a transport already read and decompresses one sent encoded (we ask for
+    ``identity``), so the bounds apply to what the parser buffers.
     """
     coding = response.headers.get("content-encoding", "").strip().lower()
     content = aiohttp_content(response) if coding in ("", "identity") else None
     if content is not None:
-        return content.iter_any()
-    return response.aiter_bytes()
+        return content.iter_any(), map_aiohttp_exceptions()
+    return response.aiter_bytes(), contextlib.nullcontext()
 
 
 def aiohttp_content(response: httpx.Response) -> aiohttp.StreamReader | None:
@@ -230,14 +233,6 @@ def aiohttp_content(response: httpx.Response) -> aiohttp.StreamReader | None:
         return None
     content = getattr(getattr(inner, "_aiohttp_response", None), "content", None)
     return content if isinstance(content, aiohttp.StreamReader) else None
-
-
-def _mapped_errors(chunks: AsyncIterator[bytes]) -> contextlib.AbstractContextManager[None]:
-    """aiohttp's exceptions as httpx-aiohttp maps them (as its own stream would), when reading
-    aiohttp directly; httpx's paths raise httpx's exceptions already."""
-    if isinstance(chunks, aiohttp.streams.AsyncStreamIterator):
-        return map_aiohttp_exceptions()
-    return contextlib.nullcontext()
 
 
 # --- response checks ---------------------------------------------------------------------------
