@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from bench.names import find
+
 __all__ = ["QUICK", "SCENARIOS", "Scenario", "Timing", "by_name"]
 
 FLAT_OUT_TOKENS = 990_000  # a flat-out stream outlasts the run (jobs allow max_tokens <= 1,000,000)
@@ -69,8 +71,4 @@ QUICK: tuple[str, ...] = ("1-flat", "200x50", "200-flat")
 
 
 def by_name(name: str) -> Scenario:
-    for scenario in SCENARIOS:
-        if scenario.name == name:
-            return scenario
-    known = ", ".join(s.name for s in SCENARIOS)
-    raise KeyError(f"unknown scenario {name!r} (known: {known})")
+    return find(SCENARIOS, name, "scenario")

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.names import find
+
 __all__ = ["DEFAULT_VARIANTS", "QUICK_VARIANTS", "VARIANTS", "Setup", "Variant", "by_name"]
 
 PREFIX = "tokenwire"
@@ -125,8 +127,4 @@ QUICK_VARIANTS: tuple[str, ...] = ("naive", "floor", "tokenwire")
 
 
 def by_name(name: str) -> Variant:
-    for variant in VARIANTS:
-        if variant.name == name:
-            return variant
-    known = ", ".join(v.name for v in VARIANTS)
-    raise KeyError(f"unknown variant {name!r} (known: {known})")
+    return find(VARIANTS, name, "variant")
