@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from worker.settings import Settings
@@ -470,6 +470,10 @@ async def test_response_closed_when_consumer_stops_early() -> None:
     limit=st.integers(10, 300),
     newline=st.sampled_from([b"\n", b"\r\n", b"\r"]),
 )
+# an event exactly at the bound, read a byte at a time: its line terminator arrives before the
+# blank line that ends it and is not event content (found by hypothesis in CI)
+@example(sizes=[13], cuts=[1], limit=18, newline=b"\n")
+@example(sizes=[13], cuts=[1], limit=18, newline=b"\r")
 def test_event_bound_matches_a_reference(
     sizes: list[int], cuts: list[int], limit: int, newline: bytes
 ) -> None:

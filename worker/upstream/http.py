@@ -510,7 +510,10 @@ class _Bounds:
             self._check_event(run + match.start() - pos)
             run, pos = 0, match.end()
         self._event = run + len(chunk) - pos
-        self._check_event(self._event)
+        # line terminators ending the chunk may be the first half of the blank line that ends the
+        # event, not its content: the next chunk tells (and counts them if they are not)
+        pending = min(len(chunk) - len(chunk.rstrip(b"\r\n")), 2)
+        self._check_event(self._event - pending)
 
     def _check_event(self, size: int) -> None:
         if size > self._max_event:
