@@ -49,13 +49,15 @@ def parse_args(description: str) -> argparse.Namespace:
 def _job(entry_id: bytes, raw: bytes, args: argparse.Namespace) -> BenchJob:
     job = json.loads(raw)
     job_id = job.get("id") or entry_id.decode()
-    max_tokens = job.get("params", {}).get("max_tokens", 512)
+    body: dict[str, Any] = {"input": job["input"], "stream": True}
+    if (max_tokens := job.get("params", {}).get("max_tokens")) is not None:
+        body["max_new_tokens"] = max_tokens  # else the simulated model's own length (``tokens=``)
     return BenchJob(
         entry_id=entry_id,
         job_id=job_id,
         events_key=f"{args.prefix}:job:{{{job_id}}}:events",
         url=f"{args.sim_url}/v1/inference/{quote(job['model'], safe='/')}",
-        body={"input": job["input"], "stream": True, "max_new_tokens": max_tokens},
+        body=body,
     )
 
 

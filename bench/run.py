@@ -106,12 +106,12 @@ def _group_readers(client: redis_sync.Redis) -> int:
         return 0
 
 
-def _job(i: int, model: str, max_tokens: int) -> str:
+def _job(i: int, model: str) -> str:
+    """A job as users enqueue it; no ``max_tokens``: the simulated model's ``tokens=`` is its length."""
     job = {
         "id": f"bench-{i}",
         "model": model,
         "input": f"Benchmark prompt {i}: tell me about rivers and the cities on them.",
-        "params": {"max_tokens": max_tokens},
     }
     return json.dumps(job)
 
@@ -256,14 +256,13 @@ class Run:
         assert self.client is not None
         scenario, timing = self.scenario, self.options.timing
         model = scenario.model(timing, self.options.stamp)
-        max_tokens = scenario.tokens(timing) + 1  # room for the EOS token after the content
         spacing = scenario.ramp(timing) / scenario.streams
         began = time.monotonic()
         for i in range(scenario.streams):
             delay = began + i * spacing - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            self.client.xadd(f"{{{PREFIX}}}:jobs", {"job": _job(i, model, max_tokens)})
+            self.client.xadd(f"{{{PREFIX}}}:jobs", {"job": _job(i, model)})
 
     def _sleep(self, seconds: float) -> None:
         """Sleep, checking every half second that every child still runs."""
@@ -306,6 +305,12 @@ class Run:
         )
         _fill_cpu(row, before, after, seconds)
         row.streams_active = after.sim_active
+        if after.sim_active is not None and after.sim_active < self.scenario.streams:
+            # a stream that ended inside the window makes its rate and its backlog meaningless
+            row.error = (
+                f"{self.scenario.streams - after.sim_active} of {self.scenario.streams} upstream "
+                "streams ended inside the measured window (they must outlast it)"
+            )
         if before.sim_sent is not None and after.sim_sent is not None:
             row.sim_events_per_s = (after.sim_sent - before.sim_sent) / seconds
             backlog_before = before.sim_sent - seen.visible_by(before.t_us)

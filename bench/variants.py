@@ -11,9 +11,10 @@ from pathlib import Path
 
 from bench.names import find
 
-__all__ = ["DEFAULT_VARIANTS", "QUICK_VARIANTS", "VARIANTS", "Setup", "Variant", "by_name"]
+__all__ = ["DEFAULT_VARIANTS", "QUICK_VARIANTS", "TOKENS_CAP", "VARIANTS", "Setup", "Variant", "by_name"]
 
 PREFIX = "tokenwire"
+TOKENS_CAP = 10_000_000  # tokenwire's max_tokens_cap and default_max_tokens in the benchmark
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +73,10 @@ def _tokenwire_env(setup: Setup) -> dict[str, str]:
         else setup.redis_url,
         "TOKENWIRE_PREFIX": PREFIX,
         "TOKENWIRE_CONCURRENCY": str(max(64, setup.streams)),
-        # flat-out streams run far past the default caps: the window ends them, not a limit
-        "TOKENWIRE_MAX_TOKENS_CAP": "10000000",
+        # flat-out streams run far past the default caps: the window ends them, not a limit; bench
+        # jobs set no max_tokens, so the default is what is asked of the simulator
+        "TOKENWIRE_MAX_TOKENS_CAP": str(TOKENS_CAP),
+        "TOKENWIRE_DEFAULT_MAX_TOKENS": str(TOKENS_CAP),
         "TOKENWIRE_MAX_STREAM_BYTES": str(1 << 40),
         "TOKENWIRE_DRAIN_GRACE_SECONDS": "0",
     }
