@@ -47,7 +47,10 @@ P99_BOUND_MS = 1000.0  # a paced scenario with a worse p99 did not keep up
 KEPT_UP_SHARE = 0.97  # of the offered events, visible in the window
 DEFAULT_OUT = Path("bench/results/latest.json")
 SCALING_OUT = Path("bench/results/scaling.json")
-SCALING_CPUS = 0.5
+SCALING_CPUS = 0.3
+"""Cores per worker in ``--scaling``: low enough that two workers, not the simulator (one process
+whose CPU per event grows when its readers lag) or Redis, are the limit on a 2-core machine."""
+QUOTA_USED_SHARE = 0.9  # workers held to a quota that used less of it were not what limited a run
 
 
 @dataclass(frozen=True, slots=True)
@@ -444,6 +447,22 @@ def run_all(scenarios: list[Scenario], variants: list[Variant], options: Options
     return rows
 
 
+def _quota_use(rows: list[Row], cores_per_process: float) -> list[str]:
+    """How much of their CPU quota each variant's workers used: a ratio between runs measures the
+    workers only where they used (nearly) all of it."""
+    lines = []
+    for row in rows:
+        if row.error is not None:
+            continue
+        quota = cores_per_process * variant_by_name(row.variant).processes
+        used = row.worker_cpu_pct / (100 * quota)
+        line = f"{row.scenario} {row.variant}: the workers used {used:.0%} of their {quota:g}-core quota"
+        if used < QUOTA_USED_SHARE:
+            line += " (something else limited this run: see sim%, redis%, sub%)"
+        lines.append(line)
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     if args.scaling:
@@ -480,6 +499,8 @@ def main(argv: list[str] | None = None) -> int:
     print(LEGEND)
     if args.worker_cpus is not None:
         print(f"each worker process was held to {args.worker_cpus:g} core by a cgroup CPU quota")
+        for line in _quota_use(rows, args.worker_cpus * args.workers):
+            print(line)
     busy = noisy(rows)
     if busy:
         print(f"warning: other processes were busy during {', '.join(busy)}: those numbers are noisy")
