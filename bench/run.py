@@ -447,14 +447,14 @@ def run_all(scenarios: list[Scenario], variants: list[Variant], options: Options
     return rows
 
 
-def _quota_use(rows: list[Row], cores_per_process: float) -> list[str]:
+def _quota_use(rows: list[Row], cores_each: float, workers: int) -> list[str]:
     """How much of their CPU quota each variant's workers used: a ratio between runs measures the
     workers only where they used (nearly) all of it."""
     lines = []
     for row in rows:
         if row.error is not None:
             continue
-        quota = cores_per_process * variant_by_name(row.variant).processes
+        quota = cores_each * workers * variant_by_name(row.variant).processes
         used = row.worker_cpu_pct / (100 * quota)
         line = f"{row.scenario} {row.variant}: the workers used {used:.0%} of their {quota:g}-core quota"
         if used < QUOTA_USED_SHARE:
@@ -499,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     print(LEGEND)
     if args.worker_cpus is not None:
         print(f"each worker process was held to {args.worker_cpus:g} core by a cgroup CPU quota")
-        for line in _quota_use(rows, args.worker_cpus * args.workers):
+        for line in _quota_use(rows, args.worker_cpus, args.workers):
             print(line)
     busy = noisy(rows)
     if busy:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from bench import run, scenarios
+from bench.report import Row
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -54,3 +55,18 @@ def test_a_stream_that_ends_inside_the_window_is_refused_not_reported(
     assert row["error"] == "1 of 1 upstream streams ended inside the measured window (they must outlast it)"
     assert json.loads(out.read_text())["ratios"] == []
     assert "FAILED: 1 of 1 upstream streams ended" in capsys.readouterr().out
+
+
+def test_the_scaling_run_flags_workers_that_did_not_use_their_quota() -> None:
+    # one worker using all of its 0.3 core; two using 60 % of their 0.6: something else limited them
+    one = Row("200-flat", "tokenwire", 200, 0, 10.0, worker_cpu_pct=30.0)
+    two = Row("200-flat", "tokenwire-x2", 200, 0, 10.0, worker_cpu_pct=36.0)
+    failed = Row("200-flat", "tokenwire", 200, 0, 10.0, error="RuntimeError: boom")
+    assert run._quota_use([one, two, failed], 0.3, 1) == [
+        "200-flat tokenwire: the workers used 100% of their 0.3-core quota",
+        "200-flat tokenwire-x2: the workers used 60% of their 0.6-core quota "
+        "(something else limited this run: see sim%, redis%, sub%)",
+    ]
+    assert run._quota_use([one], 0.3, 2)[0].endswith(
+        "used 50% of their 0.6-core quota (something else limited this run: see sim%, redis%, sub%)"
+    )
