@@ -125,17 +125,17 @@ class Worker:
             asyncio.create_task(self.publisher.run(), name="tokenwire-publisher"),
             asyncio.create_task(self.leases.run(), name="tokenwire-leases"),
             asyncio.create_task(self._reclaim_loop(), name="tokenwire-reclaim"),
-            asyncio.create_task(self._cancel_listener(), name="tokenwire-cancel"),
         ]
+        listener = asyncio.create_task(self._cancel_listener(), name="tokenwire-cancel")
         self.ready.set()
         try:
             await self._serve(stop)
             await self._drain()
         finally:
-            self._closing.set()  # the cancel listener (last) stops by itself; the rest are cancelled
-            for task in helpers[:-1]:
+            self._closing.set()  # the cancel listener stops by itself; the other helpers are cancelled
+            for task in helpers:
                 task.cancel()
-            _, stuck = await asyncio.wait(helpers, timeout=5.0)
+            _, stuck = await asyncio.wait([*helpers, listener], timeout=5.0)
             for task in stuck:  # bounded: a stop never hangs on a helper
                 log.warning("helper did not stop in time; abandoning it", task=task.get_name())
                 task.cancel()
