@@ -4,11 +4,47 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import structlog
 
 from worker.redisproc import RedisClusterServers, RedisServer, redis_server_available
+
+LANES = ("unit", "integration", "e2e", "faults", "deploy")
+"""Each directory under tests/ is a lane, marked here so that ``-m LANE`` selects exactly it."""
+
+_lane_seconds: dict[str, float] = {}
+
+
+def _lane_of(path: str) -> str | None:
+    parts = path.replace(os.sep, "/").split("/")
+    if "tests" in parts:
+        index = parts.index("tests")
+        if index + 1 < len(parts) and parts[index + 1] in LANES:
+            return parts[index + 1]
+    return None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        lane = _lane_of(str(item.path))
+        if lane is not None:
+            item.add_marker(getattr(pytest.mark, lane))
+        needs_redis = {"redis_server", "redis_cluster"} & set(getattr(item, "fixturenames", ()))
+        if lane == "unit" and needs_redis:
+            raise pytest.UsageError(f"{item.nodeid} asks for {needs_redis}: the unit lane runs without Redis")
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    lane = _lane_of(report.nodeid) or "other"
+    _lane_seconds[lane] = _lane_seconds.get(lane, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _lane_seconds:
+        times = ", ".join(f"{lane} {seconds:.1f} s" for lane, seconds in sorted(_lane_seconds.items()))
+        terminalreporter.write_line(f"lane times (test seconds, summed over processes): {times}")
 
 
 @pytest.fixture(autouse=True)

@@ -253,15 +253,11 @@ async def _demo(args: argparse.Namespace, settings: Settings | None) -> int:
 
 
 def _schema(args: argparse.Namespace) -> int:
-    from .schema import render_all, write_all
+    from .schema import stale_files, write_all
 
     directory = Path(args.dir)
     if args.check:
-        stale = [
-            name
-            for name, text in render_all().items()
-            if not (directory / name).exists() or (directory / name).read_text("utf-8") != text
-        ]
+        stale = stale_files(directory)
         if stale:
             raise CliError(f"schemas out of date: {', '.join(stale)}; run `tokenwire schema`")
         print("schemas up to date")

@@ -22,7 +22,11 @@ from .render import TerminalView
 from .service import Worker
 from .settings import Provider, Settings
 
-__all__ = ["run_demo"]
+__all__ = ["DemoUnavailable", "run_demo"]
+
+
+class DemoUnavailable(RuntimeError):
+    """Neither redis-server nor fakeredis (the ``sim`` extra) is installed."""
 
 
 RedisFactory = Callable[[float], Redis]
@@ -40,7 +44,13 @@ def _embedded_redis() -> Iterator[tuple[str, RedisFactory, str]]:
                 f"redis-server on 127.0.0.1:{server.port} (private, stopped on exit)",
             )
         return
-    import fakeredis
+    try:
+        import fakeredis
+    except ImportError:
+        raise DemoUnavailable(
+            "the demo needs a Redis of its own: install redis-server (apt-get install redis-server), "
+            "or the in-process fallback with `pip install 'tokenwire[sim]'`"
+        ) from None
 
     fake = fakeredis.FakeServer()
     yield (

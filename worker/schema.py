@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import inspect
+import json
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +17,58 @@ from .events import Event
 from .jobs import Job
 from .keys import GROUP
 
-__all__ = ["render_all", "write_all"]
+__all__ = ["contract_view", "render_all", "stale_files", "write_all"]
 
 _ID = "https://tokenwire.dev/schemas"
 
 
+def _cleaned(node: Any) -> Any:
+    """Descriptions dedented here (``inspect.cleandoc``), not as msgspec's release of the day does it,
+    so the generated files do not change with msgspec's docstring handling."""
+    if isinstance(node, dict):
+        return {
+            k: inspect.cleandoc(v) if k == "description" and isinstance(v, str) else _cleaned(v)
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_cleaned(v) for v in node]
+    return node
+
+
+def contract_view(node: Any) -> Any:
+    """What a schema file means: its structure, with white space in descriptions folded."""
+    if isinstance(node, dict):
+        return {
+            k: " ".join(v.split()) if k == "description" and isinstance(v, str) else contract_view(v)
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [contract_view(v) for v in node]
+    return node
+
+
+def _parse(name: str, text: str) -> Any:
+    return yaml.safe_load(text) if name.endswith((".yaml", ".yml")) else json.loads(text)
+
+
+def stale_files(directory: Path) -> list[str]:
+    """The generated files in ``directory`` whose contract differs from the code's (missing,
+    unreadable, or another meaning; a change of white space in a description is not a change)."""
+    stale = []
+    for name, text in render_all().items():
+        path = directory / name
+        try:
+            current = _parse(name, path.read_text("utf-8"))
+        except (OSError, ValueError, yaml.YAMLError):
+            stale.append(name)
+            continue
+        if contract_view(current) != contract_view(_parse(name, text)):
+            stale.append(name)
+    return stale
+
+
 def job_schema() -> dict[str, Any]:
-    schema = msgspec.json.schema(Job)
+    schema = _cleaned(msgspec.json.schema(Job))
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": f"{_ID}/job.schema.json",
@@ -35,7 +82,7 @@ def job_schema() -> dict[str, Any]:
 
 
 def event_schema() -> dict[str, Any]:
-    schema = msgspec.json.schema(Event)
+    schema = _cleaned(msgspec.json.schema(Event))
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": f"{_ID}/event.schema.json",

@@ -32,9 +32,11 @@ def test_wheel_installs_and_runs(tmp_path: Path) -> None:
     assert not any(n.startswith("tests/") for n in names)
 
     env_dir = tmp_path / "venv"
-    venv.create(env_dir, with_pip=True)
+    venv.create(env_dir, with_pip=False)
     py = env_dir / "bin" / "python"
-    sh(py, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", wheel)
+    # The wheel's own dependency ranges, resolved within the lock (hash-checked): what `make demo` runs.
+    uv = Path(sys.executable).parent / "uv"
+    sh(uv, "pip", "install", "--quiet", "--python", py, "-c", ROOT / "requirements" / "demo.txt", wheel)
     out = tmp_path / "schemas"
     sh(env_dir / "bin" / "tokenwire", "schema", "--dir", out)
     assert (out / "event.schema.json").read_text() == (ROOT / "schemas" / "event.schema.json").read_text()

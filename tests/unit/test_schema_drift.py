@@ -8,16 +8,55 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from worker.schema import render_all
+from worker.schema import render_all, stale_files
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 
 
 def test_schema_files_match_the_code() -> None:
+    assert stale_files(SCHEMAS) == [], "schemas drifted from the code: run `tokenwire schema`"
+
+
+def _copy(tmp_path: Path) -> Path:
     for name, text in render_all().items():
-        path = SCHEMAS / name
-        assert path.exists(), f"{path} missing: run `tokenwire schema`"
-        assert path.read_text("utf-8") == text, f"{name} drifted from the code: run `tokenwire schema`"
+        (tmp_path / name).write_text(text, "utf-8")
+    return tmp_path
+
+
+def test_white_space_in_a_description_is_not_drift(tmp_path: Path) -> None:
+    """A msgspec release that dedents docstrings differently cannot turn the check red."""
+    directory = _copy(tmp_path)
+    for name in ("job.schema.json", "event.schema.json"):
+        doc = json.loads((directory / name).read_text())
+        for node in doc["$defs"].values():
+            if "description" in node:
+                node["description"] = node["description"].replace("\n", "\n    ") + "\n"
+        (directory / name).write_text(json.dumps(doc))
+    api = yaml.safe_load((directory / "asyncapi.yaml").read_text())
+    api["info"]["description"] = "  " + api["info"]["description"].replace(" ", "\n  ")
+    (directory / "asyncapi.yaml").write_text(yaml.safe_dump(api, width=40))
+    assert stale_files(directory) == []
+
+
+def test_a_change_of_the_contract_is_drift(tmp_path: Path) -> None:
+    directory = _copy(tmp_path)
+    event = json.loads((directory / "event.schema.json").read_text())
+    del event["$defs"]["Token"]["properties"]["logprob"]
+    (directory / "event.schema.json").write_text(json.dumps(event))
+    job = json.loads((directory / "job.schema.json").read_text())
+    job["$defs"]["Job"]["required"] = []
+    (directory / "job.schema.json").write_text(json.dumps(job))
+    api = yaml.safe_load((directory / "asyncapi.yaml").read_text())
+    api["channels"]["jobs"]["description"] = "another meaning"
+    (directory / "asyncapi.yaml").write_text(yaml.safe_dump(api))
+    assert stale_files(directory) == ["job.schema.json", "event.schema.json", "asyncapi.yaml"]
+
+
+def test_a_missing_or_unreadable_file_is_drift(tmp_path: Path) -> None:
+    directory = _copy(tmp_path)
+    (directory / "job.schema.json").unlink()
+    (directory / "asyncapi.yaml").write_text("{ not yaml: [")
+    assert stale_files(directory) == ["job.schema.json", "asyncapi.yaml"]
 
 
 def test_schemas_are_valid_json_schema() -> None:
