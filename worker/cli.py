@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -16,17 +18,37 @@ from redis.exceptions import RedisError
 
 from .client import Client, JobNotFound, SubscriptionTimeout
 from .connect import http_client, redis_client
-from .events import decode_event
+from .events import Cancelled, Done, Error, Start, Token
 from .jobs import ChatMessage, InvalidJob, Job, Params
 from .logging import configure_logging
 from .render import TerminalView
-from .settings import Settings, SettingsError, load_settings, redact_url
+from .settings import CONFIG_ENV, Provider, Settings, SettingsError, load_settings
+from .term import use_color
 
 __all__ = ["main"]
 
-EXIT_TIMEOUT = 3
-EXIT_NOT_FOUND = 4
-EXIT_USAGE = 2
+# Exit codes (README "Exit codes"): `tail` and `enqueue --follow` end by the job's terminal event.
+EXIT_OK = 0  # done (and every command that succeeded)
+EXIT_FAILED = 1  # the job ended in `error`, or the command failed (Redis unreachable, ...)
+EXIT_USAGE = 2  # bad arguments or settings; nothing was done
+EXIT_TIMEOUT = 3  # --timeout passed before the job ended
+EXIT_NOT_FOUND = 4  # no such job (never enqueued, or expired)
+EXIT_CANCELLED = 5  # the job ended in `cancelled`
+EXIT_BROKEN_PIPE = 141  # the reader of our output went away (128 + SIGPIPE, as a shell reports it)
+EXIT_INTERRUPTED = 130  # a second Ctrl-C: stopped without draining
+
+EXIT_CODES_HELP = """exit codes:
+  0    success; for tail and enqueue --follow: the job ended in `done`
+  1    the job ended in `error`, or the command failed (e.g. Redis unreachable)
+  2    bad arguments or settings (nothing was done)
+  3    --timeout passed before the job ended
+  4    no such job (never enqueued, or expired)
+  5    the job ended in `cancelled`
+  130  interrupted twice (stopped without draining)
+  141  the output pipe closed (e.g. `tokenwire tail --json ID | head -1`)
+
+settings: flag > TOKENWIRE_* variable > TOML file (--config or TOKENWIRE_CONFIG).
+"""
 
 
 class CliError(Exception):
@@ -35,10 +57,22 @@ class CliError(Exception):
         self.code = code
 
 
-def _stop_on_signals(stop: asyncio.Event) -> None:
+def _stop_on_signals(stop: asyncio.Event, on_first: Callable[[], None] | None = None) -> None:
+    """SIGTERM/SIGINT set ``stop`` (a graceful stop: drain); a second one cancels the command's
+    task, which stops at once without draining (exit 130)."""
     loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+
+    def on_signal() -> None:
+        if not stop.is_set():
+            stop.set()
+            if on_first is not None:
+                on_first()
+        elif main is not None:
+            main.cancel()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
 
 
 # ---------------------------------------------------------------------------------------- worker
@@ -70,13 +104,21 @@ def _warn_missing_keys(settings: Settings) -> None:
     import structlog
 
     log = structlog.get_logger("tokenwire.settings")
-    for name, provider in sorted(settings.all_providers().items()):
+    for name, provider in sorted(_used_providers(settings).items()):
         if provider.api_key_env and provider.api_key() is None:
             log.warning(
                 "provider API key variable is unset: its jobs will fail",
                 provider=name,
                 variable=provider.api_key_env,
             )
+
+
+def _used_providers(settings: Settings) -> dict[str, Provider]:
+    """The providers this deployment uses: the default and every one configured in the file (the
+    built-in ``deepinfra`` only when it is one of those)."""
+    known = settings.all_providers()
+    used = {settings.default_provider, *settings.providers}
+    return {name: known[name] for name in used if name in known}
 
 
 # --------------------------------------------------------------------------------------- enqueue
@@ -129,21 +171,35 @@ async def _tail(args: argparse.Namespace, settings: Settings) -> int:
         return await _follow(client, args.job_id, as_json=args.json, timeout=args.timeout)
 
 
+_TERMINAL_EXIT: dict[type, int] = {Done: EXIT_OK, Error: EXIT_FAILED, Cancelled: EXIT_CANCELLED}
+_SHOWN = (Start, Token, Done, Error, Cancelled)
+
+
 async def _follow(client: Client, job_id: str, *, as_json: bool, timeout: float | None) -> int:
-    view = TerminalView(sys.stdout, color=sys.stdout.isatty())
+    """Print the job's events until its terminal one; the exit code says how it ended."""
+    view = TerminalView(sys.stdout, color=use_color(sys.stdout))
     out = sys.stdout.buffer
+    skipped: set[str] = set()
+    code = EXIT_FAILED
     try:
         async for item in client.subscribe(job_id, timeout=timeout):
             if as_json:
                 out.write(item.raw + b"\n")
                 out.flush()
-            else:
-                view.show(decode_event(item.raw))
+            elif isinstance(item.event, _SHOWN):
+                view.show(item.event)
+            elif item.type not in skipped:
+                skipped.add(item.type)
+                print(
+                    f"tokenwire: skipping events of type {item.type!r} (not known to this version)",
+                    file=sys.stderr,
+                )
+            code = _TERMINAL_EXIT.get(type(item.event), code)
     except SubscriptionTimeout as exc:
         raise CliError(str(exc), EXIT_TIMEOUT) from None
     except JobNotFound as exc:
         raise CliError(str(exc), EXIT_NOT_FOUND) from None
-    return 0
+    return code
 
 
 # ------------------------------------------------------------------------------ status and stats
@@ -245,11 +301,18 @@ async def _sim(args: argparse.Namespace, settings: Settings | None) -> int:
 
 
 async def _demo(args: argparse.Namespace, settings: Settings | None) -> int:
-    from .demo import run_demo
+    from .demo import DemoUnavailable, run_demo
 
     stop = asyncio.Event()
-    _stop_on_signals(stop)
-    return await run_demo(prompt=args.prompt, tps=args.tps, seed=args.seed, stop=stop)
+
+    def first() -> None:
+        print("\n· stopping (Ctrl-C again to force)", file=sys.stderr, flush=True)
+
+    _stop_on_signals(stop, first)
+    try:
+        return await run_demo(prompt=args.prompt, tps=args.tps, seed=args.seed, stop=stop)
+    except DemoUnavailable as exc:
+        raise CliError(str(exc)) from None
 
 
 def _schema(args: argparse.Namespace) -> int:
@@ -278,70 +341,146 @@ def _client(settings: Settings) -> Client:
 # ---------------------------------------------------------------------------------------- parser
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tokenwire")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree that is not installed
+        from . import __version__
+
+        return __version__
+
+
+def _global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """``--redis-url``, ``--config``, ``--prefix``: accepted before or after the command name."""
+    default = None if top else argparse.SUPPRESS
+    group = parser.add_argument_group("connection (flag > TOKENWIRE_* variable > config file)")
+    group.add_argument(
+        "--redis-url",
+        default=default,
+        metavar="URL",
+        help="Redis to use, e.g. redis://localhost:6379/0 or rediss://:PASSWORD@host:6380/0 "
+        "(default: TOKENWIRE_REDIS_URL, the config file, then redis://localhost:6379/0)",
+    )
+    group.add_argument(
+        "--config",
+        default=default,
+        metavar="FILE",
+        help=f"TOML settings file (default: ${CONFIG_ENV})",
+    )
+    group.add_argument(
+        "--prefix",
+        default=default,
+        metavar="P",
+        help="key prefix: jobs on {P}:jobs, events on P:job:{ID}:events (default: tokenwire)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
         prog="tokenwire",
         description="LLM token streams to Redis, one confidence-scored event per token.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=fmt,
     )
+    parser.add_argument("--version", action="version", version=f"tokenwire {_version()}")
+    _global_options(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    sub.add_parser("worker", help="run a worker until SIGTERM/SIGINT, then drain")
+    def command(name: str, text: str, *, connects: bool = True) -> argparse.ArgumentParser:
+        cmd = sub.add_parser(name, help=text, description=text, epilog=EXIT_CODES_HELP, formatter_class=fmt)
+        if connects:
+            _global_options(cmd, top=False)
+        return cmd
 
-    enq = sub.add_parser("enqueue", help="enqueue a job; prints its id")
-    enq.add_argument("--model", required=True)
+    worker = command("worker", "run a worker until SIGTERM/SIGINT, then drain its jobs")
+    worker.add_argument("--concurrency", type=int, metavar="N", help="jobs in flight at once (default 64)")
+    worker.add_argument(
+        "--metrics-port", type=int, metavar="PORT", help="serve /metrics, /healthz, /readyz (0: off)"
+    )
+    worker.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default info")
+
+    enq = command("enqueue", "enqueue a job and print its id")
+    enq.add_argument("--model", required=True, help="the model name the provider knows")
     src = enq.add_mutually_exclusive_group(required=True)
     src.add_argument("--input", help="the prompt (native and completions APIs)")
     src.add_argument("--messages", help='chat messages as JSON: \'[{"role":"user","content":"Hi"}]\'')
-    enq.add_argument("--api", choices=["native", "chat", "completions"])
-    enq.add_argument("--provider")
-    enq.add_argument("--max-tokens", type=int)
-    enq.add_argument("--top-logprobs", type=int)
-    enq.add_argument("--temperature", type=float)
-    enq.add_argument("--seed", type=int)
-    enq.add_argument("--id")
-    enq.add_argument("--low-prob", type=float)
+    enq.add_argument(
+        "--api", choices=["native", "chat", "completions"], help="default: chat with --messages, else native"
+    )
+    enq.add_argument("--provider", help="a provider from the settings (default: default_provider)")
+    enq.add_argument("--max-tokens", type=int, metavar="N", help="at most N generated tokens")
+    enq.add_argument("--top-logprobs", type=int, metavar="K", help="ask for the top K alternatives per token")
+    enq.add_argument("--temperature", type=float, metavar="T", help="sampling temperature")
+    enq.add_argument("--seed", type=int, help="sampling seed, where the provider supports one")
+    enq.add_argument("--id", help="the job id (default: a new random id); the same id twice is one job")
+    enq.add_argument("--low-prob", type=float, metavar="P", help="tokens under this probability are low")
     enq.add_argument("--follow", action="store_true", help="then print the events as `tail` does")
     enq.add_argument("--json", action="store_true", help="with --follow: one event per line")
-    enq.add_argument("--timeout", type=float, help="with --follow: give up after S seconds")
+    enq.add_argument(
+        "--timeout", type=float, metavar="S", help="with --follow: give up after S seconds (exit 3)"
+    )
 
-    tail = sub.add_parser("tail", help="print a job's events from the first until it ends")
-    tail.add_argument("job_id")
-    tail.add_argument("--json", action="store_true", help="one event object per line")
-    tail.add_argument("--timeout", type=float, help="exit non-zero if the job has not ended in S s")
+    tail = command("tail", "print a job's events from the first until it ends")
+    tail.add_argument("job_id", help="the job's id")
+    tail.add_argument("--json", action="store_true", help="one event object per line, exactly as stored")
+    tail.add_argument("--timeout", type=float, metavar="S", help="exit 3 if the job has not ended in S s")
 
-    status = sub.add_parser("status", help="a job's state")
-    status.add_argument("job_id")
+    status = command("status", "print a job's state as JSON")
+    status.add_argument("job_id", help="the job's id")
 
-    cancel = sub.add_parser("cancel", help="cancel a job (queued or running)")
-    cancel.add_argument("job_id")
-    cancel.add_argument("--reason", default="cancelled by request")
+    cancel = command("cancel", "cancel a job (queued or running)")
+    cancel.add_argument("job_id", help="the job's id")
+    cancel.add_argument("--reason", default="cancelled by request", help="recorded on the cancelled event")
 
-    dead = sub.add_parser("dead", help="list, re-drive or purge dead letters")
-    dead.add_argument("action", nargs="?", choices=["list", "redrive", "purge"], default="list")
+    dead = command("dead", "list, re-drive or purge dead letters")
+    dead.add_argument("action", nargs="?", choices=["list", "redrive", "purge"], default="list",
+                      help="default: list")  # fmt: skip
     dead.add_argument("ids", nargs="*", help="redrive: the dead-letter ids")
     dead.add_argument("--all", action="store_true", help="redrive: every dead letter")
     dead.add_argument("--yes", action="store_true", help="purge: really delete them all")
-    dead.add_argument("--count", type=int, default=100, help="list: at most this many, newest")
+    dead.add_argument("--count", type=int, default=100, help="list: at most this many, newest (default 100)")
     dead.add_argument("--json", action="store_true", help="list: one JSON object per line")
 
-    stats = sub.add_parser("stats", help="queue length, pending, consumers, lag, dead letters")
-    stats.add_argument("--json", action="store_true")
+    stats = command("stats", "queue length, pending, consumers, lag, dead letters")
+    stats.add_argument("--json", action="store_true", help="one JSON object")
 
-    sim = sub.add_parser("sim", help="run the local upstream simulator")
-    sim.add_argument("--host", default="127.0.0.1")
-    sim.add_argument("--port", type=int, default=8080)
-    sim.add_argument("--seed", type=int, default=0)
+    sim = command("sim", "run the local upstream simulator (native, chat and completions)", connects=False)
+    sim.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    sim.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    sim.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
     sim.add_argument("--tps", type=float, default=50.0, help="tokens per second per stream (0: flat out)")
 
-    demo = sub.add_parser("demo", help="Redis, simulator and worker in one go, on one prompt")
-    demo.add_argument("--prompt", default="Explain in two sentences why the sky is blue.")
-    demo.add_argument("--tps", type=float, default=40.0)
-    demo.add_argument("--seed", type=int, default=7)
+    demo = command("demo", "a private Redis, the simulator and a worker, on one prompt", connects=False)
+    demo.add_argument("--prompt", default="Explain in two sentences why the sky is blue.", help="the prompt")
+    demo.add_argument("--tps", type=float, default=40.0, help="tokens per second (default 40)")
+    demo.add_argument("--seed", type=int, default=7, help="generator seed (default 7)")
 
-    schema = sub.add_parser("schema", help="write the JSON Schema and AsyncAPI files")
-    schema.add_argument("--dir", default="schemas")
-    schema.add_argument("--check", action="store_true", help="fail if the files are out of date")
+    schema = command("schema", "write the JSON Schema and AsyncAPI files", connects=False)
+    schema.add_argument("--dir", default="schemas", help="where (default ./schemas)")
+    schema.add_argument("--check", action="store_true", help="exit 1 if the files are out of date")
     return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    """flag > TOKENWIRE_* variable > config file (``--config`` names the file instead of the variable)."""
+    environ = dict(os.environ)
+    if args.config is not None:
+        environ[CONFIG_ENV] = args.config
+    overrides = {
+        name: value
+        for name, value in (
+            ("redis_url", args.redis_url),
+            ("prefix", args.prefix),
+            ("concurrency", getattr(args, "concurrency", None)),
+            ("metrics_port", getattr(args, "metrics_port", None)),
+            ("log_level", getattr(args, "log_level", None)),
+        )
+        if value is not None
+    }
+    return load_settings(environ, overrides=overrides)
 
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]] = {
@@ -359,14 +498,20 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
     """Run on uvloop when it is installed (10-15 % less CPU per event), else asyncio's own loop."""
     try:
         import uvloop
+
+        factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
     except ImportError:
-        return asyncio.run(coro)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(coro)
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        try:
+            return runner.run(coro)
+        except asyncio.CancelledError:  # a second signal: stopped without draining
+            return EXIT_INTERRUPTED
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    settings: Settings | None = None
     try:
         if args.command == "schema":
             return _schema(args)
@@ -374,7 +519,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             configure_logging("warning" if args.command == "demo" else "info")
             runner = _sim if args.command == "sim" else _demo
             return _run(runner(args, None))
-        settings = load_settings()
+        settings = _settings(args)
         configure_logging(settings.log_level, settings.log_format)
         return _run(_COMMANDS[args.command](args, settings))
     except SettingsError as exc:
@@ -383,15 +528,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         print(f"tokenwire: {exc}", file=sys.stderr)
         return exc.code
+    except BrokenPipeError:
+        return _broken_pipe()
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     except RedisError as exc:
-        url = redact_url(load_settings().redis_url) if args.command != "demo" else "redis"
-        print(f"tokenwire: Redis at {url} failed: {exc}", file=sys.stderr)
-        return 1
+        where = f" at {settings.redacted_redis_url()}" if settings is not None else ""
+        print(f"tokenwire: Redis{where} failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except OSError as exc:
         print(f"tokenwire: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
+
+
+def _broken_pipe() -> int:
+    """The reader went away: end quietly. stdout is pointed at /dev/null so that the interpreter's
+    final flush of its buffer cannot raise again at exit."""
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":  # pragma: no cover

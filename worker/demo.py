@@ -21,6 +21,7 @@ from .redisproc import RedisServer, redis_server_available
 from .render import TerminalView
 from .service import Worker
 from .settings import Provider, Settings
+from .term import use_color
 
 __all__ = ["DemoUnavailable", "run_demo"]
 
@@ -61,7 +62,7 @@ def _embedded_redis() -> Iterator[tuple[str, RedisFactory, str]]:
 
 
 def _say(text: str) -> None:
-    print(f"\x1b[2m· {text}\x1b[0m" if sys.stdout.isatty() else f"· {text}", flush=True)
+    print(f"\x1b[2m· {text}\x1b[0m" if use_color(sys.stdout) else f"· {text}", flush=True)
 
 
 async def run_demo(*, prompt: str, tps: float, seed: int, stop: asyncio.Event) -> int:
@@ -106,11 +107,11 @@ async def _run(settings: Settings, connect: RedisFactory, prompt: str, stop: asy
             await reader.aclose()
             await redis.aclose()
     _say("stopped the worker, the simulator and Redis")
-    return 0 if ok else 1
+    return 0 if ok or stop.is_set() else 1  # stopped by the user: a clean stop
 
 
 async def _follow(client: Client, job_id: str, stop: asyncio.Event) -> bool:
-    view = TerminalView(sys.stdout, color=sys.stdout.isatty())
+    view = TerminalView(sys.stdout, color=use_color(sys.stdout))
 
     async def follow() -> bool:
         async for item in client.subscribe(job_id, timeout=120):

@@ -13,6 +13,8 @@ from typing import Any, TextIO
 import msgspec
 import structlog
 
+from .term import use_color
+
 __all__ = ["configure_logging"]
 
 _JSON = msgspec.json.Encoder()
@@ -28,7 +30,7 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
     renderer: Any = (
         structlog.processors.JSONRenderer(serializer=_dumps)
         if use_json
-        else structlog.dev.ConsoleRenderer(colors=out.isatty())
+        else structlog.dev.ConsoleRenderer(colors=use_color(out))
     )
     structlog.configure(
         processors=[

@@ -100,7 +100,11 @@ class RedisServer:
     def start(self, timeout: float = 10.0) -> RedisServer:
         if self.directory is None:
             self.directory = Path(tempfile.mkdtemp(prefix="tokenwire-redis-"))
-        self.process = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # Its own session: a Ctrl-C at the terminal reaches the program that started it, which stops it
+        # in order, instead of killing Redis first under a worker still using it.
+        self.process = subprocess.Popen(
+            self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+        )
         self._wait_ready(timeout)
         return self
 

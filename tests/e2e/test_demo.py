@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -42,3 +44,65 @@ def test_demo_falls_back_to_fakeredis(
     out = capsys.readouterr().out
     assert code == 0
     assert "in-process fakeredis" in out and "✓ done" in out
+
+
+def test_demo_without_redis_server_or_fakeredis_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(worker.demo, "redis_server_available", lambda: False)
+    monkeypatch.setitem(sys.modules, "fakeredis", None)  # an environment without the sim extra
+    with pytest.raises(worker.demo.DemoUnavailable, match=r"redis-server.*tokenwire\[sim\]"):
+        asyncio.run(worker.demo.run_demo(prompt="hi", tps=0, seed=3, stop=asyncio.Event()))
+
+
+def _demo_in_its_own_group() -> tuple[subprocess.Popen[str], int]:
+    """The demo as a terminal runs it: its own process group, which a Ctrl-C signals as a whole.
+    Returns the process once its first token line is out, and the private Redis's port."""
+    proc = subprocess.Popen(
+        [TOKENWIRE, "demo", "--tps", "5", "--prompt", "Tell me a long story."],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    port = 0
+    for _ in range(20):  # the demo's few status lines, then the tokens
+        line = proc.stdout.readline()
+        if match := re.search(r"redis-server on 127\.0\.0\.1:(\d+)", line):
+            port = int(match.group(1))
+        if "tokens as they arrive" in line:
+            break
+    else:
+        proc.kill()
+        raise AssertionError("the demo did not start streaming")
+    assert port
+    return proc, port
+
+
+def _gone(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return False
+    except OSError:
+        return True
+
+
+def test_ctrl_c_stops_the_demo_cleanly() -> None:
+    """Ctrl-C reaches the demo, not its Redis: the worker drains, Redis stops last, exit 0."""
+    proc, port = _demo_in_its_own_group()
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "stopped the worker, the simulator and Redis" in out
+    assert "Traceback" not in err and "Error" not in err and "retry" not in err.lower(), err
+    assert _gone(port)
+
+
+def test_a_second_ctrl_c_forces_the_stop() -> None:
+    proc, port = _demo_in_its_own_group()
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.stderr is not None
+    assert "Ctrl-C again to force" in proc.stderr.readline() + proc.stderr.readline()
+    os.killpg(proc.pid, signal.SIGINT)
+    _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err, err
+    assert _gone(port)
