@@ -103,15 +103,15 @@ def test_secrets_stay_out_of_logs_events_and_errors(
 def _run_jobs(env: dict[str, str]) -> str:
     """Jobs that succeed, fail at HTTP level and fail in-stream; everything they print and leave."""
     texts = []
-    for model in (
-        "tokenwire/sim;tokens=5",
-        "tokenwire/sim;fault=status;status=401",
-        "tokenwire/sim;fault=error;after=2",
+    for model, code in (
+        ("tokenwire/sim;tokens=5", 0),
+        ("tokenwire/sim;fault=status;status=401", 1),  # the job ended in `error`
+        ("tokenwire/sim;fault=error;after=2", 1),
     ):
         result = run(
             env, "enqueue", "--model", model, "--input", "x", "--follow", "--json", "--timeout", "30"
         )
-        assert result.returncode == 0, result.stderr
+        assert result.returncode == code, result.stderr
         texts += [result.stdout, result.stderr]
         job_id = result.stdout.splitlines()[0]
         texts.append(run(env, "status", job_id).stdout)
