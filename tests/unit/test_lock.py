@@ -67,3 +67,10 @@ def test_internals_libraries_have_upper_bounds() -> None:
     for req in _requirements():
         if _norm(req.name) in bounded:
             assert any(spec.operator == "<" for spec in req.specifier), f"{req.name} has no upper bound"
+
+
+def test_the_demo_installs_no_development_tools() -> None:
+    demo = _pins("demo.txt")
+    for tool in ("mypy", "ruff", "openai", "huggingface-hub", "kubernetes-validate", "pytest", "hypothesis"):
+        assert tool not in demo, f"requirements/demo.txt installs {tool}"
+    assert "fakeredis" in demo  # the demo's fallback when redis-server is not installed
