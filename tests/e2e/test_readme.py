@@ -55,3 +55,41 @@ def test_the_python_example_runs(tmp_path: Path) -> None:
             sim.stdout.close()
     assert result.returncode == 0, result.stderr
     assert re.search(r"\nconfidence 0\.\d+ \[", result.stdout), result.stdout
+
+
+def _sh_block_after(heading: str) -> str:
+    readme = (ROOT / "README.md").read_text()
+    (block,) = re.findall(rf"{re.escape(heading)}\n.*?```sh\n(.*?)```", readme, re.S)
+    return str(block)
+
+
+def test_the_tour_runs_as_printed(tmp_path: Path) -> None:
+    """The tour's shell block, run by bash in a fresh directory (only the ports changed), then the
+    first command of "From the command line" against the worker it started."""
+    (tmp_path / ".venv").symlink_to(Path(sys.executable).parent.parent)
+    with RedisServer() as redis:
+        port = free_port()
+        script = (
+            _sh_block_after("## Five-minute tour")
+            .replace("8080", str(port))
+            .replace("redis://localhost:6379/0", redis.url)
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENWIRE_")}
+        env["PATH"] = "/usr/bin:/bin"  # the tour itself must put tokenwire on the PATH
+        tour = subprocess.Popen(
+            ["bash", "-e", "-c", script], cwd=tmp_path, env=env, start_new_session=True,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            first = _sh_block_after("### From the command line").splitlines()[0].split("#")[0]
+            follow = f"source .venv/bin/activate && {first} --timeout 30"
+            cli_env = {**env, "TOKENWIRE_REDIS_URL": redis.url, "TOKENWIRE_CONFIG": "tokenwire.toml"}
+            result = subprocess.run(
+                ["bash", "-c", follow], cwd=tmp_path, env=cli_env, capture_output=True, text=True,
+                timeout=90, check=False,
+            )  # fmt: skip
+        finally:
+            os.killpg(tour.pid, signal.SIGTERM)
+            tour.wait(timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "✓ done" in result.stdout
