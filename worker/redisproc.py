@@ -12,7 +12,7 @@ import ssl
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 __all__ = ["RedisClusterServers", "RedisServer", "free_port", "redis_server_available"]
@@ -44,6 +44,10 @@ def _free(port: int) -> bool:
         return True
 
 
+class PortTaken(RuntimeError):
+    """The port was free when picked and taken when redis-server bound it."""
+
+
 class RedisServer:
     """One ``redis-server`` on 127.0.0.1. ``start()`` waits until it answers; ``stop()`` kills it."""
 
@@ -56,10 +60,14 @@ class RedisServer:
         extra_args: Sequence[str] = (),
         directory: Path | None = None,
         tls: tuple[Path, Path, Path] | None = None,
+        pick_port: Callable[[], int] = free_port,
     ) -> None:
-        """``tls``: (certificate, key, CA certificate) files; the server then speaks only TLS."""
+        """``tls``: (certificate, key, CA certificate) files; the server then speaks only TLS.
+        Without ``port``, one from ``pick_port``; another is picked if that one is taken by the time
+        the server binds it (parallel test processes pick ports at the same time)."""
         self.tls = tls
-        self.port = port or free_port()
+        self._pick_port = pick_port if port is None else None
+        self.port = port or pick_port()
         self.password = password
         self.appendonly = appendonly
         self.extra_args = list(extra_args)
@@ -100,6 +108,20 @@ class RedisServer:
     def start(self, timeout: float = 10.0) -> RedisServer:
         if self.directory is None:
             self.directory = Path(tempfile.mkdtemp(prefix="tokenwire-redis-"))
+        try:
+            for _ in range(5):
+                try:
+                    return self._start_once(timeout)
+                except PortTaken:
+                    if self._pick_port is None:
+                        raise
+                    self.port = self._pick_port()
+            raise RuntimeError("redis-server found no free port in 5 tries")
+        except BaseException:
+            self.stop()  # its data directory too
+            raise
+
+    def _start_once(self, timeout: float) -> RedisServer:
         # Its own session: a Ctrl-C at the terminal reaches the program that started it, which stops it
         # in order, instead of killing Redis first under a worker still using it.
         self.process = subprocess.Popen(
@@ -114,7 +136,12 @@ class RedisServer:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 err = self.process.stderr.read().decode() if self.process.stderr else ""
-                raise RuntimeError(f"redis-server exited at start: {err or self._log_tail()}")
+                err = err or self._log_tail()
+                if self.process.stderr is not None:
+                    self.process.stderr.close()
+                if "Address already in use" in err:
+                    raise PortTaken(err)
+                raise RuntimeError(f"redis-server exited at start: {err}")
             if self._ping():
                 return
             time.sleep(0.02)
@@ -137,8 +164,15 @@ class RedisServer:
             sock.sendall(f"AUTH {self.password}\r\n".encode())
             if not sock.recv(64).startswith(b"+OK"):
                 return False
-        sock.sendall(b"PING\r\n")
-        return sock.recv(64).startswith(b"+PONG")
+        # INFO's process_id, not a PONG: a server of another test process may hold the port.
+        sock.sendall(b"INFO server\r\n")
+        reply = b""
+        while b"process_id:" not in reply or not reply.endswith(b"\r\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                return False
+            reply += chunk
+        return self.process is not None and f"process_id:{self.process.pid}\r\n".encode() in reply
 
     def _log_tail(self) -> str:
         if self.directory is None:
@@ -180,7 +214,7 @@ class RedisClusterServers:
     def __init__(self, masters: int = 3) -> None:
         self.nodes = [
             RedisServer(
-                port=free_port(below=55535),
+                pick_port=lambda: free_port(below=55535),
                 extra_args=["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"],
             )
             for _ in range(masters)
