@@ -2,17 +2,27 @@
 
 Every setting has a snake_case name and the variable ``TOKENWIRE_`` + its name in capitals. An unknown
 key or a bad value is a :class:`SettingsError` naming the key, never a silent default.
+
+Kubernetes adds ``<SERVICE>_SERVICE_HOST``, ``<SERVICE>_SERVICE_PORT…`` and ``<SERVICE>_PORT…`` variables
+to every pod for every Service of its namespace (unless the pod sets ``enableServiceLinks: false``); for a
+Service named ``tokenwire`` or ``tokenwire-*`` they start with ``TOKENWIRE_``. A variable that is not a
+setting but has both the name and the value of such a link is skipped (and logged at debug level); a real
+setting always wins and keeps its validation.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import SplitResult, parse_qs, quote, unquote, unquote_plus, urlsplit, urlunsplit
 
 import msgspec
+import structlog
 
 __all__ = ["DEEPINFRA", "Provider", "Settings", "SettingsError", "load_settings"]
 
@@ -22,6 +32,11 @@ CONFIG_ENV = "TOKENWIRE_CONFIG"
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 HttpUrl = Annotated[str, msgspec.Meta(pattern=r"^https?://")]
+BindHost = Annotated[
+    str, msgspec.Meta(pattern=r"^(?:[A-Za-z0-9_][A-Za-z0-9_.-]*|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*)$")
+]
+
+log = structlog.get_logger("tokenwire.settings")
 
 
 class Provider(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -61,6 +76,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Every knob of a worker process. Times are in seconds."""
 
     redis_url: str = "redis://localhost:6379/0"
+    # With a URL that carries no password: the password, kept out of the URL (Kubernetes reads both it and
+    # KEDA's from one Secret key). It is folded into ``redis_url``, percent-encoded, when loaded.
+    redis_password: str | None = None
     redis_cluster: bool = False
     prefix: Annotated[str, msgspec.Meta(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")] = "tokenwire"
     consumer_name: str | None = None
@@ -81,6 +99,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     running_ttl_seconds: PositiveInt = 86400
     events_maxlen: PositiveInt = 100_000
     block_seconds: PositiveFloat = 5.0
+    # Where /metrics, /healthz, /readyz listen: loopback unless a probe or scraper must reach them from
+    # outside (the Kubernetes manifests set 0.0.0.0).
+    metrics_host: BindHost = "127.0.0.1"
     metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
     default_provider: str = "deepinfra"
     max_payload_bytes: PositiveInt = 1_048_576
@@ -95,10 +116,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     providers: dict[str, Provider] = msgspec.field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        problem = redis_url_problem(self.redis_url, cluster=self.redis_cluster)
+        if problem is not None:
+            raise _InvalidSetting("redis_url", problem)
+        if self.redis_password:
+            if _url_password(self.redis_url) not in (None, self.redis_password):
+                raise _InvalidSetting("redis_password", "redis_url carries a password too: give it once")
+            msgspec.structs.force_setattr(
+                self, "redis_url", _with_password(self.redis_url, self.redis_password)
+            )
         if self.default_provider not in self.all_providers():
-            raise ValueError(f"default_provider {self.default_provider!r} is not a configured provider")
+            raise _InvalidSetting(
+                "default_provider", f"{self.default_provider!r} is not a configured provider"
+            )
         if self.default_max_tokens > self.max_tokens_cap:
-            raise ValueError("default_max_tokens is above max_tokens_cap")
+            raise _InvalidSetting("default_max_tokens", "above max_tokens_cap")
 
     def all_providers(self) -> dict[str, Provider]:
         """Configured providers, with the built-in ``deepinfra`` unless the file redefines it."""
@@ -107,19 +139,225 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     def redacted_redis_url(self) -> str:
         return redact_url(self.redis_url)
 
+    def __repr__(self) -> str:
+        """Every field, with the Redis password hidden (a repr ends up in logs and tracebacks)."""
+        shown = {name: getattr(self, name) for name in self.__struct_fields__}
+        shown["redis_url"] = self.redacted_redis_url()
+        if self.redis_password:
+            shown["redis_password"] = "***"
+        return f"Settings({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
+
 
 class SettingsError(ValueError):
     """A setting is unknown or has a bad value; the message names the key and where it came from."""
 
 
+class _InvalidSetting(ValueError):
+    """Raised by :meth:`Settings.__post_init__` so that the loader can name the key it came from."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+        self.problem = problem
+
+
+# --------------------------------------------------------------------------------------- Redis URLs
+
+_SCHEME_PREFIX = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:(?://)?")
+_HOST_NAME = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?\.?$")
+_URL_FORMS = "redis://[[user]:password@]host[:port][/db], rediss://… (TLS) or unix:///path/to/redis.sock"
+_ENCODE_HINT = " (a '/', '?' or '#' in the user name or password must be percent-encoded: %2F, %3F, %23)"
+
+
 def redact_url(url: str) -> str:
-    """``redis://user:secret@host`` → ``redis://user:***@host``: passwords never reach logs."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    creds, _, host = rest.rpartition("@")
-    user, has_pw, _ = creds.partition(":")
-    return f"{scheme}://{user}{':***' if has_pw else ''}@{host}" if has_pw else f"{scheme}://***@{host}"
+    """``redis://user:secret@host`` → ``redis://user:***@host``, and ``?password=secret`` → ``?password=***``.
+
+    Safe on any text, well-formed or not: everything between the scheme and the *last* ``@`` is taken as
+    credentials (so a password holding ``/``, ``#``, ``?`` or ``@`` is hidden whole), and every query
+    parameter whose name contains ``password`` (any case, percent-decoded) loses its value.
+    """
+    match = _SCHEME_PREFIX.match(url)
+    head = match.group(0) if match else ""
+    rest = url[len(head) :]
+    creds, at, tail = rest.rpartition("@")
+    if at:
+        user, has_password, _ = creds.partition(":")
+        rest = f"{user}:***@{tail}" if has_password else f"***@{tail}"
+    return head + _redact_query(rest)
+
+
+def _redact_query(text: str) -> str:
+    base, question, query = text.partition("?")
+    if not question:
+        return text
+    query, hash_mark, _ = query.partition("#")
+    items = []
+    for item in query.split("&"):
+        name, equals, _ = item.partition("=")
+        items.append(f"{name}=***" if equals and "password" in unquote_plus(name).lower() else item)
+    return f"{base}?{'&'.join(items)}{'#***' if hash_mark else ''}"
+
+
+def redis_url_problem(url: str, *, cluster: bool = False) -> str | None:
+    """Why ``url`` is not a Redis URL redis-py reads as written, or None. Never shows a password.
+
+    Accepts what redis-py accepts (``redis://``, ``rediss://``, ``unix://``, credentials, ``/db``, query
+    options), and refuses what it would misread silently: no host (redis-py would use localhost), one
+    slash, a ``/db`` that is not a number (it would use 0), a ``unix://`` URL whose path starts with a host.
+    """
+    shown = repr(redact_url(url))
+    if not url or url != url.strip() or not url.isprintable():
+        return f"{shown} has spaces or control characters around or in it"
+    scheme, colon, rest = url.partition(":")
+    if not colon or scheme.lower() not in ("redis", "rediss", "unix"):
+        return f"{shown} is not a Redis URL: write {_URL_FORMS}"
+    if not rest.startswith("//"):
+        fixed = redact_url(f"{scheme}://{rest.lstrip('/')}")
+        return f"{shown}: write two slashes after {scheme + ':'!r}, as in {fixed!r}"
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return f"{shown}: the brackets around the host do not hold an IPv6 address"
+    hint = _ENCODE_HINT if "@" in rest and "@" not in parts.netloc else ""
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if port is not None and not 1 <= port <= 65535:
+        return f"{shown}: the port is not a number from 1 to 65535{hint}"
+    problem = _unix_problem(parts, cluster) if parts.scheme == "unix" else _tcp_problem(parts, cluster)
+    if problem is not None:
+        return f"{shown}: {problem}{hint}"
+    refusal = _redis_py_refusal(url, parts, cluster)
+    return None if refusal is None else f"{shown}: {refusal}{hint}"
+
+
+def _unix_problem(parts: SplitResult, cluster: bool) -> str | None:
+    if parts.hostname or parts.port is not None:
+        return "a unix:// URL names a socket path after three slashes, as in unix:///run/redis/redis.sock"
+    if parts.path in ("", "/"):
+        return "no socket path: write unix:///path/to/redis.sock"
+    if cluster:
+        return "a Redis Cluster is not reached through a unix socket (redis_cluster is on)"
+    return None
+
+
+def _tcp_problem(parts: SplitResult, cluster: bool) -> str | None:
+    host = parts.hostname
+    if not host:
+        return f"no host: write {parts.scheme}://host[:port][/db]"
+    if not (_is_ip(host) or _HOST_NAME.match(host)):
+        return "the host is neither a host name nor an IP address"
+    path = parts.path
+    if path not in ("", "/") and not re.fullmatch(r"/[0-9]+/?", path):
+        return "what follows the host must be a database number, as in /0"
+    if cluster and path.strip("/") and int(path.strip("/")) != 0:
+        return "a Redis Cluster has only database 0 (redis_cluster is on)"
+    return None
+
+
+def _redis_py_refusal(url: str, parts: SplitResult, cluster: bool) -> str | None:
+    """Ask redis-py itself (building a client, which does no I/O) whether it accepts the options."""
+    from redis.asyncio import BlockingConnectionPool, RedisCluster
+    from redis.exceptions import RedisClusterException, RedisError
+
+    try:
+        if cluster:
+            RedisCluster.from_url(url)
+        else:
+            pool = BlockingConnectionPool.from_url(url)
+            pool.connection_class(**pool.connection_kwargs)
+    except (TypeError, ValueError, RedisError, RedisClusterException) as exc:
+        # name the option redis-py complains about, and only when it is one of the URL's option names
+        named = re.search(r"'([A-Za-z0-9_]+)'", str(exc))
+        options = parse_qs(parts.query)
+        option = named.group(1) if named and named.group(1) in options else None
+        if option is None:
+            return "redis-py does not accept its options"
+        if isinstance(exc, TypeError):
+            return f"redis-py has no option {option!r}"
+        return f"the option {option!r} has a value redis-py does not accept"
+    return None
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _url_password(url: str) -> str | None:
+    parts = urlsplit(url)
+    if parts.password:
+        return unquote(parts.password)
+    values = parse_qs(parts.query).get("password")
+    return values[0] if values else None
+
+
+def _with_password(url: str, password: str) -> str:
+    """``url`` with ``password`` (percent-encoded) in its credentials, keeping any user name."""
+    parts = urlsplit(url)
+    creds, at, hostport = parts.netloc.rpartition("@")
+    user = creds.partition(":")[0] if at else ""
+    netloc = f"{user}:{quote(password, safe='')}@{hostport}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+# ------------------------------------------------------------------------ Kubernetes service links
+
+_SERVICE = re.escape(ENV_PREFIX.rstrip("_")) + r"(?:_[A-Z0-9_]+)?"
+_LINK_PORT = r"_PORT_(?P<port>[0-9]+)_(?P<proto>TCP|UDP|SCTP)"
+_LINK_NAMES = (
+    (re.compile(_SERVICE + r"_SERVICE_HOST"), "ip"),
+    (re.compile(_SERVICE + r"_SERVICE_PORT(?:_[A-Z0-9_]+)?"), "port"),
+    (re.compile(_SERVICE + r"_PORT"), "link"),
+    (re.compile(_SERVICE + _LINK_PORT), "link"),
+    (re.compile(_SERVICE + _LINK_PORT + r"_PROTO"), "proto"),
+    (re.compile(_SERVICE + _LINK_PORT + r"_PORT"), "port"),
+    (re.compile(_SERVICE + _LINK_PORT + r"_ADDR"), "ip"),
+)
+_LINK_VALUE = re.compile(
+    r"(?P<proto>tcp|udp|sctp)://(?:\[(?P<ip6>[0-9A-Fa-f:.]+)\]|(?P<ip4>[0-9.]+)):(?P<port>[0-9]+)"
+)
+
+
+def is_service_link(name: str, value: str) -> bool:
+    """Whether ``name=value`` is a variable Kubernetes adds for a Service (by its name *and* its value).
+
+    ``TOKENWIRE_WORKER_METRICS_SERVICE_HOST=10.0.0.7``, ``..._SERVICE_PORT[_<PORT NAME>]=9464``,
+    ``..._PORT=tcp://10.0.0.7:9464``, ``..._PORT_9464_TCP=tcp://10.0.0.7:9464`` and its ``_PROTO``,
+    ``_PORT`` and ``_ADDR`` parts. IPv6 cluster addresses are bracketed in the ``tcp://`` forms.
+    """
+    for pattern, kind in _LINK_NAMES:
+        match = pattern.fullmatch(name)
+        if match is None:
+            continue
+        groups = match.groupdict()
+        if kind == "ip" and _is_ip(value):
+            return True
+        if kind == "port" and _is_port(value) and value == groups.get("port", value):
+            return True
+        if kind == "proto" and value == groups["proto"].lower():
+            return True
+        if kind == "link" and _is_link(value, groups.get("port"), groups.get("proto")):
+            return True
+    return False
+
+
+def _is_port(text: str) -> bool:
+    return text.isascii() and text.isdigit() and not text.startswith("0") and int(text) <= 65535
+
+
+def _is_link(value: str, port: str | None, proto: str | None) -> bool:
+    match = _LINK_VALUE.fullmatch(value)
+    if match is None or not _is_port(match["port"]):
+        return False
+    ip = match["ip6"] or match["ip4"]
+    if not _is_ip(ip) or (match["ip6"] is not None) != (":" in ip):
+        return False
+    return (port is None or match["port"] == port) and (proto is None or match["proto"] == proto.lower())
 
 
 _FIELDS = {f.name: f for f in msgspec.structs.fields(Settings)}
@@ -134,18 +372,26 @@ def load_settings(
     path = env.get(CONFIG_ENV)
     if path:
         raw.update(_read_toml(Path(path)))
+    links = []
     for name, value in env.items():
         if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
             continue
         key = name[len(ENV_PREFIX) :].lower()
-        if key not in _FIELDS or key == "providers":
+        if key in _FIELDS and key != "providers":
+            raw[key] = value
+        elif is_service_link(name, value):
+            links.append(name)
+        else:
             raise SettingsError(f"{name}: unknown setting (known: {', '.join(sorted(_env_names()))})")
-        raw[key] = value
     from_env = {k for k in raw if ENV_PREFIX + k.upper() in env}
     if overrides:
         raw.update(overrides)
         from_env -= set(overrides)
-    return _convert(raw, path, from_env)
+    settings = _convert(raw, path, from_env, env)
+    if structlog.is_configured():  # before the entry point configures logging, a line would go to stdout
+        for name in sorted(links):
+            log.debug("ignored a Kubernetes service-link variable", variable=name)
+    return settings
 
 
 def _env_names() -> list[str]:
@@ -166,7 +412,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _convert(raw: dict[str, Any], path: str | None, from_env: set[str]) -> Settings:
+def _convert(raw: dict[str, Any], path: str | None, from_env: set[str], env: Mapping[str, str]) -> Settings:
     providers = raw.pop("providers", {})
     if not isinstance(providers, dict):
         raise SettingsError(f"providers: expected a table of providers (config {path})")
@@ -179,12 +425,22 @@ def _convert(raw: dict[str, Any], path: str | None, from_env: set[str]) -> Setti
     try:
         return msgspec.convert({**raw, "providers": converted}, Settings, strict=False)
     except msgspec.ValidationError as exc:
-        key = _where(exc).lstrip(".")
+        cause = exc.__cause__
+        if isinstance(cause, _InvalidSetting):
+            key, problem = cause.key, cause.problem
+        else:
+            key, problem = _where(exc).lstrip("."), str(exc)
         origin = "" if key in from_env or path is None else f" (config {path})"
         if not key:
-            raise SettingsError(f"invalid settings: {exc}{origin}") from None
+            raise SettingsError(f"invalid settings: {problem}{origin}") from None
         name = f"{ENV_PREFIX}{key.upper()}" if key in from_env else key
-        raise SettingsError(f"setting {name}: {exc}{origin}") from None
+        if key in from_env and is_service_link(name, env[name]):
+            service = name[len(ENV_PREFIX) :].rpartition("_PORT")[0].lower().replace("_", "-")
+            origin += (
+                f" (this is the variable Kubernetes adds for a Service named tokenwire-{service}:"
+                " set enableServiceLinks: false in the pod spec, or rename the Service)"
+            )
+        raise SettingsError(f"setting {name}: {problem}{origin}") from None
 
 
 def _where(exc: Exception) -> str:
