@@ -91,11 +91,12 @@ async def serve_metrics(
     metrics: Metrics,
     port: int,
     *,
+    host: str,
     ready: Callable[[], Awaitable[str | None]],
     stale_after: float,
-    host: str = "0.0.0.0",
 ) -> web.AppRunner:
-    """Start the endpoints; ``ready()`` returns None when ready, else why not."""
+    """Start the endpoints on ``host`` (the ``metrics_host`` setting); ``ready()`` returns None when
+    ready, else why not."""
 
     async def metrics_handler(_: web.Request) -> web.Response:
         return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -151,8 +151,9 @@ class Worker:
         port = self.settings.metrics_port
         if not port:
             return None
-        runner = await serve_metrics(self.metrics, port, ready=self._not_ready, stale_after=10.0)
-        log.info("metrics and health endpoints up", port=port, paths="/metrics /healthz /readyz")
+        host = self.settings.metrics_host
+        runner = await serve_metrics(self.metrics, port, host=host, ready=self._not_ready, stale_after=10.0)
+        log.info("metrics and health endpoints up", host=host, port=port, paths="/metrics /healthz /readyz")
         return runner
 
     async def _heartbeat(self) -> None:
