@@ -210,7 +210,7 @@ async def _status(args: argparse.Namespace, settings: Settings) -> int:
         state = await client.status(args.job_id)
     if state is None:
         raise CliError(f"no job {args.job_id!r}: never enqueued, or expired", EXIT_NOT_FOUND)
-    print(msgspec.json.format(msgspec.json.encode(state), indent=2).decode())
+    print(msgspec.json.format(msgspec.json.encode(state.raw), indent=2).decode())
     return 0
 
 

@@ -6,6 +6,8 @@
     job_id = await client.enqueue(model="meta-llama/Meta-Llama-3-8B-Instruct", input="Hello")
     async for item in client.subscribe(job_id):
         print(item.id, item.event)
+
+It needs only redis and msgspec: importing it loads no HTTP client and no worker machinery.
 """
 
 from __future__ import annotations
@@ -17,16 +19,90 @@ from typing import Any
 import msgspec
 from redis.asyncio import Redis
 
-from .events import Done, Error, Event, Start, decode_event, is_terminal
-from .jobs import Job, encode_job, new_job_id
+from .events import (
+    Cancelled,
+    Done,
+    Error,
+    Event,
+    MalformedEvent,
+    Start,
+    UnknownEvent,
+    decode_event,
+    event_type,
+    is_terminal,
+)
+from .jobs import InvalidJob, Job, decode_job, encode_job, new_job_id
 from .keys import Keys, as_text
-from .store import JobStore
+from .store import JobStore, job_digest
 
-__all__ = ["Client", "JobNotFound", "Received", "SubscriptionTimeout"]
+__all__ = [
+    "Client",
+    "JobCancelled",
+    "JobConflict",
+    "JobFailed",
+    "JobNotFound",
+    "JobStatus",
+    "Received",
+    "SubscriptionTimeout",
+]
 
 
 class JobNotFound(LookupError):
     """No job with this id: never enqueued, or its keys expired after it ended."""
+
+
+class JobConflict(InvalidJob):
+    """The id already names a different job (enqueueing the same job again is not an error)."""
+
+
+class JobFailed(RuntimeError):
+    """The job ended with an ``error`` event, which ``event`` holds."""
+
+    def __init__(self, event: Error) -> None:
+        super().__init__(f"job {event.job_id!r} failed: [{event.code}] {event.message}")
+        self.event = event
+
+
+class JobCancelled(RuntimeError):
+    """The job ended with a ``cancelled`` event, which ``event`` holds."""
+
+    def __init__(self, event: Cancelled) -> None:
+        super().__init__(f"job {event.job_id!r} was cancelled: {event.reason}")
+        self.event = event
+
+
+class JobStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """A job's state hash (``P:job:{ID}``), typed. Times are Unix milliseconds; a field is None
+    until the job reaches the step that sets it. ``raw`` is the hash exactly as stored (with any
+    field this version does not know)."""
+
+    state: str
+    """``queued``, ``running``, ``done``, ``error`` or ``cancelled``."""
+    attempt: int = 0
+    """The current (or last) attempt; 0 while queued."""
+    model: str = ""
+    api: str = ""
+    provider: str = ""
+    """As the job named it (empty for the default) until a worker starts it, then as resolved."""
+    created: int | None = None
+    started: int | None = None
+    """When the current attempt started."""
+    finished: int | None = None
+    entry: str | None = None
+    """The job stream entry that carries the job."""
+    owner: str | None = None
+    """The consumer (worker) that runs or ran the current attempt."""
+    tokens: int | None = None
+    """Token events of the attempt that ended the job."""
+    finish_reason: str | None = None
+    confidence: float | None = None
+    escalated_from: str | None = None
+    error_code: str | None = None
+    cancel_reason: str | None = msgspec.field(default=None, name="cancel")
+    """Set when a cancellation was requested."""
+    terminal_id: str | None = None
+    """The stream id of the terminal event."""
+    raw: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class SubscriptionTimeout(TimeoutError):
@@ -41,13 +117,14 @@ class Received(msgspec.Struct, frozen=True):
     """
 
     id: str
-    event: Event
+    event: Event | UnknownEvent
     restarted: bool = False
     raw: bytes = b""
 
     @property
     def type(self) -> str:
-        return type(self.event).__name__.lower()
+        """The event's ``type``, also for an :class:`~worker.UnknownEvent`."""
+        return event_type(self.event)
 
 
 class Client:
@@ -85,20 +162,31 @@ class Client:
         await self.aclose()
 
     async def enqueue(self, job: Job | None = None, **fields: Any) -> str:
-        """Enqueue ``job`` (or a job built from keyword fields); returns its id.
+        """Enqueue ``job`` (or a job built from keyword fields, named as in the job schema); returns
+        its id.
 
-        Enqueueing an id that already exists returns that id and enqueues nothing.
+        Raises :class:`~worker.InvalidJob`, naming the field, for a job the schema rejects.
+        Enqueueing an id that already exists with the same job returns that id and enqueues nothing;
+        with a different job it raises :class:`JobConflict`. Jobs are compared as encoded
+        canonically: defaults written or left out, and the order of keys, make no difference.
         """
-        if job is None:
-            job = msgspec.convert(fields, Job)
-        elif fields:
+        if job is not None and fields:
             raise TypeError("pass a Job or keyword fields, not both")
+        job = _validated(job, fields)
         if job.id is None:
             job = msgspec.structs.replace(job, id=new_job_id())
         job_id = job.id
         assert job_id is not None
-        created, state, entry = await self.store.create(job_id, job.model, job.api, job.provider or "")
-        if not created and (entry or state != "queued"):
+        outcome, state, entry = await self.store.create(
+            job_id, job.model, job.api, job.provider or "", digest=job_digest(job)
+        )
+        if outcome == "conflict":
+            raise JobConflict(
+                f"job id {job_id!r} is taken by a different job ({state}): enqueue the same job "
+                "to get that one, or choose another id",
+                job_id=job_id,
+            )
+        if outcome == "exists" and (entry or state != "queued"):
             return job_id
         entry_id = await self.redis.xadd(self.keys.jobs, {"job": encode_job(job)})
         await self.store.record_entry(job_id, as_text(entry_id))
@@ -113,16 +201,25 @@ class Client:
             await self.redis.publish(f"{self.keys.prefix}:cancel", f"{job_id}\n{reason}")
         return outcome
 
-    async def status(self, job_id: str) -> dict[str, str] | None:
-        """The job's state hash (``state``, ``attempt``, ``tokens``, ...), or None if unknown."""
-        return await self.store.status(job_id)
+    async def status(self, job_id: str) -> JobStatus | None:
+        """The job's state (:class:`JobStatus`), or None for an unknown or expired job. Raises
+        ``ValueError`` naming the field when the hash holds what no tokenwire writes."""
+        fields = await self.store.status(job_id)
+        if fields is None:
+            return None
+        try:
+            return msgspec.convert({**fields, "raw": fields}, JobStatus, strict=False)
+        except msgspec.ValidationError as exc:
+            raise ValueError(f"job {job_id!r}: unreadable state hash: {exc}") from None
 
     async def subscribe(
         self, job_id: str, *, after: str | None = None, timeout: float | None = None
     ) -> AsyncIterator[Received]:
         """Every event of the job from the first (or from after event id ``after``), live, ending
-        after the terminal event. Raises :class:`JobNotFound` for an unknown or expired job and
-        :class:`SubscriptionTimeout` when ``timeout`` seconds pass first."""
+        after the terminal event. Raises :class:`JobNotFound` for an unknown or expired job,
+        :class:`SubscriptionTimeout` when ``timeout`` seconds pass first, and
+        :class:`~worker.MalformedEvent` (naming the event id) for an event it cannot read. An event
+        of a type this version does not know arrives as an :class:`~worker.UnknownEvent`."""
         key = self.keys.events(job_id)
         last = after or "0-0"
         attempt = 0
@@ -135,8 +232,7 @@ class Client:
                 continue
             for entry_id, fields in reply[0][1]:
                 last = as_text(entry_id)
-                raw = fields[b"event"]
-                event = decode_event(raw)
+                raw, event = _read_entry(job_id, last, fields)
                 restarted = isinstance(event, Start) and attempt > 0 and event.attempt > attempt
                 attempt = max(attempt, event.attempt)
                 yield Received(last, event, restarted, raw)
@@ -155,9 +251,55 @@ class Client:
         if not await self.redis.exists(self.keys.state(job_id), self.keys.events(job_id)):
             raise JobNotFound(f"no job {job_id!r}: never enqueued, or expired after it ended")
 
-    async def result(self, job_id: str, *, timeout: float | None = None) -> Done | Error | Event:
-        """Wait for the job's terminal event and return it (``Done``, ``Error`` or ``Cancelled``)."""
-        async for item in self.subscribe(job_id, timeout=timeout):
+    async def result(self, job_id: str, *, timeout: float | None = None) -> Done:
+        """Wait for the job's outcome and return its ``done`` event. Raises :class:`JobFailed` or
+        :class:`JobCancelled`, carrying the terminal event, when it ended otherwise, and as
+        :meth:`subscribe` does. Reads only from the stream's last event on."""
+        top: Any = await self.redis.xrevrange(self.keys.events(job_id), count=1)
+        after = None
+        if top:
+            after = as_text(top[0][0])
+            _, event = _read_entry(job_id, after, top[0][1])
+            if is_terminal(event):
+                return _outcome(event)
+        async for item in self.subscribe(job_id, after=after, timeout=timeout):
             if is_terminal(item.event):
-                return item.event
+                return _outcome(item.event)
         raise AssertionError("unreachable: subscribe ends on the terminal event")  # pragma: no cover
+
+
+def _validated(job: Job | None, fields: dict[str, Any]) -> Job:
+    """The job with every constraint of the schema checked (building a :class:`Job` in Python
+    checks none of them): :class:`~worker.InvalidJob` naming the field otherwise."""
+    try:
+        raw = msgspec.json.encode(job if job is not None else fields)
+    except (TypeError, ValueError):
+        items = fields if job is None else msgspec.structs.asdict(job)
+        name = next((k for k, v in items.items() if not _encodes(v)), "?")
+        raise InvalidJob(f"invalid job: `{name}` holds a value JSON cannot carry") from None
+    return decode_job(raw)
+
+
+def _encodes(value: Any) -> bool:
+    try:
+        msgspec.json.encode(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _read_entry(job_id: str, entry_id: str, fields: dict[bytes, bytes]) -> tuple[bytes, Event | UnknownEvent]:
+    """An event stream entry's raw JSON and event; :class:`~worker.MalformedEvent` naming it."""
+    raw = fields.get(b"event")
+    if raw is None:
+        raise MalformedEvent("the entry has no `event` field", event_id=entry_id, job_id=job_id)
+    return raw, decode_event(raw, event_id=entry_id, job_id=job_id)
+
+
+def _outcome(event: Event | UnknownEvent) -> Done:
+    if isinstance(event, Error):
+        raise JobFailed(event)
+    if isinstance(event, Cancelled):
+        raise JobCancelled(event)
+    assert isinstance(event, Done)
+    return event

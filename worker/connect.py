@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
-import httpx
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
@@ -12,6 +11,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .settings import Settings
+
+if TYPE_CHECKING:  # imported where used: a producer's Client.from_url loads no HTTP client
+    import httpx
 
 __all__ = ["http_client", "redis_client"]
 
@@ -49,6 +51,8 @@ def redis_client(
 def http_client(settings: Settings) -> httpx.AsyncClient:
     """The upstream HTTP client. It has no read timeout: stalls are detected per stream by
     :mod:`worker.upstream.stall` (``stall_timeout_seconds``), which costs no timer per chunk."""
+    import httpx
+
     timeout = httpx.Timeout(
         connect=settings.connect_timeout_seconds,
         read=None,

@@ -8,7 +8,7 @@ from redis.asyncio import Redis
 
 from .jobs import InvalidJob, decode_job
 from .keys import Keys, as_text
-from .store import JobStore
+from .store import JobStore, job_digest
 
 __all__ = ["list_dead", "purge_dead", "redrive"]
 
@@ -57,7 +57,7 @@ async def _reset(redis: Redis, store: JobStore, payload: bytes) -> str | None:
     if job.id is None:
         return None
     await redis.delete(store.keys.state(job.id), store.keys.events(job.id))
-    await store.create(job.id, job.model, job.api, job.provider or "")
+    await store.create(job.id, job.model, job.api, job.provider or "", digest=job_digest(job))
     return job.id
 
 

@@ -3,15 +3,19 @@
 Every event has ``type``, ``job_id`` and ``attempt``. A ``start`` with a higher ``attempt`` than the
 events before it means the job was retried: subscribers discard the earlier attempt's tokens. Exactly
 one terminal event (``done``, ``error`` or ``cancelled``) ends every job.
+
+:func:`decode_event` returns an :class:`UnknownEvent` for a well-formed event of a type this version does
+not know (later versions add types), and raises :class:`MalformedEvent` for anything else it cannot read.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
 __all__ = [
+    "KNOWN_TYPES",
     "TERMINAL_TYPES",
     "Cancelled",
     "Done",
@@ -19,14 +23,17 @@ __all__ = [
     "Escalation",
     "Event",
     "LowSpan",
+    "MalformedEvent",
     "Start",
     "Summary",
     "Token",
     "TopLogprob",
     "TopkMetrics",
+    "UnknownEvent",
     "Usage",
     "decode_event",
     "encode_event",
+    "event_type",
     "is_terminal",
 ]
 
@@ -188,20 +195,100 @@ class Cancelled(_Base, frozen=True, kw_only=True):
 
 
 Event = Start | Token | Done | Error | Cancelled
+"""The event types this version knows (the published schema)."""
+
 TERMINAL_TYPES: frozenset[str] = frozenset({"done", "error", "cancelled"})
+KNOWN_TYPES: frozenset[str] = frozenset({"start", "token", "done", "error", "cancelled"})
+
+# A type a later version may add: a short snake_case word, as every type is.
+EventType = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*$")]
+
+
+class UnknownEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """An event of a type this version does not know, passed on opaque so that a consumer built
+    today keeps working when a later version adds event types: skip it, or read :attr:`data`.
+
+    It has the fields every event has (``type``, ``job_id``, ``attempt``) and ``raw``, its JSON
+    exactly as stored. It is never terminal.
+    """
+
+    type: str
+    job_id: str
+    attempt: int
+    raw: bytes
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """The event's JSON object, decoded."""
+        return dict(msgspec.json.decode(self.raw))
+
+
+class MalformedEvent(ValueError):
+    """An event that cannot be read: not JSON, no ``type``, or a known type with bad fields.
+
+    ``event_id`` is its stream id and ``job_id`` its job, when the reader knows them.
+    """
+
+    def __init__(self, reason: str, *, event_id: str | None = None, job_id: str | None = None) -> None:
+        where = "" if event_id is None else f" {event_id}"
+        of = "" if job_id is None else f" of job {job_id!r}"
+        super().__init__(f"malformed event{where}{of}: {reason}")
+        self.reason = reason
+        self.event_id = event_id
+        self.job_id = job_id
+
+
+class _Typed(msgspec.Struct):
+    type: EventType
+
+
+class _Opaque(msgspec.Struct, kw_only=True):
+    type: EventType
+    job_id: str
+    attempt: int
+
 
 _ENCODER = msgspec.json.Encoder()
 _DECODER: msgspec.json.Decoder[Event] = msgspec.json.Decoder(Event)
+_TYPE_DECODER = msgspec.json.Decoder(_Typed)
+_OPAQUE_DECODER = msgspec.json.Decoder(_Opaque)
 
 
 def encode_event(event: Event) -> bytes:
     return _ENCODER.encode(event)
 
 
-def decode_event(raw: bytes | str) -> Event:
-    return _DECODER.decode(raw)
+def decode_event(
+    raw: bytes | str, *, event_id: str | None = None, job_id: str | None = None
+) -> Event | UnknownEvent:
+    """The event in ``raw``: a known type, else :class:`UnknownEvent`. Raises
+    :class:`MalformedEvent` (naming ``event_id`` and ``job_id`` when given) for what cannot be read."""
+    try:
+        return _DECODER.decode(raw)
+    except msgspec.DecodeError as exc:
+        if not isinstance(exc, msgspec.ValidationError):
+            raise MalformedEvent(f"not valid JSON: {exc}", event_id=event_id, job_id=job_id) from None
+        invalid = exc
+    # Off the hot path: only an event the known types reject gets here.
+    try:
+        kind = _TYPE_DECODER.decode(raw).type
+    except msgspec.DecodeError as exc:
+        raise MalformedEvent(f"no valid `type`: {exc}", event_id=event_id, job_id=job_id) from None
+    if kind in KNOWN_TYPES:
+        raise MalformedEvent(f"bad {kind!r} event: {invalid}", event_id=event_id, job_id=job_id)
+    try:
+        opaque = _OPAQUE_DECODER.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise MalformedEvent(f"bad {kind!r} event: {exc}", event_id=event_id, job_id=job_id) from None
+    data = raw.encode() if isinstance(raw, str) else bytes(raw)
+    return UnknownEvent(type=kind, job_id=opaque.job_id, attempt=opaque.attempt, raw=data)
 
 
-def is_terminal(event: Event | dict[str, Any]) -> bool:
-    kind = event.get("type") if isinstance(event, dict) else type(event).__name__.lower()
+def event_type(event: Event | UnknownEvent) -> str:
+    """The event's ``type`` as written on the stream."""
+    return event.type if isinstance(event, UnknownEvent) else type(event).__name__.lower()
+
+
+def is_terminal(event: Event | UnknownEvent | dict[str, Any]) -> bool:
+    kind = event.get("type") if isinstance(event, dict) else event_type(event)
     return kind in TERMINAL_TYPES

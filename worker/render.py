@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import TextIO
 
-from .events import Cancelled, Done, Error, Event, Start, Token
+from .events import Cancelled, Done, Error, Event, Start, Token, UnknownEvent
 
 __all__ = ["TerminalView", "shade"]
 
@@ -35,7 +35,8 @@ class TerminalView:
         self.out = out
         self.color = color
 
-    def show(self, event: Event) -> None:
+    def show(self, event: Event | UnknownEvent) -> None:
+        """Show ``event``; an event of a type this version does not know shows nothing."""
         if isinstance(event, Start):
             self._start(event)
         elif isinstance(event, Token):

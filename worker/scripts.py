@@ -13,15 +13,22 @@ from typing import Final
 
 __all__ = ["ACK", "BEGIN", "CANCEL", "DEAD", "ENQUEUE", "FAIL", "FINISH", "REAP", "RENEW"]
 
-# KEYS: state. ARGV: now_ms, ttl_ms, model, api, provider.
-# Returns {"new", ""} or {"exists", state, entry}.
+# Create a job's state hash unless it exists. A new job keeps the digest of its canonical payload
+# (`job_sha256`); an existing one whose kept digest differs from this one is a conflict: another job
+# under the same id. (No digest kept, e.g. a job a worker created from a raw XADD: no comparison.)
+# KEYS: state. ARGV: now_ms, ttl_ms, model, api, provider, digest ('' to keep none).
+# Returns {"new", "queued", ""} | {"exists", state, entry} | {"conflict", state, entry}.
 ENQUEUE: Final = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if state then
-  return {'exists', state, redis.call('HGET', KEYS[1], 'entry') or ''}
+  local entry = redis.call('HGET', KEYS[1], 'entry') or ''
+  local digest = redis.call('HGET', KEYS[1], 'job_sha256')
+  if digest and ARGV[6] ~= '' and digest ~= ARGV[6] then return {'conflict', state, entry} end
+  return {'exists', state, entry}
 end
 redis.call('HSET', KEYS[1], 'state', 'queued', 'attempt', 0, 'created', ARGV[1],
            'model', ARGV[3], 'api', ARGV[4], 'provider', ARGV[5])
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'job_sha256', ARGV[6]) end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return {'new', 'queued', ''}
 """

@@ -5,6 +5,7 @@ Shared by the producer side (:class:`worker.Client`) and the worker, so both spe
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -14,9 +15,10 @@ from redis.asyncio import Redis
 
 from . import scripts
 from .events import Cancelled, Error, Event, Start, encode_event
+from .jobs import Job
 from .keys import Keys, as_text
 
-__all__ = ["BeginResult", "JobStore", "split_on_attempt"]
+__all__ = ["BeginResult", "JobStore", "job_digest", "split_on_attempt"]
 
 _TERMINAL_STATE = {"done": "done", "error": "error", "cancelled": "cancelled"}
 
@@ -35,6 +37,38 @@ def split_on_attempt(event: Event) -> tuple[bytes, bytes]:
     if not sep:  # pragma: no cover - the encoder always writes the field
         raise AssertionError("event has no attempt field")
     return head + b'"attempt":', tail
+
+
+_CANONICAL = msgspec.json.Encoder(order="sorted")
+
+
+def job_digest(job: Job) -> str:
+    """What the state hash keeps (``job_sha256``) to tell a re-enqueue of the same job from another
+    job under the same id: the sha256, in hex, of the job's canonical encoding, where a field equal
+    to its default is left out and keys are sorted, so that two jobs that mean the same have the
+    same digest however they were written."""
+    return hashlib.sha256(_CANONICAL.encode(_canonical(job))).hexdigest()
+
+
+def _canonical(value: Any) -> Any:
+    # msgspec's omit_defaults is no canonical form: it compares defaults by identity (an equal float
+    # read from JSON is written) and keeps a struct built by a default factory (``params: {}``).
+    if isinstance(value, msgspec.Struct):
+        out = {}
+        for field in msgspec.structs.fields(value):
+            item = getattr(value, field.name)
+            if field.default is not msgspec.NODEFAULT:
+                if item == field.default:
+                    continue
+            elif field.default_factory is not msgspec.NODEFAULT and item == field.default_factory():
+                continue
+            out[field.encode_name] = _canonical(item)
+        return out
+    if isinstance(value, list):
+        return [_canonical(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _canonical(item) for key, item in value.items()}
+    return value
 
 
 class BeginResult(msgspec.Struct, frozen=True):
@@ -66,13 +100,22 @@ class JobStore:
         self._fail = redis.register_script(scripts.FAIL)
         self._cancel = redis.register_script(scripts.CANCEL)
 
-    async def create(self, job_id: str, model: str, api: str, provider: str) -> tuple[bool, str, str]:
-        """Create the state hash unless it exists: (created, state, entry)."""
+    async def create(
+        self, job_id: str, model: str, api: str, provider: str, *, digest: str = ""
+    ) -> tuple[Literal["new", "exists", "conflict"], str, str]:
+        """Create the state hash unless it exists: (outcome, state, entry).
+
+        ``digest`` (:func:`job_digest`) is kept on a new job; an existing job whose kept digest
+        differs is a ``conflict`` (checked atomically with the creation).
+        """
         reply = await self._enqueue(
             keys=[self.keys.state(job_id)],
-            args=[now_ms(), self.running_ttl_ms, model, api, provider],
+            args=[now_ms(), self.running_ttl_ms, model, api, provider, digest],
         )
-        return as_text(reply[0]) == "new", as_text(reply[1]), as_text(reply[2])
+        outcome = as_text(reply[0])
+        if outcome not in ("new", "exists", "conflict"):  # pragma: no cover - the script returns only these
+            raise AssertionError(outcome)
+        return outcome, as_text(reply[1]), as_text(reply[2])  # type: ignore[return-value]
 
     async def record_entry(self, job_id: str, entry_id: str) -> None:
         await self.redis.hsetnx(self.keys.state(job_id), "entry", entry_id)

@@ -40,7 +40,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from tests.faults.invariants import check_invariants
 from worker.client import Client
 from worker.connect import redis_client
-from worker.events import Event, Start, decode_event, is_terminal
+from worker.events import Event, Start, UnknownEvent, decode_event, is_terminal
 from worker.keys import GROUP, Keys
 from worker.redisproc import RedisServer, free_port
 
@@ -445,7 +445,7 @@ class Harness:
 
     async def events(self, job_id: str) -> list[tuple[str, Event]]:
         raw: Any = await self.redis.xrange(self.keys.events(job_id), "-", "+")
-        return [(_s(entry_id), decode_event(fields[b"event"])) for entry_id, fields in raw]
+        return [(_s(entry_id), _known(fields[b"event"])) for entry_id, fields in raw]
 
     async def event_count(self, job_id: str) -> int:
         return int(await self.redis.xlen(self.keys.events(job_id)))
@@ -458,7 +458,7 @@ class Harness:
         raw: Any = await self.redis.xrevrange(self.keys.events(job_id), "+", "-", count=1)
         if not raw:
             return None
-        event = decode_event(raw[0][1][b"event"])
+        event = _known(raw[0][1][b"event"])
         return event if is_terminal(event) else None
 
     async def wait_tokens(self, job_id: str, n: int, timeout: float = 15.0) -> None:
@@ -548,3 +548,10 @@ class Harness:
 
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _known(raw: bytes) -> Event:
+    """An event the worker wrote: always of a type it knows."""
+    event = decode_event(raw)
+    assert not isinstance(event, UnknownEvent), f"the worker wrote an unknown event type {event.type!r}"
+    return event

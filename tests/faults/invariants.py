@@ -28,7 +28,7 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from worker.events import Event, Start, Token, decode_event, is_terminal
+from worker.events import Event, MalformedEvent, Start, Token, UnknownEvent, decode_event, is_terminal
 from worker.keys import GROUP, Keys
 
 __all__ = ["InvariantViolation", "check_invariants", "job_problems", "pending_problems"]
@@ -93,8 +93,11 @@ def _decode(raw: list[tuple[Any, dict[Any, Any]]]) -> tuple[list[_Entry], list[s
             continue
         try:
             event = decode_event(payload)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except MalformedEvent as exc:
             problems.append(f"entry {eid} is not a valid event: {exc}")
+            continue
+        if isinstance(event, UnknownEvent):  # the worker writes only the types it knows
+            problems.append(f"entry {eid} has an event type the worker never writes: {event.type!r}")
             continue
         entries.append(_Entry(eid, int(ms), int(seq), event))
     return entries, problems

@@ -32,6 +32,11 @@ async def collect(client: Client, job_id: str, *, after: str | None = None) -> l
     return [item async for item in client.subscribe(job_id, after=after, timeout=30)]
 
 
+async def state_name(client: Client, job_id: str) -> str | None:
+    status = await client.status(job_id)
+    return None if status is None else status.state
+
+
 async def settled(redis: Redis, keys: Keys) -> bool:
     """Nothing pending and nothing left on the job stream."""
     pending = (await redis.xpending(keys.jobs, GROUP))["pending"]
@@ -72,7 +77,7 @@ async def test_one_job_end_to_end(start_worker: StartWorker, client: Client, red
 
     keys = Keys(client.keys.prefix)
     state = await client.status(job_id)
-    assert state is not None and state["state"] == "done" and state["tokens"] == "31"
+    assert state is not None and state.state == "done" and state.tokens == 31
     # acknowledged (just after the terminal event), removed from the job stream, keys expire
     await wait_for(lambda: settled(redis, keys))
     for key in (keys.state(job_id), keys.events(job_id)):
@@ -133,7 +138,7 @@ async def test_acked_only_after_the_terminal_event(
         if isinstance(item.event, Token):
             break
     assert (await redis.xpending(keys.jobs, GROUP))["pending"] == 1
-    assert (await client.status(job_id) or {})["state"] == "running"
+    assert await state_name(client, job_id) == "running"
     await collect(client, job_id)
     await wait_for(lambda: settled(redis, keys))
 
@@ -243,7 +248,7 @@ async def test_a_worker_takes_only_as_many_jobs_as_it_has_slots(
 
     async def all_done() -> bool:
         seen_pending.append((await redis.xpending(keys.jobs, GROUP))["pending"])
-        states = [(await client.status(i) or {}).get("state") for i in ids]
+        states = [await state_name(client, i) for i in ids]
         return all(s == "done" for s in states)
 
     await wait_for(all_done, timeout=30)
@@ -263,7 +268,7 @@ async def test_event_streams_are_capped_and_expire_as_configured(
         model="tokenwire/sim;tokens=600", input="long", params=Params(max_tokens=700)
     )
     async with asyncio.timeout(30):
-        while (await client.status(job_id) or {}).get("state") != "done":
+        while await state_name(client, job_id) != "done":
             await asyncio.sleep(0.02)
     keys = Keys(client.keys.prefix)
     length = await redis.xlen(keys.events(job_id))

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from worker import Cancelled, Client, Done, Error, Job, Start, Token
+from worker import Cancelled, Client, Done, Error, Job, JobStatus, Start, Token
 from worker.client import Received
 from worker.keys import GROUP, Keys
 
@@ -46,8 +46,10 @@ async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float = 15
             await asyncio.sleep(0.02)
 
 
-async def state_of(client: Client, job_id: str) -> dict[str, str]:
-    return await client.status(job_id) or {}
+async def state_of(client: Client, job_id: str) -> JobStatus:
+    status = await client.status(job_id)
+    assert status is not None, f"no job {job_id!r}"
+    return status
 
 
 async def sim_stats(sim_url: str) -> dict[str, Any]:
@@ -101,7 +103,8 @@ async def test_a_worker_that_lost_its_lease_stops_writing_and_the_job_runs_again
         async for item in client.subscribe(job_id):
             if isinstance(item.event, Token) and item.event.index >= 3:
                 break
-    entry = (await state_of(client, job_id))["entry"]
+    entry = (await state_of(client, job_id)).entry
+    assert entry is not None
     await redis.xclaim(keys.jobs, GROUP, "thief", 0, [entry])  # a peer took it over
     items = await collect(client, job_id, timeout=40)
     starts = [i for i in items if isinstance(i.event, Start)]
@@ -173,7 +176,7 @@ async def test_cancel_a_running_job_closes_upstream_within_a_second(
     assert time.monotonic() - asked < 1.0
     last = items[-1].event
     assert isinstance(last, Cancelled) and last.reason == "user pressed stop"
-    assert (await state_of(client, job_id))["state"] == "cancelled"
+    assert (await state_of(client, job_id)).state == "cancelled"
     await wait_for(lambda: _no_active_streams(sim_url), timeout=5)
     assert await client.cancel(job_id) == "terminal"
 

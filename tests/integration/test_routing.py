@@ -48,7 +48,7 @@ async def test_escalates_after_n_tokens_when_not_confident(start_worker: StartWo
     assert done.escalation.tokens == 5 and done.escalation.summary.n_tokens == 5
     assert done.escalation.confidence == by_attempt(items, 1)[-1].confidence
     state = await client.status(job_id)
-    assert state is not None and state["escalated_from"] == CHEAP and state["attempt"] == "2"
+    assert state is not None and state.escalated_from == CHEAP and state.attempt == 2
 
 
 async def test_escalates_at_the_end_without_after_tokens(start_worker: StartWorker, client: Client) -> None:
