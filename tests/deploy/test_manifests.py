@@ -7,6 +7,7 @@ setting, port and grace period the files name is checked against the package its
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import shlex
@@ -14,16 +15,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import jsonschema
 import kubernetes_validate  # type: ignore[import-untyped]
+import msgspec
 import pytest
 import yaml
 
+from worker import keda
 from worker.cli import build_parser
 from worker.keys import GROUP, Keys
-from worker.settings import ENV_PREFIX, Settings, SettingsError, load_settings
+from worker.settings import ENV_PREFIX, Settings, SettingsError, is_service_link, load_settings
 
 pytestmark = pytest.mark.deploy
 
@@ -43,21 +46,15 @@ KEDA_SCHEMAS = {
     "TriggerAuthentication": CRDS / "keda.sh_triggerauthentications.schema.yaml",
 }
 
-# Trigger metadata the redis-streams scaler reads (KEDA docs, scalers/redis-streams; the scaler's typed
-# config in pkg/scalers/redis_streams_scaler.go and redis_scaler.go's connection info).
-REDIS_STREAMS_METADATA = frozenset(
+# Trigger metadata the redis-streams scalers read (KEDA docs, scalers/redis-streams and
+# redis-cluster-streams; the scaler's typed config in pkg/scalers/redis_streams_scaler.go and
+# redis_scaler.go's connection info). The Cluster scaler takes lists of nodes and has no database.
+_STREAMS_METADATA = frozenset(
     {
-        "address",
-        "addressFromEnv",
-        "host",
-        "hostFromEnv",
-        "port",
-        "portFromEnv",
         "usernameFromEnv",
         "passwordFromEnv",
         "enableTLS",
         "unsafeSsl",
-        "databaseIndex",
         "stream",
         "consumerGroup",
         "pendingEntriesCount",
@@ -66,10 +63,41 @@ REDIS_STREAMS_METADATA = frozenset(
         "activationLagCount",
     }
 )
+REDIS_STREAMS_METADATA = {
+    "redis-streams": _STREAMS_METADATA
+    | {"address", "addressFromEnv", "host", "hostFromEnv", "port", "portFromEnv", "databaseIndex"},
+    "redis-cluster-streams": _STREAMS_METADATA
+    | {"addresses", "addressesFromEnv", "hosts", "hostsFromEnv", "ports", "portsFromEnv"},
+}
 # Parameters a TriggerAuthentication may hand the redis scalers (authParams in the same sources).
 REDIS_AUTH_PARAMS = frozenset(
-    {"address", "host", "port", "username", "password", "tls", "ca", "cert", "key", "keyPassword"}
+    {
+        "address",
+        "addresses",
+        "host",
+        "hosts",
+        "port",
+        "ports",
+        "username",
+        "password",
+        "tls",
+        "ca",
+        "cert",
+        "key",
+        "keyPassword",
+    }
 )
+
+# Where the workers' Redis may be, for each way KEDA's objects are rendered (worker.keda): the variants
+# the one source must produce, each validated and checked like the shipped file.
+KEDA_VARIANTS = {
+    "single": ("redis://redis.tokenwire.svc.cluster.local:6379/0", False),
+    "single-db-3-tls": ("rediss://redis.tokenwire.svc.cluster.local:6380/3", False),
+    "cluster": ("redis://redis-cluster.tokenwire.svc.cluster.local:7000", True),
+    "cluster-tls": ("rediss://redis-cluster.tokenwire.svc.cluster.local:7000/0", True),
+    "ipv6-tls": ("rediss://[fd00::1:7]:6379/0", False),
+}
+POD_SPEC_KINDS = {"Pod", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob"}
 
 GRACE_MARGIN_SECONDS = 10  # hand the unfinished jobs back, flush, exit: after the drain grace
 
@@ -429,6 +457,7 @@ def test_keda_schema_is_not_vacuous() -> None:
         {**good, "spec": {**spec, "triggers": [{**trigger, "metadata": {"lagCount": 32}}]}},
         {**good, "spec": {**spec, "triggers": [{"type": "redis-streams"}]}},
         {**good, "spec": {**spec, "triggers": [{**trigger, "authRef": {"name": "x"}}]}},
+        {**good, "spec": {**spec, "fallback": {"failureThreshold": 3}}},
     ]
     for doc in broken:
         assert not validator.is_valid(doc), doc["spec"]
@@ -452,24 +481,78 @@ def test_scaled_object_targets_the_worker_deployment() -> None:
     assert "replicas" not in deployment()["spec"], "KEDA's HPA owns replicas; re-applying must not reset them"
 
 
-def test_redis_streams_triggers_watch_the_job_stream(tmp_path: Path) -> None:
-    settings = k8s_settings(tmp_path)
-    triggers = k8s_object("ScaledObject")["spec"]["triggers"]
-    # a Redis Cluster needs KEDA's cluster variant (and `addresses`, which this test does not cover yet)
+def test_scaled_object_is_generated_from_the_worker_settings(tmp_path: Path) -> None:
+    """scaledobject.yaml is worker.keda's rendering of exactly the settings the worker pods load."""
+    shipped = (K8S / "scaledobject.yaml").read_text(encoding="utf-8")
+    assert shipped == keda.render(k8s_settings(tmp_path)), (
+        "deploy/k8s/scaledobject.yaml is out of date: run python -m worker.keda "
+        "--configmap deploy/k8s/configmap.yaml --output deploy/k8s/scaledobject.yaml"
+    )
+    configmap = ["--configmap", str(K8S / "configmap.yaml")]
+    assert keda.main([*configmap, "--output", str(K8S / "scaledobject.yaml"), "--check"]) == 0, (
+        "the documented command renders the shipped file"
+    )
+    stale = tmp_path / "scaledobject.yaml"
+    stale.write_text(shipped.replace("maxReplicaCount: 20", "maxReplicaCount: 21"), encoding="utf-8")
+    assert keda.main([*configmap, "--output", str(stale), "--check"]) == 1, "--check sees a stale file"
+    assert "maxReplicaCount: 21" in stale.read_text(encoding="utf-8"), "--check writes nothing"
+    assert keda.main([*configmap, "--output", str(stale)]) == 0
+    assert stale.read_text(encoding="utf-8") == shipped
+
+
+def keda_variant(tmp_path: Path, variant: str) -> tuple[Settings, Any]:
+    url, cluster = KEDA_VARIANTS[variant]
+    settings = msgspec.structs.replace(
+        k8s_settings(tmp_path), redis_url=url, redis_password=None, redis_cluster=cluster
+    )
+    return settings, yaml.safe_load(keda.render(settings))
+
+
+def keda_validator() -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(load_yaml_docs(KEDA_SCHEMAS["ScaledObject"])[0])
+
+
+@pytest.mark.parametrize("variant", sorted(KEDA_VARIANTS))
+def test_keda_variant_validates(tmp_path: Path, variant: str) -> None:
+    _, doc = keda_variant(tmp_path, variant)
+    errors = [
+        f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
+        for e in keda_validator().iter_errors(doc)
+    ]
+    assert not errors, f"{variant}: not a valid KEDA ScaledObject:\n" + "\n".join(errors)
+
+
+@pytest.mark.parametrize("variant", ["shipped", *sorted(KEDA_VARIANTS)])
+def test_redis_streams_triggers_watch_the_job_stream(tmp_path: Path, variant: str) -> None:
+    if variant == "shipped":
+        settings, so = k8s_settings(tmp_path), k8s_object("ScaledObject")
+    else:
+        settings, so = keda_variant(tmp_path, variant)
+    triggers = so["spec"]["triggers"]
+    parts = urlsplit(settings.redis_url)
     expected = "redis-cluster-streams" if settings.redis_cluster else "redis-streams"
-    assert {t["type"] for t in triggers} == {expected}
+    assert {t["type"] for t in triggers} == {expected}, "a Redis Cluster needs KEDA's cluster scaler"
+    refs = k8s_object("TriggerAuthentication")["spec"]["secretTargetRef"]
+    host = str(parts.hostname)
+    assert "." in host or ":" in host, "KEDA's operator runs elsewhere: the host must be qualified"
+    address = f"[{host}]:{parts.port or 6379}" if ":" in host else f"{host}:{parts.port or 6379}"
     for t in triggers:
         meta = t["metadata"]
         assert all(isinstance(v, str) for v in meta.values()), f"KEDA metadata values are strings: {meta}"
-        unknown = set(meta) - REDIS_STREAMS_METADATA
-        assert not unknown, f"not redis-streams metadata: {sorted(unknown)}"
+        unknown = set(meta) - REDIS_STREAMS_METADATA[expected]
+        assert not unknown, f"not {expected} metadata: {sorted(unknown)}"
         assert meta["stream"] == Keys(settings.prefix).jobs
         assert meta["consumerGroup"] == GROUP
         assert "password" not in meta and "username" not in meta, "credentials go through authenticationRef"
-        assert int(meta.get("databaseIndex", "0")) == _redis_url_db(settings.redis_url)
-        assert meta["address"] == _redis_url_address(settings.redis_url), (
-            "KEDA must watch the Redis the workers use (the Secret's TOKENWIRE_REDIS_URL)"
-        )
+        assert t["metricType"] == "AverageValue", "fallback only works with AverageValue triggers"
+        if settings.redis_cluster:
+            assert meta["addresses"] == address and "databaseIndex" not in meta
+        else:
+            assert meta["address"] == address, "KEDA must watch the Redis the workers use"
+            assert int(meta["databaseIndex"]) == _redis_url_db(settings.redis_url)
+        tls = parts.scheme == "rediss"
+        assert meta.get("enableTLS") == ("true" if tls else None), "TLS exactly when the URL is rediss://"
+        assert all(r["parameter"] != "tls" for r in refs), "KEDA refuses `tls` beside enableTLS"
     lag = [t["metadata"] for t in triggers if "lagCount" in t["metadata"]]
     pending = [t["metadata"] for t in triggers if "pendingEntriesCount" in t["metadata"]]
     assert len(lag) == 1 and len(pending) == 1, "one lag trigger and one pending-entries trigger"
@@ -480,11 +563,42 @@ def test_redis_streams_triggers_watch_the_job_stream(tmp_path: Path) -> None:
     assert 1 <= int(pending[0]["pendingEntriesCount"]) <= settings.concurrency, (
         "a pod never holds more than `concurrency` pending entries: a higher target never scales up"
     )
+    fallback = so["spec"]["fallback"]
+    assert fallback["failureThreshold"] >= 1
+    assert so["spec"].get("minReplicaCount", 0) <= fallback["replicas"] <= so["spec"]["maxReplicaCount"]
 
 
-def _redis_url_address(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.hostname}:{parts.port or 6379}"
+def test_variants_differ_only_where_the_settings_do(tmp_path: Path) -> None:
+    """One source: switching TLS, the database or Cluster changes the connection fields, nothing else."""
+    _, single = keda_variant(tmp_path, "single")
+    connection = {"address", "addresses", "databaseIndex", "enableTLS"}
+    for variant in sorted(set(KEDA_VARIANTS) - {"single"}):
+        _, other = keda_variant(tmp_path, variant)
+        assert {k: v for k, v in other["spec"].items() if k != "triggers"} == {
+            k: v for k, v in single["spec"].items() if k != "triggers"
+        }, variant
+        for a, b in zip(single["spec"]["triggers"], other["spec"]["triggers"], strict=True):
+            assert {k: v for k, v in a["metadata"].items() if k not in connection} == {
+                k: v for k, v in b["metadata"].items() if k not in connection
+            }, variant
+            assert {k: v for k, v in a.items() if k not in ("type", "metadata")} == {
+                k: v for k, v in b.items() if k not in ("type", "metadata")
+            }, variant
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("unix:///run/redis/redis.sock", "unix socket"),
+        ("redis://localhost:6379/0", "KEDA's operator runs in its own pod"),
+        ("redis://127.0.0.1:6379/0", "KEDA's operator runs in its own pod"),
+        ("redis://tokenwire@redis.tokenwire.svc.cluster.local:6379/0", "names a user"),
+    ],
+)
+def test_keda_refuses_a_redis_it_cannot_reach(tmp_path: Path, url: str, problem: str) -> None:
+    settings = msgspec.structs.replace(k8s_settings(tmp_path), redis_url=url, redis_password=None)
+    with pytest.raises(keda.KedaError, match=problem):
+        keda.scaled_object(settings)
 
 
 def _redis_url_db(url: str) -> int:
@@ -492,7 +606,9 @@ def _redis_url_db(url: str) -> int:
     return int(path) if path else 0
 
 
-def test_trigger_authentication_reads_the_secret() -> None:
+def test_redis_address_and_password_are_each_in_one_place(tmp_path: Path) -> None:
+    """The address: the ConfigMap's URL (the ScaledObject is rendered from it). The password: one Secret
+    key, read by the workers (TOKENWIRE_REDIS_PASSWORD) and by KEDA (the TriggerAuthentication)."""
     auth = k8s_object("TriggerAuthentication")
     secret = k8s_object("Secret")
     values = secret_values()
@@ -502,8 +618,19 @@ def test_trigger_authentication_reads_the_secret() -> None:
         assert ref["key"] in values, f"the Secret has no key {ref['key']}"
     for t in k8s_object("ScaledObject")["spec"]["triggers"]:
         assert t["authenticationRef"]["name"] == auth["metadata"]["name"]
-    # KEDA's password and the worker's URL must name the same password.
-    assert urlsplit(values["TOKENWIRE_REDIS_URL"]).password == values["REDIS_PASSWORD"]
+    keda_key = {ref["parameter"]: ref["key"] for ref in auth["spec"]["secretTargetRef"]}["password"]
+    worker_keys = {
+        var["name"]: var["valueFrom"]["secretKeyRef"]["key"]
+        for var in worker_container()["env"]
+        if "secretKeyRef" in var.get("valueFrom", {})
+    }
+    assert worker_keys["TOKENWIRE_REDIS_PASSWORD"] == keda_key, "the workers and KEDA read one Secret key"
+    others = [v for k, v in values.items() if k != keda_key]
+    assert all(values[keda_key] not in v for v in others), "and the password has no second copy"
+    settings = k8s_settings(tmp_path)
+    assert unquote(urlsplit(settings.redis_url).password or "") == values[keda_key], "the worker uses it"
+    config = k8s_object("ConfigMap", "tokenwire-env")["data"]
+    assert urlsplit(config["TOKENWIRE_REDIS_URL"]).password is None, "no password in the ConfigMap"
 
 
 def test_secret_is_a_template_with_marked_placeholders() -> None:
@@ -600,6 +727,87 @@ def test_probes_and_metrics_service_use_the_metrics_port(tmp_path: Path) -> None
     exposed = {i.args.split("/")[0] for i in final_stage(dockerfile()) if i.keyword == "EXPOSE"}
     assert str(port) in exposed, "the image EXPOSEs the metrics port"
     assert image_env().get("TOKENWIRE_METRICS_PORT") == str(port), "the HEALTHCHECK's default port"
+
+
+def test_metrics_endpoints_listen_where_their_clients_connect(tmp_path: Path) -> None:
+    """Kubernetes' probes and Prometheus connect to the pod's IP, the compose stack's scrapers to the
+    container's, the image's HEALTHCHECK to loopback: each bind must cover its clients."""
+    k8s = k8s_settings(tmp_path).metrics_host
+    assert ipaddress.ip_address(k8s).is_unspecified, f"k8s metrics_host {k8s}: probes could not connect"
+    compose_host = compose_settings("worker").metrics_host
+    assert ipaddress.ip_address(compose_host).is_unspecified, "compose `expose`s the metrics port"
+    check = healthcheck_argv()[2]
+    match = re.search(r"http://([^:/'\"]+)", check)
+    assert match, f"the HEALTHCHECK's URL names a host: {check}"
+    target = "127.0.0.1" if match.group(1) == "localhost" else match.group(1)
+    bound = ipaddress.ip_address(effective_settings(image_env(), None, "deploy/Dockerfile ENV").metrics_host)
+    assert bound.is_unspecified or bound == ipaddress.ip_address(target), (
+        f"the image binds {bound} but its HEALTHCHECK connects to {target}"
+    )
+
+
+def pod_specs() -> list[tuple[str, Any]]:
+    found = []
+    for filename, doc in k8s_docs():
+        if doc["kind"] not in POD_SPEC_KINDS:
+            continue
+        spec = doc["spec"]
+        if doc["kind"] == "CronJob":
+            spec = spec["jobTemplate"]["spec"]
+        found.append(
+            (
+                f"{filename}:{doc['kind']}/{doc['metadata']['name']}",
+                spec.get("template", {}).get("spec", spec),
+            )
+        )
+    return found
+
+
+def test_every_pod_spec_turns_service_links_off() -> None:
+    specs = pod_specs()
+    assert specs, "deploy/k8s runs pods"
+    for where, spec in specs:
+        assert spec.get("enableServiceLinks") is False, f"{where}: set enableServiceLinks: false"
+
+
+def service_link_env(name: str, ports: list[Any], cluster_ip: str) -> dict[str, str]:
+    """The variables the kubelet adds to every pod of the namespace for a Service (pkg/kubelet/envvars)."""
+    prefix = name.upper().replace("-", "_")
+    env = {f"{prefix}_SERVICE_HOST": cluster_ip, f"{prefix}_SERVICE_PORT": str(ports[0]["port"])}
+    for i, port in enumerate(ports):
+        proto = str(port.get("protocol", "TCP"))
+        number = str(port["port"])
+        if port.get("name"):
+            env[f"{prefix}_SERVICE_PORT_{port['name'].upper().replace('-', '_')}"] = number
+        host = f"[{cluster_ip}]" if ":" in cluster_ip else cluster_ip
+        url = f"{proto.lower()}://{host}:{number}"
+        if i == 0:
+            env[f"{prefix}_PORT"] = url
+        base = f"{prefix}_PORT_{number}_{proto.upper()}"
+        env.update(
+            {base: url, f"{base}_PROTO": proto.lower(), f"{base}_PORT": number, f"{base}_ADDR": cluster_ip}
+        )
+    return env
+
+
+@pytest.mark.parametrize("cluster_ip", ["10.96.14.7", "fd00:10:96::e"])
+def test_worker_starts_with_the_service_links_of_its_namespace(tmp_path: Path, cluster_ip: str) -> None:
+    """Were service links on (a copied pod spec, a Helm chart), the variables of this repository's own
+    Services and of any `tokenwire`/`tokenwire-*` Service neighbour would not stop the worker."""
+    services = [(s["metadata"]["name"], s["spec"]["ports"]) for _, s in k8s_docs() if s["kind"] == "Service"]
+    services += [
+        ("tokenwire", [{"name": "http", "port": 8080}]),
+        ("tokenwire-gateway", [{"name": "http", "port": 80}, {"name": "dns", "port": 53, "protocol": "UDP"}]),
+    ]
+    links: dict[str, str] = {}
+    for name, ports in services:
+        links.update(service_link_env(name, ports, cluster_ip))
+    tokenwire_links = {k: v for k, v in links.items() if k.startswith(ENV_PREFIX)}
+    assert "TOKENWIRE_WORKER_METRICS_SERVICE_HOST" in tokenwire_links and "TOKENWIRE_PORT" in tokenwire_links
+    assert all(is_service_link(k, v) for k, v in tokenwire_links.items())
+    expected = k8s_settings(tmp_path)
+    config = tmp_path / "tokenwire.toml"
+    assert effective_settings({**k8s_worker_env(), **links}, config, "pod with service links") == expected
 
 
 def test_selectors_match_the_pods() -> None:
