@@ -29,7 +29,9 @@ from worker import (
     Token,
     UnknownEvent,
 )
+from worker.dead import redrive
 from worker.events import Summary, Usage, decode_event, encode_event, event_type, is_terminal
+from worker.jobs import encode_job
 from worker.store import job_digest
 
 PREFIX = "unit"
@@ -377,3 +379,13 @@ async def test_subscribe_names_the_malformed_event(
         async for item in client.subscribe(job_id, timeout=5):
             seen.append(item.id)
     assert seen == ["1-1"]
+
+
+async def test_a_redriven_job_keeps_its_digest(client: Client) -> None:
+    job = Job(id="again", model="m", input="x")
+    await client.redis.xadd(client.keys.dead, {"job": encode_job(job), "reason": "too many deliveries"})
+    (moved,) = await redrive(client.redis, client.store, None)
+    assert moved["job_id"] == "again"
+    assert await client.enqueue(job) == "again"
+    with pytest.raises(JobConflict):
+        await client.enqueue(Job(id="again", model="m", input="other"))
