@@ -70,6 +70,13 @@ class Metrics:
         self.dead_length = Gauge(
             "tokenwire_dead_letter_length", "Entries on the dead-letter stream", registry=registry
         )
+        self.fast_path = Gauge(
+            "tokenwire_fast_path",
+            "1 when the component (sse, aiohttp, redis_reply) runs its fast path, 0 on its fallback "
+            "(the start-up log line says why)",
+            ["component"],
+            registry=registry,
+        )
         self.alive_at = time.monotonic()
 
     def beat(self) -> None:

@@ -19,10 +19,11 @@ from typing import Any
 import hiredis
 import structlog
 from redis.asyncio import Redis
-from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .fastpath.redis_py import bulk_reader
 
 __all__ = ["Publisher", "Sink"]
 
@@ -222,37 +223,14 @@ async def _replies(conn: Any, count: int) -> list[object]:
     """``count`` replies in order, errors as :class:`ResponseError` values.
 
     On redis-py's own connections with its hiredis parser they are taken from the parser's reader
-    in bulk, reading the socket only when it runs dry (``read_response`` costs ~4 µs a reply, about
-    what Redis spends on the XADD); the connection is left as ``read_response`` would leave it. Any
-    other connection or parser (fakeredis, the pure-Python parser, a redis-py whose parser no longer
-    looks like this) gets ``read_response`` per reply.
+    in bulk (:mod:`worker.fastpath.redis_py`; ``read_response`` costs ~4 µs a reply, about what
+    Redis spends on the XADD). Any other connection or parser (fakeredis, the pure-Python parser, a
+    redis-py whose internals no longer look as expected) gets ``read_response`` per reply.
     """
     bulk = bulk_reader(conn)
     if bulk is None:
         return [await _reply(conn) for _ in range(count)]
-    gets, refill = bulk
-    out: list[object] = []
-    append = out.append
-    while len(out) < count:
-        reply = gets()
-        if type(reply) is object:  # the parser's "not enough data" sentinel
-            await refill()
-        elif isinstance(reply, RedisConnectionError):  # e.g. "max number of clients reached"
-            raise reply
-        else:
-            append(reply)
-    return out
-
-
-def bulk_reader(conn: Any) -> tuple[Callable[[], object], Callable[[], Awaitable[object]]] | None:
-    """``(gets, refill)`` of a stock redis-py connection's hiredis parser, else ``None``."""
-    parser = getattr(conn, "_parser", None)
-    reader = getattr(parser, "_reader", None)
-    refill = getattr(parser, "read_from_socket", None)
-    stock = getattr(type(conn), "read_response", None) is AbstractConnection.read_response
-    if stock and isinstance(reader, hiredis.Reader) and refill is not None:
-        return reader.gets, refill
-    return None
+    return await bulk.read(count)
 
 
 async def _reply(conn: Any) -> object:

@@ -23,6 +23,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from .fastpath import startup as fast_paths
 from .jobs import job_id_of
 from .keys import GROUP, Keys, as_text
 from .lease import LeaseKeeper
@@ -118,6 +119,8 @@ class Worker:
             concurrency=self.settings.concurrency,
             stream=self.keys.jobs,
         )
+        probes = fast_paths.probe_all(upstream_transport=self.settings.upstream_transport, redis=self.redis)
+        fast_paths.report(probes, self.metrics.fast_path)
         await self._retry_forever("create the consumer group", self.queue.ensure_group, stop)
         endpoints = await self._start_endpoints()
         helpers = [

@@ -10,7 +10,8 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from redis.asyncio import Redis
 
-from worker.publisher import Publisher, Sink, bulk_reader
+from worker.fastpath.redis_py import bulk_reader
+from worker.publisher import Publisher, Sink
 
 BOUND = 30.0
 

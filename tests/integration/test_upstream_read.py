@@ -9,9 +9,10 @@ from urllib.parse import quote
 import pytest
 
 from worker.connect import http_client
+from worker.fastpath.httpx_aiohttp import aiohttp_content
 from worker.settings import Settings
 from worker.upstream.base import UpstreamError
-from worker.upstream.http import StreamLimits, aiohttp_content, open_sse
+from worker.upstream.http import StreamLimits, open_sse
 
 pytestmark = pytest.mark.integration
 

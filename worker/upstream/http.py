@@ -21,13 +21,12 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-import aiohttp
 import httpx
 import msgspec
-from httpx_aiohttp.transport import AiohttpResponseStream, map_aiohttp_exceptions
-from httpx_sse import aconnect_sse
-from httpx_sse._decoders import SSEDecoder, SSELineDecoder
+from httpx_sse import EventSource, aconnect_sse
 
+from worker.fastpath.httpx_aiohttp import aiohttp_content, aiohttp_errors
+from worker.fastpath.httpx_sse import Event, decoders
 from worker.settings import Settings
 from worker.upstream.base import UpstreamError
 from worker.upstream.stall import StallGuard
@@ -140,15 +139,31 @@ async def _data_events(
     """The non-empty ``data`` of each event, with every failure as an :class:`UpstreamError`.
 
     One generator from the body's bytes to the events: httpx-sse's line and event decoders run
-    here directly, over :func:`_chunks`. (Its ``EventSource`` reads through httpx's ``aiter_text``,
-    seven async generators deep under httpx-aiohttp; each costs about a microsecond per event.)
+    here directly, over :func:`_chunks` (:mod:`worker.fastpath.httpx_sse`). Its ``EventSource``
+    reads through httpx's ``aiter_text``, seven async generators deep under httpx-aiohttp, each
+    about a microsecond per event: it is the fallback when the decoders cannot be reached.
     """
-    bounds = _Bounds(limits)
-    decode = codecs.getincrementaldecoder("utf-8")("replace").decode  # SSE is UTF-8, always
-    lines, take = SSELineDecoder(), _DataFilter(limits)
+    bounds, take = _Bounds(limits), _DataFilter(limits)
     chunks, mapped_errors = _chunks(response)
+    found = decoders()
     try:
         with mapped_errors:
+            if found is None:
+                body = httpx.Response(
+                    response.status_code,
+                    headers={"content-type": "text/event-stream; charset=utf-8"},
+                    stream=_CountedBody(chunks, bounds, guard),
+                    request=response.request,
+                )
+                async with contextlib.aclosing(EventSource(body).aiter_sse()) as source:
+                    async for sse in source:
+                        if (data := take(sse)) is not None:
+                            guard.hold()
+                            yield data
+                            guard.resume()
+                return
+            decode = codecs.getincrementaldecoder("utf-8")("replace").decode  # SSE is UTF-8, always
+            lines, events = found.lines(), found.events().decode
             async for chunk in chunks:
                 if not chunk:
                     continue
@@ -156,14 +171,14 @@ async def _data_events(
                 bounds.count(chunk)
                 text = decode(chunk)
                 for line in lines.decode(text) if text else ():
-                    if (data := take(line)) is not None:
+                    if (event := events(line)) is not None and (data := take(event)) is not None:
                         guard.hold()
                         yield data
                         guard.resume()
             guard.hold()  # the body has ended: nothing is awaited from the upstream any more
             tail = decode(b"", True)
             for line in [*(lines.decode(tail) if tail else ()), *lines.flush()]:
-                if (data := take(line)) is not None:
+                if (event := events(line)) is not None and (data := take(event)) is not None:
                     yield data
     except UpstreamError as exc:
         raise _redacted(exc, secrets) from None
@@ -173,22 +188,34 @@ async def _data_events(
         await _aclose(chunks)
 
 
-class _DataFilter:
-    """Lines in, the ``data`` of each non-empty event out (httpx-sse's event decoder); an
-    ``event: error`` and more events than ``max_tokens`` allows raise."""
+class _CountedBody(httpx.AsyncByteStream):
+    """The body's bytes for httpx-sse's ``EventSource``, bounded and watched as the direct path
+    bounds and watches them (before any line is buffered)."""
 
-    __slots__ = ("_count", "_decoder", "_max_events", "_max_tokens")
+    def __init__(self, chunks: AsyncIterator[bytes], bounds: _Bounds, guard: StallGuard) -> None:
+        self._chunks, self._bounds, self._guard = chunks, bounds, guard
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._chunks:
+            if chunk:
+                self._guard.progress()
+                self._bounds.count(chunk)
+                yield chunk
+        self._guard.hold()  # the body has ended: nothing is awaited from the upstream any more
+
+
+class _DataFilter:
+    """Events in, the ``data`` of each non-empty one out; an ``event: error`` and more events than
+    ``max_tokens`` allows raise."""
+
+    __slots__ = ("_count", "_max_events", "_max_tokens")
 
     def __init__(self, limits: StreamLimits) -> None:
-        self._decoder = SSEDecoder()
         self._count = 0
         self._max_tokens = limits.max_tokens
         self._max_events = limits.max_tokens + EVENT_SLACK
 
-    def __call__(self, line: str) -> str | None:
-        event = self._decoder.decode(line)
-        if event is None:
-            return None
+    def __call__(self, event: Event) -> str | None:
         data = event.data
         if event.event == "error":
             raise _error_event(data)
@@ -210,29 +237,16 @@ def _chunks(
 
     Under httpx-aiohttp, straight from aiohttp's reader (httpx's path adds four async generators
     between the socket and the parser), with aiohttp's exceptions mapped as httpx-aiohttp's own
-    stream maps them; otherwise httpx's ``aiter_bytes`` (its errors are httpx's already), which also
-    serves a body a transport already read and decompresses one sent encoded (we ask for
-    ``identity``), so the bounds apply to what the parser buffers.
+    stream maps them (:mod:`worker.fastpath.httpx_aiohttp`); otherwise httpx's ``aiter_bytes`` (its
+    errors are httpx's already), which also serves a body a transport already read and
+    decompresses one sent encoded (we ask for ``identity``), so the bounds apply to what the parser
+    buffers.
     """
     coding = response.headers.get("content-encoding", "").strip().lower()
     content = aiohttp_content(response) if coding in ("", "identity") else None
     if content is not None:
-        return content.iter_any(), map_aiohttp_exceptions()
+        return content.iter_any(), aiohttp_errors()
     return response.aiter_bytes(), contextlib.nullcontext()
-
-
-def aiohttp_content(response: httpx.Response) -> aiohttp.StreamReader | None:
-    """The aiohttp reader behind a response of httpx-aiohttp's transport, else ``None``.
-
-    httpx wraps the transport's stream (``BoundAsyncStream._stream``) and httpx-aiohttp's stream
-    holds the aiohttp response (``AiohttpResponseStream._aiohttp_response``): private names, so
-    anything unexpected falls back to httpx's path, and a test checks this one is taken.
-    """
-    inner = getattr(response.stream, "_stream", None)
-    if not isinstance(inner, AiohttpResponseStream):
-        return None
-    content = getattr(getattr(inner, "_aiohttp_response", None), "content", None)
-    return content if isinstance(content, aiohttp.StreamReader) else None
 
 
 # --- response checks ---------------------------------------------------------------------------
