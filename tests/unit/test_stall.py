@@ -8,9 +8,12 @@ stretch them, so the bounds below are exact; every test is bounded by ``BOUND`` 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
 
 import httpx
+import looptime
 import pytest
 
 from worker.upstream.base import UpstreamError
@@ -18,7 +21,21 @@ from worker.upstream.http import StreamLimits, open_sse
 
 URL = "https://upstream.test/v1/inference/org/model"
 SSE = {"content-type": "text/event-stream"}
-pytestmark = pytest.mark.looptime
+
+
+def on_fake_clock(test: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:
+    """Run an async test on a loop whose clock jumps ahead whenever the loop is idle (looptime).
+    (looptime's pytest plugin is off in pyproject.toml: it disturbs the loops of other tests.)"""
+
+    def run() -> None:
+        started = time.monotonic()
+        with asyncio.Runner(loop_factory=looptime.new_event_loop) as runner:
+            runner.run(test())
+        assert time.monotonic() - started < STALL / 2, "the loop's clock was not fake"
+
+    run.__doc__ = test.__doc__
+    return run
+
 
 STALL = 30.0
 BOUND = 1000.0
@@ -57,6 +74,7 @@ def body_then_silence(events: int, silence: asyncio.Event) -> httpx.MockTranspor
     return httpx.MockTransport(handler)
 
 
+@on_fake_clock
 async def test_silence_mid_stream_is_a_stall_after_the_timeout() -> None:
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -77,6 +95,7 @@ async def test_silence_mid_stream_is_a_stall_after_the_timeout() -> None:
     assert STALL <= waited <= STALL * 1.01  # reported once the silence reaches the timeout
 
 
+@on_fake_clock
 async def test_headers_that_never_come_are_a_stall() -> None:
     async def handler(request: httpx.Request) -> httpx.Response:
         await asyncio.Event().wait()
@@ -87,6 +106,7 @@ async def test_headers_that_never_come_are_a_stall() -> None:
     assert info.value.code == "upstream_stalled"
 
 
+@on_fake_clock
 async def test_a_consumer_holding_events_longer_than_the_timeout_is_not_a_stall() -> None:
     """Backpressure: the worker waits to publish; the upstream is not silent, it is not being read."""
 
@@ -101,6 +121,7 @@ async def test_a_consumer_holding_events_longer_than_the_timeout_is_not_a_stall(
     assert seen == ["0", "1", "2", "3"]
 
 
+@on_fake_clock
 async def test_bytes_trickling_into_one_event_keep_the_stream_alive() -> None:
     """Progress is any bytes, not whole events: a slow large event is not a stall."""
 
@@ -115,6 +136,7 @@ async def test_bytes_trickling_into_one_event_keep_the_stream_alive() -> None:
     assert await read_all(httpx.MockTransport(handler)) == ["abcdefgh"]
 
 
+@on_fake_clock
 async def test_an_outer_deadline_is_not_reported_as_a_stall() -> None:
     """The job deadline's TimeoutError passes through the guard unchanged."""
     limits = StreamLimits(64 * 1024, 1 << 30, 1000, stall_seconds=BOUND)
@@ -128,6 +150,7 @@ async def test_an_outer_deadline_is_not_reported_as_a_stall() -> None:
                 pass
 
 
+@on_fake_clock
 async def test_holding_the_events_that_end_the_body_is_not_a_stall() -> None:
     """The last event may be complete only at the end of the body (a trailing CR); once the body
     has ended there is nothing left to wait for, however long the consumer holds it."""
