@@ -131,3 +131,27 @@ def test_colour_only_on_a_terminal_and_never_with_no_color(env: dict[str, str], 
     assert "\x1b[" not in _tail_on_a_terminal({**env, "NO_COLOR": "1"}, job_id)
     piped = run(env, "tail", job_id, "--timeout", "30").stdout
     assert "\x1b[" not in piped and "✓ done" in piped
+
+
+def test_tail_skips_event_types_it_does_not_know_and_says_so_once(
+    env: dict[str, str], worker_proc: object
+) -> None:
+    """A stream written by a newer worker (here: `segment` events between the tokens) still tails."""
+    import redis as redis_sync
+
+    job_id = run(env, "enqueue", "--model", "tokenwire/sim;tokens=4", "--input", "x").stdout.strip()
+    lines = run(env, "tail", job_id, "--json", "--timeout", "30").stdout.splitlines()
+    newer = f"{job_id}-newer"
+    segment = json.dumps({"type": "segment", "job_id": newer, "attempt": 1, "index": 0, "band": "high"})
+    client = redis_sync.Redis.from_url(env["TOKENWIRE_REDIS_URL"])
+    prefix = env["TOKENWIRE_PREFIX"]
+    with client:
+        client.hset(f"{prefix}:job:{{{newer}}}", mapping={"state": "done", "attempt": "1"})
+        for n, line in enumerate([*lines[:-1], segment, segment, lines[-1]], start=1):
+            client.xadd(f"{prefix}:job:{{{newer}}}:events", {"event": line}, id=f"1-{n}")
+    pretty = run(env, "tail", newer, "--timeout", "10")
+    assert pretty.returncode == 0, pretty.stderr
+    assert "✓ done" in pretty.stdout
+    assert pretty.stderr.count("skipping events of type 'segment'") == 1
+    as_json = run(env, "tail", newer, "--json", "--timeout", "10")
+    assert as_json.returncode == 0 and as_json.stdout.count('"type": "segment"') == 2
