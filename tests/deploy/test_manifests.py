@@ -601,6 +601,26 @@ def test_keda_refuses_a_redis_it_cannot_reach(tmp_path: Path, url: str, problem:
         keda.scaled_object(settings)
 
 
+def test_keda_command_prints_or_refuses_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TOKENWIRE_REDIS_URL", "rediss://redis.prod.svc.cluster.local:6380/0")
+    monkeypatch.setenv("TOKENWIRE_REDIS_CLUSTER", "true")
+    assert keda.main([]) == 0, "from the variables, to standard output"
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert {t["type"] for t in printed["spec"]["triggers"]} == {"redis-cluster-streams"}
+    assert printed["spec"]["triggers"][0]["metadata"]["enableTLS"] == "true"
+    for argv in (
+        ["--configmap", str(K8S / "configmap.yaml"), "--configmap-name", "no-such-map"],
+        ["--configmap", str(tmp_path / "missing.yaml")],
+    ):
+        assert keda.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("worker.keda: ") and len(err.splitlines()) == 1, err
+    monkeypatch.setenv("TOKENWIRE_REDIS_URL", "redis://localhost:6379/0")
+    assert keda.main([]) == 2 and "its own pod" in capsys.readouterr().err
+
+
 def _redis_url_db(url: str) -> int:
     path = urlsplit(url).path.strip("/")
     return int(path) if path else 0
