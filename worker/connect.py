@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, cast
 
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .backoff import REDIS
 from .settings import Settings
 
 if TYPE_CHECKING:  # imported where used: a producer's Client.from_url loads no HTTP client
@@ -42,7 +41,7 @@ def redis_client(
         health_check_interval=30,
         # a pooled connection found dead after a Redis restart is replaced and the command retried
         # (tokenwire's writes are idempotent: explicit event ids, fenced scripts, enqueue dedup)
-        retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=3),
+        retry=REDIS.redis_retry(retries=3),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
     return Redis.from_pool(pool)

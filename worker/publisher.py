@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -23,6 +22,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .backoff import REDIS, Backoff
 from .fastpath.redis_py import bulk_reader
 
 __all__ = ["Publisher", "Sink"]
@@ -139,18 +139,19 @@ class Publisher:
             await self._write_chunk(live[start : start + step], oldest)
 
     async def _write_chunk(self, live: list[Entry], oldest: float | None) -> None:
-        delay, waited = 0.05, 0.0
+        """Write ``live``, retrying a lost connection as :data:`~worker.backoff.REDIS` says for up to
+        ``retry_seconds`` of waiting (the explicit ids make a retried write idempotent)."""
+        backoff, waited = Backoff(REDIS), 0.0
         while live:
             try:
                 results = await self._pipeline(live)
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 if waited >= self.retry_seconds:
                     raise
-                pause = delay * (0.5 + random.random())
+                pause = backoff.failed()
                 log.warning("redis write failed, retrying", error=str(exc), retry_in=round(pause, 3))
                 await self._sleep(pause)
                 waited += pause
-                delay = min(delay * 2, 2.0)
                 continue
             await self._settle(live, results)
             if self.on_batch is not None:

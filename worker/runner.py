@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 from collections.abc import Mapping
 from typing import Literal
 
@@ -15,6 +14,7 @@ import structlog
 
 from .admit import Admitted, Rejected, admit
 from .attempt import Attempt, Fenced
+from .backoff import Backoff, RetryPolicy
 from .events import Cancelled, Done, Error, Start
 from .jobs import job_id_of
 from .metrics import Metrics
@@ -76,6 +76,7 @@ class Runner:
         self.adapters = adapters
         self.environ = os.environ if environ is None else environ
         self.limits = StreamLimits.from_settings(settings, max_tokens=settings.max_tokens_cap)
+        self.retry = RetryPolicy.upstream(settings)
 
     async def handle(self, delivery: Delivery, control: Control | None = None) -> None:
         if delivery.deliveries > self.settings.max_deliveries:
@@ -108,14 +109,6 @@ class Runner:
                 rejected.job_id, delivery.entry_id, rejected.code, rejected.reason, {}
             )
             log.info("rejected job ended", job_id=rejected.job_id, code=rejected.code, outcome=outcome)
-
-    def backoff(self, tries: int, retry_after: float | None) -> float:
-        """Seconds before upstream request number ``tries + 1``: the provider's ``Retry-After`` when
-        it sent one, else exponential from ``retry_base_seconds`` with jitter, capped."""
-        if retry_after is not None:
-            return max(0.0, retry_after)
-        cap = min(self.settings.retry_max_seconds, self.settings.retry_base_seconds * 2.0 ** (tries - 1))
-        return float(cap / 2 + random.random() * cap / 2)
 
 
 class _JobRun:
@@ -234,9 +227,8 @@ class _JobRun:
         """Upstream requests until one ends without a retryable failure, within ``max_attempts`` and
         the job deadline. A retry after tokens were published is a new attempt."""
         runner, loop = self.runner, asyncio.get_running_loop()
-        tries = 0
+        backoff = Backoff(runner.retry)
         while True:
-            tries += 1
             self.current = attempt = Attempt(runner, admitted, number, self.deadline)
             terminal = await attempt.run()
             failure = attempt.failure
@@ -244,8 +236,8 @@ class _JobRun:
                 runner.metrics.upstream_errors.labels(str(failure.status or "none"), failure.code).inc()
             if failure is None or not failure.retryable:
                 return attempt, terminal
-            delay = runner.backoff(tries, failure.retry_after)
-            limit = runner.settings.max_attempts
+            delay = backoff.failed(failure.retry_after)
+            tries, limit = backoff.failures, runner.settings.max_attempts
             if tries >= limit or loop.time() + delay >= self.deadline:
                 why = f"attempts={tries} of max_attempts={limit}" if tries >= limit else "job deadline"
                 return attempt, attempt.give_up(f"{failure.message} (no more retries: {why})")

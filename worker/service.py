@@ -23,6 +23,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from .backoff import REDIS, Backoff
 from .fastpath import startup as fast_paths
 from .jobs import job_id_of
 from .keys import GROUP, Keys, as_text
@@ -185,7 +186,7 @@ class Worker:
     async def _serve(self, stop: asyncio.Event) -> None:
         block_ms = int(self.settings.block_seconds * 1000)
         stopping = asyncio.create_task(stop.wait())
-        failures = 0
+        backoff = Backoff(REDIS)
         try:
             while not stop.is_set():
                 if self.free <= 0:
@@ -196,10 +197,9 @@ class Worker:
                     continue
                 try:
                     deliveries = await self._read(self.free, block_ms, stopping)
-                    failures = 0
+                    backoff.succeeded()
                 except RedisError as exc:
-                    failures += 1
-                    await self._pause_after_error("read the job stream", exc, failures, stopping)
+                    await self._pause_after_error("read the job stream", exc, backoff, stopping)
                     continue
                 for delivery in deliveries:
                     self._spawn(delivery)
@@ -218,10 +218,10 @@ class Worker:
         return []
 
     async def _pause_after_error(
-        self, what: str, exc: Exception, failures: int, stopping: asyncio.Task[bool] | None
+        self, what: str, exc: Exception, backoff: Backoff, stopping: asyncio.Task[bool] | None
     ) -> None:
-        """Back off with jitter (100 ms doubling to 5 s), waking early on stop."""
-        delay = min(5.0, 0.1 * 2 ** min(failures, 6)) * (0.5 + random.random())
+        """Count a failure and wait as :data:`~worker.backoff.REDIS` says, waking early on stop."""
+        delay = backoff.failed()
         log.warning(f"could not {what}; retrying", error=str(exc), retry_in=round(delay, 2))
         if stopping is None:
             await asyncio.sleep(delay)
@@ -229,14 +229,13 @@ class Worker:
             await asyncio.wait({stopping}, timeout=delay)
 
     async def _retry_forever(self, what: str, op: Callable[[], Awaitable[Any]], stop: asyncio.Event) -> None:
-        failures = 0
+        backoff = Backoff(REDIS)
         while not stop.is_set():
             try:
                 await op()
                 return
             except RedisError as exc:
-                failures += 1
-                await self._pause_after_error(what, exc, failures, None)
+                await self._pause_after_error(what, exc, backoff, None)
 
     # -- jobs ----------------------------------------------------------------------------------
 
@@ -309,19 +308,18 @@ class Worker:
         It polls with a short timeout and stops on ``_closing``, so it never has to be cancelled in
         the middle of a socket read (which could leave the pub/sub connection's close hanging).
         """
-        failures = 0
+        backoff = Backoff(REDIS)
         while not self._closing.is_set():
             try:
                 async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(cancel_channel(self.keys))
-                    failures = 0
+                    backoff.succeeded()
                     while not self._closing.is_set():
                         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
                         if message is not None:
                             self._on_cancel(message.get("data"))
             except RedisError as exc:
-                failures += 1
-                await self._pause_after_error("listen for cancellations", exc, failures, None)
+                await self._pause_after_error("listen for cancellations", exc, backoff, None)
 
     def _on_cancel(self, data: Any) -> None:
         if not isinstance(data, bytes | str):
