@@ -22,7 +22,7 @@ from .events import Cancelled, Done, Error, Start, Token
 from .jobs import ChatMessage, InvalidJob, Job, Params
 from .logging import configure_logging
 from .render import TerminalView
-from .settings import CONFIG_ENV, Provider, Settings, SettingsError, load_settings
+from .settings import CONFIG_ENV, Provider, Settings, SettingsError, load_settings, log_ignored_service_links
 from .term import use_color
 
 __all__ = ["main"]
@@ -521,6 +521,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(runner(args, None))
         settings = _settings(args)
         configure_logging(settings.log_level, settings.log_format)
+        log_ignored_service_links()
         return _run(_COMMANDS[args.command](args, settings))
     except SettingsError as exc:
         print(f"tokenwire: configuration error: {exc}", file=sys.stderr)

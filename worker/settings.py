@@ -22,7 +22,6 @@ from typing import Annotated, Any
 from urllib.parse import SplitResult, parse_qs, quote, unquote, unquote_plus, urlsplit, urlunsplit
 
 import msgspec
-import structlog
 
 __all__ = ["DEEPINFRA", "Provider", "Settings", "SettingsError", "load_settings"]
 
@@ -35,8 +34,6 @@ HttpUrl = Annotated[str, msgspec.Meta(pattern=r"^https?://")]
 BindHost = Annotated[
     str, msgspec.Meta(pattern=r"^(?:[A-Za-z0-9_][A-Za-z0-9_.-]*|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*)$")
 ]
-
-log = structlog.get_logger("tokenwire.settings")
 
 
 class Provider(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -372,26 +369,42 @@ def load_settings(
     path = env.get(CONFIG_ENV)
     if path:
         raw.update(_read_toml(Path(path)))
-    links = []
     for name, value in env.items():
         if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
             continue
         key = name[len(ENV_PREFIX) :].lower()
         if key in _FIELDS and key != "providers":
             raw[key] = value
-        elif is_service_link(name, value):
-            links.append(name)
-        else:
+        elif not is_service_link(name, value):
             raise SettingsError(f"{name}: unknown setting (known: {', '.join(sorted(_env_names()))})")
     from_env = {k for k in raw if ENV_PREFIX + k.upper() in env}
     if overrides:
         raw.update(overrides)
         from_env -= set(overrides)
-    settings = _convert(raw, path, from_env, env)
-    if structlog.is_configured():  # before the entry point configures logging, a line would go to stdout
-        for name in sorted(links):
-            log.debug("ignored a Kubernetes service-link variable", variable=name)
-    return settings
+    return _convert(raw, path, from_env, env)
+
+
+def ignored_service_links(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The ``TOKENWIRE_*`` variables :func:`load_settings` skips as Kubernetes service links."""
+    env = os.environ if environ is None else environ
+    return sorted(
+        name
+        for name, value in env.items()
+        if name.startswith(ENV_PREFIX)
+        and name != CONFIG_ENV
+        and name[len(ENV_PREFIX) :].lower() not in _FIELDS
+        and is_service_link(name, value)
+    )
+
+
+def log_ignored_service_links(environ: Mapping[str, str] | None = None) -> None:
+    """One debug line per skipped service-link variable, naming it (never its value). The entry point
+    calls it once logging is configured (settings decide how to log, so they load first)."""
+    import structlog
+
+    log = structlog.get_logger("tokenwire.settings")
+    for name in ignored_service_links(environ):
+        log.debug("ignored a Kubernetes service-link variable", variable=name)
 
 
 def _env_names() -> list[str]:

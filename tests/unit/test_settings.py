@@ -18,6 +18,7 @@ from worker.settings import (
     SettingsError,
     is_service_link,
     load_settings,
+    log_ignored_service_links,
     redact_url,
 )
 
@@ -136,6 +137,8 @@ def test_service_link_variables_are_skipped_and_logged_without_their_value(links
     env = {**links, "TOKENWIRE_CONCURRENCY": "12", "TOKENWIRE_METRICS_PORT": "9464"}
     with structlog.testing.capture_logs() as logs:
         s = load_settings(env)
+        assert logs == [], "settings load before logging is configured: they log nothing themselves"
+        log_ignored_service_links(env)
     assert s.concurrency == 12 and s.metrics_port == 9464, "the real settings beside them still apply"
     skipped = [e for e in logs if e["event"] == "ignored a Kubernetes service-link variable"]
     assert sorted(e["variable"] for e in skipped) == sorted(links), "one debug line per variable"
