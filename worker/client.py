@@ -32,7 +32,7 @@ from .events import (
     is_terminal,
 )
 from .jobs import InvalidJob, Job, decode_job, encode_job, new_job_id
-from .keys import Keys, as_text
+from .keys import Keys, as_text, cancel_message
 from .store import JobStore, job_digest
 
 __all__ = [
@@ -198,7 +198,7 @@ class Client:
         already ended) or ``unknown``."""
         outcome = await self.store.cancel(job_id, reason)
         if outcome == "requested":
-            await self.redis.publish(f"{self.keys.prefix}:cancel", f"{job_id}\n{reason}")
+            await self.redis.publish(self.keys.cancel, cancel_message(job_id, reason))
         return outcome
 
     async def status(self, job_id: str) -> JobStatus | None:

@@ -3,13 +3,21 @@
 - ``{P}:jobs``: the job stream (the braces are a Redis Cluster hash tag); consumer group ``workers``.
 - ``{P}:dead``: the dead-letter stream (same slot as the job stream).
 - ``P:job:{ID}``: a job's state hash; ``P:job:{ID}:events``: its event stream (same slot as each other).
+- ``P:cancel``: the pub/sub channel of cancellation requests (``Client.cancel`` publishes one after it
+  flags the job's state hash; the worker holding the job stops it). A message is UTF-8 text: the job
+  id, a newline, the reason (``"job-42\\nuser pressed stop"``); :func:`cancel_message` builds it and
+  :func:`read_cancel_message` reads it.
+
+``schemas/asyncapi.yaml`` writes these addresses with parameters (``{prefixTag}:jobs``,
+``{prefix}:job:{jobIdTag}:events``, ``{prefix}:cancel``): every brace pair there is a parameter, and the
+hash-tag braces belong to the values of ``prefixTag`` (``{tokenwire}``) and ``jobIdTag`` (``{ID}``).
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["GROUP", "Keys", "as_text"]
+__all__ = ["GROUP", "Keys", "as_text", "cancel_message", "read_cancel_message"]
 
 GROUP: Final = "workers"
 
@@ -17,12 +25,13 @@ GROUP: Final = "workers"
 class Keys:
     """Key names for one prefix; cheap to build, holds no connection."""
 
-    __slots__ = ("dead", "jobs", "prefix")
+    __slots__ = ("cancel", "dead", "jobs", "prefix")
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.jobs = f"{{{prefix}}}:jobs"
         self.dead = f"{{{prefix}}}:dead"
+        self.cancel = f"{prefix}:cancel"
 
     def state(self, job_id: str) -> str:
         return f"{self.prefix}:job:{{{job_id}}}"
@@ -35,3 +44,14 @@ def as_text(value: object) -> str:
     """A Redis reply item as text (replies are bytes unless the client decodes them); bytes that are
     not UTF-8 (a dead letter's raw payload) are shown with replacement characters, never raised."""
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def cancel_message(job_id: str, reason: str) -> str:
+    """The message published on ``P:cancel`` to stop a running job: its id, a newline, the reason."""
+    return f"{job_id}\n{reason}"
+
+
+def read_cancel_message(data: bytes | str) -> tuple[str, str]:
+    """``(job_id, reason)`` of a ``P:cancel`` message; the reason may be empty or span lines."""
+    job_id, _, reason = as_text(data).partition("\n")
+    return job_id, reason

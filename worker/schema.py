@@ -15,11 +15,59 @@ import yaml
 
 from .events import Event
 from .jobs import Job
-from .keys import GROUP
+from .keys import GROUP, Keys, cancel_message
 
-__all__ = ["contract_view", "render_all", "stale_files", "write_all"]
+__all__ = ["CANCEL_MESSAGE_PATTERN", "contract_view", "render_all", "stale_files", "write_all"]
 
 _ID = "https://tokenwire.dev/schemas"
+
+# What ``Job.__post_init__`` checks, which msgspec cannot write into a schema: ``chat`` takes
+# ``messages``; every other api (``native`` is the default) takes ``input``. Null counts as absent.
+_JOB_API_RULE: dict[str, Any] = {
+    "if": {"required": ["api"], "properties": {"api": {"const": "chat"}}},
+    "then": {
+        "required": ["messages"],
+        "properties": {"messages": {"type": "array"}, "input": {"type": "null"}},
+    },
+    "else": {
+        "required": ["input"],
+        "properties": {"input": {"type": "string"}, "messages": {"type": "null"}},
+    },
+}
+
+_WORKER_ALONE = (
+    "The worker alone checks what depends on its settings: the payload's size (`max_payload_bytes`), "
+    "the prompt's length (`max_input_chars`), `params.max_tokens` against `max_tokens_cap`, and "
+    "whether `provider` and `escalate.provider` name a configured provider that serves the job's api. "
+    "It also rejects two things JSON Schema cannot express: an integer written with a fraction or an "
+    "exponent (`5.0`, `5e0`; write `5`), and text that is not I-JSON (RFC 7493: UTF-8, no lone "
+    "surrogates)."
+)
+
+# The AsyncAPI document's notation for addresses: every `{name}` in an address is a parameter whose
+# value is substituted as is, so the Redis Cluster hash-tag braces belong to the values.
+_PARAMETERS: dict[str, dict[str, Any]] = {
+    "prefix": {
+        "description": "The key prefix (setting `prefix`).",
+        "default": "tokenwire",
+        "examples": ["tokenwire"],
+    },
+    "prefixTag": {
+        "description": (
+            "The key prefix as a Redis Cluster hash tag: `{`, the prefix, `}` (the braces are part "
+            "of the value), so the job stream and the dead-letter stream share one slot."
+        ),
+        "default": "{tokenwire}",
+        "examples": ["{tokenwire}"],
+    },
+    "jobIdTag": {
+        "description": (
+            "The job's id as a Redis Cluster hash tag: `{`, the id, `}` (the braces are part of the "
+            "value), so a job's state hash `<prefix>:job:<jobIdTag>` and its event stream share one slot."
+        ),
+        "examples": ["{3f2a9c0d41b24e7c}"],
+    },
+}
 
 
 def _cleaned(node: Any) -> Any:
@@ -69,13 +117,18 @@ def stale_files(directory: Path) -> list[str]:
 
 def job_schema() -> dict[str, Any]:
     schema = _cleaned(msgspec.json.schema(Job))
+    job = schema["$defs"]["Job"]
+    assert not {"if", "then", "else"} & job.keys(), "msgspec now writes conditionals: merge them"
+    job.update(_JOB_API_RULE)
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": f"{_ID}/job.schema.json",
         "title": "tokenwire job",
         "description": (
-            "A generation job: the JSON held in the `job` field of an entry on the `{P}:jobs` stream. "
-            "`input` is required for api `native` and `completions`, `messages` for `chat`."
+            "A generation job: the JSON held in the `job` field of an entry on the job stream "
+            "(channel `jobs` of asyncapi.yaml). Api `native` (the default) and `completions` take "
+            "`input` and no `messages`; `chat` takes `messages` and no `input` (null counts as absent). "
+            + _WORKER_ALONE
         ),
         **schema,
     }
@@ -89,7 +142,8 @@ def event_schema() -> dict[str, Any]:
         "title": "tokenwire event",
         "description": (
             "One event: the JSON held in the `event` field of an entry on a job's event stream "
-            "`P:job:{JOB_ID}:events`. Exactly one terminal event (done, error, cancelled) ends a job."
+            "(channel `events` of asyncapi.yaml). Exactly one terminal event (done, error, cancelled) "
+            "ends a job."
         ),
         **schema,
     }
@@ -100,43 +154,64 @@ def asyncapi() -> dict[str, Any]:
     job_defs = job.pop("$defs", {})
     event_defs = event.pop("$defs", {})
     schemas = {**job_defs, **event_defs}
+    example = Keys("tokenwire")
     return {
-        "asyncapi": "3.0.0",
+        "asyncapi": "3.1.0",
         "info": {
             "title": "tokenwire",
             "version": "1",
             "description": (
-                "Redis streams of tokenwire. `P` is the configured key prefix (default `tokenwire`). "
-                "Entries carry one field: `job` on the job stream, `event` on event streams."
+                "Redis streams and the pub/sub channel of tokenwire. Addresses are Redis key and "
+                "channel names; every `{name}` in an address is a parameter, substituted as is, so "
+                "the Redis Cluster hash-tag braces are part of the values of `prefixTag` and "
+                f"`jobIdTag`. With the default prefix: `{example.jobs}`, `{example.dead}`, "
+                f"`{example.events('ID')}` and `{example.cancel}`. Stream entries carry one field: "
+                "`job` on the job stream, `event` on event streams."
             ),
         },
         "defaultContentType": "application/json",
         "channels": {
             "jobs": {
-                "address": "{P}:jobs",
+                "address": "{prefixTag}:jobs",
                 "description": (
-                    f"The job stream (braces are a Redis Cluster hash tag). Workers read it through "
-                    f"the consumer group `{GROUP}`; producers XADD entries with one field `job`."
+                    f"The job stream. Workers read it through the consumer group `{GROUP}`; producers "
+                    "XADD entries with one field `job`."
                 ),
+                "parameters": {"prefixTag": {"$ref": "#/components/parameters/prefixTag"}},
                 "messages": {"job": {"$ref": "#/components/messages/job"}},
             },
             "events": {
-                "address": "P:job:{JOB_ID}:events",
+                "address": "{prefix}:job:{jobIdTag}:events",
                 "description": (
                     "A job's event stream; entry ids are `<attempt>-<seq>`. Subscribers XREAD from `0` "
                     "(replay) or from the last id they saw (resume); a `start` with a higher attempt "
                     "means discard the earlier attempt's tokens."
                 ),
-                "parameters": {"JOB_ID": {"description": "The job's id."}},
+                "parameters": {
+                    "prefix": {"$ref": "#/components/parameters/prefix"},
+                    "jobIdTag": {"$ref": "#/components/parameters/jobIdTag"},
+                },
                 "messages": {"event": {"$ref": "#/components/messages/event"}},
             },
             "dead": {
-                "address": "{P}:dead",
+                "address": "{prefixTag}:dead",
                 "description": (
                     "Dead letters: entries with fields `entry`, `code`, `reason`, `consumer`, `ts`, "
                     "`job` (the original payload) and `job_id` when it was readable."
                 ),
+                "parameters": {"prefixTag": {"$ref": "#/components/parameters/prefixTag"}},
                 "messages": {"deadLetter": {"$ref": "#/components/messages/deadLetter"}},
+            },
+            "cancel": {
+                "address": "{prefix}:cancel",
+                "description": (
+                    "Cancellation requests, a Redis pub/sub channel (PUBLISH, not a stream). A "
+                    "producer first flags the job's state hash (`Client.cancel`, `tokenwire cancel`: "
+                    "a queued job then ends at once), then publishes; the worker holding the job "
+                    "closes its upstream request and writes `cancelled` with the reason."
+                ),
+                "parameters": {"prefix": {"$ref": "#/components/parameters/prefix"}},
+                "messages": {"cancel": {"$ref": "#/components/messages/cancel"}},
             },
         },
         "operations": {
@@ -145,12 +220,16 @@ def asyncapi() -> dict[str, Any]:
             "publishEvents": {"action": "send", "channel": {"$ref": "#/channels/events"}},
             "subscribeEvents": {"action": "receive", "channel": {"$ref": "#/channels/events"}},
             "readDeadLetters": {"action": "receive", "channel": {"$ref": "#/channels/dead"}},
+            "requestCancel": {"action": "send", "channel": {"$ref": "#/channels/cancel"}},
+            "listenForCancel": {"action": "receive", "channel": {"$ref": "#/channels/cancel"}},
         },
         "components": {
+            "parameters": _PARAMETERS,
             "messages": {
                 "job": {"name": "job", "payload": _rebase(job)},
                 "event": {"name": "event", "payload": _rebase(event)},
                 "deadLetter": {"name": "deadLetter", "payload": _dead_letter()},
+                "cancel": {"name": "cancel", "contentType": "text/plain", "payload": _cancel_message()},
             },
             "schemas": _rebase(schemas),
         },
@@ -166,14 +245,38 @@ def _dead_letter() -> dict[str, Any]:
     }
 
 
+CANCEL_MESSAGE_PATTERN = r"^[A-Za-z0-9._:@/+=-]{1,128}\n"
+"""What a message on the cancel channel starts with: a job id (as the job schema allows), a newline."""
+
+
+def _cancel_message() -> dict[str, Any]:
+    return {
+        "type": "string",
+        "pattern": CANCEL_MESSAGE_PATTERN,
+        "description": (
+            "UTF-8 text: the job's id, a newline, the reason, which the `cancelled` event carries "
+            "(it may be empty or span lines)."
+        ),
+        "examples": [cancel_message("3f2a9c0d41b24e7c", "user pressed stop")],
+    }
+
+
 def _rebase(node: Any) -> Any:
-    """Point ``#/$defs/X`` references at AsyncAPI's ``#/components/schemas/X``."""
+    """A JSON Schema as an AsyncAPI schema: ``#/$defs/X`` references point at
+    ``#/components/schemas/X``, and msgspec's OpenAPI-style ``discriminator`` object becomes the
+    property name AsyncAPI takes (each branch's ``type`` enum already tells the branches apart)."""
     if isinstance(node, dict):
-        return {
-            k: (v.replace("#/$defs/", "#/components/schemas/") if k == "$ref" else _rebase(v))
-            for k, v in node.items()
-            if k not in ("$schema", "$id")
-        }
+        out = {}
+        for k, v in node.items():
+            if k in ("$schema", "$id"):
+                continue
+            if k == "$ref":
+                out[k] = v.replace("#/$defs/", "#/components/schemas/")
+            elif k == "discriminator" and isinstance(v, dict) and "propertyName" in v:
+                out[k] = v["propertyName"]
+            else:
+                out[k] = _rebase(v)
+        return out
     if isinstance(node, list):
         return [_rebase(v) for v in node]
     return node

@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 from .backoff import REDIS, Backoff
 from .fastpath import startup as fast_paths
 from .jobs import job_id_of
-from .keys import GROUP, Keys, as_text
+from .keys import GROUP, Keys, read_cancel_message
 from .lease import LeaseKeeper
 from .metrics import Metrics, serve_metrics
 from .publisher import Publisher
@@ -45,10 +45,6 @@ log = structlog.get_logger("tokenwire.worker")
 def default_consumer_name() -> str:
     """``<host>-<pid>-<random>``: unique per process, readable in ``tokenwire stats``."""
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-
-
-def cancel_channel(keys: Keys) -> str:
-    return f"{keys.prefix}:cancel"
 
 
 class _Job:
@@ -312,7 +308,7 @@ class Worker:
         while not self._closing.is_set():
             try:
                 async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
-                    await pubsub.subscribe(cancel_channel(self.keys))
+                    await pubsub.subscribe(self.keys.cancel)
                     backoff.succeeded()
                     while not self._closing.is_set():
                         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
@@ -324,7 +320,7 @@ class Worker:
     def _on_cancel(self, data: Any) -> None:
         if not isinstance(data, bytes | str):
             return
-        job_id, _, reason = as_text(data).partition("\n")
+        job_id, reason = read_cancel_message(data)
         for entry_id, job in list(self.jobs.items()):
             if job.control.kind is None and job.job_id == job_id:
                 log.info("cancelling job", job_id=job_id, reason=reason)

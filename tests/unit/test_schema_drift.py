@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import jsonschema
 import yaml
 
+from worker.keys import Keys, cancel_message, read_cancel_message
 from worker.schema import render_all, stale_files
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
@@ -64,11 +66,54 @@ def test_schemas_are_valid_json_schema() -> None:
         jsonschema.Draft202012Validator.check_schema(json.loads((SCHEMAS / name).read_text()))
 
 
-def test_asyncapi_names_the_three_channels() -> None:
+def _substituted(address: str, parameters: dict[str, dict[str, object]], job_id: str) -> str:
+    """An AsyncAPI address with every parameter replaced by its value for the default prefix."""
+    values = {name: p.get("default", f"{{{job_id}}}") for name, p in parameters.items()}
+    return re.sub(r"\{([^{}]*)\}", lambda m: str(values[m.group(1)]), address)
+
+
+def test_asyncapi_addresses_are_the_keys_the_code_uses() -> None:
+    """One notation: every brace pair in an address is a declared parameter, and substituting the
+    parameters' values gives exactly the names :class:`worker.keys.Keys` builds."""
     doc = yaml.safe_load((SCHEMAS / "asyncapi.yaml").read_text())
-    addresses = {c["address"] for c in doc["channels"].values()}
-    assert addresses == {"{P}:jobs", "P:job:{JOB_ID}:events", "{P}:dead"}
     assert doc["asyncapi"].startswith("3.")
+    declared = doc["components"]["parameters"]
+    for name, channel in doc["channels"].items():
+        used = set(re.findall(r"\{([^{}]*)\}", channel["address"]))
+        refs = {k: v["$ref"] for k, v in channel.get("parameters", {}).items()}
+        assert used == set(refs), f"channel {name}: parameters {sorted(refs)} for {channel['address']}"
+        assert all(ref == f"#/components/parameters/{k}" for k, ref in refs.items())
+    keys = Keys("tokenwire")
+    real = {
+        name: _substituted(channel["address"], declared, "job-7") for name, channel in doc["channels"].items()
+    }
+    assert real == {
+        "jobs": keys.jobs,
+        "dead": keys.dead,
+        "events": keys.events("job-7"),
+        "cancel": keys.cancel,
+    }
+    assert real == {"jobs": "{tokenwire}:jobs", "dead": "{tokenwire}:dead",
+                    "events": "tokenwire:job:{job-7}:events", "cancel": "tokenwire:cancel"}  # fmt: skip
+
+
+def test_the_cancel_message_is_the_one_the_code_builds() -> None:
+    doc = yaml.safe_load((SCHEMAS / "asyncapi.yaml").read_text())
+    message = doc["components"]["messages"]["cancel"]
+    assert message["contentType"] == "text/plain"
+    payload = message["payload"]
+    for example in payload["examples"]:
+        assert re.search(payload["pattern"], example)
+    text = cancel_message("job-7", "user pressed stop\nand left")
+    assert re.search(payload["pattern"], text)
+    assert read_cancel_message(text.encode()) == ("job-7", "user pressed stop\nand left")
+    assert read_cancel_message("job-7") == ("job-7", "")
+    assert not re.search(payload["pattern"], "no newline after the id")
+    assert not re.search(payload["pattern"], "an id with spaces\nreason")
+    # The pattern allows exactly the job ids the job schema allows.
+    job_id = json.loads((SCHEMAS / "job.schema.json").read_text())["$defs"]["Job"]["properties"]["id"]
+    (id_schema,) = (s for s in job_id["anyOf"] if s.get("type") == "string")
+    assert payload["pattern"] == f"{id_schema['pattern'][:-2]}{{1,{id_schema['maxLength']}}}\\n"
 
 
 def test_job_schema_accepts_what_the_decoder_accepts() -> None:

@@ -1,0 +1,236 @@
+// tokenwire's jobs and events as TypeScript declarations, generated from
+// schemas/job.schema.json and schemas/event.schema.json by json-schema-to-typescript.
+// Do not edit: run `npm --prefix tools/contract run types` after `tokenwire schema`.
+// The five event types are named <Type>Event (their schema titles are Start, Token, ...). Event
+// interfaces allow fields a later version adds. The job's api rules (`input` for native and
+// completions, `messages` for chat) and its ranges are in the schema, not in these types.
+
+/**
+ * A generation job: the JSON held in the `job` field of an entry on the job stream (channel `jobs` of asyncapi.yaml). Api `native` (the default) and `completions` take `input` and no `messages`; `chat` takes `messages` and no `input` (null counts as absent). The worker alone checks what depends on its settings: the payload's size (`max_payload_bytes`), the prompt's length (`max_input_chars`), `params.max_tokens` against `max_tokens_cap`, and whether `provider` and `escalate.provider` name a configured provider that serves the job's api. It also rejects two things JSON Schema cannot express: an integer written with a fraction or an exponent (`5.0`, `5e0`; write `5`), and text that is not I-JSON (RFC 7493: UTF-8, no lone surrogates).
+ */
+export interface TokenwireJob {
+  api?: "chat" | "completions" | "native";
+  escalate?: Escalate | null;
+  id?: string | null;
+  input?: string | null;
+  low_prob?: number;
+  messages?: [ChatMessage, ...ChatMessage[]] | null;
+  metadata?: {
+    [k: string]: string | undefined;
+  };
+  model: string;
+  params?: Params;
+  provider?: string | null;
+}
+/**
+ * Route by confidence: run the job's (cheap) model first and, when its running confidence
+ * after ``after_tokens`` answer tokens (or at the end, when not given) is below ``below``, stop it
+ * and run ``model`` (on ``provider``, default the job's) as a new attempt on the same stream.
+ */
+export interface Escalate {
+  after_tokens?: number | null;
+  below: number;
+  model: string;
+  provider?: string | null;
+}
+/**
+ * One chat message; ``content`` is plain text.
+ */
+export interface ChatMessage {
+  content: string;
+  name?: string | null;
+  role: "assistant" | "developer" | "system" | "tool" | "user";
+}
+/**
+ * Sampling parameters, mapped to each protocol's own names by the adapters.
+ */
+export interface Params {
+  frequency_penalty?: number | null;
+  max_tokens?: number | null;
+  presence_penalty?: number | null;
+  repetition_penalty?: number | null;
+  seed?: number | null;
+  stop?: string[] | null;
+  temperature?: number | null;
+  top_k?: number | null;
+  top_logprobs?: number | null;
+  top_p?: number | null;
+}
+
+/**
+ * One event: the JSON held in the `event` field of an entry on a job's event stream (channel `events` of asyncapi.yaml). Exactly one terminal event (done, error, cancelled) ends a job.
+ */
+export type TokenwireEvent = StartEvent | TokenEvent | DoneEvent | ErrorEvent | CancelledEvent;
+
+/**
+ * An attempt begins. ``reason`` says why when it is not the first one.
+ */
+export interface StartEvent {
+  api: string;
+  attempt: number;
+  job_id: string;
+  metadata?: {
+    [k: string]: string | undefined;
+  };
+  model: string;
+  provider: string;
+  reason?: string | null;
+  type: "start";
+  [k: string]: unknown | undefined;
+}
+/**
+ * One generated token with its log-probability and the running confidence after it.
+ *
+ * ``logprob`` is the provider's value (null when it gave none or a non-finite one);
+ * ``confidence`` is ``exp(mean(sanitised logprob))`` over the scored tokens so far, null until the
+ * first scored token. ``low`` marks a scored token whose probability is under the job's ``low_prob``.
+ * ``char_start``/``char_end`` are code-point offsets of the token in ``done.text``. ``topk`` holds
+ * the top-k metrics when the provider sent alternatives. ``channel`` is ``content`` for the answer
+ * and ``reasoning`` for reasoning tokens, which have their own running confidence and never count
+ * in the answer's.
+ */
+export interface TokenEvent {
+  attempt: number;
+  channel?: string;
+  char_end?: number;
+  char_start?: number;
+  confidence?: number | null;
+  ewma_confidence?: number | null;
+  index: number;
+  job_id: string;
+  logprob: number | null;
+  low?: boolean;
+  min_prob?: number | null;
+  special?: boolean;
+  text: string;
+  token_id?: number | null;
+  top_logprobs?: TopLogprob[] | null;
+  topk?: TopkMetrics | null;
+  type: "token";
+  [k: string]: unknown | undefined;
+}
+export interface TopLogprob {
+  logprob: number | null;
+  token: string;
+  [k: string]: unknown | undefined;
+}
+/**
+ * Per-token metrics from the provider's top alternatives (confidence.md §3.1), with the running
+ * aggregates after this token. Entropies are in nats; ``entropy_ub`` needs the vocabulary size.
+ */
+export interface TopkMetrics {
+  chosen_rank: number;
+  entropy_lb: number;
+  entropy_lump: number;
+  entropy_ub?: number | null;
+  margin: number | null;
+  max_entropy_lb?: number | null;
+  mean_entropy_lb?: number | null;
+  n_not_top1?: number;
+  tail_mass: number;
+  [k: string]: unknown | undefined;
+}
+export interface DoneEvent {
+  attempt: number;
+  confidence: number | null;
+  escalation?: Escalation | null;
+  finish_reason: string;
+  job_id: string;
+  metadata?: {
+    [k: string]: string | undefined;
+  };
+  reasoning_confidence?: number | null;
+  reasoning_text?: string | null;
+  summary: Summary;
+  text: string;
+  type: "done";
+  usage: Usage;
+  [k: string]: unknown | undefined;
+}
+/**
+ * Why a job moved to a stronger model, with the cheap attempt's own outcome.
+ */
+export interface Escalation {
+  after_tokens: number | null;
+  below: number;
+  confidence: number | null;
+  from_attempt: number;
+  from_model: string;
+  from_provider: string;
+  summary: Summary;
+  tokens: number;
+  [k: string]: unknown | undefined;
+}
+/**
+ * Final confidence metrics of the attempt that produced ``done``.
+ */
+export interface Summary {
+  bits_per_byte: number | null;
+  cum_logprob: number;
+  ewma_confidence: number | null;
+  logprobs_available: boolean;
+  low_spans: LowSpan[];
+  max_entropy_index?: number | null;
+  max_entropy_lb?: number | null;
+  mean_entropy_lb?: number | null;
+  mean_logprob: number | null;
+  mean_margin?: number | null;
+  mean_prob: number | null;
+  min_index: number | null;
+  min_prob: number | null;
+  n_clamped: number;
+  n_excluded: number;
+  n_missing: number;
+  n_not_top1?: number;
+  n_scored: number;
+  n_tokens: number;
+  n_topk?: number;
+  perplexity: number | null;
+  [k: string]: unknown | undefined;
+}
+/**
+ * A maximal run of scored tokens with probability under ``low_prob``; ends are exclusive.
+ */
+export interface LowSpan {
+  byte_end: number;
+  byte_start: number;
+  char_end: number;
+  char_start: number;
+  end_token: number;
+  mean_logprob: number;
+  min_index: number;
+  min_prob: number;
+  n_tokens: number;
+  start_token: number;
+  text: string;
+  [k: string]: unknown | undefined;
+}
+export interface Usage {
+  input_tokens?: number | null;
+  output_tokens?: number;
+  [k: string]: unknown | undefined;
+}
+/**
+ * The job failed. ``code`` is a stable snake_case word; ``message`` says what went wrong.
+ */
+export interface ErrorEvent {
+  attempt: number;
+  code: string;
+  job_id: string;
+  message: string;
+  metadata?: {
+    [k: string]: string | undefined;
+  };
+  type: "error";
+  [k: string]: unknown | undefined;
+}
+export interface CancelledEvent {
+  attempt: number;
+  job_id: string;
+  metadata?: {
+    [k: string]: string | undefined;
+  };
+  reason: string;
+  type: "cancelled";
+  [k: string]: unknown | undefined;
+}
