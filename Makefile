@@ -37,6 +37,14 @@ $(DEV_STAMP): $(UV) pyproject.toml requirements/dev.txt
 	@$(PROJECT_INSTALL) -e '.[dev]'
 	@rm -f $(VENV)/.dev-* && touch $@
 
+# The official AsyncAPI parser, the TypeScript generator and tsc, pinned by tools/contract/package-lock.json
+# (the e2e lane's contract tests run them; Node.js 20+ and npm come with the machine).
+CONTRACT_TOOLS := tools/contract/node_modules/.installed
+$(CONTRACT_TOOLS): tools/contract/package.json tools/contract/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { echo "npm not found: the contract tests need Node.js 20+ and npm"; exit 1; }
+	@npm ci --prefix tools/contract --ignore-scripts --no-audit --no-fund --silent
+	@touch $@
+
 # redis-server is a system package; install it when it is missing (CI machines start bare).
 redis-server:
 	@command -v redis-server >/dev/null 2>&1 || { \
@@ -64,7 +72,7 @@ unit: $(DEV_STAMP)
 integration: $(DEV_STAMP) redis-server
 	$(PYTEST) -m integration -n $(JOBS) $(PYTEST_ARGS)
 
-e2e: $(DEV_STAMP) redis-server
+e2e: $(DEV_STAMP) redis-server $(CONTRACT_TOOLS)
 	$(PYTEST) -m e2e -n $(JOBS) $(PYTEST_ARGS)
 
 faults: $(DEV_STAMP) redis-server
@@ -75,7 +83,7 @@ deploy: $(DEV_STAMP)
 
 # What CI gates on: lint, types, then every lane in one parallel run, with coverage of worker/ and the
 # time each lane took.
-test: $(DEV_STAMP) redis-server lint typecheck
+test: $(DEV_STAMP) redis-server $(CONTRACT_TOOLS) lint typecheck
 	$(PYTEST) -n $(JOBS) -m "not slow_lane" --cov=worker --cov-report=term:skip-covered \
 	  --cov-fail-under=$$(cat .ci/coverage-floor) $(PYTEST_ARGS)
 

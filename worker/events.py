@@ -201,7 +201,7 @@ TERMINAL_TYPES: frozenset[str] = frozenset({"done", "error", "cancelled"})
 KNOWN_TYPES: frozenset[str] = frozenset({"start", "token", "done", "error", "cancelled"})
 
 # A type a later version may add: a short snake_case word, as every type is.
-EventType = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*$")]
+EventType = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*$(?!\n)")]
 
 
 class UnknownEvent(msgspec.Struct, frozen=True, kw_only=True):

@@ -30,9 +30,11 @@ Api = Literal["native", "chat", "completions"]
 API_NAMES: tuple[str, ...] = ("native", "chat", "completions")
 
 # Job ids become part of Redis keys (``P:job:{ID}``): no braces, no whitespace, bounded length.
-JobId = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@/+=-]+$")]
+# ``$(?!\n)``: Python's ``$`` also matches before a final newline (``"abc\n"`` would pass ``^...$``);
+# the lookahead refuses it, and means the same in a JSON Schema (ECMA) validator.
+JobId = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@/+=-]+$(?!\n)")]
 ModelName = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
-ProviderName = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+ProviderName = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$(?!\n)")]
 Prompt = Annotated[str, msgspec.Meta(max_length=1_000_000)]
 MetaKey = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 MetaValue = Annotated[str, msgspec.Meta(max_length=4096)]

@@ -32,7 +32,7 @@ PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 HttpUrl = Annotated[str, msgspec.Meta(pattern=r"^https?://")]
 BindHost = Annotated[
-    str, msgspec.Meta(pattern=r"^(?:[A-Za-z0-9_][A-Za-z0-9_.-]*|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*)$")
+    str, msgspec.Meta(pattern=r"^(?:[A-Za-z0-9_][A-Za-z0-9_.-]*|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*)$(?!\n)")
 ]
 
 
@@ -42,7 +42,7 @@ class Provider(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     native_url: HttpUrl | None = None
     chat_url: HttpUrl | None = None
     completions_url: HttpUrl | None = None
-    api_key_env: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
+    api_key_env: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$(?!\n)")] | None = None
     supports_top_n_tokens: bool = False
     max_top_n_tokens: Annotated[int, msgspec.Meta(ge=0, le=20)] = 5
 
@@ -77,7 +77,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # KEDA's from one Secret key). It is folded into ``redis_url``, percent-encoded, when loaded.
     redis_password: str | None = None
     redis_cluster: bool = False
-    prefix: Annotated[str, msgspec.Meta(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")] = "tokenwire"
+    prefix: Annotated[str, msgspec.Meta(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$(?!\n)")] = "tokenwire"
     consumer_name: str | None = None
     concurrency: PositiveInt = 64
     lease_seconds: PositiveFloat = 30.0
@@ -90,7 +90,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     retry_max_seconds: PositiveFloat = 30.0
     consumer_reap_idle_seconds: PositiveFloat = 3600.0
     connect_timeout_seconds: PositiveFloat = 10.0
-    upstream_transport: Annotated[str, msgspec.Meta(pattern=r"^(httpx|aiohttp)$")] = "aiohttp"
+    upstream_transport: Annotated[str, msgspec.Meta(pattern=r"^(httpx|aiohttp)$(?!\n)")] = "aiohttp"
     job_deadline_seconds: PositiveFloat = 900.0
     output_ttl_seconds: PositiveInt = 3600
     running_ttl_seconds: PositiveInt = 86400
@@ -108,8 +108,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     max_event_bytes: PositiveInt = 1_048_576
     max_stream_bytes: PositiveInt = 256 * 1_048_576
     dead_maxlen: PositiveInt = 100_000
-    log_level: Annotated[str, msgspec.Meta(pattern=r"^(?i:debug|info|warning|error)$")] = "info"
-    log_format: Annotated[str, msgspec.Meta(pattern=r"^(auto|json|console)$")] = "auto"
+    log_level: Annotated[str, msgspec.Meta(pattern=r"^(?i:debug|info|warning|error)$(?!\n)")] = "info"
+    log_format: Annotated[str, msgspec.Meta(pattern=r"^(auto|json|console)$(?!\n)")] = "auto"
     providers: dict[str, Provider] = msgspec.field(default_factory=dict)
 
     def __post_init__(self) -> None:
