@@ -1,27 +1,32 @@
 """One attempt of a job: the upstream request, one token event per token, the terminal event.
 
 It reads the provider's stream through its protocol adapter, scores every token, emits token events
-through the publisher and builds the terminal event. It owns no Redis state transition: the runner
-begins attempts and writes terminal events.
+through the publisher and says how it ended as one :mod:`worker.outcome` value. It owns no Redis
+state transition (the runner begins attempts and writes terminal events) and knows nothing of the
+runner: what it needs from its worker comes in an :class:`AttemptContext`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import httpx
 
 from .admit import Admitted
 from .confidence import ConfidenceTracker, TokenScore
 from .events import Cancelled, Done, Error, Escalation, Token, TopkMetrics, TopLogprob, Usage, encode_event
-from .publisher import Sink
+from .keys import Keys
+from .outcome import Escalate, Failed, Fenced, Finished, WriteFailed
+from .publisher import Publisher, Sink
+from .settings import Settings
+from .upstream.adapters import Adapter
 from .upstream.base import Parsed, StreamEnd, TokenRecord, UpstreamError
-from .upstream.http import open_sse
+from .upstream.http import StreamLimits, open_sse
 
-if TYPE_CHECKING:
-    from .runner import Runner
-
-__all__ = ["Attempt", "Fenced"]
+__all__ = ["Attempt", "AttemptContext"]
 
 
 YIELD_EVERY = 256
@@ -29,8 +34,17 @@ YIELD_EVERY = 256
 than the worker (a paced stream waits for bytes far more often than this)."""
 
 
-class Fenced(Exception):
-    """This attempt was superseded: stop writing, stop the upstream request, do not ack."""
+@dataclass(frozen=True, slots=True)
+class AttemptContext:
+    """What attempts need from their worker; one per worker, shared by all its attempts."""
+
+    settings: Settings
+    http: httpx.AsyncClient
+    adapters: Mapping[str, Adapter]
+    publisher: Publisher
+    keys: Keys
+    limits: StreamLimits
+    environ: Mapping[str, str]
 
 
 def _finite(value: float | None) -> float | None:
@@ -40,8 +54,8 @@ def _finite(value: float | None) -> float | None:
 class Attempt:
     """One attempt's stream: upstream events in, token events out, one terminal event at the end."""
 
-    def __init__(self, runner: Runner, admitted: Admitted, attempt: int, deadline: float) -> None:
-        self.runner = runner
+    def __init__(self, ctx: AttemptContext, admitted: Admitted, attempt: int, deadline: float) -> None:
+        self.ctx = ctx
         self.admitted = admitted
         self.job = admitted.job
         self.attempt = attempt
@@ -50,56 +64,57 @@ class Attempt:
         self.n_content = 0
         self.tracker = ConfidenceTracker(self.job.low_prob)
         self.reasoning: ConfidenceTracker | None = None
-        self.sink = Sink(runner.store.keys.events(admitted.job_id))
+        self.sink = Sink(ctx.keys.events(admitted.job_id))
         self.end: StreamEnd | None = None
         self.usage_in: int | None = None
         self.text_parts: list[str] | None = None
         esc = self.job.escalate if admitted.stronger is not None else None
         self.watch_after = esc.after_tokens if esc is not None else None
         self.judge_at_end = esc is not None  # until the after_tokens check has passed
-        self.escalating: str | None = None
+        self._escalate: str | None = None  # why, once the after_tokens check has failed
         self.deadline = deadline
-        self.failure: UpstreamError | None = None
 
-    async def run(self) -> Done | Error | None:
-        """The terminal event, or None when the attempt stopped early to escalate."""
-        runner = self.runner
+    async def run(self) -> Finished | Failed | Escalate | Fenced | WriteFailed:
+        """Stream the upstream's tokens out as token events; how the attempt ended. A fenced or
+        failed event stream wins over whatever the upstream did."""
+        outcome: Finished | Failed | Escalate | None
         try:
             async with asyncio.timeout_at(self.deadline):
-                terminal = await self._stream()
+                outcome = await self._stream()
         except UpstreamError as exc:
-            self.failure = exc
-            terminal = self._error(exc.code, exc.message)
+            outcome = Failed(exc)
         except TimeoutError:
-            terminal = self._error(
+            outcome = self.end_with_error(
                 "deadline_exceeded",
-                f"job did not finish within job_deadline_seconds={runner.settings.job_deadline_seconds}",
+                f"job did not finish within job_deadline_seconds={self.ctx.settings.job_deadline_seconds}",
             )
-        await runner.publisher.drained(self.sink)
+        await self.ctx.publisher.drained(self.sink)
         if self.sink.fenced:
-            raise Fenced
+            return Fenced()
         if self.sink.error is not None:
-            raise self.sink.error
-        return terminal
+            return WriteFailed(self.sink.error)
+        assert outcome is not None, "the stream stops without an outcome only when its sink fails"
+        return outcome
 
-    async def _stream(self) -> Done | Error | None:
-        runner, admitted = self.runner, self.admitted
-        key = admitted.provider.api_key(runner.environ)
+    async def _stream(self) -> Finished | Escalate | None:
+        """How the stream ended; None when it stopped because the sink failed."""
+        ctx, admitted = self.ctx, self.admitted
+        key = admitted.provider.api_key(ctx.environ)
         if admitted.provider.api_key_env is not None and key is None:
-            return self._error(
+            return self.end_with_error(
                 "missing_api_key",
                 f"provider {admitted.provider_name!r} needs an API key in the environment variable "
                 f"{admitted.provider.api_key_env}, which is not set on this worker",
             )
-        adapter = runner.adapters[self.job.api]
+        adapter = ctx.adapters[self.job.api]
         url, body = adapter.build_request(
-            self.job, model_url=admitted.url, settings=runner.settings, provider=admitted.provider
+            self.job, model_url=admitted.url, settings=ctx.settings, provider=admitted.provider
         )
         headers = {"Content-Type": "application/json"}
         if key is not None:
             headers["Authorization"] = f"Bearer {key}"
-        async with open_sse(runner.http, url, body, headers, runner.limits) as events:
-            publisher = runner.publisher
+        async with open_sse(ctx.http, url, body, headers, ctx.limits) as events:
+            publisher = ctx.publisher
             async for data in events:
                 parsed = adapter.parse(data)
                 self._publish(parsed)
@@ -112,17 +127,27 @@ class Attempt:
                     await asyncio.sleep(0)
                 if parsed.end is not None:
                     self.end = parsed.end
-                if parsed.closed or self.escalating is not None or not self.sink.ok:
+                if parsed.closed or self._escalate is not None or not self.sink.ok:
                     break
-        if self.escalating is not None or not self.sink.ok:
-            return None  # run() raises for a fenced or failed sink
+        return self._ended()
+
+    def _ended(self) -> Finished | Escalate | None:
+        """How the stream that was read ended; None when its sink failed."""
+        if self._escalate is not None:
+            return self._escalation(self._escalate)
+        if not self.sink.ok:
+            return None
         if self.end is None:
             raise UpstreamError(
                 "upstream_incomplete",
                 f"upstream stream ended after {self.seq} tokens without its end marker",
                 retryable=True,
             )
-        return self._done(self.end)
+        if self.judge_at_end:  # no after_tokens check ran: judge the whole answer
+            reason = self._judge(f"at the end ({self.n_content} tokens)")
+            if reason is not None:
+                return self._escalation(reason)
+        return Finished(self._done(self.end), self.seq)
 
     def _publish(self, parsed: Parsed) -> None:
         if parsed.usage_input_tokens is not None:
@@ -131,20 +156,20 @@ class Attempt:
             if self.text_parts is None:
                 self.text_parts = []
             self.text_parts.append(parsed.text)
-        cap = self.runner.limits.max_tokens + 16
+        cap = self.ctx.limits.max_tokens + 16
         for record in parsed.tokens:
             if self.seq >= cap:
                 raise UpstreamError(
                     "upstream_too_many_tokens",
-                    f"upstream sent more than {cap} tokens (max_tokens_cap={self.runner.limits.max_tokens})",
+                    f"upstream sent more than {cap} tokens (max_tokens_cap={self.ctx.limits.max_tokens})",
                 )
             self.seq += 1
             event = self._token(record)
-            self.runner.publisher.emit(self.sink, b"%d-%d" % (self.attempt, self.seq), encode_event(event))
+            self.ctx.publisher.emit(self.sink, b"%d-%d" % (self.attempt, self.seq), encode_event(event))
         if self.watch_after is not None and self.n_content >= self.watch_after:
             self.watch_after = None
             self.judge_at_end = False
-            self.escalating = self._judge(f"after {self.n_content} tokens")
+            self._escalate = self._judge(f"after {self.n_content} tokens")
 
     def _tracker_for(self, record: TokenRecord) -> ConfidenceTracker:
         if record.channel == "content":
@@ -193,18 +218,10 @@ class Attempt:
             return f"confidence {conf:.4f} < {esc.below} {when} of {self.job.model}"
         return None
 
-    def escalation_reason(self, terminal: Done | Error | None) -> str | None:
-        """Stopped early to escalate, or finished without passing the bar; errors never escalate."""
-        if terminal is None:
-            return self.escalating
-        if isinstance(terminal, Done) and self.judge_at_end:
-            return self._judge(f"at the end ({self.n_content} tokens)")
-        return None
-
-    def escalation_record(self) -> Escalation:
+    def _escalation(self, reason: str) -> Escalate:
         esc = self.job.escalate
         assert esc is not None
-        return Escalation(
+        record = Escalation(
             from_model=self.job.model,
             from_provider=self.admitted.provider_name,
             from_attempt=self.attempt,
@@ -214,6 +231,7 @@ class Attempt:
             tokens=self.n_content,
             summary=self.tracker.finish(),
         )
+        return Escalate(reason, record)
 
     def _done(self, end: StreamEnd) -> Done:
         summary = self.tracker.finish()
@@ -233,32 +251,24 @@ class Attempt:
             reasoning_confidence=None if reasoning is None else reasoning.confidence,
         )
 
-    def give_up(self, message: str) -> Error:
-        """The terminal error of a retryable failure that will not be retried again."""
-        code = self.failure.code if self.failure is not None else "upstream_error"
-        return self._error(code, message)
-
-    def _error(self, code: str, message: str) -> Error:
-        return Error(
+    def end_with_error(self, code: str, message: str) -> Finished:
+        """This attempt's end with an ``error`` event (also the runner's, for a failure it will not
+        retry)."""
+        error = Error(
             job_id=self.admitted.job_id,
             attempt=self.attempt,
             code=code,
             message=message,
             metadata=self.job.metadata,
         )
+        return Finished(error, self.seq)
 
-    def record(self, terminal: Done | Error | Cancelled) -> dict[str, str | int | float]:
-        """What the state hash keeps about the outcome (for ``status`` without reading events)."""
-        out: dict[str, str | int | float] = {"tokens": self.seq}
-        if isinstance(terminal, Done):
-            out["finish_reason"] = terminal.finish_reason
-            if terminal.confidence is not None:
-                out["confidence"] = repr(terminal.confidence)
-            if terminal.escalation is not None:
-                out["escalated_from"] = terminal.escalation.from_model
-        elif isinstance(terminal, Error):
-            out["error_code"] = terminal.code
-        return out
+    def end_cancelled(self, reason: str) -> Finished:
+        """This attempt's end with a ``cancelled`` event (the runner's, when a producer cancels)."""
+        cancelled = Cancelled(
+            job_id=self.admitted.job_id, attempt=self.attempt, reason=reason, metadata=self.job.metadata
+        )
+        return Finished(cancelled, self.seq)
 
 
 def _topk(score: TokenScore, tracker: ConfidenceTracker) -> TopkMetrics | None:

@@ -13,11 +13,12 @@ import msgspec
 import structlog
 
 from .admit import Admitted, Rejected, admit
-from .attempt import Attempt, Fenced
+from .attempt import Attempt, AttemptContext
 from .backoff import Backoff, RetryPolicy
-from .events import Cancelled, Done, Error, Start
+from .events import Done, Error, Start
 from .jobs import job_id_of
 from .metrics import Metrics
+from .outcome import Escalate, Failed, Fenced, Finished, Outcome, Skipped, WriteFailed
 from .publisher import Publisher
 from .queue import Delivery, JobQueue
 from .settings import Settings
@@ -45,13 +46,6 @@ class Control:
             self.kind, self.reason = kind, reason
 
 
-class _Stop(Exception):
-    """End this delivery here; ``ack`` says whether its entry is acknowledged."""
-
-    def __init__(self, ack: bool) -> None:
-        self.ack = ack
-
-
 class Runner:
     """Everything needed to run jobs; one instance serves every job of a worker process."""
 
@@ -72,11 +66,16 @@ class Runner:
         self.store = store
         self.queue = queue
         self.publisher = publisher
-        self.http = http
-        self.adapters = adapters
-        self.environ = os.environ if environ is None else environ
-        self.limits = StreamLimits.from_settings(settings, max_tokens=settings.max_tokens_cap)
         self.retry = RetryPolicy.upstream(settings)
+        self.attempts = AttemptContext(
+            settings=settings,
+            http=http,
+            adapters=adapters,
+            publisher=publisher,
+            keys=store.keys,
+            limits=StreamLimits.from_settings(settings, max_tokens=settings.max_tokens_cap),
+            environ=os.environ if environ is None else environ,
+        )
 
     async def handle(self, delivery: Delivery, control: Control | None = None) -> None:
         if delivery.deliveries > self.settings.max_deliveries:
@@ -119,64 +118,126 @@ class _JobRun:
         self.delivery = delivery
         self.admitted = admitted
         self.control = control
-        self.current: Attempt | None = None
         self.deadline = asyncio.get_running_loop().time() + runner.settings.job_deadline_seconds
 
     async def run(self) -> None:
-        runner = self.runner
-        terminal: Done | Error | Cancelled
-        try:
-            try:
-                attempt, terminal = await self._attempts()
-            except asyncio.CancelledError:
-                if self.control.kind != "cancel":
-                    raise
-                asyncio.current_task().uncancel()  # type: ignore[union-attr]
-                attempt, terminal = await self._cancelled()
-        except Fenced:
-            log.warning("attempt fenced: a newer attempt owns the job")
-            return
-        except _Stop as stop:
-            if stop.ack:
-                await runner.queue.ack(self.delivery.entry_id)
-            return
-        await self._finish(attempt, terminal)
+        attempt, outcome = await self._on_model(self.admitted, None, None)
+        if isinstance(outcome, Escalate):
+            outcome = await self._escalate(attempt, outcome)
+        await self._end(outcome)
 
-    async def _finish(self, attempt: Attempt, terminal: Done | Error | Cancelled) -> None:
-        runner = self.runner
+    async def _escalate(self, weak: Attempt | None, escalate: Escalate) -> Outcome:
+        """The job's stronger model, after ``weak`` was not confident enough."""
+        stronger = self.admitted.stronger
+        assert stronger is not None, "only a job with a stronger model escalates"
+        self.runner.metrics.escalations.inc()
+        log.info(
+            "escalating to a stronger model",
+            reason=escalate.reason,
+            from_model=self.admitted.job.model,
+            to_model=stronger.job.model,
+            confidence=escalate.record.confidence,
+        )
+        _, outcome = await self._on_model(stronger, escalate.reason, weak)
+        if isinstance(outcome, Finished) and isinstance(outcome.terminal, Done):
+            done = msgspec.structs.replace(outcome.terminal, escalation=escalate.record)
+            return Finished(done, outcome.tokens)
+        return outcome
+
+    async def _on_model(
+        self, admitted: Admitted, reason: str | None, previous: Attempt | None
+    ) -> tuple[Attempt | None, Outcome]:
+        """Attempts on ``admitted``'s model, from its ``start`` until one ends without a retryable
+        failure, within ``max_attempts`` and the job deadline, and the last attempt. A retry after
+        tokens were published is a new attempt. A cancel arriving at any point ends the job on the
+        attempt in progress (``previous`` until the first begins)."""
+        runner, loop = self.runner, asyncio.get_running_loop()
+        attempt = previous
+        try:
+            number = await self._begin(admitted, reason)
+            backoff = Backoff(runner.retry)
+            while not isinstance(number, Skipped):
+                attempt = Attempt(runner.attempts, admitted, number, self.deadline)
+                outcome = await attempt.run()
+                if not isinstance(outcome, Failed):
+                    return attempt, outcome
+                failure = outcome.error
+                runner.metrics.upstream_errors.labels(str(failure.status or "none"), failure.code).inc()
+                if not failure.retryable:
+                    return attempt, attempt.end_with_error(failure.code, failure.message)
+                delay = backoff.failed(failure.retry_after)
+                tries, limit = backoff.failures, runner.settings.max_attempts
+                if tries >= limit or loop.time() + delay >= self.deadline:
+                    why = f"attempts={tries} of max_attempts={limit}" if tries >= limit else "job deadline"
+                    return attempt, attempt.end_with_error(
+                        failure.code, f"{failure.message} (no more retries: {why})"
+                    )
+                log.warning(
+                    "upstream failed, retrying",
+                    code=failure.code,
+                    status=failure.status,
+                    error=failure.message,
+                    retry_in=round(delay, 3),
+                    tries=tries,
+                )
+                runner.metrics.retries.labels(failure.code).inc()
+                await asyncio.sleep(delay)
+                if attempt.seq > 0:  # tokens were published: subscribers must discard them
+                    number = await self._begin(admitted, f"retry after {failure.code}: {failure.message}")
+            return attempt, number
+        except asyncio.CancelledError:
+            if self.control.kind != "cancel":
+                raise  # fenced or draining: the worker decides what becomes of the entry
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            if attempt is None:
+                return None, Skipped(ack=False)  # not started: the next delivery's pickup sees the flag
+            await runner.publisher.drained(attempt.sink)
+            return attempt, attempt.end_cancelled(self.control.reason or "cancelled")
+
+    async def _end(self, outcome: Outcome) -> None:
+        """Act on how the job's last attempt ended: its terminal event and the ack, or neither."""
+        if isinstance(outcome, Finished):
+            await self._finish(outcome)
+        elif isinstance(outcome, Skipped):
+            if outcome.ack:
+                await self.runner.queue.ack(self.delivery.entry_id)
+        elif isinstance(outcome, Fenced):
+            log.warning("attempt fenced: a newer attempt owns the job")
+        elif isinstance(outcome, WriteFailed):
+            log.error(
+                "token events could not be written; the entry stays pending for another delivery",
+                entry=self.delivery.entry_id,
+                error=repr(outcome.error),
+            )
+        else:
+            raise AssertionError(f"{outcome!r} is resolved before a job ends")
+
+    async def _finish(self, outcome: Finished) -> None:
+        runner, terminal = self.runner, outcome.terminal
         finished = await runner.store.finish(
-            self.admitted.job_id, attempt.attempt, attempt.seq + 1, terminal, attempt.record(terminal)
+            self.admitted.job_id, terminal.attempt, outcome.tokens + 1, terminal, outcome.record()
         )
         if finished == "fenced":
-            log.warning("terminal event fenced: a newer attempt owns the job", attempt=attempt.attempt)
+            log.warning("terminal event fenced: a newer attempt owns the job", attempt=terminal.attempt)
             return
         await runner.queue.ack(self.delivery.entry_id)
         runner.metrics.jobs.labels(type(terminal).__name__.lower()).inc()
         if isinstance(terminal, Done):
             log.info(
                 "job done",
-                attempt=attempt.attempt,
-                tokens=attempt.seq,
+                attempt=terminal.attempt,
+                tokens=outcome.tokens,
                 finish_reason=terminal.finish_reason,
                 confidence=terminal.confidence,
                 escalated=terminal.escalation is not None,
             )
-        elif isinstance(terminal, Cancelled):
-            log.info("job cancelled", attempt=attempt.attempt, reason=terminal.reason)
+        elif isinstance(terminal, Error):
+            log.warning("job failed", code=terminal.code, error=terminal.message, tokens=outcome.tokens)
         else:
-            log.warning("job failed", code=terminal.code, error=terminal.message, tokens=attempt.seq)
+            log.info("job cancelled", attempt=terminal.attempt, reason=terminal.reason)
 
-    async def _cancelled(self) -> tuple[Attempt, Cancelled]:
-        attempt = self.current
-        if attempt is None:
-            raise _Stop(ack=False)  # not started: the pickup of the next delivery will see the flag
-        await self.runner.publisher.drained(attempt.sink)
-        reason = self.control.reason or "cancelled"
-        return attempt, Cancelled(
-            job_id=self.admitted.job_id, attempt=attempt.attempt, reason=reason, metadata=attempt.job.metadata
-        )
-
-    async def _begin(self, admitted: Admitted, reason: str | None) -> int:
+    async def _begin(self, admitted: Admitted, reason: str | None) -> int | Skipped:
+        """Begin an attempt (its number), or why none may begin."""
         runner, delivery = self.runner, self.delivery
         begun = await runner.store.begin(
             admitted.job_id,
@@ -194,65 +255,10 @@ class _JobRun:
             )
             log.info("job cancelled before it started", outcome=outcome)
             runner.metrics.jobs.labels("cancelled").inc()
-            raise _Stop(ack=True)
+            return Skipped(ack=True)
         log.info("job skipped", reason=begun.outcome, detail=begun.detail, entry=delivery.entry_id)
         runner.metrics.jobs.labels("skipped").inc()
-        raise _Stop(ack=True)
-
-    async def _attempts(self) -> tuple[Attempt, Done | Error]:
-        """The job's attempts: retries, and the escalated model when the first is not confident."""
-        admitted = self.admitted
-        attempt, terminal = await self._with_retries(admitted, await self._begin(admitted, None))
-        reason = attempt.escalation_reason(terminal)
-        if reason is None or admitted.stronger is None:
-            assert terminal is not None
-            return attempt, terminal
-        record = attempt.escalation_record()
-        stronger = admitted.stronger
-        self.runner.metrics.escalations.inc()
-        log.info(
-            "escalating to a stronger model",
-            reason=reason,
-            from_model=admitted.job.model,
-            to_model=stronger.job.model,
-            confidence=record.confidence,
-        )
-        strong, final = await self._with_retries(stronger, await self._begin(stronger, reason))
-        assert final is not None
-        if isinstance(final, Done):
-            final = msgspec.structs.replace(final, escalation=record)
-        return strong, final
-
-    async def _with_retries(self, admitted: Admitted, number: int) -> tuple[Attempt, Done | Error | None]:
-        """Upstream requests until one ends without a retryable failure, within ``max_attempts`` and
-        the job deadline. A retry after tokens were published is a new attempt."""
-        runner, loop = self.runner, asyncio.get_running_loop()
-        backoff = Backoff(runner.retry)
-        while True:
-            self.current = attempt = Attempt(runner, admitted, number, self.deadline)
-            terminal = await attempt.run()
-            failure = attempt.failure
-            if failure is not None:
-                runner.metrics.upstream_errors.labels(str(failure.status or "none"), failure.code).inc()
-            if failure is None or not failure.retryable:
-                return attempt, terminal
-            delay = backoff.failed(failure.retry_after)
-            tries, limit = backoff.failures, runner.settings.max_attempts
-            if tries >= limit or loop.time() + delay >= self.deadline:
-                why = f"attempts={tries} of max_attempts={limit}" if tries >= limit else "job deadline"
-                return attempt, attempt.give_up(f"{failure.message} (no more retries: {why})")
-            log.warning(
-                "upstream failed, retrying",
-                code=failure.code,
-                status=failure.status,
-                error=failure.message,
-                retry_in=round(delay, 3),
-                tries=tries,
-            )
-            runner.metrics.retries.labels(failure.code).inc()
-            await asyncio.sleep(delay)
-            if attempt.seq > 0:  # tokens were published: subscribers must discard them
-                number = await self._begin(admitted, f"retry after {failure.code}: {failure.message}")
+        return Skipped(ack=True)
 
 
 def _start(admitted: Admitted, reason: str | None) -> Start:
