@@ -60,6 +60,11 @@ class _Job:
 class Worker:
     """A worker: one consumer in the ``workers`` group, up to ``concurrency`` jobs in flight."""
 
+    abandon_after: float = 5.0
+    """Seconds the jobs still running at the end of the drain grace get to stop once cancelled; a
+    job whose task has not stopped by then is abandoned (logged, handed back) so a stop is never
+    held by one job."""
+
     def __init__(
         self,
         settings: Settings,
@@ -327,6 +332,10 @@ class Worker:
                 self._interrupt(entry_id, "cancel", reason or "cancelled")
 
     async def _drain(self) -> None:
+        """Let in-flight jobs finish within the drain grace, cancel the rest, wait at most
+        :attr:`abandon_after` for them to stop, and hand them all back for a peer. Bounded: a job
+        that ignores its cancellation is abandoned, never waited for (its writes are fenced once a
+        peer begins the job again)."""
         if not self.jobs:
             return
         grace = self.settings.drain_grace_seconds
@@ -338,8 +347,15 @@ class Worker:
         for job in left:
             job.control.set("drain")
             job.task.cancel()
-        await asyncio.wait(pending)
+        _, stuck = await asyncio.wait(pending, timeout=self.abandon_after)
         for job in left:
+            if job.task in stuck:
+                log.warning(
+                    "job did not stop when cancelled; abandoning it",
+                    entry=job.delivery.entry_id,
+                    job_id=job.job_id,
+                    waited=self.abandon_after,
+                )
             try:
                 new_entry = await self.queue.hand_back(job.delivery)
                 log.info("handed a job back for a peer", entry=job.delivery.entry_id, new_entry=new_entry)

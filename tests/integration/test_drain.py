@@ -1,0 +1,122 @@
+"""The drain is bounded: a job whose task ignores its cancellation cannot hold a worker's stop (real
+redis-server, the real simulator paced slowly, in-process workers)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import httpx
+import pytest
+import structlog
+
+from worker import Client, Done, Start, Token
+
+from .conftest import RunningWorker
+
+pytestmark = pytest.mark.integration
+
+StartWorker = Callable[..., Awaitable[RunningWorker]]
+SLOW_LEASE = {"lease_seconds": 30.0, "reclaim_interval_seconds": 0.2}  # a takeover cannot explain a fast end
+
+
+class _StubbornBody(httpx.AsyncByteStream):
+    """An upstream body whose reader, once cancelled, ignores the cancellation until released (as
+    a library that swallows ``CancelledError`` while it cleans up would)."""
+
+    def __init__(self, inner: httpx.AsyncByteStream, transport: _Stubborn) -> None:
+        self.inner = inner
+        self.transport = transport
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self.inner:
+                yield chunk
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            assert task is not None
+            task.uncancel()
+            self.transport.holding.set()
+            await self.transport.released.wait()
+            raise
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class _Stubborn(httpx.AsyncBaseTransport):
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.holding = asyncio.Event()
+        self.released = asyncio.Event()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        return httpx.Response(
+            response.status_code,
+            headers=response.headers,
+            stream=_StubbornBody(response.stream, self),
+            extensions=response.extensions,
+        )
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_a_job_ignoring_its_cancellation_cannot_hold_the_stop(
+    start_worker: StartWorker, client: Client
+) -> None:
+    stubborn = _Stubborn()
+    grace, bound = 0.2, 0.5
+    first = await start_worker(
+        http=httpx.AsyncClient(transport=stubborn), drain_grace_seconds=grace, **SLOW_LEASE
+    )
+    first.worker.abandon_after = bound
+    job_id = await client.enqueue(model="tokenwire/sim;tokens=80;tps=20", input="slow")
+    async with asyncio.timeout(10):
+        async for item in client.subscribe(job_id):
+            if isinstance(item.event, Token):
+                break
+    [task] = first.worker.inflight
+    await start_worker(**SLOW_LEASE)  # the peer the abandoned job is handed to
+
+    with structlog.testing.capture_logs() as logs:
+        stopped = time.monotonic()
+        await first.shutdown(timeout=10.0)  # unbounded, this waits until the body is released
+        took = time.monotonic() - stopped
+    try:
+        assert stubborn.holding.is_set(), "the job's task was never cancelled"
+        assert not task.done(), "the task stopped by itself: nothing was abandoned"
+        assert took < grace + bound + 5.0, f"stop took {took:.2f}s"
+        abandoned = [r for r in logs if r["event"] == "job did not stop when cancelled; abandoning it"]
+        assert [(r["job_id"], r["waited"]) for r in abandoned] == [(job_id, bound)]
+        assert any(r["event"] == "handed a job back for a peer" for r in logs)
+
+        items = [item async for item in client.subscribe(job_id, timeout=60)]
+        starts = [i.event.attempt for i in items if isinstance(i.event, Start)]
+        assert starts == [1, 2] and isinstance(items[-1].event, Done) and items[-1].event.attempt == 2
+    finally:
+        stubborn.released.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            async with asyncio.timeout(10):
+                await task
+
+
+async def test_jobs_that_stop_when_cancelled_are_handed_back_without_the_wait(
+    start_worker: StartWorker, client: Client
+) -> None:
+    """The bound is a limit, not a pause: cancelled jobs that stop at once end the drain at once."""
+    first = await start_worker(drain_grace_seconds=0.2, **SLOW_LEASE)
+    first.worker.abandon_after = 60.0
+    job_id = await client.enqueue(model="tokenwire/sim;tokens=80;tps=20", input="slow")
+    async with asyncio.timeout(10):
+        async for item in client.subscribe(job_id):
+            if isinstance(item.event, Token):
+                break
+    with structlog.testing.capture_logs() as logs:
+        await first.shutdown(timeout=30.0)
+    assert not any("abandoning" in str(r["event"]) for r in logs)
+    assert any(r["event"] == "handed a job back for a peer" for r in logs)
