@@ -116,3 +116,15 @@ bench: $(DEV_STAMP) redis-server
 
 clean:
 	rm -rf $(VENV) $(LATEST) dist build .mypy_cache .ruff_cache .pytest_cache .coverage
+
+# The image lane (README "Development"; needs root): deploy/Dockerfile executed without an engine on a debootstrap
+# root of the Debian release its base names (cached in /var/cache/tokenwire-image-root), then run with
+# chroot as its user: /readyz against a private Redis, a simulated job to `done`. Podman builds it too where
+# it can (installed here if missing); it skips quoting podman's error where it cannot.
+.PHONY: test-image
+test-image: $(DEV_STAMP) redis-server
+	@command -v podman >/dev/null 2>&1 || { \
+	  echo "podman not found: installing it with apt-get"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman >/dev/null; }
+	$(PYTEST) tests/image -m "slow_lane or unit" -p no:cacheprovider $(PYTEST_ARGS)
