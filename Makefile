@@ -56,8 +56,8 @@ demo: $(DEMO_STAMP)
 	@$(BIN)/tokenwire demo
 
 lint: $(DEV_STAMP)
-	$(BIN)/ruff check worker tests bench
-	$(BIN)/ruff format --check worker tests bench
+	$(BIN)/ruff check worker tests bench tools
+	$(BIN)/ruff format --check worker tests bench tools
 
 typecheck: $(DEV_STAMP)
 	$(BIN)/mypy
@@ -107,6 +107,7 @@ lock: $(UV)
 	  -o requirements/dev.txt
 	$(UV) pip compile pyproject.toml requirements/build.in --extra sim $(LOCK_FLAGS) --upgrade \
 	  -c requirements/dev.txt -o requirements/demo.txt
+	$(UV) pip compile pyproject.toml $(LOCK_FLAGS) -c requirements/dev.txt -o requirements/runtime.txt
 
 # make bench: tokenwire against a naive worker and the floor (bench/results/latest.json);
 # make bench QUICK=1: a subset in under two minutes.

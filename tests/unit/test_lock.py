@@ -36,7 +36,9 @@ def _requirements(*extras: str) -> list[Requirement]:
     return [r for r in map(Requirement, names) if _norm(r.name) != "tokenwire"]
 
 
-@pytest.mark.parametrize(("lock", "extras"), [("demo.txt", ("sim",)), ("dev.txt", ("sim", "dev"))])
+@pytest.mark.parametrize(
+    ("lock", "extras"), [("runtime.txt", ()), ("demo.txt", ("sim",)), ("dev.txt", ("sim", "dev"))]
+)
 def test_lock_pins_every_dependency_within_its_range(lock: str, extras: tuple[str, ...]) -> None:
     pins = _pins(lock)
     for req in _requirements(*extras):
@@ -49,16 +51,17 @@ def test_lock_pins_every_dependency_within_its_range(lock: str, extras: tuple[st
 
 
 def test_every_line_is_hashed() -> None:
-    for lock in ("demo.txt", "dev.txt", "uv.txt"):
+    for lock in ("demo.txt", "dev.txt", "runtime.txt", "uv.txt"):
         text = (ROOT / "requirements" / lock).read_text()
         for block in re.split(r"\n(?=[A-Za-z])", text):
             if PIN.match(block):
                 assert "--hash=sha256:" in block, f"{lock}: {block.splitlines()[0]} has no hash"
 
 
-def test_the_demo_lock_agrees_with_the_dev_lock() -> None:
-    demo, dev = _pins("demo.txt"), _pins("dev.txt")
-    assert {name: v for name, v in demo.items() if dev.get(name) != v} == {}
+@pytest.mark.parametrize("lock", ["demo.txt", "runtime.txt"])
+def test_every_lock_agrees_with_the_dev_lock(lock: str) -> None:
+    pins, dev = _pins(lock), _pins("dev.txt")
+    assert {name: v for name, v in pins.items() if dev.get(name) != v} == {}
 
 
 def test_internals_libraries_have_upper_bounds() -> None:
