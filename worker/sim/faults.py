@@ -27,6 +27,7 @@ import msgspec
 __all__ = [
     "DIRECTIVE_NAMES",
     "GENERATION_ERROR",
+    "HEADER_FAULTS",
     "DirectiveError",
     "Directives",
     "Fault",
@@ -41,7 +42,26 @@ __all__ = [
     "status_reply",
 ]
 
-Fault = Literal["status", "disconnect", "stall", "malformed", "error", "eof", "big"]
+Fault = Literal[
+    "status",
+    "disconnect",
+    "stall",
+    "malformed",
+    "error",
+    "eof",
+    "big",
+    # hostile upstreams: a compressed body (``coding``, ``size`` bytes of newlines decompressed),
+    # ``size`` bytes of blank lines, a header line of ``size`` bytes, ``headers`` headers, an event
+    # nested ``depth`` levels deep, a token-shaped event under the name ``event``
+    "gzipbomb",
+    "blankflood",
+    "bigheader",
+    "manyheaders",
+    "deepjson",
+    "named",
+]
+HEADER_FAULTS: frozenset[str] = frozenset({"gzipbomb", "bigheader", "manyheaders"})
+"""Faults that shape the response's head: they fire before the first event, whatever ``after``."""
 Flavor = Literal["openai", "together", "vllm", "llamacpp"]
 
 NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
@@ -70,6 +90,10 @@ class Directives(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     then: Literal["continue", "end"] = "continue"  # after a malformed or big event
     error_type: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = "generation"
     size: Annotated[int, msgspec.Meta(ge=1, le=256 * 1024 * 1024)] = 2_000_000  # big event bytes
+    coding: Literal["gzip", "deflate"] = "gzip"  # gzipbomb's Content-Encoding
+    headers: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 100_000  # manyheaders' count
+    depth: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1000  # deepjson's nesting
+    event: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}\Z")] = "ping"  # named's name
     rst: bool = False  # disconnect with a TCP reset instead of a FIN
     done: bool = False  # append "data: [DONE]" after the final event
     nospace: bool = False  # "data:{...}" without the space

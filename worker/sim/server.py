@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
 import struct
 import time
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
@@ -27,6 +29,7 @@ from aiohttp import web
 from worker.sim import native
 from worker.sim.faults import (
     GENERATION_ERROR,
+    HEADER_FAULTS,
     Directives,
     Fault,
     RequestError,
@@ -55,6 +58,7 @@ _YIELD_EVERY = 64  # flat-out streams yield to the loop this often so others kee
 _FLUSH_TIMEOUT = 2.0  # seconds to let sent events leave before a simulated disconnect
 _SHUTDOWN_TIMEOUT = 5.0
 _MAX_BODY = 16 * 1024 * 1024
+_FLOOD_BLOCK = 64 * 1024  # bytes per write of a flood or a bomb
 
 
 class SimConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -230,6 +234,10 @@ class _Stream:
         self.stats.active_streams += 1
         self.stats.streams_started += 1
         try:
+            if self.fault in HEADER_FAULTS:
+                fault, self.fault = self.fault, None
+                if await self._head_fault(fault):
+                    return self.response
             await self.response.prepare(self.request)
             self.t0 = asyncio.get_running_loop().time()
             await self._generate()
@@ -304,6 +312,27 @@ class _Stream:
             else:
                 await asyncio.sleep(min(delay, 3600.0))
 
+    async def _head_fault(self, fault: Fault) -> bool:
+        """A fault of the response's head; returns whether the response is complete."""
+        d, headers = self.directives, self.response.headers
+        if fault == "bigheader":  # one header line of about `size` bytes
+            headers["X-Sim-Padding"] = "a" * d.size
+            return False
+        if fault == "manyheaders":
+            for i in range(d.headers):
+                headers.add(f"X-Sim-{i}", "x")
+            return False
+        # gzipbomb: `size` newlines, compressed (built off the loop once, then cached)
+        body = await asyncio.to_thread(_bomb, d.coding, d.size)
+        headers["Content-Encoding"] = d.coding
+        await self.response.prepare(self.request)
+        await self._flood(body)
+        return True
+
+    async def _flood(self, data: bytes) -> None:
+        for start in range(0, len(data), _FLOOD_BLOCK):
+            await self.response.write(data[start : start + _FLOOD_BLOCK])
+
     async def _fire(self, fault: Fault, source: TokenSource) -> bool:
         """Inject ``fault``; returns whether the stream ends here."""
         d = self.directives
@@ -321,6 +350,22 @@ class _Stream:
             return True
         elif fault == "eof":
             return True
+        elif fault == "blankflood":  # `size` bytes of blank lines
+            block = b"\n" * min(d.size, _FLOOD_BLOCK)
+            for start in range(0, d.size, len(block)):
+                await self.response.write(block[: d.size - start])
+            return d.then == "end"
+        elif fault == "deepjson":  # an event nested `depth` levels deep
+            await self._send(b'{"z":' + b"[" * d.depth + b"]" * d.depth + b"}")
+            return d.then == "end"
+        elif fault == "named":  # a token-shaped event under a name that carries no tokens
+            payload = self.encoder.token(filler_token(24), None) or next(iter(self.encoder.flush()), None)
+            if payload is not None:
+                newline = b"\r\n" if d.crlf else b"\n"
+                await self.response.write(
+                    b"event: " + d.event.encode() + newline + self.prefix + payload + self.sep
+                )
+            return False
         elif fault == "big":
             token = filler_token(d.size)
             top = source.alternatives(token, self.sim.top_n) if self.sim.top_n else None
@@ -352,6 +397,15 @@ class _Stream:
         if self.directives.rst and sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         transport.abort()
+
+
+@functools.lru_cache(maxsize=4)
+def _bomb(coding: str, size: int) -> bytes:
+    """``size`` newlines compressed as ``coding`` (gzip or zlib-wrapped deflate, as HTTP's)."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31 if coding == "gzip" else 15)
+    block = b"\n" * min(size, 1 << 20)
+    parts = [compressor.compress(block[: size - start]) for start in range(0, size, len(block))]
+    return b"".join([*parts, compressor.flush()])
 
 
 def _json(payload: object, status: int = 200) -> web.Response:

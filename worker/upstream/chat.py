@@ -204,7 +204,7 @@ def decode_chunk(data: str) -> Chunk | None:
     """The chunk; ``None`` for a padded ``[DONE]``; raises on malformed JSON and error events."""
     try:
         chunk = _DECODER.decode(data)
-    except msgspec.DecodeError as exc:  # ValidationError included
+    except (msgspec.DecodeError, RecursionError) as exc:  # ValidationError; nested too deep
         if data.strip() == "[DONE]":
             return None
         raise malformed_event(data, exc) from None

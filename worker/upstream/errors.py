@@ -67,8 +67,9 @@ def stream_error(error: Any, *, error_type: Any = None, error_message: Any = Non
     return UpstreamError(code, f"{prefix}: {_text(error_message, error)}", retryable=retryable)
 
 
-def malformed_event(data: str, exc: msgspec.DecodeError) -> UpstreamError:
-    """An event that is not the JSON the protocol promises (retryable: streams glitch)."""
+def malformed_event(data: str, exc: msgspec.DecodeError | RecursionError) -> UpstreamError:
+    """An event that is not the JSON the protocol promises, or nested deeper than the decoder
+    goes (retryable: streams glitch)."""
     preview = data[:_MALFORMED_PREVIEW]
     return UpstreamError(
         "upstream_malformed_event",
@@ -124,7 +125,10 @@ def _text(*values: Any) -> str:
             message = value.get("message")
             if isinstance(message, str) and message.strip():
                 return _clip(message.strip())
-            return _clip(_ENCODER.encode(value).decode())
+            try:
+                return _clip(_ENCODER.encode(value).decode())
+            except RecursionError:  # nested deeper than the encoder goes
+                return "(an error object nested too deep to show)"
     return "(no message)"
 
 

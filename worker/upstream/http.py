@@ -4,13 +4,19 @@
 failure, before or during the stream, is an :class:`UpstreamError` whose message carries the
 provider's own words and never a request header (header values that look secret are redacted).
 
-Size bounds are enforced on the decoded bytes as they arrive, before httpx-sse buffers a line: an
-event (bytes since the last blank line) longer than ``max_event_bytes`` or a stream longer than
-``max_stream_bytes`` fails at once, whatever the chunking.
+Size bounds are enforced on the bytes as they arrive, before httpx-sse buffers a line: an event
+(bytes since the last blank line) longer than ``max_event_bytes``, more than ``max_event_bytes``
+(plus :data:`GAP_SLACK`) between two data events (blank lines, comments, skipped named events), or
+a stream longer than ``max_stream_bytes`` fails at once, whatever the chunking. A compressed body
+(any ``Content-Encoding`` but ``identity``, which is what is asked for) is refused before a byte of
+it is read or decompressed: its decompressed size is unbounded. The reader lets the event loop run
+every :data:`LINES_PER_TURN` lines, so no read stalls other jobs. Any other failure of the request
+(an HTTP parser's, a decoder's) is an ``upstream_protocol_error``, never an unmapped exception.
 """
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import contextlib
 import html
@@ -27,6 +33,7 @@ from httpx_sse import EventSource, aconnect_sse
 
 from worker.fastpath.httpx_aiohttp import aiohttp_content, aiohttp_errors
 from worker.fastpath.httpx_sse import Event, decoders
+from worker.redact import MIN_SECRET, Redactor
 from worker.settings import Settings
 from worker.upstream.base import UpstreamError
 from worker.upstream.stall import StallGuard
@@ -44,6 +51,14 @@ ERROR_BODY_LIMIT = 64 * 1024
 """At most this many bytes of a non-SSE response body are read for its error message."""
 
 EVENT_SLACK = 64
+
+GAP_SLACK = 64 * 1024
+"""Bytes allowed beyond ``max_event_bytes`` between two data events (keep-alive comments, pings)."""
+
+LINES_PER_TURN = 1024
+"""At most this many lines are parsed before the reader lets the event loop run."""
+
+_CODING_LIMIT = 64
 """Data events allowed beyond ``max_tokens`` (role, finish, usage and ``[DONE]`` events)."""
 
 _TEXT_LIMIT = 300
@@ -125,6 +140,8 @@ async def open_sse(
             raise _redacted(exc, secrets) from None
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise _redacted(_transport_error(exc, host), secrets) from None
+        except Exception as exc:  # an HTTP parser's own error (aiohttp's oversized headers, ...)
+            raise _redacted(_protocol_error(exc, host), secrets) from None
         events = _data_events(source.response, limits, secrets, host, guard)
         yield await stack.enter_async_context(contextlib.aclosing(events))
 
@@ -149,18 +166,13 @@ async def _data_events(
     try:
         with mapped_errors:
             if found is None:
-                body = httpx.Response(
-                    response.status_code,
-                    headers={"content-type": "text/event-stream; charset=utf-8"},
-                    stream=_CountedBody(chunks, bounds, guard),
-                    request=response.request,
-                )
-                async with contextlib.aclosing(EventSource(body).aiter_sse()) as source:
-                    async for sse in source:
-                        if (data := take(sse)) is not None:
-                            guard.hold()
-                            yield data
-                            guard.resume()
+                fallback = _fallback_events(response, _CountedBody(chunks, bounds, guard), take)
+                async with contextlib.aclosing(fallback) as source:
+                    async for item in source:
+                        bounds.delivered()
+                        guard.hold()
+                        yield item
+                        guard.resume()
                 return
             decode = codecs.getincrementaldecoder("utf-8")("replace").decode  # SSE is UTF-8, always
             lines, events = found.lines(), found.events().decode
@@ -170,22 +182,41 @@ async def _data_events(
                 guard.progress()
                 bounds.count(chunk)
                 text = decode(chunk)
-                for line in lines.decode(text) if text else ():
-                    if (event := events(line)) is not None and (data := take(event)) is not None:
-                        guard.hold()
-                        yield data
-                        guard.resume()
+                batch = lines.decode(text) if text else ()
+                for start in range(0, len(batch), LINES_PER_TURN):
+                    if start:  # a chunk of many short lines (a flood): let other jobs run
+                        await asyncio.sleep(0)
+                    for line in batch[start : start + LINES_PER_TURN]:
+                        if (event := events(line)) is not None and (data := take(event)) is not None:
+                            bounds.delivered()
+                            guard.hold()
+                            yield data
+                            guard.resume()
             guard.hold()  # the body has ended: nothing is awaited from the upstream any more
             tail = decode(b"", True)
             for line in [*(lines.decode(tail) if tail else ()), *lines.flush()]:
-                if (event := events(line)) is not None and (data := take(event)) is not None:
-                    yield data
-    except UpstreamError as exc:
-        raise _redacted(exc, secrets) from None
-    except httpx.HTTPError as exc:
-        raise _redacted(_transport_error(exc, host), secrets) from None
+                if (event := events(line)) is not None and (last := take(event)) is not None:
+                    yield last
+    except Exception as exc:
+        raise _redacted(_classified(exc, host), secrets) from None
     finally:
         await _aclose(chunks)
+
+
+async def _fallback_events(
+    response: httpx.Response, body: _CountedBody, take: _DataFilter
+) -> AsyncGenerator[str, None]:
+    """The data events through httpx-sse's public ``EventSource``, over the bounded bytes."""
+    counted = httpx.Response(
+        response.status_code,
+        headers={"content-type": "text/event-stream; charset=utf-8"},
+        stream=body,
+        request=response.request,
+    )
+    async with contextlib.aclosing(EventSource(counted).aiter_sse()) as source:
+        async for sse in source:
+            if (data := take(sse)) is not None:
+                yield data
 
 
 class _CountedBody(httpx.AsyncByteStream):
@@ -197,16 +228,25 @@ class _CountedBody(httpx.AsyncByteStream):
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         async for chunk in self._chunks:
-            if chunk:
-                self._guard.progress()
-                self._bounds.count(chunk)
+            if not chunk:
+                continue
+            self._guard.progress()
+            self._bounds.count(chunk)
+            if len(chunk) <= LINES_PER_TURN:
                 yield chunk
+                continue
+            # httpx-sse parses each piece whole: pieces of at most LINES_PER_TURN lines, with a
+            # turn of the event loop between them
+            for start in range(0, len(chunk), LINES_PER_TURN):
+                yield chunk[start : start + LINES_PER_TURN]
+                await asyncio.sleep(0)
         self._guard.hold()  # the body has ended: nothing is awaited from the upstream any more
 
 
 class _DataFilter:
-    """Events in, the ``data`` of each non-empty one out; an ``event: error`` and more events than
-    ``max_tokens`` allows raise."""
+    """Events in, the ``data`` of each non-empty unnamed (or ``message``) event out; other named
+    events (``ping``, ``message_start``, ...) carry no tokens and are skipped; an ``event: error``
+    and more events than ``max_tokens`` allows raise."""
 
     __slots__ = ("_count", "_max_events", "_max_tokens")
 
@@ -217,8 +257,11 @@ class _DataFilter:
 
     def __call__(self, event: Event) -> str | None:
         data = event.data
-        if event.event == "error":
-            raise _error_event(data)
+        name = event.event
+        if name and name != "message":
+            if name == "error":
+                raise _error_event(data)
+            return None
         if not data or data.isspace():
             return None
         self._count += 1
@@ -238,12 +281,10 @@ def _chunks(
     Under httpx-aiohttp, straight from aiohttp's reader (httpx's path adds four async generators
     between the socket and the parser), with aiohttp's exceptions mapped as httpx-aiohttp's own
     stream maps them (:mod:`worker.fastpath.httpx_aiohttp`); otherwise httpx's ``aiter_bytes`` (its
-    errors are httpx's already), which also serves a body a transport already read and
-    decompresses one sent encoded (we ask for ``identity``), so the bounds apply to what the parser
-    buffers.
+    errors are httpx's already), which also serves a body a transport already read. An encoded body
+    never gets here (:func:`_check_response` refuses it), so nothing is decompressed.
     """
-    coding = response.headers.get("content-encoding", "").strip().lower()
-    content = aiohttp_content(response) if coding in ("", "identity") else None
+    content = aiohttp_content(response)
     if content is not None:
         return content.iter_any(), aiohttp_errors()
     return response.aiter_bytes(), contextlib.nullcontext()
@@ -253,10 +294,20 @@ def _chunks(
 
 
 async def _check_response(response: httpx.Response) -> None:
-    """Raise unless the response is a 2xx ``text/event-stream``."""
+    """Raise unless the response is an unencoded 2xx ``text/event-stream``. An encoded body is
+    never read: an error status is reported without its body, a stream is refused."""
+    coding = _content_coding(response.headers)
     if not response.is_success:
-        body = await _read_bounded(response)
+        body = await _read_bounded(response) if coding is None else b""
         raise error_from_response(response.status_code, response.headers, body)
+    if coding is not None:
+        raise UpstreamError(
+            "upstream_protocol_error",
+            f"HTTP {response.status_code} from upstream with Content-Encoding {coding!r} though "
+            "identity was asked for: compressed streams are refused (their decompressed size is "
+            "unbounded)",
+            status=response.status_code,
+        )
     content_type = response.headers.get("content-type", "")
     if "text/event-stream" not in content_type.partition(";")[0].lower():
         body = await _read_bounded(response)
@@ -267,6 +318,14 @@ async def _check_response(response: httpx.Response) -> None:
             f"{content_type or 'none'!r} instead of text/event-stream: {detail or '(empty body)'}",
             status=response.status_code,
         )
+
+
+def _content_coding(headers: httpx.Headers) -> str | None:
+    """The body's content codings other than ``identity`` (``"gzip"``, ``"br, gzip"``), clipped;
+    ``None`` for an unencoded body."""
+    codings = [c.strip().lower() for c in ",".join(headers.get_list("content-encoding")).split(",")]
+    found = ", ".join(c for c in codings if c and c != "identity")
+    return _clip(found, _CODING_LIMIT) if found else None
 
 
 async def _read_bounded(response: httpx.Response, limit: int = ERROR_BODY_LIMIT) -> bytes:
@@ -350,7 +409,7 @@ def message_from_body(body: bytes, content_type: str = "") -> str:
     if text[0] in "{[":
         try:
             message = _json_message(msgspec.json.decode(body))
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):  # not JSON, or nested too deep
             message = None
         if message:
             return _clip(_collapse(message), _JSON_MESSAGE_LIMIT)
@@ -438,6 +497,26 @@ def _transport_error(exc: httpx.HTTPError | httpx.InvalidURL, host: str) -> Upst
     return UpstreamError("upstream_connection_error", message, retryable=True)
 
 
+def _classified(exc: Exception, host: str) -> UpstreamError:
+    """Every failure while reading the stream as an :class:`UpstreamError`."""
+    if isinstance(exc, UpstreamError):
+        return exc
+    if isinstance(exc, httpx.HTTPError):
+        return _transport_error(exc, host)
+    return _protocol_error(exc, host)  # a parser's or decoder's own error
+
+
+def _protocol_error(exc: Exception, host: str) -> UpstreamError:
+    """Any other failure reading the response (an HTTP parser's: an oversized header line, too
+    many headers; a decoder's): the request failed, named by the error's type and words."""
+    detail = _collapse(str(getattr(exc, "message", None) or exc)) or "(no detail)"
+    return UpstreamError(
+        "upstream_protocol_error",
+        f"the response from upstream {host} could not be read: {type(exc).__name__}: "
+        f"{_clip(detail, _TEXT_LIMIT)}",
+    )
+
+
 def _read_timeout(exc: httpx.HTTPError) -> float | None:
     try:
         timeout = exc.request.extensions.get("timeout", {})
@@ -467,10 +546,9 @@ def _secrets(*header_sets: Iterable[tuple[str, str]]) -> tuple[str, ...]:
 
 
 def _redacted(exc: UpstreamError, secrets: tuple[str, ...]) -> UpstreamError:
-    """``exc``, or a copy whose message has every secret replaced by ``[redacted]``."""
-    message = exc.message
-    for secret in secrets:
-        message = message.replace(secret, "[redacted]")
+    """``exc``, or a copy whose message has every secret of the request's headers redacted too
+    (by :mod:`worker.redact`, as every ``UpstreamError`` message is)."""
+    message = Redactor(s for s in secrets if len(s) >= MIN_SECRET).redact(exc.message)
     if message == exc.message:
         return exc
     return UpstreamError(
@@ -488,14 +566,20 @@ def _redacted(exc: UpstreamError, secrets: tuple[str, ...]) -> UpstreamError:
 class _Bounds:
     """Counts the body's bytes: in all, and since the last event boundary (blank line)."""
 
-    __slots__ = ("_event", "_last", "_max_event", "_max_stream", "_total")
+    __slots__ = ("_event", "_gap", "_last", "_max_event", "_max_gap", "_max_stream", "_total")
 
     def __init__(self, limits: StreamLimits) -> None:
         self._max_event = limits.max_event_bytes
         self._max_stream = limits.max_stream_bytes
+        self._max_gap = limits.max_event_bytes + GAP_SLACK
         self._total = 0
         self._event = 0
+        self._gap = 0
         self._last = b""
+
+    def delivered(self) -> None:
+        """A data event was taken: the bytes since the last one start again at zero."""
+        self._gap = 0
 
     def count(self, chunk: bytes) -> None:
         size = len(chunk)
@@ -503,6 +587,13 @@ class _Bounds:
         if self._total > self._max_stream:
             raise UpstreamError(
                 "upstream_stream_too_large", f"upstream stream exceeds {self._max_stream} bytes"
+            )
+        self._gap += size
+        if self._gap > self._max_gap:
+            raise UpstreamError(
+                "upstream_event_too_large",
+                f"upstream sent more than {self._max_gap} bytes without a data event "
+                "(blank lines, comments or events that carry no tokens)",
             )
         if self._event + size > self._max_event:
             self._scan(chunk)  # an event in this chunk may be too large: measure each one

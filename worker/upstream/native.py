@@ -104,7 +104,7 @@ class NativeAdapter:
             return Parsed()
         try:
             event = _DECODER.decode(data)
-        except msgspec.DecodeError as exc:  # ValidationError included
+        except (msgspec.DecodeError, RecursionError) as exc:  # ValidationError; nested too deep
             if data.strip() == "[DONE]":
                 return Parsed()
             raise malformed_event(data, exc) from None
