@@ -2,7 +2,7 @@
 
 A job entry on the job stream has one field, ``job``, holding a :class:`Job` as JSON. The static limits
 below are part of the published JSON Schema; the operator's tighter caps (``max_input_chars``,
-``max_tokens_cap``) are checked by :func:`check_limits` against the running settings.
+``max_tokens_cap``) are checked against the running settings by :func:`worker.admit.admit`.
 """
 
 from __future__ import annotations

@@ -80,7 +80,8 @@ class Metrics:
         self.alive_at = time.monotonic()
 
     def beat(self) -> None:
-        """The serve loop made progress."""
+        """The event loop ran the worker's heartbeat task (once a second): ``/healthz`` fails when
+        it has not for ``stale_after`` seconds, i.e. when something blocks the loop."""
         self.alive_at = time.monotonic()
 
     def batch_written(self, count: int, oldest_received: float | None) -> None:
@@ -111,7 +112,7 @@ async def serve_metrics(
     async def healthz(_: web.Request) -> web.Response:
         silent = time.monotonic() - metrics.alive_at
         if silent > stale_after:
-            return web.Response(status=503, text=f"serve loop silent for {silent:.1f}s\n")
+            return web.Response(status=503, text=f"event loop blocked: no heartbeat for {silent:.1f}s\n")
         return web.Response(text="ok\n")
 
     async def readyz(_: web.Request) -> web.Response:

@@ -2,7 +2,9 @@
 acts on it (retry, escalate, write the terminal event, or leave the entry for another delivery).
 
 Nothing about an attempt's end travels any other way: no attribute to read afterwards, no exception
-to catch.
+to catch. (An interruption from outside the job, a lost lease or a drain, still cancels the job's
+task: the worker, not the attempt, decides what becomes of the entry then; a producer's cancel ends
+the attempt in progress with a ``cancelled`` :class:`Finished`.)
 """
 
 from __future__ import annotations

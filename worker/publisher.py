@@ -1,8 +1,9 @@
 """Writes token events to the jobs' event streams, batched across every job in flight.
 
-``emit`` only queues; a single flusher task writes everything queued in one pipelined round trip per
-loop turn. Events that arrive together (one upstream read, or many jobs at once) therefore share a
-round trip, and a lone event goes out at the next loop turn: nothing ever waits for company.
+``emit`` only queues; a single flusher task writes everything queued at each loop turn, pipelined in
+round trips of at most ``max_round_trip`` events. Events that arrive together (one upstream read, or
+many jobs at once) therefore share a round trip, and a lone event goes out at the next loop turn:
+nothing ever waits for company.
 
 Entries carry explicit ids ``<attempt>-<seq>``, so a batch retried after a lost reply cannot duplicate
 an event, and a superseded attempt's writes are refused by Redis (the sink is then marked fenced).

@@ -1,6 +1,7 @@
 """The worker process's lifecycle: read as many jobs as there are free slots, run each as its own
 task, keep their leases, take over abandoned ones, honour cancellations, and on stop let in-flight
-jobs finish within the drain grace, then hand the rest back so a peer takes them at once.
+jobs finish within the drain grace, then cancel the rest (waiting a bounded time for them to stop)
+and hand them back so a peer takes them at once.
 
 No I/O happens in the constructor and no signal handler is installed here: the CLI owns signals and
 sets the ``stop`` event; embedders set it themselves.
