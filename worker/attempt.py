@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 
@@ -21,6 +21,7 @@ from .events import Cancelled, Done, Error, Escalation, Token, TopkMetrics, TopL
 from .keys import Keys
 from .outcome import Escalate, Failed, Fenced, Finished, WriteFailed
 from .publisher import Publisher, Sink
+from .redact import Redactor, check_api_key, installed
 from .settings import Settings
 from .upstream.adapters import Adapter
 from .upstream.base import Parsed, StreamEnd, TokenRecord, UpstreamError
@@ -45,6 +46,7 @@ class AttemptContext:
     keys: Keys
     limits: StreamLimits
     environ: Mapping[str, str]
+    redactor: Redactor = field(default_factory=installed)
 
 
 def _finite(value: float | None) -> float | None:
@@ -106,6 +108,12 @@ class Attempt:
                 f"provider {admitted.provider_name!r} needs an API key in the environment variable "
                 f"{admitted.provider.api_key_env}, which is not set on this worker",
             )
+        if key is not None and admitted.provider.api_key_env is not None:
+            problem = check_api_key(admitted.provider.api_key_env, key)  # the variable changed since start
+            if problem is not None:
+                return self.end_with_error(
+                    "invalid_api_key", f"provider {admitted.provider_name!r}: {problem}"
+                )
         adapter = ctx.adapters[self.job.api]
         url, body = adapter.build_request(
             self.job, model_url=admitted.url, settings=ctx.settings, provider=admitted.provider
@@ -258,7 +266,7 @@ class Attempt:
             job_id=self.admitted.job_id,
             attempt=self.attempt,
             code=code,
-            message=message,
+            message=self.ctx.redactor.redact(message),
             metadata=self.job.metadata,
         )
         return Finished(error, self.seq)

@@ -1,11 +1,13 @@
 """structlog set-up, called once by the entry point (never at import).
 
 JSON lines when stderr is not a terminal (production), a readable console otherwise. Contextvars carry
-the job id onto every line a job's task logs.
+the job id onto every line a job's task logs. Every string of every line, tracebacks included, passes
+:func:`worker.redact.log_processor` last, just before it is rendered.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import sys
 from typing import Any, TextIO
@@ -13,6 +15,7 @@ from typing import Any, TextIO
 import msgspec
 import structlog
 
+from .redact import log_processor, redact
 from .term import use_color
 
 __all__ = ["configure_logging"]
@@ -30,7 +33,7 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
     renderer: Any = (
         structlog.processors.JSONRenderer(serializer=_dumps)
         if use_json
-        else structlog.dev.ConsoleRenderer(colors=use_color(out))
+        else structlog.dev.ConsoleRenderer(colors=use_color(out), exception_formatter=_redacted_traceback)
     )
     structlog.configure(
         processors=[
@@ -39,12 +42,20 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info if use_json else _identity,
+            log_processor,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=True,
     )
+
+
+def _redacted_traceback(sio: TextIO, exc_info: Any) -> None:
+    """The console's traceback, plain and redacted (the console renders exceptions itself)."""
+    text = io.StringIO()
+    structlog.dev.plain_traceback(text, exc_info)
+    sio.write(redact(text.getvalue()))
 
 
 def _identity(logger: Any, method: str, event_dict: Any) -> Any:

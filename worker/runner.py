@@ -21,6 +21,7 @@ from .metrics import Metrics
 from .outcome import Escalate, Failed, Fenced, Finished, Outcome, Skipped, WriteFailed
 from .publisher import Publisher
 from .queue import Delivery, JobQueue
+from .redact import Redactor, installed
 from .settings import Settings
 from .store import JobStore
 from .upstream.adapters import Adapter
@@ -60,8 +61,10 @@ class Runner:
         adapters: Mapping[str, Adapter],
         environ: Mapping[str, str] | None = None,
         metrics: Metrics | None = None,
+        redactor: Redactor | None = None,
     ) -> None:
         self.settings = settings
+        self.redactor = installed() if redactor is None else redactor
         self.metrics = metrics or Metrics()
         self.store = store
         self.queue = queue
@@ -75,6 +78,7 @@ class Runner:
             keys=store.keys,
             limits=StreamLimits.from_settings(settings, max_tokens=settings.max_tokens_cap),
             environ=os.environ if environ is None else environ,
+            redactor=self.redactor,
         )
 
     async def handle(self, delivery: Delivery, control: Control | None = None) -> None:
@@ -100,13 +104,12 @@ class Runner:
     async def _reject(self, delivery: Delivery, rejected: Rejected) -> None:
         self.metrics.dead_letters.labels(rejected.code).inc()
         self.metrics.jobs.labels("dead_lettered").inc()
+        reason = self.redactor.redact(rejected.reason)  # it may quote the payload
         await self.queue.dead_letter(
-            delivery.entry_id, delivery.payload, rejected.reason, job_id=rejected.job_id, code=rejected.code
+            delivery.entry_id, delivery.payload, reason, job_id=rejected.job_id, code=rejected.code
         )
         if rejected.job_id is not None:
-            outcome = await self.store.fail(
-                rejected.job_id, delivery.entry_id, rejected.code, rejected.reason, {}
-            )
+            outcome = await self.store.fail(rejected.job_id, delivery.entry_id, rejected.code, reason, {})
             log.info("rejected job ended", job_id=rejected.job_id, code=rejected.code, outcome=outcome)
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import msgspec
 
+from worker.redact import redact
+
 __all__ = ["Candidate", "Parsed", "StreamEnd", "TokenRecord", "UpstreamError"]
 
 
@@ -74,6 +76,10 @@ class UpstreamError(Exception):
     provider's own message when it gave one; ``status`` is the HTTP status (``None`` for in-stream or
     transport failures); ``retryable`` says whether the same request may succeed later;
     ``retry_after`` is the provider's requested wait in seconds, when it sent one.
+
+    The constructor is the redaction choke point for upstream failures: ``message`` is stored
+    redacted (:func:`worker.redact.redact`), so no error event, log line or retry reason built
+    from an ``UpstreamError`` can carry a secret the upstream echoed.
     """
 
     def __init__(
@@ -85,6 +91,7 @@ class UpstreamError(Exception):
         retryable: bool = False,
         retry_after: float | None = None,
     ) -> None:
+        message = redact(message)
         super().__init__(message)
         self.code = code
         self.message = message
