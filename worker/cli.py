@@ -79,8 +79,10 @@ def _stop_on_signals(stop: asyncio.Event, on_first: Callable[[], None] | None = 
 
 
 async def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    from .redact import Redactor, install
     from .service import Worker
 
+    install(Redactor.from_settings(settings))  # refuses a bad or short secret, naming its variable
     _warn_missing_keys(settings)
     stop = asyncio.Event()
     _stop_on_signals(stop)
