@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import os
 import pty
+import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.clikit import TOKENWIRE, run
+from tests.e2e.clikit import TOKENWIRE, run, wait_until
 from worker.redisproc import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -155,3 +156,25 @@ def test_tail_skips_event_types_it_does_not_know_and_says_so_once(
     assert pretty.stderr.count("skipping events of type 'segment'") == 1
     as_json = run(env, "tail", newer, "--json", "--timeout", "10")
     assert as_json.returncode == 0 and as_json.stdout.count('"type": "segment"') == 2
+
+
+def test_a_worker_whose_redis_is_down_keeps_saying_so_and_stops_on_sigterm(tmp_path: Path) -> None:
+    log = tmp_path / "worker.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENWIRE_")}
+    env["TOKENWIRE_REDIS_URL"] = f"redis://127.0.0.1:{free_port()}/0"  # nobody listens there
+    with log.open("w") as out:
+        worker = subprocess.Popen([TOKENWIRE, "worker"], env=env, stdout=out, stderr=out)
+        try:
+
+            def retries() -> int:
+                return log.read_text().count("could not create the consumer group; retrying")
+
+            wait_until(lambda: retries() >= 6, 60, "six retry warnings")  # not only the first lines
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            code = worker.wait(timeout=30)
+    assert code == 0
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    warned = [r for r in records if r["event"] == "could not create the consumer group; retrying"]
+    assert all("Connection refused" in r["error"] and r["retry_in"] <= 2.0 for r in warned)
+    assert records[-1]["event"] == "worker stopped"
