@@ -30,9 +30,22 @@ class Rejected(msgspec.Struct, frozen=True):
 
 
 def admit(entry_id: str, payload: bytes | None, settings: Settings) -> Admitted | Rejected:
-    """Validate one entry against the job schema and this worker's limits and providers."""
+    """Validate one entry against the job schema and this worker's limits and providers.
+
+    Total: whatever the entry holds, the answer is an :class:`Admitted` or a :class:`Rejected`,
+    never an exception (one escaping here would crash the worker's read or reclaim loop)."""
     if payload is None:
         return Rejected("invalid_job", "the job stream entry has no `job` field")
+    if not isinstance(payload, bytes):
+        return Rejected("invalid_job", f"the job stream entry's `job` field is {type(payload).__name__}")
+    try:
+        return _admit(entry_id, payload, settings)
+    except Exception as exc:  # a bug, not the payload's fault as far as we know: still no crash
+        reason = f"job could not be admitted ({type(exc).__name__}: {exc})"[:500]
+        return Rejected("invalid_job", reason, job_id_of(payload, entry_id))
+
+
+def _admit(entry_id: str, payload: bytes, settings: Settings) -> Admitted | Rejected:
     if len(payload) > settings.max_payload_bytes:
         return Rejected(
             "payload_too_large",

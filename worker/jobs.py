@@ -7,6 +7,7 @@ below are part of the published JSON Schema; the operator's tighter caps (``max_
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Annotated, Literal
 
@@ -133,13 +134,22 @@ def encode_job(job: Job) -> bytes:
 
 
 def decode_job(raw: bytes | str) -> Job:
-    """Decode and validate a job; raises :class:`InvalidJob` with a reason a producer can act on."""
+    """Decode and validate a job; raises :class:`InvalidJob` with a reason a producer can act on,
+    and nothing else, whatever ``raw`` holds (total: no exception of the decoder escapes)."""
+    if not isinstance(raw, bytes | str):
+        raise InvalidJob(f"job payload is {type(raw).__name__}, not JSON text")
     try:
         return _DECODER.decode(raw)
     except msgspec.ValidationError as exc:
         raise InvalidJob(f"invalid job: {exc}", job_id=_salvage_id(raw)) from None
     except msgspec.DecodeError as exc:
         raise InvalidJob(f"job is not valid JSON: {exc}", job_id=_salvage_id(raw)) from None
+    except RecursionError:
+        # msgspec's depth limit is Python's recursion limit; no valid job nests more than 4 deep
+        raise InvalidJob("job is nested too deeply to decode", job_id=_salvage_id(raw)) from None
+    except Exception as exc:  # total: whatever else the decoder may raise is the payload's fault
+        reason = f"job could not be decoded ({type(exc).__name__}: {exc})"[:_MAX_REASON]
+        raise InvalidJob(reason, job_id=_salvage_id(raw)) from None
 
 
 class _IdOnly(msgspec.Struct):
@@ -150,15 +160,67 @@ _ID_DECODER = msgspec.json.Decoder(_IdOnly)
 
 
 def _salvage_id(raw: bytes | str) -> str | None:
-    """The job id of an otherwise invalid payload, when it can still be read safely."""
+    """The job id of an otherwise invalid payload, when it can still be read safely; never raises."""
+    if not isinstance(raw, bytes | str):
+        return None
     try:
         return _ID_DECODER.decode(raw).id
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except RecursionError:  # nested too deep somewhere: the top level may still name the id
+        return _scan_top_level_id(raw)
+    except Exception:  # not JSON, not an object, an id of the wrong shape: no id to trust
+        return None
+
+
+_MAX_REASON = 500
+_SCAN_BYTES = 65_536
+# a string (possessive, and to the end when unterminated: linear on any input), a structural
+# character, or a run of anything else (numbers, literals, junk)
+_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*+(?:"|\\?\Z)|[\[\]{}:,]|[^"\[\]{}:,\s]+', re.DOTALL)
+
+
+def _scan_top_level_id(raw: bytes | str) -> str | None:
+    """The last ``"id"`` string of the top-level object within the first :data:`_SCAN_BYTES`
+    (the decoder keeps the last of duplicate keys), read without recursion: for a payload that
+    nests too deeply for the decoder. None when there is none, or it is no valid job id."""
+    data = (raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw)[:_SCAN_BYTES]
+    depth, found = 0, None
+    tokens = [match.group() for match in _TOKEN.finditer(data)]
+    if not tokens or tokens[0] != b"{":
+        return None
+    for i, token in enumerate(tokens):
+        if token in (b"{", b"["):
+            depth += 1
+        elif token in (b"}", b"]"):
+            depth -= 1
+            if depth <= 0:
+                break
+        elif (
+            depth == 1
+            and token[:1] == b'"'
+            and tokens[i + 1 : i + 2] == [b":"]
+            and tokens[i - 1] in (b"{", b",")
+            and _text(token) == "id"
+        ):
+            value = tokens[i + 2] if i + 2 < len(tokens) else b""
+            found = value if value[:1] == b'"' else None
+    if found is None:
+        return None
+    try:
+        return msgspec.json.decode(found, type=JobId)
+    except Exception:
+        return None
+
+
+def _text(token: bytes) -> str | None:
+    try:
+        return msgspec.json.decode(token, type=str)
+    except Exception:
         return None
 
 
 def job_id_of(payload: bytes | None, entry_id: str) -> str:
-    """The id a job stream entry's job runs under: its own ``id``, else the entry id."""
+    """The id a job stream entry's job runs under: its own ``id``, else the entry id. Total: any
+    payload (not JSON, too deep, not bytes) gives an id, never an exception."""
     return (_salvage_id(payload) if payload else None) or entry_id
 
 
