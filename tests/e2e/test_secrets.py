@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import trustme
 
+from worker.keys import Keys
 from worker.redisproc import RedisServer, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -23,6 +25,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 TOKENWIRE = str(Path(sys.executable).parent / "tokenwire")
 REDIS_PASSWORD = "redis-pw-7f3a9c21e4"
 API_KEY = "sk-live-4b8e2d9a1c7f0e36"
+PLAIN_KEY = "4b8e2d9a1c7f0e36a5d2"  # no recognisable shape: only the Redactor's knowing it hides it
+SECRETS = (REDIS_PASSWORD, API_KEY, PLAIN_KEY)
 
 
 @pytest.fixture(scope="module")
@@ -67,23 +71,30 @@ def test_secrets_stay_out_of_logs_events_and_errors(
 ) -> None:
     assert secure_redis.url.startswith("rediss://" if secure_redis.tls else "redis://")
     cfg = tmp_path / "tokenwire.toml"
+    native = f"http://127.0.0.1:{sim_port}/v1/inference/{{model}}"
     cfg.write_text(
-        'default_provider = "keyed"\nblock_seconds = 0.5\n[providers.keyed]\n'
-        f'native_url = "http://127.0.0.1:{sim_port}/v1/inference/{{model}}"\napi_key_env = "TW_KEY"\n'
+        'default_provider = "keyed"\nblock_seconds = 0.5\nretry_base_seconds = 0.05\n'
+        f'retry_max_seconds = 0.1\n[providers.keyed]\nnative_url = "{native}"\napi_key_env = "TW_KEY"\n'
+        f'[providers.plain]\nnative_url = "{native}"\napi_key_env = "TW_PLAIN_KEY"\n'
     )
+    # the password in the query string (item 8): the worker's start-up line must hide it too
+    url = secure_redis.url
+    if not secure_redis.tls:
+        url = f"redis://127.0.0.1:{secure_redis.port}/0?password={REDIS_PASSWORD}"
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("TOKENWIRE_")},
         "TOKENWIRE_CONFIG": str(cfg),
-        "TOKENWIRE_REDIS_URL": secure_redis.url,
+        "TOKENWIRE_REDIS_URL": url,
         "TOKENWIRE_PREFIX": f"sec-{uuid.uuid4().hex[:6]}",
         "TOKENWIRE_LOG_LEVEL": "debug",
         "TW_KEY": API_KEY,
+        "TW_PLAIN_KEY": PLAIN_KEY,
     }
     log_path = tmp_path / "worker.log"
     with log_path.open("w") as log:
         worker = subprocess.Popen([TOKENWIRE, "worker"], env=env, stdout=log, stderr=log)
         try:
-            outputs = _run_jobs(env)
+            outputs = _run_jobs(env) + _echoing_upstreams(env) + _dead_letter_quoting(env, secure_redis)
         finally:
             worker.send_signal(signal.SIGTERM)
             assert worker.wait(timeout=20) == 0
@@ -94,10 +105,105 @@ def test_secrets_stay_out_of_logs_events_and_errors(
     assert wrong.returncode != 0 and "wrong-pw-0000" not in wrong.stderr and "***" in wrong.stderr
 
     logs = log_path.read_text()
-    assert "job done" in logs and "job failed" in logs
+    assert "job done" in logs and "job failed" in logs and "worker starting" in logs
+    assert "upstream failed, retrying" in logs and "job dead-lettered" in logs
     everything = logs + outputs + wrong.stdout + wrong.stderr
-    for secret in (REDIS_PASSWORD, API_KEY):
+    for secret in SECRETS:
         assert secret not in everything
+        assert secret[:8] not in everything, "not even a clipped part of it"
+    assert "[redacted]" in outputs and "[redacted]" in logs
+
+
+ECHOES = {  # where the upstream echoes the key → the code of the job's error event
+    "error": "bad_request",  # in-stream `{"error": ..., "error_type": "validation"}` at HTTP 200
+    "malformed": "upstream_malformed_event",  # retried, then ends the job
+    "status": "unauthorized",  # HTTP 401: the body and WWW-Authenticate
+    "header": "bad_content_type",  # a 200's content type and another header
+}
+
+
+def _echoing_upstreams(env: dict[str, str]) -> str:
+    """An upstream that echoes the request's key (Bearer form and bare) in each place it can."""
+    texts = []
+    for provider in ("keyed", "plain"):
+        for echo, code in ECHOES.items():
+            model = f"tokenwire/sim;fault=echo_key;echo={echo};after=2"
+            result = run(
+                env, "enqueue", "--provider", provider, "--model", model, "--input", "x", "--follow",
+                "--json", "--timeout", "30",
+            )  # fmt: skip
+            assert result.returncode == 1, result.stderr
+            job_id = result.stdout.splitlines()[0]
+            tail = run(env, "tail", "--json", job_id)
+            events = [json.loads(line) for line in tail.stdout.splitlines()]
+            assert events[-1]["type"] == "error" and events[-1]["code"] == code, (echo, events[-1])
+            assert "[redacted]" in events[-1]["message"], events[-1]
+            texts += [
+                result.stdout,
+                result.stderr,
+                tail.stdout,
+                tail.stderr,
+                run(env, "status", job_id).stdout,
+            ]
+    return "\n".join(texts)
+
+
+def _dead_letter_quoting(env: dict[str, str], server: RedisServer) -> str:
+    """A raw entry the worker dead-letters with a reason that quotes the payload (the key in it)."""
+    client = redis.Redis.from_url(env["TOKENWIRE_REDIS_URL"])
+    try:
+        payload = json.dumps({"id": "dead-1", "model": "m", "input": "x", "api": f"Bearer {PLAIN_KEY}"})
+        client.xadd(Keys(env["TOKENWIRE_PREFIX"]).jobs, {"job": payload})
+    finally:
+        client.close()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        dead = run(env, "dead", "--json")
+        if "dead-1" in dead.stdout:
+            (letter,) = [d for d in map(json.loads, dead.stdout.splitlines()) if d.get("job_id") == "dead-1"]
+            # the job stays as its producer sent it (a re-drive runs it unchanged); the reason the
+            # worker wrote, its error event and its status are redacted
+            assert letter.pop("job") == payload
+            assert letter["code"] == "invalid_job" and "[redacted]" in letter["reason"], letter
+            return json.dumps(letter) + run(env, "status", "dead-1").stdout
+        time.sleep(0.1)
+    raise AssertionError("the invalid entry was not dead-lettered")
+
+
+@pytest.mark.parametrize("bad", [API_KEY + "\n", " " + API_KEY, API_KEY[:4] + "\x07" + API_KEY[4:], "k3y-7Q"])
+def test_a_key_the_worker_cannot_send_stops_it_at_start_naming_the_variable(tmp_path: Path, bad: str) -> None:
+    """A key with a trailing newline (a Secret from a file) once crashed three deliveries per job."""
+    cfg = tmp_path / "tokenwire.toml"
+    cfg.write_text('default_provider = "keyed"\n[providers.keyed]\nnative_url = "http://127.0.0.1:1/{model}"\n'
+                   'api_key_env = "TW_KEY"\n')  # fmt: skip
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("TOKENWIRE_")},
+        "TOKENWIRE_CONFIG": str(cfg),
+        "TOKENWIRE_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+        "TW_KEY": bad,
+    }
+    result = subprocess.run(
+        [TOKENWIRE, "worker"], env=env, capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.returncode == 2, result.stderr
+    assert "TW_KEY" in result.stderr and "configuration error" in result.stderr
+    assert bad.strip() not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:ab12cd34/S3cr3tpart9@127.0.0.1:{port}/0",  # an unencoded '/' in the password
+        "redis://127.0.0.1:{port}/0?password=ab12cd34S3cr3tpart9&db=x",  # a bad URL, password in the query
+    ],
+)
+def test_a_bad_redis_url_never_shows_its_password(url: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENWIRE_")}
+    env["TOKENWIRE_REDIS_URL"] = url.format(port=free_port())
+    result = run(env, "worker")
+    assert result.returncode == 2, result.stderr
+    for part in ("ab12cd34", "S3cr3tpart9"):
+        assert part not in result.stdout + result.stderr
 
 
 def _run_jobs(env: dict[str, str]) -> str:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from collections.abc import Iterator
 
+import fakeredis
+import httpx
 import msgspec
 import pytest
 import structlog
@@ -13,11 +16,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from worker import redact
+from worker.admit import Admitted, admit
+from worker.attempt import Attempt, AttemptContext
+from worker.events import Error
+from worker.jobs import Job, encode_job
+from worker.keys import Keys
 from worker.logging import configure_logging
+from worker.outcome import Finished
+from worker.publisher import Publisher
 from worker.redact import MIN_SECRET, REDACTED, InvalidSecret, Redactor, check_api_key
 from worker.settings import Provider, Settings, SettingsError
+from worker.upstream.adapters import default_adapters
 from worker.upstream.base import UpstreamError
 from worker.upstream.errors import malformed_event, stream_error
+from worker.upstream.http import StreamLimits
 
 KEY = "sk-live-4b8e2d9a1c7f0e36"
 PLAIN_KEY = "4b8e2d9a1c7f0e36aa"  # no recognisable shape: only knowing it redacts it
@@ -183,3 +195,36 @@ def test_log_fields_are_redacted_nested_and_in_tracebacks(installed: Redactor) -
         text = out.getvalue()
         assert PLAIN_KEY not in text and "crashed" in text and REDACTED in text, fmt
     structlog.reset_defaults()
+
+
+@pytest.mark.parametrize("bad", [PLAIN_KEY + "\n", PLAIN_KEY + "\r\nX-Injected: 1"])
+async def test_a_key_that_went_bad_after_start_fails_its_job_naming_the_variable(bad: str) -> None:
+    settings_ = Settings(
+        prefix="t",
+        default_provider="up",
+        providers={"up": Provider(native_url="https://up.test/{model}", api_key_env="UP_KEY")},
+    )
+
+    def never(_: httpx.Request) -> httpx.Response:
+        raise AssertionError("no request may be sent with a key a header cannot carry")
+
+    redis = fakeredis.FakeAsyncRedis()
+    publisher = Publisher(redis, maxlen=100)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(never)) as http:
+        ctx = AttemptContext(
+            settings=settings_,
+            http=http,
+            adapters=default_adapters(),
+            publisher=publisher,
+            keys=Keys("t"),
+            limits=StreamLimits.from_settings(settings_, max_tokens=settings_.max_tokens_cap),
+            environ={"UP_KEY": bad},
+        )
+        verdict = admit("1-0", encode_job(Job(model="m", input="hi", id="j1")), settings_)
+        assert isinstance(verdict, Admitted)
+        loop = asyncio.get_running_loop()
+        outcome = await Attempt(ctx, verdict, 1, loop.time() + 10).run()
+    await redis.aclose()
+    assert isinstance(outcome, Finished) and isinstance(outcome.terminal, Error)
+    assert outcome.terminal.code == "invalid_api_key" and "UP_KEY" in outcome.terminal.message
+    assert PLAIN_KEY not in outcome.terminal.message

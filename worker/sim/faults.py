@@ -26,6 +26,7 @@ import msgspec
 
 __all__ = [
     "DIRECTIVE_NAMES",
+    "ECHO_HEADER",
     "GENERATION_ERROR",
     "HEADER_FAULTS",
     "DirectiveError",
@@ -35,6 +36,8 @@ __all__ = [
     "RequestError",
     "SimRequest",
     "StatusReply",
+    "echo_key_reply",
+    "echo_key_text",
     "fault_applies",
     "parse_directives",
     "parse_model",
@@ -59,6 +62,8 @@ Fault = Literal[
     "manyheaders",
     "deepjson",
     "named",
+    # a hostile upstream echoing the request's API key (Bearer form and bare), where ``echo`` says
+    "echo_key",
 ]
 HEADER_FAULTS: frozenset[str] = frozenset({"gzipbomb", "bigheader", "manyheaders"})
 """Faults that shape the response's head: they fire before the first event, whatever ``after``."""
@@ -94,6 +99,9 @@ class Directives(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     headers: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 100_000  # manyheaders' count
     depth: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1000  # deepjson's nesting
     event: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}\Z")] = "ping"  # named's name
+    # echo_key's echo: an in-stream error at HTTP 200, a malformed event, an HTTP 401 body (and its
+    # WWW-Authenticate header), or a 200 response's head (its content type and an ECHO_HEADER)
+    echo: Literal["error", "malformed", "status", "header"] = "error"
     rst: bool = False  # disconnect with a TCP reset instead of a FIN
     done: bool = False  # append "data: [DONE]" after the final event
     nospace: bool = False  # "data:{...}" without the space
@@ -200,6 +208,15 @@ def fault_applies(directives: Directives, request_number: int) -> bool:
     return directives.fail_first is None or request_number <= directives.fail_first
 
 
+ECHO_HEADER = "X-Sim-Echo-Authorization"
+
+
+def echo_key_text(authorization: str) -> str:
+    """What ``fault=echo_key`` says: the request's ``Authorization`` as sent, and its bare key."""
+    key = authorization.partition(" ")[2] or authorization
+    return f"bad key {authorization}: the API key {key} is not valid for this model"
+
+
 class StatusReply(msgspec.Struct, frozen=True):
     """An error answer given instead of a stream."""
 
@@ -261,3 +278,15 @@ def status_reply(directives: Directives, now: float | None = None) -> StatusRepl
     elif wait is not None:
         headers["Retry-After"] = str(math.ceil(wait))
     return StatusReply(directives.status, content_type, body, headers)
+
+
+def echo_key_reply(directives: Directives, authorization: str) -> StatusReply:
+    """``fault=echo_key`` answered in the response's head: ``echo=status`` is an HTTP 401 whose
+    body and ``WWW-Authenticate`` echo the key; ``echo=header`` a 200 JSON answer (not a stream)
+    whose content type and :data:`ECHO_HEADER` carry it."""
+    key = authorization.partition(" ")[2] or authorization
+    body = msgspec.json.encode({"error": echo_key_text(authorization)})
+    if directives.echo == "status":
+        challenge = f'Bearer realm="sim", error="invalid_token", error_description="{authorization}"'
+        return StatusReply(401, "application/json", body, {"WWW-Authenticate": challenge})
+    return StatusReply(200, f"application/json; key={key}", body, {ECHO_HEADER: authorization})

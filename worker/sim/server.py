@@ -35,6 +35,8 @@ from worker.sim.faults import (
     RequestError,
     SimRequest,
     StatusReply,
+    echo_key_reply,
+    echo_key_text,
     fault_applies,
     parse_directives,
 )
@@ -342,12 +344,8 @@ class _Stream:
             return True
         if fault == "stall":
             await self._stall()
-        elif fault == "malformed":
-            await self._send(b"{not json")
-            return d.then == "end"
-        elif fault == "error":
-            await self._send_all(self.encoder.error(GENERATION_ERROR, d.error_type))
-            return True
+        elif fault in ("malformed", "error", "echo_key"):
+            return await self._bad_event(fault)
         elif fault == "eof":
             return True
         elif fault == "blankflood":  # `size` bytes of blank lines
@@ -374,6 +372,22 @@ class _Stream:
             await self._send_all(self.encoder.flush() if payload is None else (payload,))
             return d.then == "end"
         return False
+
+    async def _bad_event(self, fault: Fault) -> bool:
+        """``malformed``, ``error`` or ``echo_key``'s event (``echo=error`` or ``malformed``: the
+        others are answered in the head); returns whether the stream ends here."""
+        d = self.directives
+        echo = None
+        if fault == "echo_key":
+            echo = echo_key_text(self.request.headers.get("Authorization", ""))
+        if fault == "malformed" or (echo is not None and d.echo == "malformed"):
+            await self._send(b"{not json" if echo is None else b"{not json: " + echo.encode())
+            return d.then == "end"
+        if echo is not None:
+            await self._send_all(self.encoder.error(echo, "validation"))
+        else:
+            await self._send_all(self.encoder.error(GENERATION_ERROR, d.error_type))
+        return True
 
     async def _stall(self) -> None:
         loop = asyncio.get_running_loop()
@@ -424,6 +438,10 @@ async def _handle(request: web.Request, dialect: Dialect) -> web.StreamResponse:
     fault = sim.directives.fault if fault_applies(sim.directives, n) else None
     if fault is not None:
         stats.faults[fault] = stats.faults.get(fault, 0) + 1
+    if fault == "echo_key" and sim.directives.echo in ("status", "header"):
+        reply = echo_key_reply(sim.directives, request.headers.get("Authorization", ""))
+        headers = {**reply.headers, "Content-Type": reply.content_type}
+        return web.Response(status=reply.status, body=reply.body, headers=headers)
     if fault == "status":
         reply = dialect.status_reply(sim.directives)
         headers = {**reply.headers, "Content-Type": reply.content_type}
