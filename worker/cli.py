@@ -79,6 +79,7 @@ def _stop_on_signals(stop: asyncio.Event, on_first: Callable[[], None] | None = 
 
 
 async def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    from .queue import NotPermitted
     from .redact import Redactor, install
     from .service import Worker
 
@@ -96,6 +97,8 @@ async def _worker(args: argparse.Namespace, settings: Settings) -> int:
     async with http_client(settings) as http:
         try:
             await Worker(settings, redis=redis, reader=reader, http=http).run(stop)
+        except NotPermitted as exc:  # retrying cannot help: say what is missing and stop
+            raise CliError(str(exc), code=EXIT_USAGE) from None
         finally:
             await reader.aclose()
             await redis.aclose()

@@ -8,18 +8,27 @@ reads use their own client (``reader``), whose socket timeout must exceed the bl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
 import structlog
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import NoPermissionError, ResponseError
 
 from . import scripts
 from .keys import GROUP, Keys, as_text
 
-__all__ = ["Delivery", "JobQueue"]
+__all__ = ["Delivery", "JobQueue", "NotPermitted"]
+
+
+class NotPermitted(Exception):
+    """The worker's Redis user lacks a permission it needs (Redis answered NOPERM). Fatal: no retry
+    can help, so the worker stops at start-up with this message (the command and the key, never a
+    password). Deliberately not a ``RedisError``, which start-up retries."""
+
 
 log = structlog.get_logger("tokenwire.queue")
 
@@ -35,7 +44,17 @@ class Delivery(msgspec.Struct, frozen=True):
 
 
 class JobQueue:
-    def __init__(self, redis: Redis, reader: Redis, keys: Keys, consumer: str, *, dead_maxlen: int) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        reader: Redis,
+        keys: Keys,
+        consumer: str,
+        *,
+        dead_maxlen: int,
+        check_permissions: bool = True,
+    ) -> None:
+        """``check_permissions``: the first :meth:`ensure_group` checks the user's permissions."""
         self.redis = redis
         self.reader = reader
         self.keys = keys
@@ -44,10 +63,63 @@ class JobQueue:
         self._ack = redis.register_script(scripts.ACK)
         self._dead = redis.register_script(scripts.DEAD)
         self._reap = redis.register_script(scripts.REAP)
+        self._renew = redis.register_script(scripts.RENEW)
+        self._checked = not check_permissions
 
     async def ensure_group(self) -> None:
         """Create the group (and the stream) when missing; start from the beginning so jobs
-        enqueued before any worker existed are not lost (acknowledged entries are deleted)."""
+        enqueued before any worker existed are not lost (acknowledged entries are deleted).
+
+        The first call (at start-up) also checks the user's permissions on each key and the script
+        commands, raising :class:`NotPermitted` naming the command and key Redis refused (Redis 7.0's
+        NOPERM names neither the key nor, for a script, the command inside it)."""
+        if not self._checked:
+            await self._check_permissions()
+            self._checked = True
+            return
+        await self._create_group()
+
+    async def _check_permissions(self) -> None:
+        probe = self.keys.state("tokenwire-permission-check")
+        steps: list[tuple[str, str, Callable[[], Awaitable[object]]]] = [
+            ("XGROUP CREATE", self.keys.jobs, self._create_group),
+            # this consumer's own pending entries (none yet): reads nothing new, claims nothing
+            (
+                "XREADGROUP",
+                self.keys.jobs,
+                lambda: self.redis.xreadgroup(GROUP, self.consumer, {self.keys.jobs: "0"}, count=1),
+            ),
+            ("XLEN", self.keys.dead, lambda: self.redis.xlen(self.keys.dead)),
+            ("HGET", probe, lambda: self.redis.hget(probe, "state")),
+            ("SCRIPT LOAD", "-", lambda: self.redis.script_load(scripts.RENEW)),
+            # RENEW with no entries: runs on the job stream's key and changes nothing
+            (
+                "EVALSHA",
+                self.keys.jobs,
+                lambda: self._renew(keys=[self.keys.jobs], args=[GROUP, self.consumer]),
+            ),
+            ("SUBSCRIBE", self.keys.cancel, self._subscribe_once),
+        ]
+        for command, key, step in steps:
+            try:
+                await step()
+            except NoPermissionError as exc:
+                on = "" if key == "-" else f" on {key}"
+                raise NotPermitted(
+                    f"the Redis user may not run {command}{on} (Redis: {exc}); give it the worker's ACL: "
+                    f"python -m worker.roles worker --prefix {self.keys.prefix}"
+                ) from None
+
+    async def _subscribe_once(self) -> None:
+        async with self.redis.pubsub() as pubsub:
+            await pubsub.subscribe(self.keys.cancel)
+            # the confirmation, or Redis's refusal; no answer in time proves nothing either way
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(10.0):
+                    while await pubsub.get_message(timeout=1.0) is None:
+                        pass
+
+    async def _create_group(self) -> None:
         try:
             await self.redis.xgroup_create(self.keys.jobs, GROUP, id="0", mkstream=True)
             log.info("consumer group created", stream=self.keys.jobs, group=GROUP)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import NoPermissionError, ResponseError
 
 from .keys import GROUP, Keys, as_text
 
@@ -26,6 +26,8 @@ async def collect_stats(redis: Redis, prefix: str) -> dict[str, Any]:
     }
     try:
         groups = await redis.xinfo_groups(keys.jobs)
+    except NoPermissionError:  # not "no group yet": the user may not look (worker.roles)
+        raise
     except ResponseError:  # no such stream yet
         return out
     for group in groups:

@@ -1,0 +1,375 @@
+"""Least privilege on a real redis-server with ACLs: each role of :mod:`worker.roles` does its whole
+job as a user made from the table and nothing beyond it, every grant of the table is needed (drop
+any one: some operation of that role fails), and a worker whose user lacks one stops at start-up
+with a line naming the command and key."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import msgspec
+import pytest
+import redis as sync_redis
+from redis.asyncio import Redis
+from redis.exceptions import NoPermissionError, ResponseError
+from structlog.testing import capture_logs
+
+from worker import Client, Done, Worker
+from worker.client import JobNotFound
+from worker.confidence import ConfidenceTracker
+from worker.connect import http_client, redis_client
+from worker.dead import list_dead, purge_dead, redrive
+from worker.events import Start, Usage
+from worker.keys import Keys, as_text
+from worker.lease import LeaseKeeper
+from worker.publisher import Publisher
+from worker.queue import JobQueue, NotPermitted
+from worker.redisproc import RedisServer
+from worker.roles import ROLES, acl_rules
+from worker.stats import collect_stats
+from worker.store import JobStore
+
+from .conftest import RunningWorker
+
+pytestmark = pytest.mark.integration
+
+ADMIN = "admin-secret"
+MODEL = "tokenwire/sim;tokens=4"
+
+
+@pytest.fixture(scope="module")
+def acl_server() -> Iterator[RedisServer]:
+    """A private redis-server whose default user needs a password (the tests' admin)."""
+    with RedisServer(password=ADMIN) as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(acl_server: RedisServer) -> str:  # the integration fixtures' Redis: this one, as admin
+    return acl_server.url
+
+
+class Users:
+    def __init__(self, server: RedisServer) -> None:
+        self.server = server
+        self.admin = sync_redis.Redis.from_url(server.url)
+
+    def make(self, rules: list[str]) -> str:
+        """A new user with exactly ``rules``; its URL."""
+        name, password = f"u-{uuid.uuid4().hex[:12]}", uuid.uuid4().hex
+        setuser = ("ACL", "SETUSER", name, "reset", "on", f">{password}", *rules)
+        self.admin.execute_command(*setuser)  # type: ignore[no-untyped-call]
+        return f"redis://{name}:{password}@127.0.0.1:{self.server.port}/0"
+
+    def role(self, role: str, prefix: str) -> str:
+        return self.make(acl_rules(role, prefix=prefix))
+
+
+@pytest.fixture
+def users(acl_server: RedisServer) -> Iterator[Users]:
+    made = Users(acl_server)
+    yield made
+    made.admin.close()
+
+
+def refused(exc: BaseException) -> bool:
+    """Redis refused it for want of a permission (a script's inner command is refused as a plain
+    ERR naming the script, not as NOPERM)."""
+    return isinstance(exc, NoPermissionError) or (
+        isinstance(exc, ResponseError) and "user executing the script can't" in str(exc)
+    )
+
+
+def job_payload(job_id: str) -> bytes:
+    return msgspec.json.encode({"id": job_id, "model": MODEL, "input": "x"})
+
+
+async def health_check(r: Redis) -> None:
+    """What redis-py's pool does with a connection idle past health_check_interval: PING."""
+    conn = await r.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+    try:
+        conn.next_health_check = -1
+        await conn.check_health()
+    finally:
+        await r.connection_pool.release(conn)
+
+
+def done_event(job_id: str, attempt: int) -> Done:
+    return Done(
+        job_id=job_id,
+        attempt=attempt,
+        finish_reason="stop",
+        text="hi",
+        usage=Usage(),
+        confidence=None,
+        summary=ConfidenceTracker().finish(),
+    )
+
+
+# -- every operation of each role, run as a user ------------------------------------------------
+
+
+async def worker_operations(r: Redis, admin: Redis, prefix: str) -> None:
+    """Everything a worker sends: group, read, begin, lease, events, finish, ack, fail, dead
+    letter, takeover, hand-back, reap, stats, cancel listener, health check."""
+    keys = Keys(prefix)
+    queue = JobQueue(r, r, keys, "c1", dead_maxlen=100, check_permissions=False)
+    store = JobStore(r, keys)
+    await admin.script_flush()  # every script is loaded by this user's first call
+    producer = Client(admin, prefix=prefix)
+    for job_id in ("a", "b"):
+        await producer.enqueue(id=job_id, model=MODEL, input="x")
+
+    await queue.ensure_group()
+    got = await queue.read(10, 100)
+    assert len(got) == 2
+    a, b = got
+    begun = await store.begin(
+        "a", a.entry_id, "c1", Start(job_id="a", attempt=0, model=MODEL, provider="sim", api="native")
+    )
+    assert begun.outcome == "started"
+    leases = LeaseKeeper(r, keys, "c1", 30.0)
+    leases.hold(a.entry_id, lambda: None)
+    with capture_logs() as logs:  # the keeper logs a failed renewal and tries again later
+        assert await leases.renew_once() == []
+    for failed in [e["error"] for e in logs if e["event"] == "lease renewal failed"]:
+        raise ResponseError(failed)  # what Redis answered
+    publisher = Publisher(r, maxlen=100)
+    assert await publisher._already_written(keys.events("a"), b"1-0")  # after a lost reply
+    assert await store.finish("a", begun.attempt, 1, done_event("a", begun.attempt), {}) == "ok"
+    await queue.ack(a.entry_id)
+    assert await store.fail("b", b.entry_id, "invalid_job", "no", {}) == "ok"
+    await queue.dead_letter(b.entry_id, b.payload, "no", job_id="b", code="invalid_job")
+
+    await producer.enqueue(id="c", model=MODEL, input="x")
+    await admin.xreadgroup("workers", "ghost", {keys.jobs: ">"}, count=1)  # a worker that died
+    claimed, _ = await queue.reclaim(10, 0)
+    assert [d.deliveries for d in claimed] == [2]
+    await queue.hand_back(claimed[0])
+    assert await queue.reap(0) == ["ghost"]
+    stats = await collect_stats(r, prefix)
+    assert stats["group_exists"] and stats["dead_letters"] == 1
+    async with r.pubsub() as pubsub:  # the cancel listener
+        await pubsub.subscribe(keys.cancel)
+        assert (await pubsub.get_message(timeout=5.0) or {}).get("type") == "subscribe"
+    await health_check(r)
+
+
+async def producer_operations(r: Redis, admin: Redis, prefix: str) -> None:
+    """Enqueue, cancel a queued job, cancel a running one (published to its worker)."""
+    await admin.script_flush()
+    client = Client(r, prefix=prefix)
+    queued = await client.enqueue(model=MODEL, input="x")
+    assert await client.cancel(queued) == "cancelled"
+    running = await client.enqueue(model=MODEL, input="x")
+    await admin.hset(Keys(prefix).state(running), "state", "running")
+    assert await client.cancel(running) == "requested"
+    await health_check(r)
+
+
+async def subscriber_operations(r: Redis, admin: Redis, prefix: str) -> None:
+    """result, subscribe (live, and to a job that does not exist), status."""
+    keys = Keys(prefix)
+    store = JobStore(admin, keys)
+    await store.create("s", MODEL, "native", "sim")
+    begun = await store.begin(
+        "s", "1-1", "c", Start(job_id="s", attempt=0, model=MODEL, provider="sim", api="native")
+    )
+    await store.finish("s", begun.attempt, 1, done_event("s", begun.attempt), {})
+    client = Client(r, prefix=prefix, block_ms=50)
+    assert isinstance(await client.result("s", timeout=5), Done)
+    assert [type(i.event) for i in [i async for i in client.subscribe("s", timeout=5)]] == [Start, Done]
+    with pytest.raises(JobNotFound):
+        async for _ in client.subscribe("gone", timeout=5):
+            pass
+    status = await client.status("s")
+    assert status is not None and status.state == "done"
+    await health_check(r)
+
+
+async def operator_operations(r: Redis, admin: Redis, prefix: str) -> None:
+    """dead list, redrive one, redrive all, purge; stats."""
+    keys = Keys(prefix)
+    await admin.script_flush()
+    queue = JobQueue(admin, admin, keys, "c1", dead_maxlen=100)
+    await queue.ensure_group()
+    for job_id in ("d1", "d2", "d3"):
+        entry = await admin.xadd(keys.jobs, {"job": job_payload(job_id)})
+        await admin.xreadgroup("workers", "c1", {keys.jobs: ">"})
+        await queue.dead_letter(as_text(entry), job_payload(job_id), "bad", job_id=job_id, code="x")
+    rows = await list_dead(r, keys)
+    assert [row["job_id"] for row in rows] == ["d1", "d2", "d3"]
+    store = JobStore(r, keys)
+    assert [m["job_id"] for m in await redrive(r, store, [rows[0]["id"]])] == ["d1"]
+    assert [m["job_id"] for m in await redrive(r, store, None)] == ["d2", "d3"]
+    await queue.dead_letter("1-1", job_payload("d4"), "bad", job_id="d4", code="x")
+    assert await purge_dead(r, keys) == 1
+    stats = await collect_stats(r, prefix)
+    assert stats["length"] == 3 and stats["consumers"][0]["name"] == "c1"
+    await health_check(r)
+
+
+Operations = Callable[[Redis, Redis, str], Awaitable[None]]
+OPERATIONS: dict[str, Operations] = {
+    "worker": worker_operations,
+    "producer": producer_operations,
+    "subscriber": subscriber_operations,
+    "operator": operator_operations,
+}
+
+
+@pytest.fixture
+async def admin(acl_server: RedisServer) -> AsyncIterator[Redis]:
+    client = redis_client(acl_server.url)
+    yield client
+    await client.aclose()
+
+
+async def run_as(url: str, role: str, admin: Redis, prefix: str) -> None:
+    user = redis_client(url, block_seconds=1.0)
+    try:
+        await OPERATIONS[role](user, admin, prefix)
+    finally:
+        await user.aclose()
+
+
+def test_every_role_has_its_operations() -> None:
+    assert sorted(OPERATIONS) == sorted(ROLES)
+
+
+@pytest.mark.parametrize("role", sorted(ROLES))
+async def test_each_role_does_its_job_with_its_rules(
+    role: str, users: Users, admin: Redis, prefix: str
+) -> None:
+    await run_as(users.role(role, prefix), role, admin, prefix)
+
+
+GRANTS = [(role, i, rule) for role in sorted(ROLES) for i, rule in enumerate(acl_rules(role, prefix="P"))]
+
+
+@pytest.mark.parametrize(("role", "index", "rule"), GRANTS, ids=[f"{r}-{rule}" for r, _, rule in GRANTS])
+async def test_every_grant_is_needed(
+    role: str, index: int, rule: str, users: Users, admin: Redis, prefix: str
+) -> None:
+    rules = acl_rules(role, prefix=prefix)
+    del rules[index]
+    with pytest.raises(ResponseError) as caught:
+        await run_as(users.make(rules), role, admin, prefix)
+    assert refused(caught.value), caught.value
+
+
+async def test_a_producer_reads_nothing_beyond_its_role(users: Users, admin: Redis, prefix: str) -> None:
+    keys = Keys(prefix)
+    producer = redis_client(users.role("producer", prefix))
+    try:
+        job_id = await Client(producer, prefix=prefix).enqueue(model=MODEL, input="x")
+        refusals: list[Callable[[], Awaitable[Any]]] = [
+            lambda: producer.xread({keys.events(job_id): "0"}),  # no events of any job
+            lambda: producer.hgetall(keys.state(job_id)),
+            lambda: producer.xrange(keys.jobs),  # it may add to the queue, never read it
+            lambda: producer.xlen(keys.dead),
+            lambda: producer.xreadgroup("workers", "x", {keys.jobs: ">"}),
+            lambda: producer.get("other:key"),
+            lambda: producer.publish("other:channel", "x"),
+        ]
+        for attempt in refusals:
+            with pytest.raises(NoPermissionError):
+                await attempt()
+    finally:
+        await producer.aclose()
+
+
+async def test_a_subscriber_can_neither_enqueue_nor_cancel(users: Users, prefix: str) -> None:
+    subscriber = redis_client(users.role("subscriber", prefix))
+    client = Client(subscriber, prefix=prefix)
+    try:
+        with pytest.raises(NoPermissionError):
+            await client.enqueue(model=MODEL, input="x")
+        with pytest.raises(NoPermissionError):
+            await client.cancel("job-1")
+        with pytest.raises(NoPermissionError):
+            await subscriber.publish(Keys(prefix).cancel, "job-1\nx")
+    finally:
+        await subscriber.aclose()
+
+
+async def test_a_worker_as_the_worker_user_runs_a_job_end_to_end(
+    start_worker: Callable[..., Awaitable[RunningWorker]], users: Users, prefix: str
+) -> None:
+    await start_worker(redis_url=users.role("worker", prefix))
+    producer = Client(redis_client(users.role("producer", prefix)), prefix=prefix)
+    subscriber = Client(redis_client(users.role("subscriber", prefix), block_seconds=2.0), prefix=prefix)
+    try:
+        job_id = await producer.enqueue(model=MODEL, input="hello")
+        done = await subscriber.result(job_id, timeout=30)
+        assert done.finish_reason and done.text
+    finally:
+        await producer.aclose()
+        await subscriber.aclose()
+
+
+# -- a worker missing a permission stops at start-up ------------------------------------------
+
+
+def without(rules: list[str], rule: str) -> list[str]:
+    assert rule in rules
+    return [r for r in rules if r != rule]
+
+
+@pytest.mark.parametrize(
+    ("dropped", "named"),
+    [
+        ("+xgroup|create", "XGROUP CREATE on {<P>}:jobs"),
+        ("~{<P>}:jobs", "XGROUP CREATE on {<P>}:jobs"),
+        ("+xreadgroup", "XREADGROUP on {<P>}:jobs"),
+        ("~{<P>}:dead", "XLEN on {<P>}:dead"),
+        ("~<P>:job:*", "HGET on <P>:job:"),
+        ("+script|load", "SCRIPT LOAD"),
+        ("+evalsha", "EVALSHA on {<P>}:jobs"),
+        ("&<P>:cancel", "SUBSCRIBE on <P>:cancel"),
+        ("+subscribe", "SUBSCRIBE on <P>:cancel"),
+    ],
+)
+async def test_a_worker_without_a_permission_stops_at_start_up_naming_it(
+    dropped: str, named: str, users: Users, settings_for: Callable[..., Any], prefix: str
+) -> None:
+    rules = without(acl_rules("worker", prefix=prefix), dropped.replace("<P>", prefix))
+    url = users.make(rules)
+    settings = settings_for(redis_url=url)
+    r, reader, http = redis_client(url), redis_client(url, block_seconds=0.5), http_client(settings)
+    worker = Worker(settings, redis=r, reader=reader, http=http)
+    try:
+        async with asyncio.timeout(10):  # at once, not after a retry loop
+            with pytest.raises(NotPermitted) as caught:
+                await worker.run(asyncio.Event())
+    finally:
+        await r.aclose()
+        await reader.aclose()
+        await http.aclose()
+    message = str(caught.value)
+    assert named.replace("<P>", prefix) in message, message
+    assert f"python -m worker.roles worker --prefix {prefix}" in message
+    assert "\n" not in message and url.split("@")[0].split(":")[-1] not in message  # never the password
+
+
+@pytest.mark.parametrize("dropped", ["+xgroup|create", "~{<P>}:jobs"])
+def test_tokenwire_worker_exits_2_with_one_line(dropped: str, users: Users, prefix: str) -> None:
+    url = users.make(without(acl_rules("worker", prefix=prefix), dropped.replace("<P>", prefix)))
+    command = [sys.executable, "-m", "worker", "worker", "--redis-url", url, "--prefix", prefix]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, env=_environ())
+    assert done.returncode == 2, done.stderr
+    said = [line for line in done.stderr.splitlines() if line.startswith("tokenwire:")]
+    assert len(said) == 1 and "XGROUP CREATE on {" + prefix + "}:jobs" in said[0], done.stderr
+    assert "retrying" not in done.stderr + done.stdout
+
+
+def _environ() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("TOKENWIRE_")} | {
+        "TOKENWIRE_METRICS_PORT": "0"
+    }
