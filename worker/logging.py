@@ -2,7 +2,9 @@
 
 JSON lines when stderr is not a terminal (production), a readable console otherwise. Contextvars carry
 the job id onto every line a job's task logs. Every string of every line, tracebacks included, passes
-:func:`worker.redact.log_processor` last, just before it is rendered.
+:func:`worker.redact.log_processor` last, just before it is rendered; the libraries' stdlib logging
+(asyncio's "Task exception was never retrieved", aiohttp's warnings) is printed as Python's last-resort
+handler prints it, redacted.
 """
 
 from __future__ import annotations
@@ -49,6 +51,17 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
         logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=True,
     )
+    root = logging.getLogger()
+    if not root.handlers:  # what logging.lastResort would print, redacted
+        handler = logging.StreamHandler(out)
+        handler.setLevel(logging.WARNING)
+        handler.setFormatter(_RedactingFormatter("%(message)s"))
+        root.addHandler(handler)
+
+
+class _RedactingFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
 
 
 def _redacted_traceback(sio: TextIO, exc_info: Any) -> None:

@@ -228,3 +228,23 @@ async def test_a_key_that_went_bad_after_start_fails_its_job_naming_the_variable
     assert isinstance(outcome, Finished) and isinstance(outcome.terminal, Error)
     assert outcome.terminal.code == "invalid_api_key" and "UP_KEY" in outcome.terminal.message
     assert PLAIN_KEY not in outcome.terminal.message
+
+
+def test_stdlib_logging_of_the_libraries_is_redacted(
+    installed: Redactor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import logging
+
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])
+    out = io.StringIO()
+    configure_logging("info", "json", stream=out)
+    try:
+        raise RuntimeError(f"task failed: Bearer {PLAIN_KEY}")
+    except RuntimeError:
+        logging.getLogger("asyncio").exception("Task exception was never retrieved")
+    logging.getLogger("aiohttp.client").info("below warning: not printed %s", PLAIN_KEY)
+    structlog.reset_defaults()
+    text = out.getvalue()
+    assert "Task exception was never retrieved" in text and "RuntimeError" in text
+    assert PLAIN_KEY not in text and "not printed" not in text
