@@ -77,6 +77,13 @@ class Metrics:
             ["component"],
             registry=registry,
         )
+        self.task_restarts = Counter(
+            "tokenwire_task_restarts",
+            "Long-lived worker tasks (serve, reclaim, leases, publisher, heartbeat, cancel) restarted "
+            "after they raised, by task; /readyz fails while one waits to restart",
+            ["task"],
+            registry=registry,
+        )
         self.alive_at = time.monotonic()
 
     def beat(self) -> None:

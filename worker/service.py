@@ -36,6 +36,7 @@ from .runner import Control, Runner
 from .settings import Settings
 from .stats import collect_stats
 from .store import JobStore
+from .supervise import Supervisor
 from .upstream.adapters import Adapter, default_adapters
 
 __all__ = ["Worker", "default_consumer_name"]
@@ -100,6 +101,7 @@ class Worker:
             adapters=adapters or default_adapters(),
             metrics=self.metrics,
         )
+        self.supervisor = Supervisor(self.metrics.task_restarts)
         self.jobs: dict[str, _Job] = {}
         self.ready = asyncio.Event()
         self._slot_freed = asyncio.Event()
@@ -126,16 +128,17 @@ class Worker:
         fast_paths.report(probes, self.metrics.fast_path)
         await self._retry_forever("create the consumer group", self.queue.ensure_group, stop)
         endpoints = await self._start_endpoints()
+        supervise = self.supervisor.start  # a helper that raises is logged, counted, restarted
         helpers = [
-            asyncio.create_task(self._heartbeat(), name="tokenwire-heartbeat"),
-            asyncio.create_task(self.publisher.run(), name="tokenwire-publisher"),
-            asyncio.create_task(self.leases.run(), name="tokenwire-leases"),
-            asyncio.create_task(self._reclaim_loop(), name="tokenwire-reclaim"),
+            supervise("heartbeat", self._heartbeat),
+            supervise("publisher", self.publisher.run),
+            supervise("leases", self.leases.run),
+            supervise("reclaim", self._reclaim_loop),
         ]
-        listener = asyncio.create_task(self._cancel_listener(), name="tokenwire-cancel")
+        listener = supervise("cancel", self._cancel_listener)
         self.ready.set()
         try:
-            await self._serve(stop)
+            await self.supervisor.run("serve", lambda: self._serve(stop))
             await self._drain()
         finally:
             self._closing.set()  # the cancel listener stops by itself; the other helpers are cancelled
@@ -168,7 +171,11 @@ class Worker:
             await asyncio.sleep(1.0)
 
     async def _not_ready(self) -> str | None:
-        """None when Redis answers and the consumer group exists; else why not."""
+        """None when every supervised task is up, Redis answers and the consumer group exists;
+        else why not."""
+        down = self.supervisor.down()
+        if down is not None:
+            return down
         try:
             stats = await collect_stats(self.redis, self.settings.prefix)
         except RedisError as exc:
