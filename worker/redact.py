@@ -113,7 +113,8 @@ class Redactor:
         env = os.environ if environ is None else environ
         secrets: list[str] = []
         password = _url_password(settings.redis_url)
-        for name, value in [("redis password", password), *_secret_settings(settings)]:
+        settings_secrets = [*_secret_settings(settings), ("Redis password in redis_url", password)]
+        for name, value in settings_secrets:
             if value:
                 if len(value) < MIN_SECRET:
                     raise InvalidSecret(f"the {name} is shorter than {MIN_SECRET} characters")
@@ -176,7 +177,7 @@ def _secret_settings(settings: Settings) -> list[tuple[str, str]]:
     for field in msgspec.structs.fields(settings):
         value = getattr(settings, field.name)
         if isinstance(value, str) and _SECRET_SETTING.search(field.name):
-            found.append((f"setting {field.name}", value))
+            found.append((f"setting {field.name} (TOKENWIRE_{field.name.upper()})", value))
     return found
 
 

@@ -134,7 +134,9 @@ def test_a_key_an_http_header_cannot_carry_is_a_start_up_error_naming_its_variab
     assert check_api_key("UP_KEY", value) == str(info.value)
 
 
-@pytest.mark.parametrize(("env", "named"), [({"UP_KEY": "short"}, "UP_KEY"), ({}, "redis password")])
+@pytest.mark.parametrize(
+    ("env", "named"), [({"UP_KEY": "short"}, "UP_KEY"), ({}, "Redis password in redis_url")]
+)
 def test_short_secrets_are_start_up_errors(env: dict[str, str], named: str) -> None:
     settings_ = _settings(redis_url="redis://:pw@h:6379/0" if not env else "redis://h:6379/0")
     with pytest.raises(InvalidSecret, match=named) as info:
@@ -248,3 +250,10 @@ def test_stdlib_logging_of_the_libraries_is_redacted(
     text = out.getvalue()
     assert "Task exception was never retrieved" in text and "RuntimeError" in text
     assert PLAIN_KEY not in text and "not printed" not in text
+
+
+def test_a_short_redis_password_setting_names_its_variable() -> None:
+    settings_ = msgspec.structs.replace(_settings(), redis_password="pw-6ch")
+    with pytest.raises(InvalidSecret, match="TOKENWIRE_REDIS_PASSWORD") as info:
+        Redactor.from_settings(settings_, {})
+    assert "pw-6ch" not in str(info.value)
