@@ -20,13 +20,14 @@ import hiredis
 import structlog
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import OutOfMemoryError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .backoff import REDIS, Backoff
 from .fastpath.redis_py import bulk_reader
+from .oom import is_oom
 
-__all__ = ["Publisher", "Sink"]
+__all__ = ["EventGap", "Publisher", "Sink"]
 
 log = structlog.get_logger("tokenwire.publisher")
 
@@ -51,6 +52,26 @@ class Sink:
 
 
 Entry = tuple[Sink, bytes, bytes]  # (sink, entry id as ASCII bytes, payload)
+
+
+class EventGap(Exception):
+    """An event of a stream was written after an earlier one that Redis refused (out of memory, then
+    memory freed within one round trip): the refused one can never be written, so the attempt
+    cannot go on (a new attempt starts the job again)."""
+
+    def __init__(self, key: str, entry_id: bytes) -> None:
+        super().__init__(f"{key}: event {entry_id.decode()} was written after an earlier event was refused")
+
+
+def _first_per_sink(entries: list[Entry]) -> list[Entry]:
+    """Each sink's first entry, in order."""
+    seen: set[int] = set()
+    out = []
+    for entry in entries:
+        if id(entry[0]) not in seen:
+            seen.add(id(entry[0]))
+            out.append(entry)
+    return out
 
 
 class Publisher:
@@ -83,6 +104,7 @@ class Publisher:
         self._oldest: float | None = None
         self._wake = asyncio.Event()
         self._conn: Any = None  # the pooled connection batches go out on, once taken
+        self._stopping = False
 
     def emit(self, sink: Sink, entry_id: bytes, payload: bytes) -> None:
         if self._batch is None:
@@ -113,10 +135,13 @@ class Publisher:
             await asyncio.shield(batch)
 
     async def run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            await self.flush()
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                await self.flush()
+        finally:
+            self._stopping = True  # the last flush waits out an OOM for retry_seconds at most
 
     async def flush(self) -> None:
         while self._pending:
@@ -141,11 +166,20 @@ class Publisher:
 
     async def _write_chunk(self, live: list[Entry], oldest: float | None) -> None:
         """Write ``live``, retrying a lost connection as :data:`~worker.backoff.REDIS` says for up to
-        ``retry_seconds`` of waiting (the explicit ids make a retried write idempotent)."""
-        backoff, waited = Backoff(REDIS), 0.0
+        ``retry_seconds`` of waiting (the explicit ids make a retried write idempotent).
+
+        Events Redis refuses because it is out of memory (:mod:`worker.oom`) are an outage, not a
+        failure of their jobs: they are retried with the same backoff for as long as it lasts (the
+        jobs keep their leases; a full queue holds their producers back), bounded by
+        ``retry_seconds`` only once the publisher is stopping. While refusals last, a round trip
+        carries one event per stream, so no event can land after a refused one of its stream
+        (which would leave a gap that no retry could fill)."""
+        backoff, waited, written, outage = Backoff(REDIS), 0.0, 0, False
+        out_of_memory = 0.0  # seconds waited for memory
         while live:
+            send = _first_per_sink(live) if outage else live
             try:
-                results = await self._pipeline(live)
+                results = await self._pipeline(send)
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 if waited >= self.retry_seconds:
                     raise
@@ -154,10 +188,32 @@ class Publisher:
                 await self._sleep(pause)
                 waited += pause
                 continue
-            await self._settle(live, results)
-            if self.on_batch is not None:
-                self.on_batch(len(live), oldest)
-            return
+            refused = await self._settle(send, results)
+            written += len(send) - len(refused)
+            if send is not live or refused:
+                again = {id(e) for e in refused}
+                sent = {id(e) for e in send}
+                live = [e for e in live if e[0].ok and (id(e) in again or id(e) not in sent)]
+            else:
+                live = []
+            outage = bool(refused)
+            if not outage:
+                backoff.succeeded()
+                continue
+            if self._stopping and out_of_memory >= self.retry_seconds:
+                raise OutOfMemoryError(f"Redis is out of memory: {len(refused)} events refused")
+            pause = backoff.failed()
+            if backoff.failures == 1 or backoff.failures % 32 == 0:
+                log.warning(
+                    "Redis is out of memory: event writes wait for it",
+                    refused=len(refused),
+                    tries=backoff.failures,
+                    retry_in=round(pause, 3),
+                )
+            await self._sleep(pause)
+            out_of_memory += pause
+        if self.on_batch is not None and written:
+            self.on_batch(written, oldest)
 
     async def _pipeline(self, entries: list[Entry]) -> list[object]:
         """One round trip for the batch: every XADD packed by hiredis and sent at once, the replies
@@ -200,16 +256,28 @@ class Publisher:
                 pipe.execute_command("XADD", sink.key, "MAXLEN", "~", maxlen, entry_id, "event", payload)
             return await pipe.execute(raise_on_error=False)
 
-    async def _settle(self, entries: list[Entry], results: list[object]) -> None:
-        for (sink, entry_id, _), result in zip(entries, results, strict=True):
+    async def _settle(self, entries: list[Entry], results: list[object]) -> list[Entry]:
+        """Mark each entry's sink by its reply; the entries Redis refused for lack of memory, to be
+        retried (a stream's events after its refused one landing in the same round trip is a gap:
+        that sink fails)."""
+        refused: list[Entry] = []
+        holed: set[int] = set()  # the sinks with a refused event in this round trip
+        for entry, result in zip(entries, results, strict=True):
+            sink, entry_id, _ = entry
             if not isinstance(result, Exception):
+                if id(sink) in holed:
+                    sink.error = sink.error or EventGap(sink.key, entry_id)
                 continue
-            if isinstance(result, ResponseError) and _TOO_SMALL in str(result):
+            if is_oom(result):
+                holed.add(id(sink))
+                refused.append(entry)
+            elif isinstance(result, ResponseError) and _TOO_SMALL in str(result):
                 if await self._already_written(sink.key, entry_id):
                     continue  # a retry of a write that had landed: nothing was duplicated
                 sink.fenced = True
             else:
                 sink.error = sink.error or result
+        return [e for e in refused if e[0].ok]
 
     async def _already_written(self, key: str, entry_id: bytes) -> bool:
         found = await self.redis.xrange(key, entry_id, entry_id, count=1)

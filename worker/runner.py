@@ -18,6 +18,7 @@ from .backoff import Backoff, RetryPolicy
 from .events import Done, Error, Start
 from .jobs import job_id_of
 from .metrics import Metrics
+from .oom import outlast_oom
 from .outcome import Escalate, Failed, Fenced, Finished, Outcome, Skipped, WriteFailed
 from .publisher import Publisher
 from .queue import Delivery, JobQueue
@@ -102,15 +103,41 @@ class Runner:
         )
 
     async def _reject(self, delivery: Delivery, rejected: Rejected) -> None:
+        """End a job its entry cannot run: its terminal ``error`` first (fenced on the entry, and
+        written once however often this is retried), then the dead letter, which acks. A failure
+        between the two leaves the entry pending: its next delivery finds the terminal written and
+        only moves the entry. (The two cannot be one script: the job's keys and the queue's are in
+        different hash slots.)"""
+        reason = self.redactor.redact(rejected.reason)  # it may quote the payload
+        job_id = rejected.job_id
+        if job_id is not None:
+            outcome = await outlast_oom(
+                lambda: self.store.fail(job_id, delivery.entry_id, rejected.code, reason, {}),
+                "write a rejected job's terminal event",
+            )
+            log.info("rejected job ended", job_id=job_id, code=rejected.code, outcome=outcome)
+            exhausted = rejected.code == "max_deliveries_exceeded"
+            if outcome == "terminal" and exhausted and not await self._ours(job_id, delivery, rejected):
+                # the job had ended by itself (its ack was what failed): nothing to dead-letter
+                await outlast_oom(lambda: self.queue.ack(delivery.entry_id), "ack an ended job")
+                return
+        await outlast_oom(
+            lambda: self.queue.dead_letter(
+                delivery.entry_id, delivery.payload, reason, job_id=job_id, code=rejected.code
+            ),
+            "dead-letter an entry",
+        )
         self.metrics.dead_letters.labels(rejected.code).inc()
         self.metrics.jobs.labels("dead_lettered").inc()
-        reason = self.redactor.redact(rejected.reason)  # it may quote the payload
-        await self.queue.dead_letter(
-            delivery.entry_id, delivery.payload, reason, job_id=rejected.job_id, code=rejected.code
+
+    async def _ours(self, job_id: str, delivery: Delivery, rejected: Rejected) -> bool:
+        """Whether the job's terminal is the error an earlier try of this rejection wrote."""
+        state = await self.store.status(job_id) or {}
+        return (
+            state.get("state") == "error"
+            and state.get("error_code") == rejected.code
+            and state.get("entry") == delivery.entry_id
         )
-        if rejected.job_id is not None:
-            outcome = await self.store.fail(rejected.job_id, delivery.entry_id, rejected.code, reason, {})
-            log.info("rejected job ended", job_id=rejected.job_id, code=rejected.code, outcome=outcome)
 
 
 class _JobRun:
@@ -203,7 +230,7 @@ class _JobRun:
             await self._finish(outcome)
         elif isinstance(outcome, Skipped):
             if outcome.ack:
-                await self.runner.queue.ack(self.delivery.entry_id)
+                await self._ack()
         elif isinstance(outcome, Fenced):
             log.warning("attempt fenced: a newer attempt owns the job")
         elif isinstance(outcome, WriteFailed):
@@ -217,13 +244,16 @@ class _JobRun:
 
     async def _finish(self, outcome: Finished) -> None:
         runner, terminal = self.runner, outcome.terminal
-        finished = await runner.store.finish(
-            self.admitted.job_id, terminal.attempt, outcome.tokens + 1, terminal, outcome.record()
+        finished = await outlast_oom(
+            lambda: runner.store.finish(
+                self.admitted.job_id, terminal.attempt, outcome.tokens + 1, terminal, outcome.record()
+            ),
+            "write the terminal event",
         )
         if finished == "fenced":
             log.warning("terminal event fenced: a newer attempt owns the job", attempt=terminal.attempt)
             return
-        await runner.queue.ack(self.delivery.entry_id)
+        await self._ack()
         runner.metrics.jobs.labels(type(terminal).__name__.lower()).inc()
         if isinstance(terminal, Done):
             log.info(
@@ -239,22 +269,29 @@ class _JobRun:
         else:
             log.info("job cancelled", attempt=terminal.attempt, reason=terminal.reason)
 
+    async def _ack(self) -> None:
+        """Acknowledge the entry, only ever after its job's terminal event is written (or found)."""
+        await outlast_oom(lambda: self.runner.queue.ack(self.delivery.entry_id), "ack the entry")
+
     async def _begin(self, admitted: Admitted, reason: str | None) -> int | Skipped:
         """Begin an attempt (its number), or why none may begin."""
         runner, delivery = self.runner, self.delivery
-        begun = await runner.store.begin(
-            admitted.job_id,
-            delivery.entry_id,
-            runner.queue.consumer,
-            _start(admitted, reason),
-            replaces=delivery.replaces,
+        start = _start(admitted, reason)
+        begun = await outlast_oom(
+            lambda: runner.store.begin(
+                admitted.job_id, delivery.entry_id, runner.queue.consumer, start, replaces=delivery.replaces
+            ),
+            "begin an attempt",
         )
         if begun.outcome == "started":
             log.info("attempt started", attempt=begun.attempt, model=admitted.job.model, reason=reason)
             return begun.attempt
         if begun.outcome == "cancel":
-            outcome = await runner.store.fail(
-                admitted.job_id, delivery.entry_id, "cancelled", begun.detail, {}, cancelled=True
+            outcome = await outlast_oom(
+                lambda: runner.store.fail(
+                    admitted.job_id, delivery.entry_id, "cancelled", begun.detail, {}, cancelled=True
+                ),
+                "write a cancelled job's terminal event",
             )
             log.info("job cancelled before it started", outcome=outcome)
             runner.metrics.jobs.labels("cancelled").inc()

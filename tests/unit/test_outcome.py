@@ -249,13 +249,15 @@ async def test_a_superseded_attempt_is_fenced(rig: _Rig) -> None:
 
 class _Refusing(Publisher):
     async def _pipeline(self, entries: list[Entry]) -> list[object]:
-        return [ResponseError("OOM command not allowed when used memory > 'maxmemory'")] * len(entries)
+        return [ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value")] * len(
+            entries
+        )
 
 
 async def test_events_that_cannot_be_written_fail_the_attempt_not_the_job(rig: _Rig) -> None:
     ctx = rig.context(replies(sse(token("a"), final())), publisher=_Refusing(rig.redis, maxlen=10))
     outcome = await run(ctx, admitted())
-    assert isinstance(outcome, WriteFailed) and "OOM" in str(outcome.error)
+    assert isinstance(outcome, WriteFailed) and "WRONGTYPE" in str(outcome.error)
 
 
 async def test_the_runner_s_ends_are_the_attempt_s_terminal_events(rig: _Rig) -> None:
