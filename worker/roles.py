@@ -206,7 +206,7 @@ def markdown(prefix: str = "tokenwire") -> str:
 
     out: list[str] = []
     for spec in ROLES.values():
-        out += [f"#### `{spec.name}`: {spec.summary}", "", "| grant | rule | why |", "| --- | --- | --- |"]
+        out += [f"### `{spec.name}`: {spec.summary}", "", "| grant | rule | why |", "| --- | --- | --- |"]
         for k in spec.keys:
             rule = _ACCESS[k.access] + _render(k.pattern, prefix)
             out.append(f"| key `{k.pattern}` ({k.access}) | `{rule}` | {k.why} |")

@@ -117,7 +117,7 @@ def done_event(job_id: str, attempt: int) -> Done:
 
 async def worker_operations(r: Redis, admin: Redis, prefix: str) -> None:
     """Everything a worker sends: group, read, begin, lease, events, finish, ack, fail, dead
-    letter, takeover, hand-back, reap, stats, cancel listener, health check."""
+    letter, takeover, reap, stats, cancel listener, health check."""
     keys = Keys(prefix)
     queue = JobQueue(r, r, keys, "c1", dead_maxlen=100, check_permissions=False)
     store = JobStore(r, keys)
@@ -141,7 +141,8 @@ async def worker_operations(r: Redis, admin: Redis, prefix: str) -> None:
     for failed in [e["error"] for e in logs if e["event"] == "lease renewal failed"]:
         raise ResponseError(failed)  # what Redis answered
     publisher = Publisher(r, maxlen=100)
-    assert await publisher._already_written(keys.events("a"), b"1-0")  # after a lost reply
+    start: Any = await r.xrange(keys.events("a"), "1-0", "1-0")
+    assert await publisher._already_written(keys.events("a"), b"1-0", start[0][1][b"event"])  # lost reply
     assert await store.finish("a", begun.attempt, 1, done_event("a", begun.attempt), {}) == "ok"
     await queue.ack(a.entry_id)
     assert await store.fail("b", b.entry_id, "invalid_job", "no", {}) == "ok"
@@ -151,7 +152,7 @@ async def worker_operations(r: Redis, admin: Redis, prefix: str) -> None:
     await admin.xreadgroup("workers", "ghost", {keys.jobs: ">"}, count=1)  # a worker that died
     claimed, _ = await queue.reclaim(10, 0)
     assert [d.deliveries for d in claimed] == [2]
-    await queue.hand_back(claimed[0])
+    await queue.ack(claimed[0].entry_id)
     assert await queue.reap(0) == ["ghost"]
     stats = await collect_stats(r, prefix)
     assert stats["group_exists"] and stats["dead_letters"] == 1
