@@ -17,7 +17,7 @@ import msgspec
 from worker.upstream.base import UpstreamError
 from worker.upstream.http import classify_status
 
-__all__ = ["malformed_event", "stream_error"]
+__all__ = ["CODES", "malformed_event", "stream_error"]
 
 _RATE_LIMITED = ("rate_limited", True)
 _BAD_REQUEST = ("bad_request", False)
@@ -47,6 +47,28 @@ _KINDS = {
     "incomplete_generation": _GENERATION,
     "incomplete_generation_stream": _GENERATION,
 }
+
+CODES: frozenset[str] = frozenset(
+    {
+        # the request and its response (worker.upstream.http)
+        *(code for code, _ in map(classify_status, range(400, 600))),
+        "bad_content_type",
+        "upstream_connection_error",  # connect, read or transport failure (retryable)
+        "upstream_protocol_error",  # an unreadable response: oversized or too many headers, a
+        # compressed body, any other parser failure
+        "upstream_stalled",
+        # the stream's bounds
+        "upstream_event_too_large",  # one event, or the bytes between two data events
+        "upstream_stream_too_large",
+        "upstream_too_many_events",
+        # the events (here)
+        "upstream_error",
+        "upstream_malformed_event",  # not the protocol's JSON, or nested too deep to decode
+        *(code for code, _ in _KINDS.values()),
+    }
+)
+"""Every code an :class:`UpstreamError` from reading one upstream stream (``open_sse`` and the
+adapters' ``parse``) carries; nothing else escapes them (fuzzed in ``tests/fuzz``)."""
 
 _MALFORMED_PREVIEW = 200
 _MESSAGE_LIMIT = 1000
