@@ -200,10 +200,11 @@ class JobQueue:
             out.append(msgspec.structs.replace(self._delivery(entry_id, fields), deliveries=times))
         return out, deleted
 
-    async def hand_back(self, delivery: Delivery) -> str:
+    async def hand_back(self, delivery: Delivery, replaces: str) -> str:
         """Re-add the entry's job as a new entry that names the one it replaces (peers blocked on
-        the stream get it at once; their pickup moves the job to it) and drop the old one."""
-        fields = {"job": delivery.payload or b"", "replaces": delivery.entry_id}
+        the stream get it at once; their pickup moves the job to it) and drop the old one.
+        ``replaces``: what :meth:`JobStore.hand_back` recorded for it (a raw one moves nothing)."""
+        fields = {"job": delivery.payload or b"", "replaces": replaces}
         new_id = await self.redis.xadd(self.keys.jobs, fields)  # type: ignore[arg-type]
         await self.ack(delivery.entry_id)
         return as_text(new_id)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["ACK", "BEGIN", "CANCEL", "DEAD", "ENQUEUE", "FAIL", "FINISH", "REAP", "RENEW"]
+__all__ = ["ACK", "BEGIN", "CANCEL", "DEAD", "ENQUEUE", "FAIL", "FINISH", "HANDBACK", "REAP", "RENEW"]
 
 # Create a job's state hash unless it exists. A new job keeps the digest of its canonical payload
 # (`job_sha256`); an existing one whose kept digest differs from this one is a conflict: another job
@@ -34,7 +34,10 @@ return {'new', 'queued', ''}
 """
 
 # KEYS: state, events. ARGV: entry_id, consumer, now_ms, ttl_ms, maxlen, start_head, start_tail,
-# model, api, provider, replaced_entry (the entry a drain hand-back replaced, or '').
+# model, api, provider, replaced_entry (the entry a drain hand-back replaced, or ''), hand-back token.
+# A job owned by another entry moves to this one only when it is the hand-back its owner recorded
+# (HANDBACK: the entry and the sha1 of the token this entry carries); a producer's raw `replaces`
+# field cannot move, restart or fence a running job.
 # Returns {"started", attempt} | {"terminal", state} | {"duplicate", owning_entry} | {"cancel", reason}.
 BEGIN: Final = """
 local state = redis.call('HGET', KEYS[1], 'state')
@@ -42,8 +45,11 @@ if state == 'done' or state == 'error' or state == 'cancelled' then
   return {'terminal', state}
 end
 local entry = redis.call('HGET', KEYS[1], 'entry')
-if entry and entry ~= ARGV[1] and entry ~= ARGV[11] then
-  return {'duplicate', entry}
+if entry and entry ~= ARGV[1] then
+  local handback = redis.call('HGET', KEYS[1], 'handback')
+  if not (entry == ARGV[11] and ARGV[12] ~= '' and handback == redis.sha1hex(ARGV[12])) then
+    return {'duplicate', entry}
+  end
 end
 local cancel = redis.call('HGET', KEYS[1], 'cancel')
 if cancel then return {'cancel', cancel} end
@@ -57,6 +63,7 @@ redis.call('HSET', KEYS[1], 'state', 'running', 'attempt', attempt, 'entry', ARG
            'owner', ARGV[2], 'started', ARGV[3], 'model', ARGV[8], 'api', ARGV[9],
            'provider', ARGV[10])
 redis.call('HSETNX', KEYS[1], 'created', ARGV[3])
+redis.call('HDEL', KEYS[1], 'handback')
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], attempt .. '-0',
            'event', ARGV[6] .. attempt .. ARGV[7])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
@@ -111,6 +118,15 @@ if ARGV[1] ~= '' then redis.call('HSETNX', KEYS[1], 'entry', ARGV[1]) end
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
 redis.call('PEXPIRE', KEYS[2], ARGV[6])
 return 'ok'
+"""
+
+# A drain's hand-back of a job's entry: record on the job's state hash the sha1 of the token its new
+# entry carries (BEGIN honours that entry's `replaces` only with it), while the job is this entry's.
+# KEYS: state. ARGV: entry id, sha1 hex of the token. Returns 1 if recorded.
+HANDBACK: Final = """
+if redis.call('HGET', KEYS[1], 'entry') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'handback', ARGV[2])
+return 1
 """
 
 # Renew the lease of every entry this consumer still owns: an owner-checked XCLAIM with min-idle 0

@@ -365,7 +365,8 @@ class Worker:
                     waited=self.abandon_after,
                 )
             try:
-                new_entry = await self.queue.hand_back(job.delivery)
+                replaces = await self.store.hand_back(job.job_id, job.delivery.entry_id)
+                new_entry = await self.queue.hand_back(job.delivery, replaces)
                 log.info("handed a job back for a peer", entry=job.delivery.entry_id, new_entry=new_entry)
             except RedisError as exc:
                 log.warning("could not hand a job back; a peer takes it after its lease", error=str(exc))

@@ -6,6 +6,7 @@ Shared by the producer side (:class:`worker.Client`) and the worker, so both spe
 from __future__ import annotations
 
 import hashlib
+import secrets
 import time
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -96,6 +97,7 @@ class JobStore:
         self.events_maxlen = events_maxlen
         self._enqueue = redis.register_script(scripts.ENQUEUE)
         self._begin = redis.register_script(scripts.BEGIN)
+        self._handback = redis.register_script(scripts.HANDBACK)
         self._finish = redis.register_script(scripts.FINISH)
         self._fail = redis.register_script(scripts.FAIL)
         self._cancel = redis.register_script(scripts.CANCEL)
@@ -125,8 +127,11 @@ class JobStore:
     ) -> BeginResult:
         """Start a new attempt of the job that ``entry_id`` carries, writing its ``start`` event.
 
-        ``replaces``: the entry this one was handed back for (drain); the job moves to this entry.
+        ``replaces``: the entry's ``replaces`` field, ``<entry> <token>`` when a drain handed it back
+        for ``<entry>`` (:meth:`hand_back`): the job moves to this entry only if its state hash
+        recorded that token; anything else there (a producer's raw field) changes nothing.
         """
+        replaced, _, token = (replaces or "").partition(" ")
         head, tail = split_on_attempt(start)
         reply = await self._begin(
             keys=[self.keys.state(job_id), self.keys.events(job_id)],
@@ -141,7 +146,8 @@ class JobStore:
                 start.model,
                 start.api,
                 start.provider,
-                replaces or "",
+                replaced,
+                token,
             ],
         )
         outcome = as_text(reply[0])
@@ -150,6 +156,15 @@ class JobStore:
         if outcome in ("terminal", "cancel"):
             return BeginResult(outcome, detail=as_text(reply[1]))  # type: ignore[arg-type]
         return BeginResult("duplicate", detail=as_text(reply[1]))
+
+    async def hand_back(self, job_id: str, entry_id: str) -> str:
+        """Record that the job's ``entry_id`` is being handed back (drain): the ``replaces`` value
+        its new entry carries, which alone moves the job there. Only the token's sha1 is kept on the
+        state hash (anyone who may read the hash still cannot forge the field)."""
+        token = secrets.token_hex(16)
+        digest = hashlib.sha1(token.encode()).hexdigest()  # Redis scripts have sha1hex alone
+        await self._handback(keys=[self.keys.state(job_id)], args=[entry_id, digest])
+        return f"{entry_id} {token}"
 
     async def finish(
         self,
