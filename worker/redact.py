@@ -134,13 +134,14 @@ class Redactor:
 
         The secrets' spans are found in ``text`` as given, then each run of them becomes one
         ``[redacted]``; should a secret still be found afterwards (built across a marker: it holds
-        part of ``[redacted]`` itself), nothing of the text is returned."""
+        part of ``[redacted]`` itself), nothing of the text is returned but ``***`` (shorter than
+        any secret)."""
         if self._forms:
             text = _masked(text, self._spans(text))
         for pattern, replacement in _SHAPES:
             text = pattern.sub(replacement, text)
         if any(form in text for form in self._forms):
-            return REDACTED
+            return "***"
         return text
 
     def _spans(self, text: str) -> list[tuple[int, int]]:
