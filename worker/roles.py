@@ -24,7 +24,17 @@ import sys
 from collections.abc import Sequence
 from typing import Final, Literal, NamedTuple
 
-__all__ = ["ROLES", "Channel", "Command", "KeyPattern", "Role", "acl_rules", "markdown", "setuser_line"]
+__all__ = [
+    "CLUSTER",
+    "ROLES",
+    "Channel",
+    "Command",
+    "KeyPattern",
+    "Role",
+    "acl_rules",
+    "markdown",
+    "setuser_line",
+]
 
 
 class KeyPattern(NamedTuple):
@@ -157,6 +167,14 @@ ROLES: Final[dict[str, Role]] = {
 }
 """Every role by name."""
 
+CLUSTER: Final = (
+    Command("cluster|slots", "the cluster client's slot map, read at connect and after a MOVED reply"),
+    Command("command", "the cluster client's command table (which arguments are keys), read at connect"),
+    Command("asking", "the cluster client follows an ASK reply while a slot moves between nodes"),
+)
+"""What every role adds on Redis Cluster (``redis_cluster``): commands redis-py's cluster client sends
+itself. Give the user on every node (ACLs are per node)."""
+
 _GLOB: Final = re.compile(r"([*?\[\]\\])")
 _ACCESS: Final = {"rw": "~", "r": "%R~", "w": "%W~"}
 
@@ -176,18 +194,24 @@ def _render(pattern: str, prefix: str) -> str:
     return re.sub(r"(?<![A-Za-z])P(?=[:}])", lambda _: literal, pattern)
 
 
-def acl_rules(role: str, *, prefix: str = "tokenwire") -> list[str]:
+def acl_rules(role: str, *, prefix: str = "tokenwire", cluster: bool = False) -> list[str]:
     """The ACL rules of ``role`` for ``prefix``: key patterns, channels, then ``+command`` each, as
-    ``ACL SETUSER`` takes them after ``reset on`` and a password (``reset`` denies everything else)."""
+    ``ACL SETUSER`` takes them after ``reset on`` and a password (``reset`` denies everything else).
+    ``cluster``: with :data:`CLUSTER`'s commands, for Redis Cluster."""
     spec = _role(role)
     rules = [_ACCESS[k.access] + _render(k.pattern, prefix) for k in spec.keys]
     rules += ["&" + _render(c.pattern, prefix) for c in spec.channels]
-    rules += ["+" + c.name for c in spec.commands]
+    rules += ["+" + c.name for c in (*spec.commands, *(CLUSTER if cluster else ()))]
     return rules
 
 
 def setuser_line(
-    role: str, *, prefix: str = "tokenwire", user: str | None = None, password: str | None = None
+    role: str,
+    *,
+    prefix: str = "tokenwire",
+    user: str | None = None,
+    password: str | None = None,
+    cluster: bool = False,
 ) -> str:
     """A complete ``ACL SETUSER`` command for ``role``. The password appears only as its SHA-256
     (``#…``); without one the user is created unable to log in until a password is added."""
@@ -195,7 +219,8 @@ def setuser_line(
     if not name or any(c.isspace() for c in name) or not name.isprintable():
         raise ValueError(f"user name {name!r}: it must be printable, with no spaces")
     auth = [f"#{hashlib.sha256(password.encode()).hexdigest()}"] if password else []
-    return " ".join(["ACL", "SETUSER", name, "reset", "on", *auth, *acl_rules(role, prefix=prefix)])
+    rules = acl_rules(role, prefix=prefix, cluster=cluster)
+    return " ".join(["ACL", "SETUSER", name, "reset", "on", *auth, *rules])
 
 
 def markdown(prefix: str = "tokenwire") -> str:
@@ -215,6 +240,9 @@ def markdown(prefix: str = "tokenwire") -> str:
         for cmd in spec.commands:
             out.append(f"| command | `+{cell(cmd.name)}` | {cell(cmd.why)} |")
         out += ["", "```", setuser_line(spec.name, prefix=prefix), "```", ""]
+    out += ["### On Redis Cluster, every role adds", "", "| grant | rule | why |", "| --- | --- | --- |"]
+    out += [f"| command | `+{cell(cmd.name)}` | {cell(cmd.why)} |" for cmd in CLUSTER]
+    out += ["", "(`--cluster` adds them to the printed line.)", ""]
     return "\n".join(out)
 
 
@@ -228,6 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--password-stdin", action="store_true", help="read the password from standard input (printed hashed)"
     )
+    parser.add_argument("--cluster", action="store_true", help="for Redis Cluster (redis_cluster)")
     parser.add_argument("--rules", action="store_true", help="print only the rules, one a line")
     parser.add_argument("--markdown", action="store_true", help="print every role as the docs' tables")
     args = parser.parse_args(argv)
@@ -238,13 +267,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.role is None:
             parser.error("name a role, or pass --markdown")
         if args.rules:
-            print("\n".join(acl_rules(args.role, prefix=args.prefix)))
+            print("\n".join(acl_rules(args.role, prefix=args.prefix, cluster=args.cluster)))
             return 0
         password = sys.stdin.readline().rstrip("\r\n") if args.password_stdin else None
         if args.password_stdin and not password:
             print("worker.roles: no password on standard input", file=sys.stderr)
             return 2
-        print(setuser_line(args.role, prefix=args.prefix, user=args.user, password=password))
+        print(
+            setuser_line(
+                args.role, prefix=args.prefix, user=args.user, password=password, cluster=args.cluster
+            )
+        )
     except ValueError as exc:
         print(f"worker.roles: {exc}", file=sys.stderr)
         return 2

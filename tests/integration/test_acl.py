@@ -17,7 +17,7 @@ import msgspec
 import pytest
 import redis as sync_redis
 from redis.asyncio import Redis
-from redis.exceptions import NoPermissionError, ResponseError
+from redis.exceptions import NoPermissionError, RedisClusterException, ResponseError
 from structlog.testing import capture_logs
 
 from worker import Client, Done, Worker
@@ -29,7 +29,7 @@ from worker.events import Start, Usage
 from worker.keys import Keys, as_text
 from worker.lease import LeaseKeeper
 from worker.queue import JobQueue, NotPermitted
-from worker.redisproc import RedisServer
+from worker.redisproc import RedisClusterServers, RedisServer
 from worker.roles import ROLES, acl_rules
 from worker.stats import collect_stats
 from worker.store import JobStore
@@ -55,16 +55,21 @@ def redis_url(acl_server: RedisServer) -> str:  # the integration fixtures' Redi
 
 
 class Users:
-    def __init__(self, server: RedisServer) -> None:
-        self.server = server
-        self.admin = sync_redis.Redis.from_url(server.url)
+    def __init__(self, *servers: RedisServer) -> None:
+        self.server = servers[0]
+        self.admins = [sync_redis.Redis.from_url(server.url) for server in servers]
 
     def make(self, rules: list[str]) -> str:
-        """A new user with exactly ``rules``; its URL."""
+        """A new user with exactly ``rules`` (on every node of a cluster); its URL."""
         name, password = f"u-{uuid.uuid4().hex[:12]}", uuid.uuid4().hex
         setuser = ("ACL", "SETUSER", name, "reset", "on", f">{password}", *rules)
-        self.admin.execute_command(*setuser)  # type: ignore[no-untyped-call]
+        for admin in self.admins:
+            admin.execute_command(*setuser)  # type: ignore[no-untyped-call]
         return f"redis://{name}:{password}@127.0.0.1:{self.server.port}/0"
+
+    def close(self) -> None:
+        for admin in self.admins:
+            admin.close()
 
     def role(self, role: str, prefix: str) -> str:
         return self.make(acl_rules(role, prefix=prefix))
@@ -74,7 +79,7 @@ class Users:
 def users(acl_server: RedisServer) -> Iterator[Users]:
     made = Users(acl_server)
     yield made
-    made.admin.close()
+    made.close()
 
 
 def refused(exc: BaseException) -> bool:
@@ -91,12 +96,15 @@ def job_payload(job_id: str) -> bytes:
 
 async def health_check(r: Redis) -> None:
     """What redis-py's pool does with a connection idle past health_check_interval: PING."""
-    conn = await r.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+    pool = getattr(r, "connection_pool", None)
+    if pool is None:  # a cluster client: it runs no health checks
+        return
+    conn = await pool.get_connection()
     try:
         conn.next_health_check = -1
         await conn.check_health()
     finally:
-        await r.connection_pool.release(conn)
+        await pool.release(conn)
 
 
 def done_event(job_id: str, attempt: int) -> Done:
@@ -230,8 +238,8 @@ async def admin(acl_server: RedisServer) -> AsyncIterator[Redis]:
     await client.aclose()
 
 
-async def run_as(url: str, role: str, admin: Redis, prefix: str) -> None:
-    user = redis_client(url, block_seconds=1.0)
+async def run_as(url: str, role: str, admin: Redis, prefix: str, *, cluster: bool = False) -> None:
+    user = redis_client(url, block_seconds=1.0, cluster=cluster)
     try:
         await OPERATIONS[role](user, admin, prefix)
     finally:
@@ -311,6 +319,42 @@ async def test_a_worker_as_the_worker_user_runs_a_job_end_to_end(
     finally:
         await producer.aclose()
         await subscriber.aclose()
+
+
+# -- Redis Cluster ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def cluster_admin(redis_cluster: RedisClusterServers) -> AsyncIterator[Redis]:
+    client = redis_client(redis_cluster.url, cluster=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def cluster_users(redis_cluster: RedisClusterServers) -> Iterator[Users]:
+    made = Users(*redis_cluster.nodes)
+    yield made
+    made.close()
+
+
+@pytest.mark.parametrize("role", sorted(ROLES))
+async def test_each_role_does_its_job_on_a_cluster(
+    role: str, cluster_users: Users, cluster_admin: Redis, prefix: str
+) -> None:
+    url = cluster_users.make(acl_rules(role, prefix=prefix, cluster=True))
+    await run_as(url, role, cluster_admin, prefix, cluster=True)
+
+
+@pytest.mark.parametrize("command", ["cluster|slots", "command"])  # `asking` only while a slot moves
+async def test_the_cluster_clients_commands_are_needed(
+    command: str, cluster_users: Users, cluster_admin: Redis, prefix: str
+) -> None:
+    url = cluster_users.make(without(acl_rules("subscriber", prefix=prefix, cluster=True), f"+{command}"))
+    # redis-py takes a refused slot map for a node without cluster mode
+    with pytest.raises((ResponseError, RedisClusterException)) as caught:
+        await run_as(url, "subscriber", cluster_admin, prefix, cluster=True)
+    assert refused(caught.value) or "Cluster mode is not enabled" in str(caught.value), caught.value
 
 
 # -- a worker missing a permission stops at start-up ------------------------------------------

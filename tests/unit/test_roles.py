@@ -76,6 +76,8 @@ def test_the_command_line(capsys: pytest.CaptureFixture[str], monkeypatch: pytes
     assert main(["worker", "--prefix", "a b"]) == 2
     assert "prefix 'a b'" in capsys.readouterr().err
     assert main(["--markdown"]) == 0 and capsys.readouterr().out == markdown()
+    assert main(["worker", "--cluster", "--rules"]) == 0
+    assert capsys.readouterr().out.split() == acl_rules("worker", cluster=True)
     with pytest.raises(SystemExit):
         main([])
 
@@ -125,3 +127,10 @@ def test_every_command_a_roles_scripts_call_is_granted(role: str) -> None:
 def test_the_scripts_table_covers_every_script() -> None:
     """A new script must be given to the roles that run it (and its commands granted to them)."""
     assert set(_SCRIPTS) - set().union(*SCRIPTS_OF.values()) == set()
+
+
+def test_cluster_adds_the_cluster_clients_commands_to_every_role() -> None:
+    for role in ROLES:
+        plain, cluster = acl_rules(role), acl_rules(role, cluster=True)
+        assert cluster == [*plain, "+cluster|slots", "+command", "+asking"]
+    assert setuser_line("worker", cluster=True).endswith(" +cluster|slots +command +asking")
