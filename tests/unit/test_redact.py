@@ -206,7 +206,8 @@ def test_log_fields_are_redacted_nested_and_in_tracebacks(installed: Redactor) -
         except ValueError:
             log.exception("crashed")
         text = out.getvalue()
-        assert PLAIN_KEY not in text and "crashed" in text and REDACTED in text, fmt
+        assert PLAIN_KEY not in text and "crashed" in text and "ValueError: boom" in text, fmt
+        assert REDACTED in text, fmt
     structlog.reset_defaults()
 
 
