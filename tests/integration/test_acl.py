@@ -124,7 +124,7 @@ def done_event(job_id: str, attempt: int) -> Done:
 
 async def worker_operations(r: Redis, admin: Redis, prefix: str) -> None:
     """Everything a worker sends: group, read, begin, lease, events, finish, ack, fail, dead
-    letter, takeover, reap, stats, cancel listener, health check."""
+    letter, takeover, hand-back, reap, stats, cancel listener, health check."""
     keys = Keys(prefix)
     queue = JobQueue(r, r, keys, "c1", dead_maxlen=100, check_permissions=False)
     store = JobStore(r, keys)
@@ -158,7 +158,8 @@ async def worker_operations(r: Redis, admin: Redis, prefix: str) -> None:
     await admin.xreadgroup("workers", "ghost", {keys.jobs: ">"}, count=1)  # a worker that died
     claimed, _ = await queue.reclaim(10, 0)
     assert [d.deliveries for d in claimed] == [2]
-    await queue.ack(claimed[0].entry_id)
+    replaces = await store.hand_back("c", claimed[0].entry_id)  # as a drain does
+    await queue.hand_back(claimed[0], replaces)
     assert await queue.reap(0) == ["ghost"]
     stats = await collect_stats(r, prefix)
     assert stats["group_exists"] and stats["dead_letters"] == 1
