@@ -40,7 +40,7 @@ EXIT_INTERRUPTED = 130  # a second Ctrl-C: stopped without draining
 EXIT_CODES_HELP = """exit codes:
   0    success; for tail and enqueue --follow: the job ended in `done`
   1    the job ended in `error`, or the command failed (e.g. Redis unreachable)
-  2    bad arguments or settings (nothing was done)
+  2    bad arguments or settings, or a worker's Redis user lacks a permission (nothing was done)
   3    --timeout passed before the job ended
   4    no such job (never enqueued, or expired)
   5    the job ended in `cancelled`
