@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 import structlog
 from redis.asyncio import Redis
-from redis.exceptions import NoPermissionError, ResponseError
+from redis.exceptions import NoPermissionError, RedisClusterException, ResponseError
 
 from . import scripts
 from .keys import GROUP, Keys, as_text
@@ -103,6 +103,14 @@ class JobQueue:
         for command, key, step in steps:
             try:
                 await step()
+            except RedisClusterException as exc:  # redis-py's word for a slot map it may not read
+                if "Cluster mode is not enabled" not in str(exc):
+                    raise
+                raise NotPermitted(
+                    "the Redis user may not run CLUSTER SLOTS, or the node is not in a Redis Cluster "
+                    f"(redis_cluster is on; redis-py: {exc}); give it the worker's ACL: "
+                    f"python -m worker.roles worker --cluster --prefix {self.keys.prefix}"
+                ) from None
             except NoPermissionError as exc:
                 on = "" if key == "-" else f" on {key}"
                 raise NotPermitted(

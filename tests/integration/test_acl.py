@@ -358,6 +358,23 @@ async def test_the_cluster_clients_commands_are_needed(
     assert refused(caught.value) or "Cluster mode is not enabled" in str(caught.value), caught.value
 
 
+async def test_a_worker_on_a_cluster_without_the_slot_map_stops_at_start_up(
+    cluster_users: Users, settings_for: Callable[..., Any], prefix: str, redis_cluster: RedisClusterServers
+) -> None:
+    url = cluster_users.make(without(acl_rules("worker", prefix=prefix, cluster=True), "+cluster|slots"))
+    settings = settings_for(redis_url=url, redis_cluster=True)
+    r, reader = redis_client(url, cluster=True), redis_client(url, block_seconds=0.5, cluster=True)
+    http = http_client(settings)
+    try:
+        async with asyncio.timeout(20):
+            with pytest.raises(NotPermitted, match=r"may not run CLUSTER SLOTS.*worker --cluster --prefix"):
+                await Worker(settings, redis=r, reader=reader, http=http).run(asyncio.Event())
+    finally:
+        await r.aclose()
+        await reader.aclose()
+        await http.aclose()
+
+
 # -- a worker missing a permission stops at start-up ------------------------------------------
 
 
