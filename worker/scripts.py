@@ -37,8 +37,7 @@ return {'new', 'queued', ''}
 # model, api, provider, replaced_entry (the entry a drain hand-back replaced, or ''), hand-back token.
 # A job owned by another entry moves to this one only when it is the hand-back its owner recorded
 # (HANDBACK: the entry and the sha1 of the token this entry carries); a producer's raw `replaces`
-# field cannot move, restart or fence a running job. (Once moved, the job is no longer the old
-# entry's: the token cannot move it twice.)
+# field cannot move, restart or fence a running job. A start clears the token: it is used once.
 # Returns {"started", attempt} | {"terminal", state} | {"duplicate", owning_entry} | {"cancel", reason}.
 BEGIN: Final = """
 local state = redis.call('HGET', KEYS[1], 'state')
@@ -64,6 +63,7 @@ redis.call('HSET', KEYS[1], 'state', 'running', 'attempt', attempt, 'entry', ARG
            'owner', ARGV[2], 'started', ARGV[3], 'model', ARGV[8], 'api', ARGV[9],
            'provider', ARGV[10])
 redis.call('HSETNX', KEYS[1], 'created', ARGV[3])
+redis.call('HDEL', KEYS[1], 'handback')
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], attempt .. '-0',
            'event', ARGV[6] .. attempt .. ARGV[7])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])

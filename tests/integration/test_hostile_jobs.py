@@ -223,4 +223,4 @@ async def test_the_drains_own_hand_back_moves_the_job(
     done = await client.result(job_id, timeout=BOUND)
     assert isinstance(done, Done) and done.attempt == 2
     state: Any = await redis.hgetall(keys.state(job_id))
-    assert as_text(state[b"entry"]) == handed["new_entry"]
+    assert as_text(state[b"entry"]) == handed["new_entry"] and b"handback" not in state
