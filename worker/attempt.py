@@ -66,7 +66,7 @@ class Attempt:
         self.n_content = 0
         self.tracker = ConfidenceTracker(self.job.low_prob)
         self.reasoning: ConfidenceTracker | None = None
-        self.sink = Sink(ctx.keys.events(admitted.job_id))
+        self.sink = Sink(ctx.keys.events(admitted.job_id), existing_only=True)  # BEGIN created it
         self.end: StreamEnd | None = None
         self.usage_in: int | None = None
         self.text_parts: list[str] | None = None

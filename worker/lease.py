@@ -4,8 +4,11 @@ Every ``lease / 3`` the keeper renews every entry this consumer holds, checking 
 each one, in script calls of at most ``RENEW_CHUNK`` entries (a script blocks Redis while it runs:
 one call over 1,000 entries held it for 10-20 ms, a stall every client of that Redis would see).
 An entry it no longer owns (a peer reclaimed it after this process was stopped or starved) is
-reported lost: its job must stop writing and close its upstream request. If Redis cannot be reached
-for a whole lease, every job no call could check is reported lost: peers will have taken them.
+reported lost: its job must stop writing and close its upstream request. An entry that is gone from
+the stream (an operator's ``XDEL`` or ``XTRIM``) is reported gone instead: nobody else can ever take
+it over, so its job ends itself with a terminal event (``entry_deleted``) rather than stop silently.
+If Redis cannot be reached for a whole lease, every job no call could check is reported lost: peers
+will have taken them.
 """
 
 from __future__ import annotations
@@ -37,12 +40,16 @@ class LeaseKeeper:
         self.consumer = consumer
         self.lease_seconds = lease_seconds
         self.interval = lease_seconds / 3
-        self._held: dict[str, Callable[[], None]] = {}
+        self._held: dict[str, tuple[Callable[[], None], Callable[[], None] | None]] = {}
         self._renew = redis.register_script(scripts.RENEW)
         self._last_ok = time.monotonic()
 
-    def hold(self, entry_id: str, on_lost: Callable[[], None]) -> None:
-        self._held[entry_id] = on_lost
+    def hold(
+        self, entry_id: str, on_lost: Callable[[], None], on_gone: Callable[[], None] | None = None
+    ) -> None:
+        """Renew ``entry_id`` until released; ``on_lost`` when another worker owns it, ``on_gone``
+        (``on_lost`` if None) when the entry is no longer in the stream."""
+        self._held[entry_id] = (on_lost, on_gone)
 
     def release(self, entry_id: str) -> None:
         self._held.pop(entry_id, None)
@@ -57,15 +64,18 @@ class LeaseKeeper:
             await self.renew_once()
 
     async def renew_once(self) -> list[str]:
-        """Renew every held entry; returns (and reports) the ones lost."""
+        """Renew every held entry; returns (and reports) the ones lost. Gone ones are reported to
+        their ``on_gone``."""
         entries = list(self._held)
         lost: list[str] = []
+        gone: list[str] = []
         renewed = 0  # entries whose ownership a call has checked
         try:
             for start in range(0, len(entries), RENEW_CHUNK):
                 chunk = entries[start : start + RENEW_CHUNK]
                 reply = await self._renew(keys=[self.keys.jobs], args=[GROUP, self.consumer, *chunk])
-                lost += [as_text(e) for e in reply]
+                lost += [as_text(e) for e in reply[0]]
+                gone += [as_text(e) for e in reply[1]]
                 renewed = start + len(chunk)
         except RedisError as exc:
             silent = time.monotonic() - self._last_ok
@@ -75,8 +85,15 @@ class LeaseKeeper:
         else:
             self._last_ok = time.monotonic()
         for entry_id in lost:
-            on_lost = self._held.pop(entry_id, None)
-            if on_lost is not None:
+            held = self._held.pop(entry_id, None)
+            if held is not None:
                 log.warning("lease lost: another worker owns the job now", entry=entry_id)
-                on_lost()
+                held[0]()
+        for entry_id in gone:
+            held = self._held.pop(entry_id, None)
+            if held is not None:
+                log.warning(
+                    "job entry gone from the job stream (XDEL or XTRIM): ending the job", entry=entry_id
+                )
+                (held[1] or held[0])()
         return lost

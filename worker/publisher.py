@@ -6,7 +6,12 @@ many jobs at once) therefore share a round trip, and a lone event goes out at th
 nothing ever waits for company.
 
 Entries carry explicit ids ``<attempt>-<seq>``, so a batch retried after a lost reply cannot duplicate
-an event, and a superseded attempt's writes are refused by Redis (the sink is then marked fenced).
+an event, and a superseded attempt's writes are refused by Redis (the sink is then marked fenced): a
+newer attempt's ``start``, or a terminal event at ``<attempt>-TERMINAL_SEQ``
+(:data:`worker.scripts.TERMINAL_SEQ`), is above every id the stale writer can use. A refused write
+counts as landed only when this very event (same id, same bytes) is in the stream.
+A job's sink writes with ``NOMKSTREAM``: its stream was created, with its TTL, by the attempt's
+``start``; a stream that is gone (expired, flushed, deleted) is never re-created without one.
 """
 
 from __future__ import annotations
@@ -35,16 +40,20 @@ _TOO_SMALL = "equal or smaller"
 
 
 class Sink:
-    """One attempt's handle on its event stream: where it writes and whether it may go on."""
+    """One attempt's handle on its event stream: where it writes and whether it may go on.
 
-    __slots__ = ("batch", "error", "fenced", "head", "key")
+    ``existing_only``: write with ``NOMKSTREAM`` (every job's sink does): when the stream is gone
+    the write creates nothing and the sink is fenced (the job's keys expired or were removed)."""
 
-    def __init__(self, key: str) -> None:
+    __slots__ = ("batch", "error", "existing_only", "fenced", "head", "key")
+
+    def __init__(self, key: str, *, existing_only: bool = False) -> None:
         self.key = key
+        self.existing_only = existing_only
         self.fenced = False
         self.error: BaseException | None = None
         self.batch: asyncio.Future[None] | None = None
-        self.head: bytes | None = None  # this key's packed ``XADD key MAXLEN ~ n`` (the publisher's)
+        self.head: bytes | None = None  # this key's packed ``XADD key [NOMKSTREAM] MAXLEN ~ n``
 
     @property
     def ok(self) -> bool:
@@ -244,16 +253,21 @@ class Publisher:
             await pool.release(conn)
 
     def _head(self, sink: Sink) -> bytes:
-        """``XADD key MAXLEN ~ n`` packed by hiredis, as the start of an 8-part command."""
-        packed = _pack(("XADD", sink.key, "MAXLEN", "~", self.maxlen))
-        sink.head = head = b"*8" + packed[packed.index(b"\r\n") :]
+        """``XADD key [NOMKSTREAM] MAXLEN ~ n`` packed by hiredis, as the start of an 8-part (with
+        NOMKSTREAM 9-part) command."""
+        parts = ("XADD", sink.key, *_NOMK[sink.existing_only], "MAXLEN", "~", self.maxlen)
+        packed = _pack(parts)
+        sink.head = head = b"*%d" % (len(parts) + 3) + packed[packed.index(b"\r\n") :]
         return head
 
     async def _cluster_pipeline(self, entries: list[Entry]) -> list[object]:
         maxlen = self.maxlen
         async with self.redis.pipeline(transaction=False) as pipe:
             for sink, entry_id, payload in entries:
-                pipe.execute_command("XADD", sink.key, "MAXLEN", "~", maxlen, entry_id, "event", payload)
+                nomk = _NOMK[sink.existing_only]
+                pipe.execute_command(
+                    "XADD", sink.key, *nomk, "MAXLEN", "~", maxlen, entry_id, "event", payload
+                )
             return await pipe.execute(raise_on_error=False)
 
     async def _settle(self, entries: list[Entry], results: list[object]) -> list[Entry]:
@@ -263,7 +277,12 @@ class Publisher:
         refused: list[Entry] = []
         holed: set[int] = set()  # the sinks with a refused event in this round trip
         for entry, result in zip(entries, results, strict=True):
-            sink, entry_id, _ = entry
+            sink, entry_id, payload = entry
+            if result is None:  # NOMKSTREAM on a stream that is gone: nothing was created
+                if not sink.fenced:
+                    log.warning("event stream gone (expired, flushed or deleted): stop", key=sink.key)
+                sink.fenced = True
+                continue
             if not isinstance(result, Exception):
                 if id(sink) in holed:
                     sink.error = sink.error or EventGap(sink.key, entry_id)
@@ -272,19 +291,25 @@ class Publisher:
                 holed.add(id(sink))
                 refused.append(entry)
             elif isinstance(result, ResponseError) and _TOO_SMALL in str(result):
-                if await self._already_written(sink.key, entry_id):
-                    continue  # a retry of a write that had landed: nothing was duplicated
-                sink.fenced = True
+                if sink.fenced or not await self._already_written(sink.key, entry_id, payload):
+                    sink.fenced = True  # a newer attempt's start or the terminal is above this id
+                # else: a retry of a write that had landed: nothing was duplicated
             else:
                 sink.error = sink.error or result
         return [e for e in refused if e[0].ok]
 
-    async def _already_written(self, key: str, entry_id: bytes) -> bool:
-        found = await self.redis.xrange(key, entry_id, entry_id, count=1)
-        return bool(found)
+    async def _already_written(self, key: str, entry_id: bytes, payload: bytes) -> bool:
+        """Whether this very event (``entry_id`` holding ``payload``) is in the stream: only a
+        retried write of our own finds it; an id taken by another writer's event is a fence."""
+        found: Any = await self.redis.xrange(key, entry_id, entry_id, count=1)
+        if not found:
+            return False
+        fields = found[0][1]
+        return bool(fields.get(b"event", fields.get("event")) == payload)
 
 
 _pack: Callable[[tuple[Any, ...]], bytes] = hiredis.pack_command  # the stub types one-element tuples
+_NOMK: dict[bool, tuple[str, ...]] = {True: ("NOMKSTREAM",), False: ()}
 # the rest of ``XADD key MAXLEN ~ n <id> event <payload>`` after the sink's head (RESP bulk strings)
 _XADD = b"%b$%d\r\n%b\r\n$5\r\nevent\r\n$%d\r\n%b\r\n"
 

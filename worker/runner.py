@@ -35,15 +35,17 @@ log = structlog.get_logger("tokenwire.job")
 
 class Control:
     """Why a job's task was interrupted from outside: ``cancel`` (write ``cancelled``), ``fence``
-    (another worker owns the job: stop silently), ``drain`` (shutdown: the worker hands it back)."""
+    (another worker owns the job: stop silently), ``drain`` (shutdown: the worker hands it back),
+    ``gone`` (its entry was deleted from the job stream: nobody can take it over, so it ends with
+    the terminal ``error`` ``entry_deleted``)."""
 
     __slots__ = ("kind", "reason")
 
     def __init__(self) -> None:
-        self.kind: Literal["cancel", "fence", "drain"] | None = None
+        self.kind: Literal["cancel", "fence", "drain", "gone"] | None = None
         self.reason = ""
 
-    def set(self, kind: Literal["cancel", "fence", "drain"], reason: str = "") -> None:
+    def set(self, kind: Literal["cancel", "fence", "drain", "gone"], reason: str = "") -> None:
         if self.kind is None:
             self.kind, self.reason = kind, reason
 
@@ -216,13 +218,33 @@ class _JobRun:
                     number = await self._begin(admitted, f"retry after {failure.code}: {failure.message}")
             return attempt, number
         except asyncio.CancelledError:
-            if self.control.kind != "cancel":
+            if self.control.kind not in ("cancel", "gone"):
                 raise  # fenced or draining: the worker decides what becomes of the entry
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            if self.control.kind == "gone":
+                return attempt, await self._entry_gone(attempt)
             if attempt is None:
                 return None, Skipped(ack=False)  # not started: the next delivery's pickup sees the flag
             await runner.publisher.drained(attempt.sink)
             return attempt, attempt.end_cancelled(self.control.reason or "cancelled")
+
+    async def _entry_gone(self, attempt: Attempt | None) -> Finished | Skipped:
+        """The job's entry was deleted from the job stream while it ran (``XDEL``, ``XTRIM``): no
+        delivery can ever retry it, so it ends here with ``error`` ``entry_deleted`` (fenced like
+        every terminal: written only if the job is still this delivery's)."""
+        runner, entry = self.runner, self.delivery.entry_id
+        message = (
+            f"the job's entry {entry} was deleted from {runner.store.keys.jobs} while the job ran "
+            "(XDEL or XTRIM): it can be neither retried nor taken over"
+        )
+        if attempt is not None:
+            await runner.publisher.drained(attempt.sink)
+            return attempt.end_with_error("entry_deleted", message)
+        outcome = await runner.store.fail(self.admitted.job_id, entry, "entry_deleted", message, {})
+        log.warning("job ended: its entry was deleted before it started", outcome=outcome)
+        if outcome == "ok":
+            runner.metrics.jobs.labels("error").inc()
+        return Skipped(ack=True)
 
     async def _end(self, outcome: Outcome) -> None:
         """Act on how the job's last attempt ended: its terminal event and the ack, or neither."""

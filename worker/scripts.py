@@ -11,7 +11,29 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["ACK", "BEGIN", "CANCEL", "DEAD", "ENQUEUE", "FAIL", "FINISH", "HANDBACK", "REAP", "RENEW"]
+__all__ = [
+    "ACK",
+    "BEGIN",
+    "CANCEL",
+    "DEAD",
+    "ENQUEUE",
+    "FAIL",
+    "FINISH",
+    "HANDBACK",
+    "REAP",
+    "RECORD_ENTRY",
+    "RENEW",
+    "TERMINAL_SEQ",
+]
+
+TERMINAL_SEQ: Final = 2**64 - 1
+"""The sequence part of the id of a terminal event written by anyone but the attempt's own writer
+(a dead letter, a cancellation found at pickup, a queued job's cancel): ``<attempt>-18446744073709551615``,
+the highest id of its attempt. Redis then refuses every later write of that attempt or an earlier
+one (ids must grow), so a stale owner resumed after it cannot append a single event: the terminal
+fences every attempt by Redis's own id ordering, with no cost on the token path. (An attempt's own
+``done``/``error``/``cancelled`` is written by :data:`FINISH` at ``<attempt>-<tokens + 1>``, after
+everything that attempt wrote; no other writer of that attempt exists.)"""
 
 # Create a job's state hash unless it exists. A new job keeps the digest of its canonical payload
 # (`job_sha256`); an existing one whose kept digest differs from this one is a conflict: another job
@@ -56,7 +78,9 @@ if cancel then return {'cancel', cancel} end
 local attempt = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0') + 1
 local top = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
 if #top > 0 then
-  local ms = tonumber(string.match(top[1][1], '^(%d+)-'))
+  local ms, seq = string.match(top[1][1], '^(%d+)-(%d+)$')
+  if seq == '18446744073709551615' then return {'terminal', state or 'ended'} end
+  ms = tonumber(ms)
   if ms >= attempt then attempt = ms + 1 end
 end
 redis.call('HSET', KEYS[1], 'state', 'running', 'attempt', attempt, 'entry', ARGV[1],
@@ -94,7 +118,9 @@ return 'ok'
 """
 
 # A terminal event for a job that has no live attempt of this entry to fence on: an invalid payload
-# whose id was readable, a dead letter. It never touches a job owned by another entry.
+# whose id was readable, a dead letter, a cancellation found at pickup, a deleted entry. It never
+# touches a job owned by another entry. Written at <attempt>-TERMINAL_SEQ, above every id of the
+# job's attempts: a stale owner still alive can write nothing after it.
 # KEYS: state, events. ARGV: entry_id ('' when unknown), head, tail, state_name, now_ms, ttl_ms,
 # maxlen, code.
 # Returns "ok" | "terminal" | "foreign".
@@ -106,12 +132,14 @@ if entry and entry ~= ARGV[1] then return 'foreign' end
 local attempt = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0')
 local top = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
 if #top > 0 then
-  local ms = tonumber(string.match(top[1][1], '^(%d+)-'))
+  local ms, seq = string.match(top[1][1], '^(%d+)-(%d+)$')
+  if seq == '18446744073709551615' then return 'terminal' end
+  ms = tonumber(ms)
   if ms > attempt then attempt = ms end
 end
 if attempt < 1 then attempt = 1 end
-local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], attempt .. '-*',
-                      'event', ARGV[2] .. attempt .. ARGV[3])
+local id = attempt .. '-18446744073709551615'
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], id, 'event', ARGV[2] .. attempt .. ARGV[3])
 redis.call('HSET', KEYS[1], 'state', ARGV[4], 'finished', ARGV[5], 'attempt', attempt,
            'terminal_id', id, 'error_code', ARGV[8])
 if ARGV[1] ~= '' then redis.call('HSETNX', KEYS[1], 'entry', ARGV[1]) end
@@ -130,19 +158,37 @@ return 1
 """
 
 # Renew the lease of every entry this consumer still owns: an owner-checked XCLAIM with min-idle 0
-# and JUSTID resets the entry's idle time without counting a delivery.
-# KEYS: jobs stream. ARGV: group, consumer, entry ids... Returns the ids this consumer no longer owns.
+# and JUSTID resets the entry's idle time without counting a delivery. An entry pending to another
+# consumer is lost (that worker owns the job now). An entry no longer in the stream (XDEL, XTRIM; or
+# acknowledged and deleted by a peer that finished the job) is gone: it is not claimed (XCLAIM of a
+# deleted entry silently drops it from the pending list, and the job with it), its holder ends the
+# job (a terminal written only if the job is still its own). An entry in the stream but pending to
+# nobody (acknowledged without deletion) is lost too.
+# KEYS: jobs stream. ARGV: group, consumer, entry ids... Returns {lost ids, gone ids}.
 RENEW: Final = """
-local lost = {}
+local lost, gone = {}, {}
 for i = 3, #ARGV do
-  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
-  if #p == 0 or p[1][2] ~= ARGV[2] then
-    lost[#lost + 1] = ARGV[i]
+  local id = ARGV[i]
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1)
+  if #p > 0 and p[1][2] ~= ARGV[2] then
+    lost[#lost + 1] = id
+  elseif #redis.call('XRANGE', KEYS[1], id, id) == 0 then
+    gone[#gone + 1] = id
+  elseif #p == 0 then
+    lost[#lost + 1] = id
   else
-    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, id, 'JUSTID')
   end
 end
-return lost
+return {lost, gone}
+"""
+
+# Record the job stream entry that carries a job, only on a state hash that exists (a hash expired or
+# flushed since it was created is never re-created without its TTL: BEGIN creates it anew).
+# KEYS: state. ARGV: entry id. Returns 1 if recorded.
+RECORD_ENTRY: Final = """
+if not redis.call('HGET', KEYS[1], 'state') then return 0 end
+return redis.call('HSETNX', KEYS[1], 'entry', ARGV[1])
 """
 
 # Remove a consumer only if it owns nothing (checked and done atomically).
@@ -154,7 +200,8 @@ redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
 return 1
 """
 
-# Cancel a job: a queued job ends at once with `cancelled`; a running one is flagged for its worker.
+# Cancel a job: a queued job ends at once with `cancelled` (at the fencing id <attempt>-TERMINAL_SEQ);
+# a running one is flagged (`cancel`, the authority its worker checks when told over pub/sub).
 # KEYS: state, events. ARGV: reason, head, tail, now_ms, ttl_ms, maxlen.
 # Returns {"cancelled"} | {"requested"} | {"terminal", state} | {"unknown"}.
 CANCEL: Final = """
@@ -165,8 +212,8 @@ redis.call('HSET', KEYS[1], 'cancel', ARGV[1])
 if state ~= 'queued' then return {'requested'} end
 local attempt = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0')
 if attempt < 1 then attempt = 1 end
-local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], attempt .. '-*',
-                      'event', ARGV[2] .. attempt .. ARGV[3])
+local id = attempt .. '-18446744073709551615'
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], id, 'event', ARGV[2] .. attempt .. ARGV[3])
 redis.call('HSET', KEYS[1], 'state', 'cancelled', 'finished', ARGV[4], 'terminal_id', id)
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 redis.call('PEXPIRE', KEYS[2], ARGV[5])

@@ -255,7 +255,11 @@ class Worker:
         task = asyncio.create_task(self._handle(delivery, control), name=f"job-{delivery.entry_id}")
         self.jobs[delivery.entry_id] = _Job(delivery, task, control)
         self.metrics.inflight.set(len(self.jobs))
-        self.leases.hold(delivery.entry_id, lambda: self._interrupt(delivery.entry_id, "fence"))
+        self.leases.hold(
+            delivery.entry_id,
+            lambda: self._interrupt(delivery.entry_id, "fence"),
+            lambda: self._interrupt(delivery.entry_id, "gone"),  # deleted: the job ends itself
+        )
         task.add_done_callback(lambda _: self._finished(delivery.entry_id))
 
     def _finished(self, entry_id: str) -> None:
@@ -312,7 +316,9 @@ class Worker:
                 log.warning("reclaim pass failed", error=str(exc))
 
     async def _cancel_listener(self) -> None:
-        """Cancellation requests arrive on a pub/sub channel; the job's holder acts on them.
+        """Cancellation wake-ups arrive on a pub/sub channel; the job's holder checks the job's
+        state and acts on them (:meth:`_on_cancel`). Once (re)subscribed, it checks every job in
+        flight, so a request made while it was not listening is honoured too.
 
         It polls with a short timeout and stops on ``_closing``, so it never has to be cancelled in
         the middle of a socket read (which could leave the pub/sub connection's close hanging).
@@ -323,21 +329,35 @@ class Worker:
                 async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(self.keys.cancel)
                     backoff.succeeded()
+                    for job_id in {job.job_id for job in self.jobs.values()}:
+                        await self._cancel_if_requested(job_id)
                     while not self._closing.is_set():
                         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
                         if message is not None:
-                            self._on_cancel(message.get("data"))
+                            await self._on_cancel(message.get("data"))
             except RedisError as exc:
                 await self._pause_after_error("listen for cancellations", exc, backoff, None)
 
-    def _on_cancel(self, data: Any) -> None:
+    async def _on_cancel(self, data: Any) -> None:
+        """A message on ``P:cancel`` is a wake-up, not the authority: the job is cancelled only if
+        its state hash carries the ``cancel`` field that :meth:`JobStore.cancel` sets (anyone who
+        can PUBLISH could send the message), and with the reason recorded there."""
         if not isinstance(data, bytes | str):
             return
-        job_id, reason = read_cancel_message(data)
-        for entry_id, job in list(self.jobs.items()):
-            if job.control.kind is None and job.job_id == job_id:
-                log.info("cancelling job", job_id=job_id, reason=reason)
-                self._interrupt(entry_id, "cancel", reason or "cancelled")
+        job_id, _ = read_cancel_message(data)
+        await self._cancel_if_requested(job_id)
+
+    async def _cancel_if_requested(self, job_id: str) -> None:
+        running = [e for e, job in self.jobs.items() if job.control.kind is None and job.job_id == job_id]
+        if not running:
+            return
+        reason = await self.store.cancel_requested(job_id)
+        if reason is None:
+            log.warning("cancel message for a job whose state has no cancel request: ignored", job_id=job_id)
+            return
+        for entry_id in running:
+            log.info("cancelling job", job_id=job_id, reason=reason)
+            self._interrupt(entry_id, "cancel", reason or "cancelled")
 
     async def _drain(self) -> None:
         """Let in-flight jobs finish within the drain grace, cancel the rest, wait at most

@@ -101,6 +101,7 @@ class JobStore:
         self._finish = redis.register_script(scripts.FINISH)
         self._fail = redis.register_script(scripts.FAIL)
         self._cancel = redis.register_script(scripts.CANCEL)
+        self._record_entry = redis.register_script(scripts.RECORD_ENTRY)
 
     async def create(
         self, job_id: str, model: str, api: str, provider: str, *, digest: str = ""
@@ -120,7 +121,9 @@ class JobStore:
         return outcome, as_text(reply[1]), as_text(reply[2])  # type: ignore[return-value]
 
     async def record_entry(self, job_id: str, entry_id: str) -> None:
-        await self.redis.hsetnx(self.keys.state(job_id), "entry", entry_id)
+        """Record the entry carrying the job, on its state hash only if that still exists (never
+        re-creating it without a TTL)."""
+        await self._record_entry(keys=[self.keys.state(job_id)], args=[entry_id])
 
     async def begin(
         self, job_id: str, entry_id: str, consumer: str, start: Start, *, replaces: str | None = None
@@ -236,6 +239,12 @@ class JobStore:
             args=[reason, head, tail, now_ms(), self.output_ttl_ms, self.events_maxlen],
         )
         return as_text(reply[0])
+
+    async def cancel_requested(self, job_id: str) -> str | None:
+        """The reason of a cancellation requested by :meth:`cancel` for a job not yet ended (the
+        state hash's ``cancel`` field), or None when none was."""
+        reason = await self.redis.hget(self.keys.state(job_id), "cancel")
+        return None if reason is None else as_text(reason)
 
     async def status(self, job_id: str) -> dict[str, str] | None:
         raw = await self.redis.hgetall(self.keys.state(job_id))

@@ -163,6 +163,8 @@ def admitted(settings: Settings = SETTINGS, **job: Any) -> Admitted:
 
 
 async def run(ctx: AttemptContext, job: Admitted, *, deadline: float = BOUND) -> Any:
+    # the attempt's stream exists (empty here), as BEGIN leaves it: a job's sink never creates it
+    await ctx.publisher.redis.xgroup_create(ctx.keys.events(job.job_id), "exists", id="0", mkstream=True)
     attempt = Attempt(ctx, job, 1, asyncio.get_running_loop().time() + deadline)
     async with asyncio.timeout(BOUND):
         return await attempt.run()
