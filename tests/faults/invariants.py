@@ -2,10 +2,12 @@
 
 For every job it is given, it reads the job's event stream with ``XRANGE`` and asserts:
 
-1. exactly one terminal event (``done``, ``error``, ``cancelled``), and it is the last entry;
+1. exactly one terminal event (``done``, ``error``, ``cancelled``), and it is the last entry:
+   nothing follows it (no token of a stale owner resumed after a takeover, a cancel or a dead letter);
 2. within the final attempt (from the last ``start`` on) the entry ids are ``<attempt>-0``,
-   ``<attempt>-1``, ... with no gap, every event carries that attempt, and the token ``index`` values
-   are ``0..n-1`` with no gap and no duplicate;
+   ``<attempt>-1``, ... with no gap (the terminal may instead sit at the fencing id
+   ``<attempt>-TERMINAL_SEQ`` that scripts other than the attempt's own FINISH write), every event
+   carries that attempt, and the token ``index`` values are ``0..n-1`` with no gap and no duplicate;
 3. attempts never decrease along the stream: no event of a superseded attempt after a newer
    ``start``; each ``start`` opens a strictly higher attempt at ``<attempt>-0``; an entry id's attempt
    is its event's ``attempt``;
@@ -34,6 +36,7 @@ from worker.keys import GROUP, Keys
 __all__ = ["InvariantViolation", "check_invariants", "job_problems", "pending_problems"]
 
 
+from worker.scripts import TERMINAL_SEQ
 class InvariantViolation(AssertionError):
     """One or more invariants do not hold; the message lists every violation."""
 
@@ -170,7 +173,8 @@ def _final_attempt_problems(entries: list[_Entry]) -> list[str]:
             problems.append(
                 f"entry {e.id} ({e.type}) of attempt {e.event.attempt} inside final attempt {final}"
             )
-        if e.id != f"{final}-{k}":
+        fencing = is_terminal(e.event) and k == len(tail) - 1 and e.id == f"{final}-{TERMINAL_SEQ}"
+        if e.id != f"{final}-{k}" and not fencing:
             problems.append(
                 f"final attempt {final}: entry {k} has id {e.id}, expected {final}-{k} (gap or dup)"
             )
