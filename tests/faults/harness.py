@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 import httpx
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import OutOfMemoryError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tests.faults.invariants import check_invariants
@@ -525,6 +525,51 @@ class Harness:
         for redis in (self.redis, self.client.redis):
             await redis.connection_pool.disconnect()
         return new
+
+    # --------------------------------------------------------------------------- redis faults
+
+    def use_api_key_env(self, variable: str) -> None:
+        """Make the default provider (``sim``) send the key in ``variable`` (the workers spawned
+        after this call read it from their environment, inherited from the test's)."""
+        text = self.config_path.read_text()
+        self.config_path.write_text(
+            text.replace("[providers.sim]\n", f'[providers.sim]\napi_key_env = "{variable}"\n', 1)
+        )
+
+    async def fill_memory(self, *, headroom: int = 2 * 1024 * 1024, chunk: int = 256 * 1024) -> list[str]:
+        """Cap Redis at its current use plus ``headroom`` bytes (``maxmemory``, the server's policy
+        being ``noeviction``) and write filler keys (outside this test's prefix) until Redis refuses
+        one for memory; returns the filler keys, for :meth:`free_memory`. Bounded in count."""
+        info: Any = await self.redis.info("memory")
+        await self.redis.config_set("maxmemory", int(info["used_memory"]) + headroom)
+        fillers: list[str] = []
+        value = b"\0" * chunk
+        tag = uuid.uuid4().hex[:8]
+        try:
+            for n in range(4 * headroom // chunk + 64):
+                key = f"chaos-filler:{tag}:{n}"
+                try:
+                    await self.redis.set(key, value)
+                except OutOfMemoryError:
+                    return fillers
+                fillers.append(key)
+            raise AssertionError("Redis never refused a write for memory: is maxmemory in force?")
+        except BaseException:
+            with contextlib.suppress(*REDIS_DOWN, ResponseError):
+                await self.free_memory(fillers)
+            raise
+
+    async def free_memory(self, fillers: list[str]) -> None:
+        """Undo :meth:`fill_memory`: delete the fillers and lift the cap."""
+        for start in range(0, len(fillers), 64):
+            await self.redis.delete(*fillers[start : start + 64])
+        await self.redis.config_set("maxmemory", 0)
+
+    async def kill_clients(self) -> int:
+        """``CLIENT KILL TYPE normal``: drop every ordinary connection (the workers', the client's;
+        not the one asking); returns how many Redis closed."""
+        closed: Any = await self.redis.execute_command("CLIENT", "KILL", "TYPE", "normal")  # type: ignore[no-untyped-call]
+        return int(closed)
 
     # ------------------------------------------------------------------------------- teardown
 

@@ -13,7 +13,10 @@ For every job it is given, it reads the job's event stream with ``XRANGE`` and a
    is its event's ``attempt``;
 4. nothing is left pending in the consumer group ``workers`` of ``{P}:jobs`` (polled for a bounded
    time: acknowledgements follow terminal events);
-5. every key of an ended job (``P:job:{ID}``, ``P:job:{ID}:events``) has a TTL.
+5. every key of an ended job (``P:job:{ID}``, ``P:job:{ID}:events``) has a TTL;
+   :func:`prefix_ttl_problems` extends that to every key under the prefix but ``{P}:jobs`` and ``{P}:dead``;
+6. :func:`secret_problems`: no secret (whole, or its first 12 characters) in any event, state hash,
+   dead letter or log.
 
 It also checks that the state hash agrees with the terminal event (``state`` and ``attempt``) and that
 every event names its own job. Every violation found is reported at once, job by job.
@@ -23,7 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import msgspec
@@ -32,11 +36,18 @@ from redis.exceptions import ResponseError
 
 from worker.events import Event, MalformedEvent, Start, Token, UnknownEvent, decode_event, is_terminal
 from worker.keys import GROUP, Keys
-
-__all__ = ["InvariantViolation", "check_invariants", "job_problems", "pending_problems"]
-
-
 from worker.scripts import TERMINAL_SEQ
+
+__all__ = [
+    "InvariantViolation",
+    "check_invariants",
+    "job_problems",
+    "pending_problems",
+    "prefix_ttl_problems",
+    "secret_problems",
+]
+
+
 class InvariantViolation(AssertionError):
     """One or more invariants do not hold; the message lists every violation."""
 
@@ -245,3 +256,56 @@ async def pending_problems(redis: Redis, keys: Keys, *, timeout: float = 10.0) -
         for r in rows
     )
     return [f"{count} entr{'y' if count == 1 else 'ies'} still pending after {timeout}s: {shown}"]
+
+
+async def secret_problems(
+    redis: Redis,
+    keys: Keys,
+    job_ids: Iterable[str],
+    secrets: Iterable[str],
+    texts: Mapping[str, str] = MappingProxyType({}),
+) -> list[str]:
+    """No secret anywhere: not in any job's events or state hash, not in a dead letter, not in
+    ``texts`` (e.g. the workers' logs, by name). A secret counts as found whole or clipped to its
+    first 12 characters (an excerpt cut short is still a leak)."""
+    needles = [(s, s.encode()) for secret in secrets for s in {secret, secret[:12]} if s]
+    places: list[tuple[str, bytes]] = []
+    for job_id in job_ids:
+        events: Any = await redis.xrange(keys.events(job_id), "-", "+")
+        for entry_id, fields in events:
+            places.append((f"job {job_id} event {_s(entry_id)}", _joined(fields.values())))
+        state: Any = await redis.hgetall(keys.state(job_id))
+        places.append((f"job {job_id} state hash", _joined([*state.keys(), *state.values()])))
+    dead: Any = await redis.xrange(keys.dead, "-", "+")
+    for entry_id, fields in dead:
+        places.append((f"dead letter {_s(entry_id)}", _joined([*fields.keys(), *fields.values()])))
+    places += [(name, text.encode()) for name, text in texts.items()]
+    problems: list[str] = []
+    for where, data in places:
+        for shown, needle in needles:
+            if needle in data:
+                problems.append(f"{where} shows a secret (starting {shown[:4]!r}...)")
+                break
+    return problems
+
+
+def _joined(values: Iterable[Any]) -> bytes:
+    return b"\n".join(v if isinstance(v, bytes) else str(v).encode() for v in values)
+
+
+async def prefix_ttl_problems(redis: Redis, keys: Keys, *, limit: int = 100_000) -> list[str]:
+    """A TTL on every key under the prefix but the two long-lived streams (``{P}:jobs``,
+    ``{P}:dead``): no key of any job, however it ended (or was written by a stale writer after its
+    keys expired), lives forever. Scans at most ``limit`` keys."""
+    lasting = {keys.jobs, keys.dead}
+    problems: list[str] = []
+    seen = 0
+    for pattern in (f"{keys.prefix}:*", f"{{{keys.prefix}}}:*"):
+        async for raw in redis.scan_iter(match=pattern, count=1000):
+            seen += 1
+            key = _s(raw)
+            if key not in lasting and int(await redis.pttl(key)) == -1:
+                problems.append(f"key {key} has no TTL")
+            if seen >= limit:
+                return [*problems, f"more than {limit} keys under {keys.prefix}: scan stopped"]
+    return problems
