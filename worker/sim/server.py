@@ -172,6 +172,7 @@ class _State:
     config: SimConfig
     stats: SimStats = dataclass_field(default_factory=SimStats)
     streams: set[asyncio.Task[Any]] = dataclass_field(default_factory=set)  # for shutdown
+    bombs: asyncio.Lock = dataclass_field(default_factory=asyncio.Lock)  # one bomb built at a time
 
 
 _STATE = web.AppKey("tokenwire_sim_state", _State)
@@ -212,6 +213,7 @@ class _Stream:
         self.config = config
         self.stats = state.stats
         self.streams = state.streams
+        self.bombs = state.bombs
         self.fault = fault
         tps = config.tokens_per_second if d.tps is None else d.tps
         self.interval = 1.0 / tps if tps > 0 else 0.0
@@ -325,7 +327,8 @@ class _Stream:
                 headers.add(f"X-Sim-{i}", "x")
             return False
         # gzipbomb: `size` newlines, compressed (built off the loop once, then cached)
-        body = await asyncio.to_thread(_bomb, d.coding, d.size)
+        async with self.bombs:  # concurrent requests wait for the first build, then share it
+            body = await asyncio.to_thread(_bomb, d.coding, d.size)
         headers["Content-Encoding"] = d.coding
         await self.response.prepare(self.request)
         await self._flood(body)
@@ -416,7 +419,7 @@ class _Stream:
 @functools.lru_cache(maxsize=4)
 def _bomb(coding: str, size: int) -> bytes:
     """``size`` newlines compressed as ``coding`` (gzip or zlib-wrapped deflate, as HTTP's)."""
-    compressor = zlib.compressobj(9, zlib.DEFLATED, 31 if coding == "gzip" else 15)
+    compressor = zlib.compressobj(6, zlib.DEFLATED, 31 if coding == "gzip" else 15)
     block = b"\n" * min(size, 1 << 20)
     parts = [compressor.compress(block[: size - start]) for start in range(0, size, len(block))]
     return b"".join([*parts, compressor.flush()])
