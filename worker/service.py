@@ -329,8 +329,9 @@ class Worker:
                 async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(self.keys.cancel)
                     backoff.succeeded()
-                    for job_id in {job.job_id for job in self.jobs.values()}:
-                        await self._cancel_if_requested(job_id)
+                    if pubsub.connection is not None:  # redis-py reconnects it by itself too
+                        pubsub.connection.register_connect_callback(self._listener_reconnected)
+                    await self._check_cancel_requests()
                     while not self._closing.is_set():
                         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
                         if message is not None:
@@ -346,6 +347,18 @@ class Worker:
             return
         job_id, _ = read_cancel_message(data)
         await self._cancel_if_requested(job_id)
+
+    async def _listener_reconnected(self, _connection: object) -> None:
+        """redis-py re-subscribed the listener after a lost connection: what was published
+        meanwhile is lost, the state is not."""
+        try:
+            await self._check_cancel_requests()
+        except RedisError as exc:  # never fail the reconnection: the next one checks again
+            log.warning("could not check the jobs for cancel requests", error=str(exc))
+
+    async def _check_cancel_requests(self) -> None:
+        for job_id in {job.job_id for job in self.jobs.values()}:
+            await self._cancel_if_requested(job_id)
 
     async def _cancel_if_requested(self, job_id: str) -> None:
         running = [e for e, job in self.jobs.items() if job.control.kind is None and job.job_id == job_id]

@@ -134,6 +134,15 @@ async def test_a_queued_job_s_cancel_is_written_at_the_fencing_id(redis: Redis, 
 # --------------------------------------------------------------- item 6: cancel needs the state
 
 
+async def _listening(redis: Redis, channel: str) -> bool:
+    """Whether the worker's cancel listener is subscribed (on a cluster: on any node)."""
+    nodes: dict[str, Any] = {"target_nodes": "all"} if not hasattr(redis, "connection_pool") else {}
+    counts: Any = await redis.pubsub_numsub(channel, **nodes)
+    if isinstance(counts, dict):  # one reply per node
+        return any(int(reply[0][1]) >= 1 for reply in counts.values() if reply)
+    return bool(counts) and int(counts[0][1]) >= 1
+
+
 async def test_a_bare_publish_cancels_nothing(
     start_worker: StartWorker, client: Client, redis: Redis
 ) -> None:
@@ -143,8 +152,9 @@ async def test_a_bare_publish_cancels_nothing(
         async for item in client.subscribe(job):
             if isinstance(item.event, Token):
                 break
+    await wait_for(lambda: _listening(redis, client.keys.cancel))
     # anyone who can PUBLISH: the message names the job but the state has no cancel request
-    assert await redis.publish(client.keys.cancel, cancel_message(job, "forged")) == 1
+    await redis.publish(client.keys.cancel, cancel_message(job, "forged"))
     items = [item async for item in client.subscribe(job, timeout=BOUND)]
     assert isinstance(items[-1].event, Done), items[-1].event
     assert "cancel" not in ((await client.store.status(job)) or {})
@@ -159,6 +169,7 @@ async def test_client_cancel_cancels_with_the_reason_it_recorded(
         async for item in client.subscribe(job):
             if isinstance(item.event, Token):
                 break
+    await wait_for(lambda: _listening(redis, client.keys.cancel))
     # a forged message first (the listener reads in order), then the real request
     await redis.publish(client.keys.cancel, cancel_message(job, "forged"))
     assert await client.cancel(job, "real") == "requested"
@@ -221,3 +232,22 @@ async def test_recording_an_entry_never_recreates_a_vanished_state_hash(redis: R
     await store.record_entry("here", "2-0")
     assert await redis.hget(keys.state("here"), "entry") == b"2-0"
     assert int(await redis.pttl(keys.state("here"))) > 0
+
+
+async def test_a_request_made_while_the_listener_was_away_is_honoured_when_it_is_back(
+    start_worker: StartWorker, client: Client, redis: Redis, backend: str
+) -> None:
+    """The wake-up message is lost (the worker's pub/sub connection was cut): once the listener has
+    subscribed again it checks the state of every job it runs, and the recorded cancel wins."""
+    await start_worker()
+    job = await client.enqueue(model="tokenwire/sim;tokens=2000;tps=50", input="x")
+    async with asyncio.timeout(BOUND):
+        async for item in client.subscribe(job):
+            if isinstance(item.event, Token):
+                break
+    await client.store.cancel(job, "while away")  # recorded, but no message is published
+    nodes: dict[str, Any] = {"target_nodes": "all"} if backend == "cluster" else {}
+    assert await redis.client_kill_filter(_type="pubsub", **nodes)  # the listener reconnects
+    items = [item async for item in client.subscribe(job, timeout=BOUND)]
+    last = items[-1].event
+    assert isinstance(last, Cancelled) and last.reason == "while away", last
