@@ -130,6 +130,12 @@ export interface TopkMetrics {
   tail_mass: number;
   [k: string]: unknown | undefined;
 }
+/**
+ * The job finished. No ``done`` exceeds the worker's ``max_event_bytes``: when the answer
+ * would make it larger, ``text`` (then ``reasoning_text``) holds only its beginning and
+ * ``text_truncated`` is true; the whole answer is then the concatenation of the ``text`` of the
+ * attempt's token events (channel ``content``; ``reasoning`` for the reasoning).
+ */
 export interface DoneEvent {
   attempt: number;
   confidence: number | null;
@@ -143,6 +149,7 @@ export interface DoneEvent {
   reasoning_text?: string | null;
   summary: Summary;
   text: string;
+  text_truncated?: boolean;
   type: "done";
   usage: Usage;
   [k: string]: unknown | undefined;
@@ -162,7 +169,9 @@ export interface Escalation {
   [k: string]: unknown | undefined;
 }
 /**
- * Final confidence metrics of the attempt that produced ``done``.
+ * Final confidence metrics of the attempt that produced ``done``. ``low_spans_truncated``:
+ * ``low_spans`` holds only the first spans, as the ``done`` would have exceeded the worker's
+ * ``max_event_bytes`` (every token event carries its own ``low`` flag).
  */
 export interface Summary {
   bits_per_byte: number | null;
@@ -170,6 +179,7 @@ export interface Summary {
   ewma_confidence: number | null;
   logprobs_available: boolean;
   low_spans: LowSpan[];
+  low_spans_truncated?: boolean;
   max_entropy_index?: number | null;
   max_entropy_lb?: number | null;
   mean_entropy_lb?: number | null;

@@ -31,6 +31,7 @@ __all__ = [
     "TopkMetrics",
     "UnknownEvent",
     "Usage",
+    "bound_done",
     "decode_event",
     "encode_event",
     "event_type",
@@ -130,7 +131,9 @@ class LowSpan(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Summary(msgspec.Struct, frozen=True, kw_only=True):
-    """Final confidence metrics of the attempt that produced ``done``."""
+    """Final confidence metrics of the attempt that produced ``done``. ``low_spans_truncated``:
+    ``low_spans`` holds only the first spans, as the ``done`` would have exceeded the worker's
+    ``max_event_bytes`` (every token event carries its own ``low`` flag)."""
 
     mean_logprob: float | None
     cum_logprob: float
@@ -154,6 +157,7 @@ class Summary(msgspec.Struct, frozen=True, kw_only=True):
     mean_margin: float | None = None
     n_topk: int = 0
     n_not_top1: int = 0
+    low_spans_truncated: bool = False
 
 
 class Escalation(msgspec.Struct, frozen=True, kw_only=True):
@@ -170,6 +174,11 @@ class Escalation(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Done(_Base, frozen=True, kw_only=True):
+    """The job finished. No ``done`` exceeds the worker's ``max_event_bytes``: when the answer
+    would make it larger, ``text`` (then ``reasoning_text``) holds only its beginning and
+    ``text_truncated`` is true; the whole answer is then the concatenation of the ``text`` of the
+    attempt's token events (channel ``content``; ``reasoning`` for the reasoning)."""
+
     finish_reason: str
     text: str
     usage: Usage
@@ -179,6 +188,7 @@ class Done(_Base, frozen=True, kw_only=True):
     escalation: Escalation | None = None
     reasoning_text: str | None = None
     reasoning_confidence: float | None = None
+    text_truncated: bool = False
 
 
 class Error(_Base, frozen=True, kw_only=True):
@@ -256,6 +266,64 @@ _OPAQUE_DECODER = msgspec.json.Decoder(_Opaque)
 
 def encode_event(event: Event) -> bytes:
     return _ENCODER.encode(event)
+
+
+def bound_done(done: Done, max_bytes: int) -> Done:
+    """``done`` cut to encode in at most ``max_bytes`` (see :class:`Done`): the summaries'
+    ``low_spans`` (the first ones kept) until the rest of the event takes at most half of
+    ``max_bytes``, then the texts, each to the prefix that fits (whole code points; the answer
+    before the reasoning). A ``done`` whose fixed fields alone exceed ``max_bytes`` is returned
+    as small as it can be."""
+    if len(encode_event(done)) <= max_bytes:
+        return done
+    bare = msgspec.structs.replace(
+        done, text="", reasoning_text=None if done.reasoning_text is None else "", text_truncated=True
+    )
+    bare = _bound_spans(bare, max_bytes // 2)  # the answer comes first: the spans get half at most
+    room = max_bytes - len(encode_event(bare))
+    text, used = _prefix(done.text, room)
+    reasoning = done.reasoning_text
+    if reasoning is not None:
+        reasoning, _ = _prefix(reasoning, room - used)
+    return msgspec.structs.replace(bare, text=text, reasoning_text=reasoning)
+
+
+def _prefix(text: str, room: int) -> tuple[str, int]:
+    """The longest prefix of ``text`` whose JSON string adds at most ``room`` bytes to an empty
+    one, and the bytes it adds."""
+
+    def cost(n: int) -> int:
+        return len(_ENCODER.encode(text[:n])) - 2
+
+    if cost(len(text)) <= room:
+        return text, cost(len(text))
+    low, high = 0, len(text)  # cost(low) <= room < cost(high)
+    while high - low > 1:
+        mid = (low + high) // 2
+        if cost(mid) <= room:
+            low = mid
+        else:
+            high = mid
+    return text[:low], cost(low)
+
+
+def _bound_spans(done: Done, max_bytes: int) -> Done:
+    """``done`` with its summaries' low spans cut until it fits (or none is left)."""
+    while len(encode_event(done)) > max_bytes:
+        summary, escalation = done.summary, done.escalation
+        if escalation is not None and escalation.summary.low_spans:
+            cut = _halved(escalation.summary)
+            done = msgspec.structs.replace(done, escalation=msgspec.structs.replace(escalation, summary=cut))
+        elif summary.low_spans:
+            done = msgspec.structs.replace(done, summary=_halved(summary))
+        else:
+            break
+    return done
+
+
+def _halved(summary: Summary) -> Summary:
+    spans = summary.low_spans
+    return msgspec.structs.replace(summary, low_spans=spans[: len(spans) // 2], low_spans_truncated=True)
 
 
 def decode_event(

@@ -15,7 +15,7 @@ import structlog
 from .admit import Admitted, Rejected, admit
 from .attempt import Attempt, AttemptContext
 from .backoff import Backoff, RetryPolicy
-from .events import Done, Error, Start
+from .events import Done, Error, Start, bound_done
 from .jobs import job_id_of
 from .metrics import Metrics
 from .oom import outlast_oom
@@ -266,6 +266,8 @@ class _JobRun:
 
     async def _finish(self, outcome: Finished) -> None:
         runner, terminal = self.runner, outcome.terminal
+        if isinstance(terminal, Done):  # however long the answer, its done can be written and read
+            terminal = bound_done(terminal, runner.settings.max_event_bytes)
         finished = await outlast_oom(
             lambda: runner.store.finish(
                 self.admitted.job_id, terminal.attempt, outcome.tokens + 1, terminal, outcome.record()

@@ -47,6 +47,9 @@ async def test_over_the_limits_jobs_are_dead_lettered_with_a_clear_reason(
     for job_id, (_, code, words) in cases.items():
         error = await terminal(client, job_id)
         assert isinstance(error, Error) and error.code == code and words in error.message, error
+    async with asyncio.timeout(10):  # the terminal is written first, then the entry dead-lettered
+        while await redis.xlen(keys.dead) < len(cases):
+            await asyncio.sleep(0.02)
     dead: Any = await redis.xrange(keys.dead)
     assert sorted(f[b"code"].decode() for _, f in dead) == sorted(c for _, c, _ in cases.values())
 

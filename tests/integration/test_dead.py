@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -33,7 +34,9 @@ async def test_list_redrive_and_purge(start_worker: StartWorker, client: Client,
     first = await events(client, "again")
     assert len(first) == 1 and isinstance(first[0], Error) and first[0].code == "payload_too_large"
 
-    rows = {r["code"]: r for r in await list_dead(redis, keys)}  # jobs run concurrently: any order
+    async with asyncio.timeout(30):  # the terminal is written first, then the entry dead-lettered
+        while len(rows := {r["code"]: r for r in await list_dead(redis, keys)}) < 2:  # any order
+            await asyncio.sleep(0.02)
     assert sorted(rows) == ["invalid_job", "payload_too_large"]
     assert "\ufffd" in rows["invalid_job"]["job"] and rows["payload_too_large"]["job_id"] == "again"
 

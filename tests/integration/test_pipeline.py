@@ -192,6 +192,9 @@ async def test_invalid_payloads_are_dead_lettered_and_the_worker_goes_on(
         assert len(items) == 1 and isinstance(items[0].event, Error)
         assert items[0].event.code == code and words in items[0].event.message
 
+    async with asyncio.timeout(10):  # the terminal is written first, then the entry dead-lettered
+        while await redis.xlen(keys.dead) < len(BAD_PAYLOADS) + 3:
+            await asyncio.sleep(0.02)
     dead: Any = await redis.xrange(keys.dead)
     assert len(dead) == len(BAD_PAYLOADS) + 3
     reasons = {fields[b"entry"]: fields[b"reason"].decode() for _, fields in dead}

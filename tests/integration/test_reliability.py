@@ -88,6 +88,9 @@ async def test_a_job_delivered_too_often_is_dead_lettered(
     items = await collect(client, job_id)
     assert len(items) == 1 and isinstance(items[0].event, Error)
     assert items[0].event.code == "max_deliveries_exceeded" and "max_deliveries=3" in items[0].event.message
+    async with asyncio.timeout(10):  # the terminal is written first, then the entry dead-lettered
+        while not await redis.xlen(keys.dead):
+            await asyncio.sleep(0.02)
     dead: Any = await redis.xrange(keys.dead)
     assert [f[b"code"] for _, f in dead] == [b"max_deliveries_exceeded"]
     assert dead[0][1][b"job_id"].decode() == job_id
