@@ -12,6 +12,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Literal
 from urllib.parse import quote
 
 import httpx
@@ -130,7 +131,7 @@ async def test_unreadable_responses_end_the_request_with_a_classified_error(
 @pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("api", ["native", "completions"])
 async def test_named_events_carry_no_tokens(
-    start_worker: StartWorker, client: Client, transport: str, api: str
+    start_worker: StartWorker, client: Client, transport: str, api: Literal["native", "completions"]
 ) -> None:
     await start_worker(upstream_transport=transport)
     texts = []

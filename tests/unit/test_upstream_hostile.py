@@ -378,3 +378,10 @@ def test_the_sse_reader_raises_only_documented_errors_and_buffers_within_bounds(
     size: int, fallback: bool, body: bytes
 ) -> None:
     targets.sse(bytes([size, int(fallback)]) + body)
+
+
+@pytest.mark.parametrize("target", sorted(targets.TARGETS))
+def test_the_committed_fuzz_seeds_pass(target: str) -> None:
+    from tests.fuzz.harness import replay
+
+    assert replay(target) >= 5
