@@ -88,7 +88,9 @@ def _aiohttp_transport(limits: httpx.Limits) -> httpx.AsyncBaseTransport:
             keepalive_timeout=limits.keepalive_expiry,
             ssl=transport.ssl_context,
         )
-        return aiohttp.ClientSession(connector=connector, read_bufsize=READ_BUFSIZE)
+        # never decompressed by aiohttp's parser (unbounded): open_sse asks for identity and
+        # refuses any other coding before reading a byte (httpx-aiohttp also asks per request)
+        return aiohttp.ClientSession(connector=connector, read_bufsize=READ_BUFSIZE, auto_decompress=False)
 
     transport = AiohttpTransport(limits=limits, client=session)
     return transport

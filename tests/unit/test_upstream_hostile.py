@@ -385,3 +385,14 @@ def test_the_committed_fuzz_seeds_pass(target: str) -> None:
     from tests.fuzz.harness import replay
 
     assert replay(target) >= 5
+
+
+async def test_the_aiohttp_session_never_decompresses() -> None:
+    from worker.connect import _aiohttp_transport
+
+    transport = _aiohttp_transport(httpx.Limits(max_connections=2))
+    session = transport.client() if callable(transport.client) else transport.client  # type: ignore[attr-defined]
+    try:
+        assert session.auto_decompress is False
+    finally:
+        await session.close()
