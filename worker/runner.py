@@ -20,7 +20,7 @@ from .jobs import job_id_of
 from .metrics import Metrics
 from .oom import outlast_oom
 from .outcome import Escalate, Failed, Fenced, Finished, Outcome, Skipped, WriteFailed
-from .publisher import Publisher
+from .publisher import EventGap, Publisher
 from .queue import Delivery, JobQueue
 from .redact import Redactor, installed
 from .settings import Settings
@@ -187,10 +187,16 @@ class _JobRun:
         attempt = previous
         try:
             number = await self._begin(admitted, reason)
-            backoff = Backoff(runner.retry)
+            backoff, gaps = Backoff(runner.retry), 0
             while not isinstance(number, Skipped):
                 attempt = Attempt(runner.attempts, admitted, number, self.deadline)
                 outcome = await attempt.run()
+                if isinstance(outcome, WriteFailed) and isinstance(outcome.error, EventGap):
+                    gaps += 1  # Redis refused one event for memory and took a later one
+                    if gaps <= runner.settings.max_attempts:
+                        log.warning("an event was lost to Redis running out of memory: a new attempt")
+                        number = await self._begin(admitted, f"retry after a lost event: {outcome.error}")
+                        continue
                 if not isinstance(outcome, Failed):
                     return attempt, outcome
                 failure = outcome.error

@@ -19,7 +19,7 @@ from redis.exceptions import OutOfMemoryError
 
 from worker.events import decode_event, event_type
 from worker.keys import GROUP, Keys
-from worker.publisher import Publisher
+from worker.publisher import Entry, Publisher
 from worker.queue import Delivery, JobQueue
 from worker.runner import Runner
 from worker.settings import Provider, Settings
@@ -183,3 +183,41 @@ async def test_out_of_memory_is_waited_out_not_a_failure(
     assert await terminals(redis) == (["done"] if payload == GOOD else ["error"])
     assert await pending(redis) == []
     assert await redis.xlen(KEYS.dead) == (0 if payload == GOOD else 1)
+
+
+class _Gapping(Publisher):
+    """Refuses (OOM) attempt 1's first token in a round trip that also carries its second, which
+    lands: the gap that memory freed within one round trip leaves."""
+
+    async def _pipeline(self, entries: list[Entry]) -> list[object]:
+        sent = [i for _, i, _ in entries]
+        if not (b"1-1" in sent and b"1-2" in sent):
+            return await super()._pipeline(entries)
+        out: list[object] = []
+        for entry, entry_id in zip(entries, sent, strict=True):
+            out += [OOM] if entry_id == b"1-1" else await super()._pipeline([entry])
+        return out
+
+
+async def test_an_event_lost_to_out_of_memory_starts_a_new_attempt(redis: fakeredis.FakeAsyncRedis) -> None:
+    publisher = _Gapping(redis, maxlen=1000)
+    flusher = asyncio.create_task(publisher.run())
+    async with httpx.AsyncClient(transport=upstream()) as http:
+        runner = Runner(
+            settings=SETTINGS,
+            store=JobStore(redis, KEYS),
+            queue=JobQueue(redis, redis, KEYS, "me", dead_maxlen=100, check_permissions=False),
+            publisher=publisher,
+            http=http,
+            adapters=default_adapters(),
+        )
+        await runner.queue.ensure_group()
+        entry = await delivered(redis, GOOD)
+        await runner.handle(Delivery(entry, GOOD))
+    flusher.cancel()
+    entries: Any = await redis.xrange(KEYS.events("j"))
+    events = [decode_event(f[b"event"]) for _, f in entries]
+    starts = [e for e in events if event_type(e) == "start"]
+    assert [s.attempt for s in starts] == [1, 2] and "lost event" in str(getattr(starts[1], "reason", ""))
+    assert await terminals(redis) == ["done"] and events[-1].attempt == 2
+    assert await pending(redis) == [] and await redis.xlen(KEYS.dead) == 0
