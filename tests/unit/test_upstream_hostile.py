@@ -396,3 +396,12 @@ async def test_the_aiohttp_session_never_decompresses() -> None:
         assert session.auto_decompress is False
     finally:
         await session.close()
+
+
+@pytest.mark.usefixtures("reader")
+async def test_many_small_events_in_one_huge_read_pass() -> None:
+    """A transport may hand over megabytes at once: the reader cuts them, so small events read
+    together never look like bytes without a data event (nor block the loop for the whole read)."""
+    wire = TOKEN * (2 * 1024 * 1024 // len(TOKEN))
+    limits = StreamLimits(max_event_bytes=4096, max_stream_bytes=64 * 1024 * 1024, max_tokens=100_000)
+    assert len(await collect(reply(Body([wire])), limits)) == wire.count(b"\n\n")

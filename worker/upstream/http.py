@@ -58,6 +58,10 @@ GAP_SLACK = 64 * 1024
 LINES_PER_TURN = 1024
 """At most this many lines are parsed before the reader lets the event loop run."""
 
+MAX_READ = GAP_SLACK
+"""The most bytes one read hands the parser (longer reads are cut): with the gap's slack, a read of
+many small events never looks like bytes without a data event."""
+
 _CODING_LIMIT = 64
 """Data events allowed beyond ``max_tokens`` (role, finish, usage and ``[DONE]`` events)."""
 
@@ -231,7 +235,7 @@ class _CountedBody(httpx.AsyncByteStream):
             if not chunk:
                 continue
             self._guard.progress()
-            self._bounds.count(chunk)
+            self._bounds.count(chunk)  # as the direct path counts it: the read (<= MAX_READ) whole
             if len(chunk) <= LINES_PER_TURN:
                 yield chunk
                 continue
@@ -286,8 +290,21 @@ def _chunks(
     """
     content = aiohttp_content(response)
     if content is not None:
-        return content.iter_any(), aiohttp_errors()
-    return response.aiter_bytes(), contextlib.nullcontext()
+        return content.iter_chunked(MAX_READ), aiohttp_errors()  # each read at most MAX_READ
+    return _cut(response.aiter_bytes()), contextlib.nullcontext()
+
+
+async def _cut(chunks: AsyncIterator[bytes]) -> AsyncGenerator[bytes, None]:
+    """``chunks``, each at most :data:`MAX_READ` bytes (a transport may hand over any size)."""
+    try:
+        async for chunk in chunks:
+            if len(chunk) <= MAX_READ:
+                yield chunk
+                continue
+            for start in range(0, len(chunk), MAX_READ):
+                yield chunk[start : start + MAX_READ]
+    finally:
+        await _aclose(chunks)
 
 
 # --- response checks ---------------------------------------------------------------------------
