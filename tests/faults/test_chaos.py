@@ -7,16 +7,23 @@ upstream misbehaves through the simulator's directives (a disconnect, a stall, a
 an upstream echoing the API key). Meanwhile, at random, a worker is SIGKILLed (and replaced) or
 frozen (SIGSTOP) past its lease and then resumed, Redis is SIGKILLed and restarted on the same port
 (its AOF reloaded), filled to ``maxmemory`` for a few seconds then freed, or has its clients killed
-(``CLIENT KILL TYPE normal``). Then the chaos stops, the workers finish (bounded), and the invariant
-checker runs over every job: exactly one terminal event and nothing after it, no event of a
-superseded attempt after the next one's ``start``, nothing left pending, a TTL on every key under
-the prefix but the queue and the dead letters, and no secret (the API key, the Redis password)
-in any event, state hash, dead letter or worker log.
+(``CLIENT KILL TYPE normal``), and a running job is cancelled (one held by a frozen worker when
+there is one: its peer takes it over and finds the cancel while the stale owner sleeps). Then the
+chaos stops, the workers finish (bounded), and the invariant checker runs over every job: exactly one
+terminal event and nothing after it, no event of a superseded attempt after the next one's
+``start``, nothing left pending, a TTL on every key under the prefix but the queue and the dead
+letters, and no secret (the API key, the Redis password) in any event, state hash, dead letter or
+worker log.
 
 Every random choice comes from ``random.Random(seed)``; the test runs two fixed seeds, and
 ``TOKENWIRE_CHAOS_SEED=N`` runs seed ``N`` instead (``TOKENWIRE_CHAOS_SECONDS`` sets the length).
 A failure names its seed. The order of events across processes still depends on the scheduler, so
 a seed reproduces the same faults at the same times, not the same interleaving.
+
+Run against the worker as it was before issue 12's fixes (0c10e47, with today's simulator), both
+seeds fail: tokens of a stale owner after the terminal ``error`` (``error@3-1`` followed by
+``token@3-2``...), jobs left ``running`` with no terminal event after Redis ran out of memory, and
+the API key in ``error`` events and in the workers' logs. On the fixed worker both pass.
 """
 
 from __future__ import annotations
@@ -58,7 +65,7 @@ KEY_ENV = "TW_CHAOS_API_KEY"
 WORKERS = 3
 MAX_REDIS_FAULTS = 8  # restarts and fills, together
 JOBS_PER_SECOND = 2.0
-SETTINGS: dict[str, str | int | float] = {**FAST, "max_deliveries": 5, "job_deadline_seconds": 90.0}
+SETTINGS: dict[str, str | int | float] = {**FAST, "job_deadline_seconds": 90.0}
 LEASE = float(SETTINGS["lease_seconds"])
 REDIS_FAULTS = (*REDIS_DOWN, ResponseError)
 FAULTS = frozenset(get_args(Fault))
@@ -75,9 +82,9 @@ def upstream_directives(rng: random.Random) -> tuple[str, str]:
         ("echo_key", f"fault=echo_key;echo={rng.choice(['error', 'malformed', 'status', 'header'])};after=2"),
     ]
     if "gzipbomb" in FAULTS:
-        kinds.append(("gzipbomb", f"tokens={tokens};tps=50;fault=gzipbomb;size=16000000;fail_first=1"))
+        kinds.append(("gzipbomb", f"tokens={tokens};tps=50;fault=gzipbomb;size=64000000;fail_first=1"))
     if "blankflood" in FAULTS:
-        kinds.append(("blankflood", f"tokens={tokens};tps=50;fault=blankflood;size=16000000;fail_first=1"))
+        kinds.append(("blankflood", f"tokens={tokens};tps=50;fault=blankflood;size=64000000;fail_first=1"))
     if rng.random() < 0.5:
         return "healthy", f"tokens={tokens};tps=50"
     return rng.choice(kinds)
@@ -95,6 +102,7 @@ class Chaos:
         self.free_at = 0.0
         self.log: list[str] = []
         self.redis_faults = 0
+        self.jobs: list[str] = []  # every job enqueued, in order
 
     def note(self, what: str) -> None:
         self.log.append(f"{time.monotonic():.1f} {what}")
@@ -104,7 +112,7 @@ class Chaos:
 
     async def act(self) -> None:
         """One fault, picked at random (a Redis fault only while Redis is not already filled)."""
-        kinds = ["kill", "kill", "freeze", "freeze", "clients"]
+        kinds = ["kill", "kill", "freeze", "freeze", "clients", "cancel"]
         if not self.fillers and self.redis_faults < MAX_REDIS_FAULTS:
             kinds += ["restart", "fill"]
         kind = self.rng.choice(kinds)
@@ -119,6 +127,8 @@ class Chaos:
             victim.stop()
             self.frozen[victim.name] = time.monotonic() + LEASE + self.rng.uniform(0.5, 3.0)
             self.note(f"SIGSTOP {victim.name}")
+        elif kind == "cancel":
+            await self.cancel_one()
         elif kind == "clients":
             self.note(f"CLIENT KILL TYPE normal: {await self.h.kill_clients()} closed")
         elif kind in ("restart", "fill"):
@@ -129,8 +139,23 @@ class Chaos:
             self.note(f"redis restarted after {down:.1f}s down")
         elif kind == "fill":
             self.fillers = await self.h.fill_memory()
-            self.free_at = time.monotonic() + self.rng.uniform(2.0, 5.0)
+            self.free_at = time.monotonic() + self.rng.uniform(3.0, 8.0)  # up to 4 leases
             self.note(f"redis filled to maxmemory ({len(self.fillers)} fillers)")
+
+    async def cancel_one(self) -> None:
+        """Cancel a running job of the most recent ones, one held by a frozen worker if there is
+        one (its peer takes it over and finds the cancel while the stale owner sleeps)."""
+        running: list[tuple[str, str]] = []
+        for job_id in self.jobs[-30:]:
+            state = await self.h.state(job_id)
+            if state.get("state") == "running":
+                running.append((job_id, state.get("owner", "")))
+        if not running:
+            return
+        held = [job for job, owner in running if owner in self.frozen]
+        job_id = self.rng.choice(held or [job for job, _ in running])
+        await self.h.cancel(job_id, reason="chaos: cancelled")
+        self.note(f"cancel {job_id}{' (its owner is frozen)' if held else ''}")
 
     async def heal(self, *, everything: bool = False) -> None:
         """Resume the workers whose freeze is over and free Redis when its time is up (all of it
@@ -187,12 +212,16 @@ async def test_chaos_soak_every_job_ends_once_and_nothing_leaks(
         t0 = time.monotonic()
         next_fault = t0 + rng.uniform(1.0, 3.0)
         while (now := time.monotonic()) - t0 < CHAOS_SECONDS:
-            await chaos.heal()
+            try:
+                await chaos.heal()
+            except REDIS_FAULTS as exc:  # freeing memory is retried at the next turn
+                chaos.note(f"not healed yet: {exc!r}")
             if not chaos.fillers and len(jobs) < int((now - t0) * JOBS_PER_SECOND) + 1:
                 kind, directives = upstream_directives(rng)
                 job_id = f"chaos-{seed}-{len(jobs)}-{uuid.uuid4().hex[:6]}"
                 await _enqueue(h, job_id, directives, tag=f"{kind}{len(jobs)}")
                 jobs[job_id] = kind
+                chaos.jobs.append(job_id)
             if now >= next_fault:
                 try:
                     await chaos.act()
@@ -205,7 +234,7 @@ async def test_chaos_soak_every_job_ends_once_and_nothing_leaks(
         if len(h.alive_workers()) < WORKERS:
             for _ in range(WORKERS - len(h.alive_workers())):
                 h.spawn(**SETTINGS)
-        faults = [line for line in chaos.log if "fault not injected" not in line]
+        faults = [line for line in chaos.log if " not " not in line]
         assert len(faults) >= CHAOS_SECONDS / 3 / 2, f"too few faults injected: {chaos.log}"
 
         ended = await h.wait_terminal(list(jobs), SETTLE_SECONDS, tolerate_redis_down=True)
@@ -226,9 +255,11 @@ async def test_chaos_soak_every_job_ends_once_and_nothing_leaks(
             + "\n".join(problems)
             + f"\nthe failing jobs' upstreams: {kinds}"
         )
-    except BaseException:
+    except Exception as exc:
         print(f"chaos seed {seed} failed: rerun with TOKENWIRE_CHAOS_SEED={seed}")
-        raise
+        if f"seed {seed}" in str(exc):
+            raise
+        raise AssertionError(f"chaos seed {seed} (rerun with TOKENWIRE_CHAOS_SEED={seed}): {exc}") from exc
     finally:
         with contextlib.suppress(*REDIS_FAULTS):
             await chaos.heal(everything=True)
