@@ -6,6 +6,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from . import scripts
 from .jobs import InvalidJob, decode_job
 from .keys import Keys, as_text
 from .store import JobStore, job_digest
@@ -25,7 +26,9 @@ async def redrive(redis: Redis, store: JobStore, ids: list[str] | None) -> list[
     """Put dead letters back on the job stream (all when ``ids`` is None).
 
     A re-driven job starts afresh: its old state and events are deleted (its terminal ``error``
-    included), so a subscriber sees exactly one terminal event again.
+    included), so a subscriber sees exactly one terminal event again. Then the dead letter is
+    moved onto the job stream in one script (both are ``{P}`` keys): an interrupted re-drive leaves
+    either the dead letter (re-drive it again) or the new entry, never both.
     """
     keys = store.keys
     if ids is None:
@@ -37,14 +40,18 @@ async def redrive(redis: Redis, store: JobStore, ids: list[str] | None) -> list[
             if not found:
                 raise LookupError(f"no dead letter {dead_id!r} in {keys.dead}")
             entries.extend(found)
+    move = redis.register_script(scripts.REDRIVE)
     out = []
     for dead_id, fields in entries:
         payload = fields.get(b"job", b"")
-        job_id = await _reset(redis, store, payload)
-        new_entry = as_text(await redis.xadd(keys.jobs, {"job": payload}))
+        job_id = await _reset(redis, store, payload)  # a failure after this leaves the dead letter
+        # the dead letter becomes the new entry in one step: never both, never neither
+        moved = await move(keys=[keys.jobs, keys.dead], args=[dead_id, payload])
+        if moved is None:
+            continue  # another re-drive took it meanwhile
+        new_entry = as_text(moved)
         if job_id is not None:
-            await store.record_entry(job_id, new_entry)
-        await redis.xdel(keys.dead, dead_id)
+            await store.record_entry(job_id, new_entry)  # else the entry's first pickup records it
         out.append({"dead_id": as_text(dead_id), "job_id": job_id or "", "entry": new_entry})
     return out
 

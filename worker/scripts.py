@@ -22,6 +22,7 @@ __all__ = [
     "HANDBACK",
     "REAP",
     "RECORD_ENTRY",
+    "REDRIVE",
     "RENEW",
     "TERMINAL_SEQ",
 ]
@@ -236,5 +237,16 @@ for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
 local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(fields))
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
+return id
+"""
+
+# Move a dead letter back onto the job stream, atomically (both keys are in the {P} slot): the new
+# entry exists exactly when the dead letter is gone, however a re-drive is interrupted.
+# KEYS: jobs stream, dead stream. ARGV: dead-letter id, job payload.
+# Returns the new entry's id, or false when the dead letter no longer exists.
+REDRIVE: Final = """
+if #redis.call('XRANGE', KEYS[2], ARGV[1], ARGV[1]) == 0 then return false end
+local id = redis.call('XADD', KEYS[1], '*', 'job', ARGV[2])
+redis.call('XDEL', KEYS[2], ARGV[1])
 return id
 """

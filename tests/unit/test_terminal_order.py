@@ -17,6 +17,7 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError
 
+from worker.dead import redrive
 from worker.events import decode_event, event_type
 from worker.keys import GROUP, Keys
 from worker.publisher import Entry, Publisher
@@ -221,3 +222,20 @@ async def test_an_event_lost_to_out_of_memory_starts_a_new_attempt(redis: fakere
     assert [s.attempt for s in starts] == [1, 2] and "lost event" in str(getattr(starts[1], "reason", ""))
     assert await terminals(redis) == ["done"] and events[-1].attempt == 2
     assert await pending(redis) == [] and await redis.xlen(KEYS.dead) == 0
+
+
+async def test_a_dead_letter_is_moved_back_once_however_many_re_drives_race(
+    redis: fakeredis.FakeAsyncRedis, runner: Runner
+) -> None:
+    """The move is one script on the {P} slot: the new entry exists exactly when the dead letter is
+    gone, so two re-drives of the same dead letter enqueue it once."""
+    entry = await delivered(redis, GOOD)
+    await runner.handle(Delivery(entry, GOOD, deliveries=SETTINGS.max_deliveries + 1))
+    assert await redis.xlen(KEYS.dead) == 1 and await redis.xlen(KEYS.jobs) == 0
+    first, second = await asyncio.gather(
+        redrive(redis, runner.store, None), redrive(redis, runner.store, None)
+    )
+    assert len(first) + len(second) == 1
+    assert await redis.xlen(KEYS.jobs) == 1 and await redis.xlen(KEYS.dead) == 0
+    moved = (first or second)[0]
+    assert moved["job_id"] == "j" and (await runner.store.status("j") or {}).get("entry") == moved["entry"]
