@@ -109,7 +109,7 @@ def _script_commands() -> dict[str, set[str]]:
 SCRIPTS_OF = {  # which role runs which script (worker/store.py, worker/queue.py, worker/lease.py)
     "worker": {"BEGIN", "FINISH", "FAIL", "ACK", "DEAD", "REAP", "RENEW", "HANDBACK"},
     "producer": {"ENQUEUE", "CANCEL", "RECORD_ENTRY"},
-    "operator": {"ENQUEUE", "RECORD_ENTRY"},
+    "operator": {"ENQUEUE", "RECORD_ENTRY", "REDRIVE"},
     "subscriber": set(),
 }
 
