@@ -12,12 +12,20 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import httpx
 import pytest
 from redis.asyncio import Redis
 
-from worker import Client, Error, Token
+from worker import Client, Error, Job, Token
+from worker.jobs import encode_job
 from worker.keys import GROUP, Keys
 from worker.lease import LeaseKeeper
+from worker.publisher import Publisher
+from worker.queue import Delivery, JobQueue
+from worker.runner import Control, Runner
+from worker.scripts import TERMINAL_SEQ
+from worker.store import JobStore
+from worker.upstream.adapters import default_adapters
 
 from .conftest import RunningWorker
 
@@ -85,3 +93,54 @@ async def test_renewal_tells_a_deleted_entry_from_one_another_worker_owns(redis:
     rows: Any = await redis.xpending_range(keys.jobs, GROUP, min=deleted, max=deleted, count=1)
     assert [r["consumer"] for r in rows] == [b"me"]
     assert keeper.held == 2 and kept and trimmed_later
+
+
+class _GatedStore(JobStore):
+    """A real store whose ``begin`` waits (forever) once it is called: the job's task is then
+    interrupted exactly while its first attempt begins."""
+
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        super().__init__(redis, keys)
+        self.entered = asyncio.Event()
+
+    async def begin(self, *args: Any, **kwargs: Any) -> Any:
+        self.entered.set()
+        await asyncio.Event().wait()
+        return await super().begin(*args, **kwargs)  # pragma: no cover - never reached
+
+
+async def test_an_entry_deleted_while_its_job_begins_still_ends_the_job(
+    redis: Redis, prefix: str, settings_for: Callable[..., Any]
+) -> None:
+    """Told "gone" before its first attempt has begun (the BEGIN call in flight): the job ends with
+    the fencing terminal ``entry_deleted`` all the same, and the entry is acknowledged."""
+    settings = settings_for()
+    keys = Keys(settings.prefix)
+    await redis.xgroup_create(keys.jobs, GROUP, id="0", mkstream=True)
+    await redis.xadd(keys.jobs, {"job": encode_job(Job(id="early", model="tokenwire/sim", input="x"))})
+    reply: Any = await redis.xreadgroup(GROUP, "me", {keys.jobs: ">"}, count=1)
+    entry_id, fields = reply[0][1][0]
+    delivery = Delivery(entry_id.decode(), fields[b"job"])
+    await redis.xdel(keys.jobs, entry_id)
+    store = _GatedStore(redis, keys)
+    async with httpx.AsyncClient() as http:
+        runner = Runner(
+            settings=settings,
+            store=store,
+            queue=JobQueue(redis, redis, keys, "me", dead_maxlen=100, check_permissions=False),
+            publisher=Publisher(redis, maxlen=1000),
+            http=http,
+            adapters=default_adapters(),
+        )
+        control = Control()
+        task = asyncio.create_task(runner.handle(delivery, control))
+        async with asyncio.timeout(BOUND):
+            await store.entered.wait()  # the job's task waits for its BEGIN
+            control.set("gone")  # what the lease keeper's on_gone does
+            task.cancel()
+            await task
+    state = await store.status("early") or {}
+    assert (state.get("state"), state.get("error_code")) == ("error", "entry_deleted")
+    assert state.get("terminal_id", "").endswith(f"-{TERMINAL_SEQ}")
+    pending: Any = await redis.xpending(keys.jobs, GROUP)
+    assert int(pending["pending"]) == 0
