@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 PYTEST := $(BIN)/python -m pytest
 
 .PHONY: demo test unit integration e2e faults deploy lint typecheck schema redis-server clean bench \
-        lock test-latest test-slow
+        lock test-latest test-slow fuzz
 
 $(UV): requirements/uv.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "tokenwire needs Python 3.11+"'
@@ -86,6 +86,12 @@ deploy: $(DEV_STAMP)
 test: $(DEV_STAMP) redis-server $(CONTRACT_TOOLS) lint typecheck
 	$(PYTEST) -n $(JOBS) -m "not slow_lane" --cov=worker --cov-report=term:skip-covered \
 	  --cov-fail-under=$$(cat .ci/coverage-floor) $(PYTEST_ARGS)
+
+# The fuzz lane: each parser of outside bytes (SSE framing, the dialects, error bodies) for
+# TOKENWIRE_FUZZ_SECONDS (default 10) each, coverage-guided by atheris when it is installed, else by
+# hypothesis; `python -m tests.fuzz.TARGET` runs one target by hand from its committed seeds.
+fuzz: $(DEV_STAMP)
+	$(PYTEST) tests/fuzz -m slow_lane -n $(JOBS) $(PYTEST_ARGS)
 
 # The runs too long for the gate (documented in README "Tests").
 test-slow: $(DEV_STAMP) redis-server
