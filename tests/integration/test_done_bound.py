@@ -21,7 +21,8 @@ pytestmark = pytest.mark.integration
 LIMIT = 4096
 
 
-@pytest.mark.parametrize("api", ["chat"])
+# completions is left out: its token offsets drift from done.text (a defect noted on issue 12)
+@pytest.mark.parametrize("api", ["chat", "native"])
 async def test_a_done_longer_than_max_event_bytes_is_cut_and_flagged(
     start_worker: Callable[..., Awaitable[RunningWorker]], client: Client, redis: Redis, prefix: str, api: str
 ) -> None:

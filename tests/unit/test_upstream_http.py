@@ -338,6 +338,23 @@ async def test_events_under_the_limit_pass_whatever_the_chunking() -> None:
     assert len(await collect(responding(stream_response(chunks)), limits)) == 50
 
 
+async def test_a_final_event_may_repeat_what_the_stream_delivered() -> None:
+    """The native stream's last event repeats the whole answer (``generated_text``): past
+    ``max_event_bytes`` it passes when the stream delivered as many bytes before it; the first event,
+    or one larger than everything before it, is still refused."""
+    token = b'data: {"token":{"id":1,"text":"ab","logprob":-0.1,"special":false}}\n\n'
+    tokens = [token] * 300  # ~20 KB delivered
+    final = b'data: {"generated_text":"' + b"ab" * 6000 + b'"}\n\n'  # 12 KB, over the 4 KB bound
+    limits = StreamLimits(4096, 10**9, 1000)
+    assert len(await collect(responding(stream_response([*tokens, final])), limits)) == 301
+    first = await fails(responding(stream_response([final])), limits)
+    assert first.code == "upstream_event_too_large"
+    huge = b'data: {"generated_text":"' + b"ab" * 20_000 + b'"}\n\n'  # 40 KB > 4 KB + 20 KB
+    assert (
+        await fails(responding(stream_response([*tokens, huge])), limits)
+    ).code == "upstream_event_too_large"
+
+
 async def test_gzip_body_is_refused_before_decompression() -> None:
     wire = b'data: {"a":1}\n\n' + b"data: " + b"q" * (10 * 1024 * 1024) + b"\n\n"
     compressed = gzip.compress(wire)

@@ -581,15 +581,21 @@ def _redacted(exc: UpstreamError, secrets: tuple[str, ...]) -> UpstreamError:
 
 
 class _Bounds:
-    """Counts the body's bytes: in all, and since the last event boundary (blank line)."""
+    """Counts the body's bytes: in all, and since the last event boundary (blank line).
 
-    __slots__ = ("_event", "_gap", "_last", "_max_event", "_max_gap", "_max_stream", "_total")
+    An event may hold ``max_event_bytes``, or more by as many bytes as the stream had delivered
+    before it: a final event that repeats the whole answer (the native stream's ``generated_text``)
+    is never refused for a length the stream was allowed to reach token by token, while the first
+    events, and every flood, stay bounded; everything stays under ``max_stream_bytes``."""
+
+    __slots__ = ("_earned", "_event", "_gap", "_last", "_max_event", "_max_gap", "_max_stream", "_total")
 
     def __init__(self, limits: StreamLimits) -> None:
         self._max_event = limits.max_event_bytes
         self._max_stream = limits.max_stream_bytes
         self._max_gap = limits.max_event_bytes + GAP_SLACK
         self._total = 0
+        self._earned = 0
         self._event = 0
         self._gap = 0
         self._last = b""
@@ -600,19 +606,20 @@ class _Bounds:
 
     def count(self, chunk: bytes) -> None:
         size = len(chunk)
+        self._earned = self._total - self._gap  # bytes up to the last data event taken
         self._total += size
         if self._total > self._max_stream:
             raise UpstreamError(
                 "upstream_stream_too_large", f"upstream stream exceeds {self._max_stream} bytes"
             )
         self._gap += size
-        if self._gap > self._max_gap:
+        if self._gap > self._max_gap + self._earned:
             raise UpstreamError(
                 "upstream_event_too_large",
-                f"upstream sent more than {self._max_gap} bytes without a data event "
+                f"upstream sent more than {self._max_gap + self._earned} bytes without a data event "
                 "(blank lines, comments or events that carry no tokens)",
             )
-        if self._event + size > self._max_event:
+        if self._event + size > self._max_event + self._earned:
             self._scan(chunk)  # an event in this chunk may be too large: measure each one
         else:
             cut = max(chunk.rfind(b"\n\n"), chunk.rfind(b"\r\r"), chunk.rfind(b"\n\r"))
@@ -638,8 +645,9 @@ class _Bounds:
         self._check_event(self._event - pending)
 
     def _check_event(self, size: int) -> None:
-        if size > self._max_event:
-            raise UpstreamError("upstream_event_too_large", f"upstream event exceeds {self._max_event} bytes")
+        if size > self._max_event + self._earned:
+            allowed = self._max_event + self._earned
+            raise UpstreamError("upstream_event_too_large", f"upstream event exceeds {allowed} bytes")
 
 
 async def _aclose(source: AsyncIterable[bytes]) -> None:
