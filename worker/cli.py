@@ -315,7 +315,7 @@ async def _demo(args: argparse.Namespace, settings: Settings | None) -> int:
 
     _stop_on_signals(stop, first)
     try:
-        return await run_demo(prompt=args.prompt, tps=args.tps, seed=args.seed, stop=stop)
+        return await run_demo(prompt=args.prompt, tps=args.tps, seed=args.seed, stop=stop, grace=args.grace)
     except DemoUnavailable as exc:
         raise CliError(str(exc)) from None
 
@@ -462,6 +462,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--prompt", default="Explain in two sentences why the sky is blue.", help="the prompt")
     demo.add_argument("--tps", type=float, default=40.0, help="tokens per second (default 40)")
     demo.add_argument("--seed", type=int, default=7, help="generator seed (default 7)")
+    demo.add_argument(
+        "--grace",
+        type=float,
+        default=2.0,
+        metavar="S",
+        help="on Ctrl-C, let the job finish for S s (default 2)",
+    )
 
     schema = command("schema", "write the JSON Schema and AsyncAPI files", connects=False)
     schema.add_argument("--dir", default="schemas", help="where (default ./schemas)")

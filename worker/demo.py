@@ -65,7 +65,7 @@ def _say(text: str) -> None:
     print(f"\x1b[2m· {text}\x1b[0m" if use_color(sys.stdout) else f"· {text}", flush=True)
 
 
-async def run_demo(*, prompt: str, tps: float, seed: int, stop: asyncio.Event) -> int:
+async def run_demo(*, prompt: str, tps: float, seed: int, stop: asyncio.Event, grace: float = 2.0) -> int:
     from .sim import SimConfig, serve
 
     with _embedded_redis() as (redis_url, connect, redis_desc):
@@ -78,7 +78,7 @@ async def run_demo(*, prompt: str, tps: float, seed: int, stop: asyncio.Event) -
                 providers={"sim": Provider(native_url=f"{sim_url}/v1/inference/{{model}}")},
                 concurrency=4,
                 block_seconds=1.0,
-                drain_grace_seconds=2.0,
+                drain_grace_seconds=grace,
             )
             return await _run(settings, connect, prompt, stop)
 

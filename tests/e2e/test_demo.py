@@ -55,11 +55,11 @@ def test_demo_without_redis_server_or_fakeredis_says_what_to_install(
         asyncio.run(worker.demo.run_demo(prompt="hi", tps=0, seed=3, stop=asyncio.Event()))
 
 
-def _demo_in_its_own_group() -> tuple[subprocess.Popen[str], int]:
+def _demo_in_its_own_group(*extra: str) -> tuple[subprocess.Popen[str], int]:
     """The demo as a terminal runs it: its own process group, which a Ctrl-C signals as a whole.
     Returns the process once its first token line is out, and the private Redis's port."""
     proc = subprocess.Popen(
-        [TOKENWIRE, "demo", "--tps", "5", "--prompt", "Tell me a long story."],
+        [TOKENWIRE, "demo", "--tps", "5", "--prompt", "Tell me a long story.", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )  # fmt: skip
     assert proc.stdout is not None
@@ -97,7 +97,8 @@ def test_ctrl_c_stops_the_demo_cleanly() -> None:
 
 
 def test_a_second_ctrl_c_forces_the_stop() -> None:
-    proc, port = _demo_in_its_own_group()
+    """The graceful stop would wait 60 s for the job: only the forced stop ends it in time."""
+    proc, port = _demo_in_its_own_group("--grace", "60")
     os.killpg(proc.pid, signal.SIGINT)
     assert proc.stderr is not None
     assert "Ctrl-C again to force" in proc.stderr.readline() + proc.stderr.readline()
