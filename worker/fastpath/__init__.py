@@ -14,9 +14,14 @@ worker starts, logs which path each component takes and sets ``tokenwire_fast_pa
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
 import msgspec
 
-__all__ = ["Probe"]
+__all__ = ["Probe", "Remembered"]
+
+T = TypeVar("T")
 
 
 class Probe(msgspec.Struct, frozen=True):
@@ -29,3 +34,27 @@ class Probe(msgspec.Struct, frozen=True):
     @property
     def path(self) -> str:
         return "fast" if self.available else "fallback"
+
+
+class Remembered(Generic[T]):
+    """A component's probe and its answer: what ``resolve`` found (``None``: the fallback) and why."""
+
+    __slots__ = ("_component", "_found", "_probed", "_resolve")
+
+    def __init__(self, component: str, resolve: Callable[[], tuple[T | None, str]]) -> None:
+        self._component = component
+        self._resolve = resolve
+        self._found: T | None = None
+        self._probed: Probe | None = None
+
+    def probe(self) -> Probe:
+        """Look again, remember the answer, return it."""
+        self._found, reason = self._resolve()
+        self._probed = Probe(self._component, self._found is not None, reason)
+        return self._probed
+
+    def found(self) -> T | None:
+        """What the last :meth:`probe` (run now if none ran) found, else ``None``."""
+        if self._probed is None:
+            self.probe()
+        return self._found

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import aiohttp
 import httpx
 
-from worker.fastpath import Probe
+from worker.fastpath import Probe, Remembered
 
 __all__ = ["COMPONENT", "aiohttp_content", "aiohttp_errors", "probe"]
 
@@ -34,22 +34,13 @@ class _Found(NamedTuple):
     errors: ErrorMap
 
 
-_found: _Found | None = None
-_probed: Probe | None = None
-
-
 def probe() -> Probe:
     """Look for the internals, check their shapes and the error mapping, remember the answer."""
-    global _found, _probed
-    _found, reason = _resolve()
-    _probed = Probe(COMPONENT, _found is not None, reason)
-    return _probed
+    return _memo.probe()
 
 
 def _active() -> _Found | None:
-    if _probed is None:
-        probe()
-    return _found
+    return _memo.found()
 
 
 def aiohttp_content(response: httpx.Response) -> aiohttp.StreamReader | None:
@@ -111,3 +102,6 @@ def _self_test(stream_class: type[httpx.AsyncByteStream], errors: ErrorMap, boun
     except Exception as exc:
         return f"{_TRANSPORT}.map_aiohttp_exceptions turns ClientPayloadError into {type(exc).__name__}"
     return f"{_TRANSPORT}.map_aiohttp_exceptions swallows ClientPayloadError"
+
+
+_memo: Remembered[_Found] = Remembered(COMPONENT, _resolve)

@@ -12,7 +12,7 @@ import importlib
 from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
-from worker.fastpath import Probe
+from worker.fastpath import Probe, Remembered
 
 __all__ = ["COMPONENT", "Decoders", "decoders", "probe"]
 
@@ -51,23 +51,15 @@ _SAMPLE = ("data: a\r", "\ndata: b\r\n\r", "\n: ping\nevent: error\ndata:x\n\nda
 _LINES = ["data: a", "data: b", "", ": ping", "event: error", "data:x", "", "data: y"]
 _EVENTS = [("message", "a\nb"), ("error", "x")]
 
-_found: Decoders | None = None
-_probed: Probe | None = None
-
 
 def probe() -> Probe:
     """Look for the decoders, check them on :data:`_SAMPLE`, and remember the answer."""
-    global _found, _probed
-    _found, reason = _resolve()
-    _probed = Probe(COMPONENT, _found is not None, reason)
-    return _probed
+    return _memo.probe()
 
 
 def decoders() -> Decoders | None:
     """The decoders if the last :func:`probe` (run now if none ran) found them, else ``None``."""
-    if _probed is None:
-        probe()
-    return _found
+    return _memo.found()
 
 
 def _resolve() -> tuple[Decoders | None, str]:
@@ -99,3 +91,6 @@ def _self_test(found: Decoders) -> str | None:
     decoded = [event_decoder.decode(line) for line in lines]
     events = [(e.event, e.data) for e in decoded if e is not None]
     return None if events == _EVENTS else f"events {events!r}, expected {_EVENTS!r}"
+
+
+_memo: Remembered[Decoders] = Remembered(COMPONENT, _resolve)

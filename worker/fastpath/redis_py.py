@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from worker.fastpath import Probe
+from worker.fastpath import Probe, Remembered
 
 __all__ = ["COMPONENT", "BulkReader", "bulk_reader", "probe", "probe_client"]
 
@@ -37,10 +37,6 @@ class _Found(NamedTuple):
     parser_class: type
     read_response: object  # redis-py's own ``AbstractConnection.read_response``
     not_enough_data: object  # the reader's "no complete reply buffered" sentinel
-
-
-_found: _Found | None = None
-_probed: Probe | None = None
 
 
 class BulkReader:
@@ -77,22 +73,17 @@ class BulkReader:
 
 def probe() -> Probe:
     """Look for the internals, run a parser on a few bytes (no socket), remember the answer."""
-    global _found, _probed
-    _found, reason = _resolve()
-    _probed = Probe(COMPONENT, _found is not None, reason)
-    return _probed
+    return _memo.probe()
 
 
 def _active() -> _Found | None:
-    if _probed is None:
-        probe()
-    return _found
+    return _memo.found()
 
 
 def probe_client(client: Redis) -> Probe:
     """:func:`probe`, and whether ``client``'s connections are ones :func:`bulk_reader` takes."""
     library = probe()
-    found = _found
+    found = _memo.found()
     if found is None:
         return library
     pool = getattr(client, "connection_pool", None)
@@ -168,3 +159,6 @@ def _self_test(parser_class: type, nothing: object) -> str | None:
     if hasattr(hiredis, "PushNotification") and not isinstance(got[2], _PUSH):
         return f"its reader gave {got[2]!r} for a push frame"
     return None
+
+
+_memo: Remembered[_Found] = Remembered(COMPONENT, _resolve)
