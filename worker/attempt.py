@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from .admit import Admitted
-from .confidence import ConfidenceTracker, TokenScore
+from .confidence import ConfidenceTracker, TokenScore, is_control
 from .events import Cancelled, Done, Error, Escalation, Token, TopkMetrics, TopLogprob, Usage, encode_event
 from .keys import Keys
 from .outcome import Escalate, Failed, Fenced, Finished, WriteFailed
@@ -202,7 +202,7 @@ class Attempt:
             text=record.text,
             logprob=_finite(record.logprob),
             token_id=record.token_id,
-            special=record.special,
+            special=is_control(record.special, record.text, record.bytes),
             top_logprobs=top,
             confidence=score.confidence,
             ewma_confidence=score.ewma_confidence,

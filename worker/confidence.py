@@ -38,6 +38,7 @@ __all__ = [
     "ConfidenceTracker",
     "TokenScore",
     "TopCandidate",
+    "is_control",
     "sanitize_logprob",
 ]
 
@@ -105,6 +106,19 @@ class TokenScore(msgspec.Struct, frozen=True):
     entropy_lump: float | None = None
     entropy_ub: float | None = None
     closed_span: LowSpan | None = None
+
+
+def is_control(special: bool | None, text: str, raw_bytes: builtins.bytes | None) -> bool:
+    """Whether a token is a special/control token (confidence.md §5 detection order).
+
+    The provider's flag wins: ``True`` is a control token and ``False`` never is (an explicit
+    ``special: false`` with empty text and no bytes is part of a character a later token completes,
+    TGI/DeepInfra native). Only when the provider said nothing (``None``) does a token with no text
+    and no bytes (a stop token whose text was stripped) count as one.
+    """
+    if special is None:
+        return not (text or raw_bytes)
+    return special
 
 
 def sanitize_logprob(raw: object, floor: float = FLOOR) -> tuple[float | None, tuple[str, ...]]:
@@ -542,21 +556,23 @@ class ConfidenceTracker:
         text: str,
         logprob: float | None,
         *,
-        special: bool = False,
+        special: bool | None = None,
         raw_bytes: bytes | None = None,
         top: Sequence[TopCandidate] | None = None,
     ) -> TokenScore:
         """Score one token entry and return the running values after it.
 
-        The token's bytes are ``raw_bytes`` when non-empty, else the UTF-8 of ``text``. A token with
-        no bytes at all is a control token and is treated as special.
+        The token's bytes are ``raw_bytes`` when non-empty, else the UTF-8 of ``text``. ``special``
+        is the provider's flag, tri-state (:func:`is_control`): ``True`` excludes the token,
+        ``False`` scores it even with no bytes at all (zero-width offsets), and ``None`` (the
+        provider said nothing) excludes a token with no bytes as a control token.
         """
         if self._finished:
             raise RuntimeError("add() after finish()")
         index = self._n_tokens
         self._n_tokens = index + 1
         data = raw_bytes or (text.encode("utf-8", "replace") if text else b"")
-        if (special or not data) and not self._include_special:
+        if (special is True or (special is None and not data)) and not self._include_special:  # is_control
             self._n_excluded += 1
             return self._unscored(_F_EXCLUDED, self._chars, len(self._buf))
         buf = self._buf

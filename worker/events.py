@@ -90,7 +90,10 @@ class Token(_Base, frozen=True, kw_only=True):
     ``char_start``/``char_end`` are code-point offsets of the token in ``done.text``. ``topk`` holds
     the top-k metrics when the provider sent alternatives. ``channel`` is ``content`` for the answer
     and ``reasoning`` for reasoning tokens, which have their own running confidence and never count
-    in the answer's.
+    in the answer's. ``special`` is true for a control token, which is never scored nor part of
+    ``done.text``: the provider flagged it special, or said nothing and the token has neither text
+    nor bytes (a stripped stop token). A token the provider marked ``special: false`` is scored even
+    when its ``text`` is empty (part of a character a later token completes).
     """
 
     index: int

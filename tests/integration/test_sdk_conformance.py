@@ -317,7 +317,7 @@ def _ids(outputs: Sequence[TextGenerationStreamOutput]) -> list[tuple[int, bool,
     return [(o.token.id, o.token.special, [t.id for t in o.top_tokens or ()]) for o in outputs]
 
 
-def _our_ids(data: Sequence[str]) -> list[tuple[int | None, bool, list[int | None]]]:
+def _our_ids(data: Sequence[str]) -> list[tuple[int | None, bool | None, list[int | None]]]:
     adapter = NativeAdapter()
     records = [r for d in data for r in adapter.parse(d).tokens]
     return [(r.token_id, r.special, [c.token_id for c in r.top or ()]) for r in records]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 
+from worker.confidence import is_control
 from worker.jobs import API_NAMES, ChatMessage, Job, Params
 from worker.settings import DEEPINFRA, Provider, Settings
 from worker.upstream.adapters import default_adapters
@@ -188,9 +189,12 @@ def test_vllm_chunk_with_top_logprobs() -> None:
     assert parsed.text == " Hello"
 
 
-def test_vllm_final_stop_token_is_special() -> None:
+def test_vllm_final_stop_token_says_nothing_of_special() -> None:
+    """vLLM's entries carry no special flag: the record says nothing (``None``) and, having no text
+    and no bytes, is a control token for the tracker (is_control)."""
     parsed = ADAPTER.parse(VLLM_STOP)
-    assert parsed.tokens == [TokenRecord(text="", logprob=-9999.0, special=True, bytes=b"")]
+    assert parsed.tokens == [TokenRecord(text="", logprob=-9999.0, special=None, bytes=b"")]
+    assert is_control(parsed.tokens[0].special, "", b"")
     assert parsed.text is None
     assert parsed.end == StreamEnd("stop")
     assert not parsed.closed
@@ -242,6 +246,7 @@ def test_together_number_logprobs_with_map_top_and_token_id() -> None:
             text="New",
             logprob=-0.39648438,
             token_id=3648,
+            special=False,
             top=[Candidate(token="New", logprob=-0.39648438), Candidate(token="The", logprob=-1.5)],
         )
     ]
@@ -258,6 +263,7 @@ def test_together_top_as_list_of_single_key_maps_and_integer_logprob() -> None:
             text=" York",
             logprob=0.0,
             token_id=4356,
+            special=False,
             top=[Candidate(token=" York", logprob=0.0), Candidate(token=" Jersey", logprob=-9.5)],
         )
     ]
@@ -272,7 +278,7 @@ def test_together_eos_finish_with_empty_text_is_special() -> None:
 
 def test_together_older_token_object() -> None:
     parsed = ADAPTER.parse(TOGETHER_LEGACY)
-    assert parsed.tokens == [TokenRecord(text=" Sure", logprob=-0.00724411, token_id=12875)]
+    assert parsed.tokens == [TokenRecord(text=" Sure", logprob=-0.00724411, token_id=12875, special=False)]
     assert parsed.text == " Sure"
     assert parsed.end is None
 
@@ -280,7 +286,9 @@ def test_together_older_token_object() -> None:
 @pytest.mark.parametrize("logprob", [1, 0])
 def test_together_older_token_object_positive_and_zero_logprobs_pass_raw(logprob: int) -> None:
     data = TOGETHER_LEGACY.replace('"logprob":-0.00724411', f'"logprob":{logprob}')
-    assert ADAPTER.parse(data).tokens == [TokenRecord(text=" Sure", logprob=float(logprob), token_id=12875)]
+    assert ADAPTER.parse(data).tokens == [
+        TokenRecord(text=" Sure", logprob=float(logprob), token_id=12875, special=False)
+    ]
 
 
 def test_together_older_token_object_special_and_top_level_finish() -> None:
@@ -299,7 +307,7 @@ def test_together_token_object_without_logprob_uses_the_number() -> None:
         '{"choices":[{"index":0,"delta":{"content":"a"},"logprobs":-0.3}],'
         '"token":{"id":64,"text":"a","logprob":null,"special":false}}'
     )
-    assert ADAPTER.parse(data).tokens == [TokenRecord(text="a", logprob=-0.3, token_id=64)]
+    assert ADAPTER.parse(data).tokens == [TokenRecord(text="a", logprob=-0.3, token_id=64, special=False)]
 
 
 def test_together_list_shape() -> None:
@@ -388,7 +396,7 @@ def test_reasoning_and_content_in_one_chunk() -> None:
 def test_together_reasoning_with_number_logprob() -> None:
     data = _chunk('{"index":0,"delta":{"token_id":9,"reasoning":"So","content":null},"logprobs":-0.4}')
     assert ADAPTER.parse(data).tokens == [
-        TokenRecord(text="So", logprob=-0.4, token_id=9, channel="reasoning")
+        TokenRecord(text="So", logprob=-0.4, token_id=9, special=False, channel="reasoning")
     ]
 
 

@@ -116,7 +116,7 @@ def test_together_single_map_top_for_one_token() -> None:
 
 def test_together_number_logprobs_and_eos() -> None:
     data = _chunk('{"index":0,"text":" York","logprobs":-0.2,"finish_reason":null}')
-    assert ADAPTER.parse(data).tokens == [TokenRecord(text=" York", logprob=-0.2)]
+    assert ADAPTER.parse(data).tokens == [TokenRecord(text=" York", logprob=-0.2, special=False)]
     eos = _chunk('{"index":0,"text":"","logprobs":-0.01,"finish_reason":"eos"}')
     parsed = ADAPTER.parse(eos)
     assert parsed.tokens == [TokenRecord(text="", logprob=-0.01, special=True)]

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from worker.confidence import ConfidenceTracker, TokenScore, sanitize_logprob
+from worker.confidence import ConfidenceTracker, TokenScore, is_control, sanitize_logprob
 from worker.events import Done, LowSpan, Summary, Usage, decode_event, encode_event
 from worker.upstream.base import Candidate
 
@@ -584,6 +584,46 @@ def test_empty_text_without_bytes_is_a_control_token() -> None:
     assert [(s.start_token, s.end_token) for s in summary.low_spans] == [(0, 1)]
 
 
+def test_explicit_special_false_empty_token_is_scored() -> None:
+    """TGI/DeepInfra native: "text": "" with "special": false is the first piece of a character a
+    later token completes (here 中 over two tokens); it is scored, with zero-width offsets, and keeps
+    an open span open. Hand-computed: ℓ = −0.5, −3.0, −0.1 → mean −1.2, EWMA −0.5 → −0.75 → −0.685."""
+    tracker = ConfidenceTracker()
+    first = tracker.add("", -0.5, special=False)
+    assert first.scored and first.flags == () and not first.low
+    assert (first.char_start, first.char_end, first.byte_start, first.byte_end) == (0, 0, 0, 0)
+    low = tracker.add("", -3.0, special=False)
+    assert low.low and (low.char_start, low.char_end) == (0, 0)
+    whole = tracker.add("中", -0.1, special=False)
+    assert (whole.char_start, whole.char_end, whole.byte_start, whole.byte_end) == (0, 1, 0, 3)
+    closed = whole.closed_span
+    assert closed is not None and (closed.start_token, closed.end_token) == (1, 2)
+    summary = tracker.finish()
+    assert (summary.n_scored, summary.n_excluded, summary.n_tokens) == (3, 0, 3)
+    assert same(summary.mean_logprob, -1.2)
+    assert tracker.confidence is not None and same(tracker.confidence, math.exp(-1.2))
+    assert summary.ewma_confidence is not None and same(summary.ewma_confidence, math.exp(-0.685))
+    assert summary.min_prob is not None and same(summary.min_prob, math.exp(-3.0))
+    assert summary.min_index == 1
+    assert summary.bits_per_byte is not None and same(summary.bits_per_byte, 3.6 / (LN(2) * 3))
+    span = summary.low_spans[0]
+    assert (span.char_start, span.char_end, span.byte_start, span.byte_end, span.text) == (0, 0, 0, 0, "")
+    # the same stream with the provider saying nothing: the empty tokens are control tokens
+    silent = ConfidenceTracker()
+    silent.add("", -0.5)
+    silent.add("", -3.0, special=None)
+    silent.add("中", -0.1)
+    said_nothing = silent.finish()
+    assert (said_nothing.n_scored, said_nothing.n_excluded) == (1, 2)
+    assert same(said_nothing.mean_logprob, -0.1)
+
+
+def test_is_control_detection_order() -> None:
+    assert is_control(True, "x", b"x") and not is_control(False, "", None) and not is_control(False, "", b"")
+    assert is_control(None, "", None) and is_control(None, "", b"")
+    assert not is_control(None, "", b"\xe4") and not is_control(None, "a", None)
+
+
 def test_empty_control_token_is_scored_with_include_special() -> None:
     tracker = ConfidenceTracker(include_special=True)
     tracker.add("a", -0.1)
@@ -975,7 +1015,7 @@ def test_topk_bounds_hold_on_true_distributions(logits: list[float], k: int, cho
 # ---------------------------------------------------------------------------------------------
 # Properties of random streams
 
-StreamToken = tuple[str, float | None, bool, bytes | None]  # text, logprob, special, raw bytes
+StreamToken = tuple[str, float | None, bool | None, bytes | None]  # text, logprob, special, raw bytes
 
 _LOGPROBS = st.one_of(
     st.floats(-25.0, 0.0),
@@ -998,7 +1038,7 @@ def streams(
     for start, end in itertools.pairwise(bounds):
         chunk = data[start:end]
         lp = draw(_LOGPROBS)
-        special = draw(st.integers(0, 9)) == 0
+        special = draw(st.sampled_from([True, False, False, None, None, None]))
         if _valid(chunk) and draw(st.booleans()):
             tokens.append((chunk.decode(), lp, special, None))
         else:
@@ -1044,7 +1084,9 @@ def test_random_streams(
     n_excluded = 0
     for (text, lp, special, raw), score in zip(tokens, scores, strict=True):
         data = raw or text.encode()
-        if (special or not data) and not include_special:
+        # the provider's flag wins; only when it said nothing is a token without bytes a control one
+        control = special if special is not None else not data
+        if control and not include_special:
             n_excluded += 1
             lows.append(False)
             assert not score.scored and score.flags == ("excluded_special",)

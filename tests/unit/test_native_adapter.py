@@ -58,7 +58,7 @@ def test_documented_deepinfra_token_events() -> None:
     )
     parsed = ADAPTER.parse(DI_TOKEN_2)
     assert parsed.end is None
-    assert parsed.tokens == [TokenRecord(text=" where", logprob=-0.39575195, token_id=988)]
+    assert parsed.tokens == [TokenRecord(text=" where", logprob=-0.39575195, token_id=988, special=False)]
 
 
 def test_deepinfra_final_event_keeps_its_token_and_reads_input_tokens() -> None:
@@ -81,6 +81,7 @@ def test_tgi_token_event_with_index_and_top_tokens() -> None:
             text=" Deep",
             logprob=-0.97209036,
             token_id=89554,
+            special=False,
             top=[
                 Candidate(token=" Deep", logprob=-0.97209036, token_id=89554),
                 Candidate(token=" The", logprob=-1.5, token_id=578),
@@ -104,7 +105,7 @@ def test_top_level_usage_keys_and_null_details() -> None:
         '"estimated_cost": 0.0001}'
     )
     parsed = ADAPTER.parse(data)
-    assert parsed.tokens == [TokenRecord(text=".", logprob=-0.5, token_id=13)]
+    assert parsed.tokens == [TokenRecord(text=".", logprob=-0.5, token_id=13, special=False)]
     # No details: finish_reason is unknown unless the final token is special.
     assert parsed.end == StreamEnd("unknown", "Hi.", 12, 25)
 
@@ -137,8 +138,18 @@ def test_open_finish_reason_vocabulary() -> None:
 def test_empty_text_and_null_logprob_tokens_are_kept() -> None:
     empty = '{"index":3,"token":{"id":239,"text":"","logprob":-0.2,"special":false},"generated_text":null,"details":null}'  # noqa: E501
     null = '{"token":{"id":7,"text":"é","logprob":null,"special":false},"generated_text":null,"details":null}'
-    assert ADAPTER.parse(empty).tokens == [TokenRecord(text="", logprob=-0.2, token_id=239)]
-    assert ADAPTER.parse(null).tokens == [TokenRecord(text="é", logprob=None, token_id=7)]
+    assert ADAPTER.parse(empty).tokens == [TokenRecord(text="", logprob=-0.2, token_id=239, special=False)]
+    assert ADAPTER.parse(null).tokens == [TokenRecord(text="é", logprob=None, token_id=7, special=False)]
+
+
+def test_special_is_tri_state() -> None:
+    """``special: false`` and ``true`` pass on as sent; an absent or null flag is ``None`` (the
+    provider said nothing), never a guess."""
+    base = '{{"token":{{"id":239,"text":"","logprob":-0.2{}}},"generated_text":null,"details":null}}'
+    assert ADAPTER.parse(base.format(', "special": false')).tokens[0].special is False
+    assert ADAPTER.parse(base.format(', "special": true')).tokens[0].special is True
+    assert ADAPTER.parse(base.format(', "special": null')).tokens[0].special is None
+    assert ADAPTER.parse(base.format("")).tokens[0].special is None
 
 
 def test_tgi_validation_error_is_not_retryable() -> None:

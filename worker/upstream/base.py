@@ -30,12 +30,18 @@ class TokenRecord(msgspec.Struct, frozen=True):
     ``logprob`` is the provider's raw value (``None`` when absent; never sanitised here).
     ``bytes`` is the token's raw UTF-8 when the provider gave it (OpenAI ``bytes``), else ``None`` and
     consumers use the UTF-8 of ``text``. ``channel`` separates the answer from reasoning content.
+
+    ``special`` is what the provider said, tri-state: ``True`` a special/control token (TGI and
+    DeepInfra ``special: true``), ``False`` an ordinary token (``special: false``; an empty ``text``
+    is then part of a character a later token completes, and the token is scored), ``None`` the
+    provider said nothing. Only for ``None`` does "no text and no bytes" mean a control token
+    (:func:`worker.confidence.is_control`, the one place that decides). Adapters never guess.
     """
 
     text: str
     logprob: float | None
     token_id: int | None = None
-    special: bool = False
+    special: bool | None = None
     bytes: bytes | None = None
     top: list[Candidate] | None = None
     channel: str = "content"

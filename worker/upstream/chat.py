@@ -3,13 +3,15 @@
 Only choice index 0 is read (``n > 1`` is never requested). One chunk carries 0..n tokens:
 
 * OpenAI/vLLM ``choices[0].logprobs.content[]`` → one record per entry (``bytes`` kept,
-  ``top_logprobs`` as candidates, ``[]`` meaning none). vLLM's final stop token
-  (``""``, ``-9999.0``, ``bytes: []``) has no text and no bytes: a control token (``special``).
+  ``top_logprobs`` as candidates, ``[]`` meaning none). These entries say nothing of special tokens
+  (``special`` is ``None``): vLLM's final stop token (``""``, ``-9999.0``, ``bytes: []``) has no text
+  and no bytes, so the confidence tracker takes it for a control token.
 * Together ``choices[0].logprobs`` as a *number* (the sampled token's logprob; text from
   ``delta.content``, id from ``delta.token_id``, alternatives from ``choices[0].top_logprobs``, a
-  ``{token: logprob}`` map or a list of such maps); its older top-level ``token`` object (with
-  ``special``) wins when present; its list shape ``{tokens, token_logprobs, token_ids,
-  top_logprobs}`` is read as in legacy completions.
+  ``{token: logprob}`` map or a list of such maps; ``special`` is explicit: an empty piece is part of
+  a split character, ``False``, unless it finishes the stream, ``True``); its older top-level
+  ``token`` object (with ``special``, passed on as sent) wins when present; its list shape
+  ``{tokens, token_logprobs, token_ids, top_logprobs}`` is read as in legacy completions.
 * Text without any logprob entry (llama.cpp drops them for tokens swallowed by its parsers, vLLM
   for reasoning chunks) → one record with ``logprob=None``, so no text is lost.
 * ``delta.reasoning_content`` / ``delta.reasoning`` → records on channel ``reasoning`` (the logprob
@@ -113,7 +115,7 @@ class LegacyToken(msgspec.Struct, gc=False):
     id: int | None = None
     text: str | None = None
     logprob: float | None = None
-    special: bool = False
+    special: bool | None = None  # tri-state: absent means the provider said nothing
 
 
 class Chunk(msgspec.Struct, gc=False):
@@ -259,7 +261,7 @@ def sampled(
         # comes with a later token), not a control token; only the finishing one is the stop token
         special = not text and choice.finish_reason is not None
         top = map_candidates(choice.top_logprobs)
-        return [record(text, logprobs, token_id, None, top, channel, special=special, auto_special=False)]
+        return [record(text, logprobs, token_id, None, top, channel, special=special)]
     if logprobs is None:
         return []
     if logprobs.content:
@@ -276,17 +278,15 @@ def record(
     raw: bytes | None,
     top: list[Candidate] | None,
     channel: str,
-    special: bool = False,
-    *,
-    auto_special: bool = True,
+    special: bool | None = None,
 ) -> TokenRecord:
-    """A token record; no text and no bytes (a stripped stop token) makes it a control token,
-    unless ``auto_special`` is off (the protocol says which empty tokens are control tokens)."""
+    """A token record; ``special`` is what the protocol said (``None``: nothing, and the tracker
+    takes a token without text and bytes, a stripped stop token, for a control token)."""
     return TokenRecord(
         text=text,
         logprob=logprob,
         token_id=token_id,
-        special=special or (auto_special and not (text or raw)),
+        special=special,
         bytes=raw,
         top=top,
         channel=channel,

@@ -36,7 +36,7 @@ class _Token(msgspec.Struct, gc=False):
     id: int | None = None
     text: str | None = None
     logprob: float | None = None
-    special: bool = False
+    special: bool | None = None  # tri-state: absent means the provider said nothing
 
 
 class _Details(msgspec.Struct, gc=False):
@@ -163,7 +163,7 @@ def _final(event: _Event, tokens: list[TokenRecord]) -> Parsed:
     output_tokens = _first(details.generated_tokens, event.num_tokens, status.tokens_generated)
     reason = details.finish_reason
     if not reason:
-        reason = "eos_token" if tokens and tokens[-1].special else "unknown"
+        reason = "eos_token" if tokens and tokens[-1].special is True else "unknown"
     end = StreamEnd(reason, event.generated_text, input_tokens, output_tokens)
     return Parsed(tokens, end, input_tokens, output_tokens, closed=True)
 
