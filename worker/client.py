@@ -31,6 +31,7 @@ from .events import (
     event_type,
     is_terminal,
 )
+from .feedback import FEEDBACK_MAXLEN, record_feedback, signals_for
 from .jobs import InvalidJob, Job, decode_job, encode_job, new_job_id
 from .keys import Keys, as_text, cancel_message
 from .store import JobStore, job_digest
@@ -137,10 +138,12 @@ class Client:
         prefix: str = "tokenwire",
         block_ms: int = 2000,
         job_ttl_seconds: int = 86400,
+        feedback_maxlen: int = FEEDBACK_MAXLEN,
     ) -> None:
         self.redis = redis
         self.keys = Keys(prefix)
         self.block_ms = block_ms
+        self.feedback_maxlen = feedback_maxlen
         self.store = JobStore(redis, self.keys, running_ttl_seconds=job_ttl_seconds)
 
     @classmethod
@@ -200,6 +203,26 @@ class Client:
         if outcome == "requested":
             await self.redis.publish(self.keys.cancel, cancel_message(job_id, reason))
         return outcome
+
+    async def feedback(self, job_id: str, correct: bool, label: str | None = None) -> str:
+        """Record whether the job's answer was correct (ground truth for ``tokenwire calibrate``) in
+        ``{P}:feedback``, with the job's model and the signals its ``done`` carried; returns the entry
+        id. Judging a job again adds an entry, and calibration keeps the last one. Raises
+        :class:`~worker.feedback.FeedbackError`: the job was never enqueued (or expired and no review
+        entry holds its signals), has not finished, ended without an answer, or ``label`` is empty or
+        over 1,000 characters."""
+        model, signals, source = await signals_for(self.redis, self.keys, job_id)
+        return await record_feedback(
+            self.redis,
+            self.keys,
+            job_id=job_id,
+            correct=correct,
+            model=model,
+            signals=signals,
+            label=label,
+            source=source,
+            maxlen=self.feedback_maxlen,
+        )
 
     async def status(self, job_id: str) -> JobStatus | None:
         """The job's state (:class:`JobStatus`), or None for an unknown or expired job. Raises

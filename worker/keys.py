@@ -2,6 +2,9 @@
 
 - ``{P}:jobs``: the job stream (the braces are a Redis Cluster hash tag); consumer group ``workers``.
 - ``{P}:dead``: the dead-letter stream (same slot as the job stream).
+- ``{P}:feedback``: ground truth for calibration, one entry (field ``feedback``, a
+  :class:`worker.feedback.Feedback` as JSON) per judgement of a job's answer; capped at about
+  ``FEEDBACK_MAXLEN`` entries (:mod:`worker.feedback`).
 - ``P:job:{ID}``: a job's state hash; ``P:job:{ID}:events``: its event stream (same slot as each other).
 - ``P:cancel``: the pub/sub channel of cancellation requests (``Client.cancel`` publishes one after it
   flags the job's state hash; the worker holding the job stops it). A message is UTF-8 text: the job
@@ -25,12 +28,13 @@ GROUP: Final = "workers"
 class Keys:
     """Key names for one prefix; cheap to build, holds no connection."""
 
-    __slots__ = ("cancel", "dead", "jobs", "prefix")
+    __slots__ = ("cancel", "dead", "feedback", "jobs", "prefix")
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.jobs = f"{{{prefix}}}:jobs"
         self.dead = f"{{{prefix}}}:dead"
+        self.feedback = f"{{{prefix}}}:feedback"
         self.cancel = f"{prefix}:cancel"
 
     def state(self, job_id: str) -> str:

@@ -138,6 +138,22 @@ ROLES: Final[dict[str, Role]] = {
             ),
         ),
         Role(
+            "feedback",
+            "Client.feedback and tokenwire feedback (judge an answer), tokenwire calibrate (read judgements)",
+            keys=(
+                KeyPattern("{P}:feedback", "rw", "feedback adds a judgement; calibrate reads them all"),
+                KeyPattern("P:job:*", "r", "the judged job's done, segments and tokens, or its state"),
+            ),
+            channels=(),
+            commands=(
+                _PING,
+                Command("xadd", "feedback adds a judgement to {P}:feedback (capped: MAXLEN ~)"),
+                Command("xrange", "feedback reads the job's events; calibrate reads {P}:feedback"),
+                Command("xrevrange", "feedback reads the job's last event (its terminal)"),
+                Command("hgetall", "feedback of a job with no events: whether it is still queued"),
+            ),
+        ),
+        Role(
             "operator",
             "tokenwire dead list|redrive|purge and tokenwire stats",
             keys=(

@@ -26,6 +26,7 @@ from worker.confidence import ConfidenceTracker
 from worker.connect import http_client, redis_client
 from worker.dead import list_dead, purge_dead, redrive
 from worker.events import Start, Usage
+from worker.feedback import FeedbackError, read_feedback
 from worker.keys import Keys, as_text
 from worker.lease import LeaseKeeper
 from worker.queue import JobQueue, NotPermitted
@@ -201,6 +202,24 @@ async def subscriber_operations(r: Redis, admin: Redis, prefix: str) -> None:
     await health_check(r)
 
 
+async def feedback_operations(r: Redis, admin: Redis, prefix: str) -> None:
+    """feedback on a finished job, refused feedback on a queued one, calibrate's read."""
+    keys = Keys(prefix)
+    store = JobStore(admin, keys)
+    await store.create("f", MODEL, "native", "sim")
+    begun = await store.begin(
+        "f", "1-1", "c", Start(job_id="f", attempt=0, model=MODEL, provider="sim", api="native")
+    )
+    await store.finish("f", begun.attempt, 1, done_event("f", begun.attempt), {})
+    await store.create("q", MODEL, "native", "sim")
+    client = Client(r, prefix=prefix)
+    await client.feedback("f", True, "ok")
+    with pytest.raises(FeedbackError, match="has not finished"):
+        await client.feedback("q", False)
+    assert [fb.job_id async for _, fb in read_feedback(r, keys)] == ["f"]
+    await health_check(r)
+
+
 async def operator_operations(r: Redis, admin: Redis, prefix: str) -> None:
     """dead list, redrive one, redrive all, purge; stats."""
     keys = Keys(prefix)
@@ -229,6 +248,7 @@ OPERATIONS: dict[str, Operations] = {
     "producer": producer_operations,
     "subscriber": subscriber_operations,
     "operator": operator_operations,
+    "feedback": feedback_operations,
 }
 
 

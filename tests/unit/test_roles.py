@@ -111,6 +111,7 @@ SCRIPTS_OF = {  # which role runs which script (worker/store.py, worker/queue.py
     "producer": {"ENQUEUE", "CANCEL", "RECORD_ENTRY"},
     "operator": {"ENQUEUE", "RECORD_ENTRY", "REDRIVE"},
     "subscriber": set(),
+    "feedback": set(),
 }
 
 
