@@ -16,7 +16,7 @@ JOBS ?= 2
 PYTEST_ARGS ?=
 PYTEST := $(BIN)/python -m pytest
 
-.PHONY: demo test unit integration e2e faults deploy lint typecheck schema redis-server clean bench \
+.PHONY: demo test unit integration e2e faults deploy lint typecheck schema redis-server chromium clean bench \
         lock test-latest test-slow fuzz
 
 $(UV): requirements/uv.txt
@@ -52,6 +52,14 @@ redis-server:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
 
+# The gateway page's browser tests drive Debian's headless Chromium through its chromedriver
+# (/usr/bin/chromium, /usr/bin/chromedriver); nothing is downloaded at run time.
+chromium:
+	@{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } || { \
+	  echo "chromium or chromedriver not found: installing them with apt-get"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
 demo: $(DEMO_STAMP)
 	@$(BIN)/tokenwire demo
 
@@ -72,7 +80,7 @@ unit: $(DEV_STAMP)
 integration: $(DEV_STAMP) redis-server
 	$(PYTEST) -m integration -n $(JOBS) $(PYTEST_ARGS)
 
-e2e: $(DEV_STAMP) redis-server $(CONTRACT_TOOLS)
+e2e: $(DEV_STAMP) redis-server chromium $(CONTRACT_TOOLS)
 	$(PYTEST) -m e2e -n $(JOBS) $(PYTEST_ARGS)
 
 faults: $(DEV_STAMP) redis-server
@@ -83,7 +91,7 @@ deploy: $(DEV_STAMP)
 
 # What CI gates on: lint, types, then every lane in one parallel run, with coverage of worker/ and the
 # time each lane took.
-test: $(DEV_STAMP) redis-server $(CONTRACT_TOOLS) lint typecheck
+test: $(DEV_STAMP) redis-server chromium $(CONTRACT_TOOLS) lint typecheck
 	$(PYTEST) -n $(JOBS) -m "not slow_lane" --cov=worker --cov-report=term:skip-covered \
 	  --cov-fail-under=$$(cat .ci/coverage-floor) $(PYTEST_ARGS)
 
