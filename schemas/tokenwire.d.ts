@@ -175,6 +175,15 @@ export interface Escalation {
  * Final confidence metrics of the attempt that produced ``done``. ``low_spans_truncated``:
  * ``low_spans`` holds only the first spans, as the ``done`` would have exceeded the worker's
  * ``max_event_bytes`` (every token event carries its own ``low`` flag).
+ *
+ * Routing signals without length bias (``escalate.signal``), over the scored tokens, null when
+ * none is scored. ``p10_prob``: the 10th-percentile token probability, nearest rank (the
+ * ``ceil(0.1·n)``-th smallest ``exp(logprob)`` of the ``n`` scored tokens, exact). ``quantile``:
+ * the ``quantile_q``-th quantile the same way; ``quantile_q`` is the job's ``escalate.q`` when its
+ * signal is ``quantile``, else 0.1. ``window_min``: the lowest mean logprob (nats) over any
+ * ``window`` consecutive scored tokens (the mean of all of them when fewer were scored; the
+ * signal compares ``exp(window_min)``); ``window`` is the job's ``escalate.window`` when its
+ * signal is ``window_min``, else 8. The ``margin`` signal is ``mean_margin``.
  */
 export interface Summary {
   bits_per_byte: number | null;
@@ -198,7 +207,12 @@ export interface Summary {
   n_scored: number;
   n_tokens: number;
   n_topk?: number;
+  p10_prob?: number | null;
   perplexity: number | null;
+  quantile?: number | null;
+  quantile_q?: number;
+  window?: number;
+  window_min?: number | null;
   [k: string]: unknown | undefined;
 }
 /**

@@ -136,7 +136,16 @@ class LowSpan(msgspec.Struct, frozen=True, kw_only=True):
 class Summary(msgspec.Struct, frozen=True, kw_only=True):
     """Final confidence metrics of the attempt that produced ``done``. ``low_spans_truncated``:
     ``low_spans`` holds only the first spans, as the ``done`` would have exceeded the worker's
-    ``max_event_bytes`` (every token event carries its own ``low`` flag)."""
+    ``max_event_bytes`` (every token event carries its own ``low`` flag).
+
+    Routing signals without length bias (``escalate.signal``), over the scored tokens, null when
+    none is scored. ``p10_prob``: the 10th-percentile token probability, nearest rank (the
+    ``ceil(0.1·n)``-th smallest ``exp(logprob)`` of the ``n`` scored tokens, exact). ``quantile``:
+    the ``quantile_q``-th quantile the same way; ``quantile_q`` is the job's ``escalate.q`` when its
+    signal is ``quantile``, else 0.1. ``window_min``: the lowest mean logprob (nats) over any
+    ``window`` consecutive scored tokens (the mean of all of them when fewer were scored; the
+    signal compares ``exp(window_min)``); ``window`` is the job's ``escalate.window`` when its
+    signal is ``window_min``, else 8. The ``margin`` signal is ``mean_margin``."""
 
     mean_logprob: float | None
     cum_logprob: float
@@ -161,6 +170,12 @@ class Summary(msgspec.Struct, frozen=True, kw_only=True):
     n_topk: int = 0
     n_not_top1: int = 0
     low_spans_truncated: bool = False
+    # routing signals without length bias (issue 13 §4, ``escalate.signal``): see the docstring
+    p10_prob: float | None = None
+    quantile: float | None = None
+    quantile_q: float = 0.1
+    window_min: float | None = None
+    window: int = 8
 
 
 class Escalation(msgspec.Struct, frozen=True, kw_only=True):
