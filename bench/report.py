@@ -19,6 +19,7 @@ PAIRS = (
     ("tokenwire", "floor"),
     ("tokenwire", "tokenwire-httpx"),
     ("tokenwire-x2", "tokenwire"),
+    ("gateway", "naive-gateway"),
 )
 NOISY_OTHER_PCT = 25.0
 
@@ -137,16 +138,20 @@ def ratios(rows: Sequence[Row]) -> list[dict[str, Any]]:
                     "events_per_s": _ratio(subject.events_per_s, base.events_per_s),
                     "cpu_us_per_event": _ratio(subject.cpu_us_per_event, base.cpu_us_per_event),
                     "p99_ms": _ratio(subject.p99_ms, base.p99_ms),
+                    # events delivered per CPU-second: the ratio of events/s at the same CPU
+                    "events_per_cpu_s": _ratio(base.cpu_us_per_event, subject.cpu_us_per_event),
+                    "rss_mb": _ratio(subject.rss_mb, base.rss_mb),
                 }
             )
     return out
 
 
 def format_ratios(items: Sequence[dict[str, Any]]) -> str:
-    header = f"{'scenario':<9}  {'ratio':<25}  {'events/s':>9}  {'CPU us/ev':>9}  {'p99':>9}"
+    header = f"{'scenario':<9}  {'ratio':<25}  {'events/s':>9}  {'CPU us/ev':>9}  {'p99':>9}  {'ev/CPU-s':>9}"
     lines = [header, "-" * len(header)]
     for item in items:
-        cells = [_num(item[k], 2) for k in ("events_per_s", "cpu_us_per_event", "p99_ms")]
+        keys = ("events_per_s", "cpu_us_per_event", "p99_ms", "events_per_cpu_s")
+        cells = [_num(item.get(k), 2) for k in keys]
         lines.append(f"{item['scenario']:<9}  {item['ratio']:<25}  " + "  ".join(c.rjust(9) for c in cells))
     return "\n".join(lines)
 

@@ -27,6 +27,7 @@ from typing import Any
 import redis as redis_sync
 from redis.exceptions import RedisError
 
+from bench import gateway as gw
 from bench import profile
 from bench.cpulimit import CpuQuota, quota_unavailable
 from bench.procs import Child, ProcessSet, cpu_seconds, machine_busy_seconds, peak_rss_bytes, wait_until
@@ -396,7 +397,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 def _variants(args: argparse.Namespace) -> list[Variant]:
     """The variants asked for (each must be available), else the default ones available here."""
     if args.variant:
-        chosen = [variant_by_name(n) for n in args.variant]
+        chosen = [variant_by_name(n) for n in args.variant if n not in gw.VARIANT_NAMES]
         for variant in chosen:
             if not variant.available():
                 raise SystemExit(f"variant {variant.name} is not available here ({variant.description})")
@@ -407,7 +408,7 @@ def _variants(args: argparse.Namespace) -> list[Variant]:
 
 def _plan(args: argparse.Namespace) -> tuple[list[Scenario], list[Variant], Timing]:
     names = args.scenario or (list(QUICK) if args.quick else [s.name for s in SCENARIOS])
-    scenarios = [by_name(n) for n in names]
+    scenarios = [by_name(n) for n in names if n not in gw.SCENARIO_NAMES]
     base = QUICK_TIMING if args.quick else FULL_TIMING
     timing = Timing(
         warmup=base.warmup if args.warmup is None else args.warmup,
@@ -494,9 +495,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     began = time.monotonic()
     rows = run_all(scenarios, variants, options)
+    rows += gw.run_gateways(*gw.plan(args.scenario, args.variant, args.quick), timing, args.worker_cpus)
     print()
     print(format_table(rows))
     print(LEGEND)
+    if any(r.variant in gw.VARIANT_NAMES for r in rows):
+        print(gw.LEGEND)
     if args.worker_cpus is not None:
         print(f"each worker process was held to {args.worker_cpus:g} core by a cgroup CPU quota")
         for line in _quota_use(rows, args.worker_cpus, args.workers):

@@ -59,8 +59,11 @@ def _handler(body: bytes, content_type: str) -> Callable[[web.Request], Awaitabl
     return serve
 
 
-def add_ui_routes(app: web.Application, directory: Path = UI_DIR) -> None:
-    """Mount the page's files on ``app`` (``GET``/``HEAD``); reads them from ``directory`` now."""
+def add_ui_routes(app: web.Application, gateway: object | None = None, directory: Path = UI_DIR) -> None:
+    """Mount the page's files on ``app`` (``GET``/``HEAD``); reads them from ``directory`` now.
+
+    ``gateway`` (the :class:`~worker.gateway.app.Gateway` mounting it) is not needed: the page talks
+    to the API it serves over HTTP only, like any client."""
     for path, (name, content_type) in ASSETS.items():
         body = (directory / name).read_bytes()
         app.router.add_get(path, _handler(body, content_type))
