@@ -126,6 +126,21 @@ def _used_providers(settings: Settings) -> dict[str, Provider]:
     return {name: known[name] for name in used if name in known}
 
 
+async def _gateway(args: argparse.Namespace, settings: Settings) -> int:
+    from .gateway.server import serve_gateway
+    from .redact import Redactor, install
+
+    install(Redactor.from_settings(settings))
+    stop = asyncio.Event()
+    _stop_on_signals(stop)
+
+    def ready(url: str) -> None:
+        print(f"tokenwire gateway listening on {url}", flush=True)
+
+    await serve_gateway(settings, stop, ready=ready)
+    return 0
+
+
 # --------------------------------------------------------------------------------------- enqueue
 
 
@@ -407,6 +422,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default info")
 
+    gateway = command("gateway", "serve the HTTP gateway: enqueue and follow jobs over HTTP/SSE, per tenant")
+    gateway.add_argument("--host", dest="gateway_host", metavar="HOST", help="address (default 127.0.0.1)")
+    gateway.add_argument("--port", dest="gateway_port", type=int, metavar="PORT", help="port (default 8787)")
+    gateway.add_argument(
+        "--metrics-port", type=int, metavar="PORT", help="serve /metrics, /healthz, /readyz (0: off)"
+    )
+    gateway.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default info")
+
     enq = command("enqueue", "enqueue a job and print its id")
     enq.add_argument("--model", required=True, help="the model name the provider knows")
     src = enq.add_mutually_exclusive_group(required=True)
@@ -489,6 +512,8 @@ def _settings(args: argparse.Namespace) -> Settings:
             ("concurrency", getattr(args, "concurrency", None)),
             ("metrics_port", getattr(args, "metrics_port", None)),
             ("log_level", getattr(args, "log_level", None)),
+            ("gateway_host", getattr(args, "gateway_host", None)),
+            ("gateway_port", getattr(args, "gateway_port", None)),
         )
         if value is not None
     }
@@ -497,6 +522,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]] = {
     "worker": _worker,
+    "gateway": _gateway,
     "enqueue": _enqueue,
     "tail": _tail,
     "status": _status,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -102,8 +103,16 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+class Exposed(Protocol):
+    """What :func:`serve_metrics` serves: a worker's :class:`Metrics`, or the gateway's."""
+
+    alive_at: float
+
+    def render(self) -> bytes: ...
+
+
 async def serve_metrics(
-    metrics: Metrics,
+    metrics: Exposed,
     port: int,
     *,
     host: str,

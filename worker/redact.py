@@ -119,6 +119,9 @@ class Redactor:
                 if len(value) < MIN_SECRET:
                     raise InvalidSecret(f"the {name} is shorter than {MIN_SECRET} characters")
                 secrets.append(value)
+        gateway_secret = env.get(settings.gateway_secret_env)  # the gateway's read-token secret
+        if gateway_secret:
+            secrets.append(gateway_secret)
         variables = {p.api_key_env for p in settings.all_providers().values() if p.api_key_env}
         for variable in sorted(variables):
             value = env.get(variable)

@@ -39,7 +39,8 @@ everything that attempt wrote; no other writer of that attempt exists.)"""
 # Create a job's state hash unless it exists. A new job keeps the digest of its canonical payload
 # (`job_sha256`); an existing one whose kept digest differs from this one is a conflict: another job
 # under the same id. (No digest kept, e.g. a job a worker created from a raw XADD: no comparison.)
-# KEYS: state. ARGV: now_ms, ttl_ms, model, api, provider, digest ('' to keep none).
+# KEYS: state. ARGV: now_ms, ttl_ms, model, api, provider, digest ('' to keep none), tenant (the
+# gateway's tenant that enqueued it, recorded as `tenant`; '' or absent for none).
 # Returns {"new", "queued", ""} | {"exists", state, entry} | {"conflict", state, entry}.
 ENQUEUE: Final = """
 local state = redis.call('HGET', KEYS[1], 'state')
@@ -52,6 +53,7 @@ end
 redis.call('HSET', KEYS[1], 'state', 'queued', 'attempt', 0, 'created', ARGV[1],
            'model', ARGV[3], 'api', ARGV[4], 'provider', ARGV[5])
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'job_sha256', ARGV[6]) end
+if ARGV[7] and ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'tenant', ARGV[7]) end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return {'new', 'queued', ''}
 """

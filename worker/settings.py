@@ -23,7 +23,7 @@ from urllib.parse import SplitResult, parse_qs, quote, unquote, unquote_plus, ur
 
 import msgspec
 
-__all__ = ["DEEPINFRA", "Provider", "Settings", "SettingsError", "load_settings"]
+__all__ = ["DEEPINFRA", "Provider", "Settings", "SettingsError", "Tenant", "load_settings"]
 
 ENV_PREFIX = "TOKENWIRE_"
 CONFIG_ENV = "TOKENWIRE_CONFIG"
@@ -59,6 +59,22 @@ class Provider(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             return None
         value = (os.environ if environ is None else environ).get(self.api_key_env)
         return value or None
+
+
+TenantName = Annotated[str, msgspec.Meta(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_-]+$(?!\n)")]
+Origin = Annotated[
+    str, msgspec.Meta(max_length=256, pattern=r"^https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?$(?!\n)|^\*$(?!\n)")
+]
+
+
+class Tenant(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A gateway tenant (``[tenants.NAME]``): who holds the key whose SHA-256 is ``key_sha256``."""
+
+    key_sha256: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$(?!\n)")]
+    origins: Annotated[list[Origin], msgspec.Meta(max_length=64)] = msgspec.field(default_factory=list)
+    max_inflight_jobs: PositiveInt = 100
+    max_streams: PositiveInt = 1000
+    read_unscoped: bool = False
 
 
 DEEPINFRA = Provider(
@@ -111,6 +127,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     log_level: Annotated[str, msgspec.Meta(pattern=r"^(?i:debug|info|warning|error)$(?!\n)")] = "info"
     log_format: Annotated[str, msgspec.Meta(pattern=r"^(auto|json|console)$(?!\n)")] = "auto"
     providers: dict[str, Provider] = msgspec.field(default_factory=dict)
+    # The gateway (`tokenwire gateway`, worker/gateway/): where it listens, its SSE heartbeat, its page,
+    # the variable holding the read-token secret, and its tenants (`[tenants.NAME]`).
+    gateway_host: BindHost = "127.0.0.1"
+    gateway_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8787
+    gateway_heartbeat_seconds: PositiveFloat = 15.0
+    gateway_ui: bool = False
+    gateway_secret_env: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$(?!\n)")] = (
+        "TOKENWIRE_GATEWAY_SECRET"
+    )
+    tenants: dict[TenantName, Tenant] = msgspec.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         problem = redis_url_problem(self.redis_url, cluster=self.redis_cluster)
@@ -128,6 +154,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             )
         if self.default_max_tokens > self.max_tokens_cap:
             raise _InvalidSetting("default_max_tokens", "above max_tokens_cap")
+        _check_tenants(self.tenants)
 
     def all_providers(self) -> dict[str, Provider]:
         """Configured providers, with the built-in ``deepinfra`` unless the file redefines it."""
@@ -143,6 +170,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         if self.redis_password:
             shown["redis_password"] = "***"
         return f"Settings({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
+
+
+def _check_tenants(tenants: Mapping[str, Tenant]) -> None:
+    seen: dict[str, str] = {}
+    for name, tenant in sorted(tenants.items()):
+        other = seen.setdefault(tenant.key_sha256, name)
+        if other != name:
+            problem = f"the same key as tenants.{other}: one key, one tenant"
+            raise _InvalidSetting(f"tenants.{name}.key_sha256", problem)
 
 
 class SettingsError(ValueError):
@@ -358,6 +394,7 @@ def _is_link(value: str, port: str | None, proto: str | None) -> bool:
 
 
 _FIELDS = {f.name: f for f in msgspec.structs.fields(Settings)}
+_TABLES = ("providers", "tenants")  # TOML tables of named entries, never a variable
 
 
 def load_settings(
@@ -369,11 +406,18 @@ def load_settings(
     path = env.get(CONFIG_ENV)
     if path:
         raw.update(_read_toml(Path(path)))
+    # the variable holding the gateway's read-token secret (TOKENWIRE_GATEWAY_SECRET by default) is no setting
+    secret_env = str(
+        (overrides or {}).get("gateway_secret_env")
+        or env.get(ENV_PREFIX + "GATEWAY_SECRET_ENV")
+        or raw.get("gateway_secret_env")
+        or _FIELDS["gateway_secret_env"].default
+    )
     for name, value in env.items():
-        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+        if not name.startswith(ENV_PREFIX) or name in (CONFIG_ENV, secret_env):
             continue
         key = name[len(ENV_PREFIX) :].lower()
-        if key in _FIELDS and key != "providers":
+        if key in _FIELDS and key not in _TABLES:
             raw[key] = value
         elif not is_service_link(name, value):
             raise SettingsError(f"{name}: unknown setting (known: {', '.join(sorted(_env_names()))})")
@@ -408,7 +452,7 @@ def log_ignored_service_links(environ: Mapping[str, str] | None = None) -> None:
 
 
 def _env_names() -> list[str]:
-    return [ENV_PREFIX + k.upper() for k in _FIELDS if k != "providers"]
+    return [ENV_PREFIX + k.upper() for k in _FIELDS if k not in _TABLES]
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -435,8 +479,9 @@ def _convert(raw: dict[str, Any], path: str | None, from_env: set[str], env: Map
             converted[name] = msgspec.convert(table, Provider)
         except msgspec.ValidationError as exc:
             raise SettingsError(f"setting providers.{name}{_where(exc)}: {exc} (config {path})") from None
+    tenants = _convert_tenants(raw.pop("tenants", {}), path)
     try:
-        return msgspec.convert({**raw, "providers": converted}, Settings, strict=False)
+        return msgspec.convert({**raw, "providers": converted, "tenants": tenants}, Settings, strict=False)
     except msgspec.ValidationError as exc:
         cause = exc.__cause__
         if isinstance(cause, _InvalidSetting):
@@ -454,6 +499,25 @@ def _convert(raw: dict[str, Any], path: str | None, from_env: set[str], env: Map
                 " set enableServiceLinks: false in the pod spec, or rename the Service)"
             )
         raise SettingsError(f"setting {name}: {problem}{origin}") from None
+
+
+def _convert_tenants(tenants: Any, path: str | None) -> dict[str, Tenant]:
+    """``[tenants.NAME]`` tables, each checked as :class:`Tenant`, the error naming the table and field."""
+    if not isinstance(tenants, dict):
+        raise SettingsError(f"tenants: expected a table of tenants (config {path})")
+    converted = {}
+    for name, table in tenants.items():
+        try:
+            msgspec.convert(name, TenantName)
+        except msgspec.ValidationError:
+            raise SettingsError(
+                f"setting tenants.{name!r}: a tenant name is 1-32 letters, digits, '_' or '-' (config {path})"
+            ) from None
+        try:
+            converted[name] = msgspec.convert(table, Tenant)
+        except msgspec.ValidationError as exc:
+            raise SettingsError(f"setting tenants.{name}{_where(exc)}: {exc} (config {path})") from None
+    return converted
 
 
 def _where(exc: Exception) -> str:

@@ -104,16 +104,17 @@ class JobStore:
         self._record_entry = redis.register_script(scripts.RECORD_ENTRY)
 
     async def create(
-        self, job_id: str, model: str, api: str, provider: str, *, digest: str = ""
+        self, job_id: str, model: str, api: str, provider: str, *, digest: str = "", tenant: str = ""
     ) -> tuple[Literal["new", "exists", "conflict"], str, str]:
         """Create the state hash unless it exists: (outcome, state, entry).
 
         ``digest`` (:func:`job_digest`) is kept on a new job; an existing job whose kept digest
-        differs is a ``conflict`` (checked atomically with the creation).
+        differs is a ``conflict`` (checked atomically with the creation). ``tenant``: the gateway
+        tenant enqueueing it, recorded on a new job's hash as ``tenant``.
         """
         reply = await self._enqueue(
             keys=[self.keys.state(job_id)],
-            args=[now_ms(), self.running_ttl_ms, model, api, provider, digest],
+            args=[now_ms(), self.running_ttl_ms, model, api, provider, digest, tenant],
         )
         outcome = as_text(reply[0])
         if outcome not in ("new", "exists", "conflict"):  # pragma: no cover - the script returns only these

@@ -119,16 +119,17 @@ TOKENWIRE_LINKS = {
     "TOKENWIRE_PORT_8080_TCP_PORT": "8080",
     "TOKENWIRE_PORT_8080_TCP_ADDR": "10.96.8.2",
 }
-# An IPv6 cluster, a UDP port as the second port of a Service named tokenwire-gateway.
+# An IPv6 cluster, a UDP port as the second port of a Service named tokenwire-edge (not
+# tokenwire-gateway: its TOKENWIRE_GATEWAY_PORT would be the gateway_port setting, refused as a clash).
 IPV6_UDP_LINKS = {
-    "TOKENWIRE_GATEWAY_SERVICE_HOST": "fd00:10:96::a",
-    "TOKENWIRE_GATEWAY_SERVICE_PORT": "80",
-    "TOKENWIRE_GATEWAY_SERVICE_PORT_DNS": "53",
-    "TOKENWIRE_GATEWAY_PORT": "tcp://[fd00:10:96::a]:80",
-    "TOKENWIRE_GATEWAY_PORT_53_UDP": "udp://[fd00:10:96::a]:53",
-    "TOKENWIRE_GATEWAY_PORT_53_UDP_PROTO": "udp",
-    "TOKENWIRE_GATEWAY_PORT_53_UDP_PORT": "53",
-    "TOKENWIRE_GATEWAY_PORT_53_UDP_ADDR": "fd00:10:96::a",
+    "TOKENWIRE_EDGE_SERVICE_HOST": "fd00:10:96::a",
+    "TOKENWIRE_EDGE_SERVICE_PORT": "80",
+    "TOKENWIRE_EDGE_SERVICE_PORT_DNS": "53",
+    "TOKENWIRE_EDGE_PORT": "tcp://[fd00:10:96::a]:80",
+    "TOKENWIRE_EDGE_PORT_53_UDP": "udp://[fd00:10:96::a]:53",
+    "TOKENWIRE_EDGE_PORT_53_UDP_PROTO": "udp",
+    "TOKENWIRE_EDGE_PORT_53_UDP_PORT": "53",
+    "TOKENWIRE_EDGE_PORT_53_UDP_ADDR": "fd00:10:96::a",
 }
 
 

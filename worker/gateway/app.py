@@ -1,0 +1,515 @@
+"""The gateway's HTTP API (aiohttp): enqueue, follow (SSE), status and cancel, per tenant.
+
+Every request is hostile until checked: credentials are bounded and compared in constant time, ids
+and resume ids are parsed before they reach Redis, bodies are capped (``max_payload_bytes``), and no
+exception from a request escapes as anything but a JSON error with a clear status. Errors never echo
+a key, a token or the secret. See :mod:`worker.gateway.ids` for the per-tenant id scoping.
+
+``build_app(gateway)`` builds the :class:`aiohttp.web.Application`; with ``gateway_ui`` it calls
+``worker.gateway.ui.add_ui_routes(app, gateway)`` (the page's module) to mount ``GET /``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import msgspec
+import structlog
+from aiohttp import web
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from ..admit import Rejected, admit
+from ..jobs import encode_job, new_job_id
+from ..keys import Keys, as_text, cancel_message
+from ..settings import Settings, Tenant
+from ..store import JobStore, job_digest, now_ms
+from .auth import ReadGrant, TokenSigner, bearer_key, tenant_for_key
+from .hub import Hub, Watch, stream_key
+from .ids import MAX_JOB_ID, PUBLIC_ID, after_stream_id, id_problem, scoped_id
+from .limits import InflightLimiter, StreamCounter
+from .metrics import GatewayMetrics
+from .sse import Entry, comment, entry_of, frame
+
+__all__ = ["BUFFER_BYTES", "Gateway", "Principal", "build_app"]
+
+log = structlog.get_logger("tokenwire.gateway")
+
+BUFFER_BYTES: Final = 1_048_576
+"""Live events buffered per SSE connection before it counts as fallen behind and is dropped."""
+REPLAY_COUNT: Final = 256
+WRITE_TIMEOUT: Final = 30.0
+RETRY_AFTER_INFLIGHT: Final = "2"
+RETRY_AFTER_STREAMS: Final = "1"
+_JOB_PATH: Final = r"{id:[^{}\s]{1,200}}"
+_CORS_HEADERS: Final = "Authorization, Content-Type, Last-Event-ID"
+_EXPOSED: Final = "Retry-After"
+_HIDDEN_STATE: Final = frozenset({"handback"})  # a drain's hand-back token digest: the worker's alone
+
+
+class _Refused(Exception):
+    """A request answered with an error: ``status``, a ``code`` and a message naming what was wrong."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+
+class Principal(msgspec.Struct, frozen=True):
+    """Who a request is: a tenant, by its key or by a read token (``grant``)."""
+
+    name: str
+    tenant: Tenant
+    grant: ReadGrant | None = None
+
+
+class _Cancel(msgspec.Struct, forbid_unknown_fields=True):
+    reason: str = "cancelled by request"
+
+
+_CANCEL: Final = msgspec.json.Decoder(_Cancel)
+_JSON: Final = msgspec.json.Encoder()
+
+
+def _json(status: int, body: object, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status, body=_JSON.encode(body), content_type="application/json", headers=headers
+    )
+
+
+class Gateway:
+    """The gateway's state for one process: clients, the hub, limits, metrics. No I/O until served."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        redis: Redis,
+        reader: Redis,
+        signer: TokenSigner,
+        metrics: GatewayMetrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.keys = Keys(settings.prefix)
+        self.store = JobStore(
+            redis,
+            self.keys,
+            output_ttl_seconds=settings.output_ttl_seconds,
+            running_ttl_seconds=settings.running_ttl_seconds,
+            events_maxlen=settings.events_maxlen,
+        )
+        self.signer = signer
+        self.metrics = metrics or GatewayMetrics()
+        self.hub = Hub(
+            reader,
+            self.keys,
+            cluster=settings.redis_cluster,
+            sweep_seconds=settings.gateway_heartbeat_seconds,
+            on_read=self.metrics.redis_reads.inc,
+        )
+        self.limiter = InflightLimiter(
+            redis, self.keys, ttl_seconds=settings.running_ttl_seconds + settings.output_ttl_seconds
+        )
+        self.streams = StreamCounter()
+        self.origins = frozenset(o for t in settings.tenants.values() for o in t.origins)
+        self.token_seconds = settings.running_ttl_seconds + settings.output_ttl_seconds
+        self._watches: set[Watch] = set()
+        self.closing = False
+
+    # ------------------------------------------------------------------------------- plumbing
+
+    def close_streams(self) -> None:
+        """Stopping: every open stream ends with a comment saying to reconnect (to another process)."""
+        self.closing = True
+        for watch in tuple(self._watches):
+            watch.wake.set()
+
+    def _origin_allowed(self, request: web.Request, origin: str, tenant: Tenant | None) -> bool:
+        if _same_origin(request, origin):
+            return True
+        allowed = self.origins if tenant is None else frozenset(tenant.origins)
+        return origin in allowed or "*" in allowed
+
+    def _cors(self, request: web.Request, tenant: Tenant | None) -> dict[str, str]:
+        origin = request.headers.get("Origin")
+        if origin is None or not self._origin_allowed(request, origin, tenant):
+            return {}
+        return {
+            "Access-Control-Allow-Origin": origin,
+            "Vary": "Origin",
+            "Access-Control-Expose-Headers": _EXPOSED,
+        }
+
+    def principal(self, request: web.Request, *, token_ok: bool) -> Principal:
+        """The request's tenant by ``Authorization: Bearer`` (or, when ``token_ok``, ``?token=``);
+        a 401 otherwise. A real request from a browser origin its tenant does not list is a 403."""
+        tenants = self.settings.tenants
+        header = request.headers.get("Authorization")
+        found: Principal | None = None
+        if header is not None:
+            key = bearer_key(header)
+            name = None if key is None else tenant_for_key(key, tenants)
+            if name is None:
+                self.metrics.auth_failures.labels("key").inc()
+                raise _Refused(401, "unauthorized", "the Bearer key is not a tenant's key")
+            found = Principal(name, tenants[name])
+        elif token_ok and "token" in request.query:
+            grant = self.signer.check(request.query["token"])
+            if grant is None or grant.tenant not in tenants:
+                self.metrics.auth_failures.labels("token").inc()
+                raise _Refused(
+                    401, "unauthorized", "the read token is not valid (forged, expired or revoked)"
+                )
+            found = Principal(grant.tenant, tenants[grant.tenant], grant)
+        if found is None:
+            self.metrics.auth_failures.labels("missing").inc()
+            what = (
+                "Authorization: Bearer <key>, or ?token=<read token>"
+                if token_ok
+                else "Authorization: Bearer <key>"
+            )
+            raise _Refused(401, "unauthorized", f"no credentials: send {what}")
+        origin = request.headers.get("Origin")
+        if origin is not None and not self._origin_allowed(request, origin, found.tenant):
+            self.metrics.auth_failures.labels("origin").inc()
+            raise _Refused(
+                403, "origin_not_allowed", f"origin {origin[:200]!r} is not one of this tenant's origins"
+            )
+        return found
+
+    async def resolve(self, who: Principal, job_id: str) -> str:
+        """The internal id of the job ``who`` calls ``job_id``; 404 when it has none (never
+        enqueued, expired, another tenant's, or a read token for another job)."""
+        candidates: list[tuple[str, str | None]] = []
+        if PUBLIC_ID.fullmatch(job_id) and id_problem(who.name, job_id) is None:
+            candidates.append((scoped_id(who.name, job_id), who.name))
+        if who.tenant.read_unscoped and _unscoped_id(job_id):
+            candidates.append((job_id, None))
+        if who.grant is not None:
+            candidates = [c for c in candidates if c[0] == who.grant.job]
+        if candidates:
+            pipe: Any = self.redis.pipeline(transaction=False)
+            for internal, _ in candidates:
+                pipe.hmget(self.keys.state(internal), "state", "tenant")
+            for (internal, owner), (state, tenant) in zip(candidates, await pipe.execute(), strict=True):
+                if state is not None and (None if tenant is None else as_text(tenant)) == owner:
+                    return internal
+        raise _Refused(404, "not_found", f"no job {job_id[:200]!r}: never enqueued, or expired")
+
+    def public_id(self, who: Principal, internal: str) -> str:
+        scope = f"{who.name}/"
+        return internal[len(scope) :] if internal.startswith(scope) else internal
+
+    async def read_token(self, who: Principal, internal: str) -> str:
+        created = await self.redis.hget(self.keys.state(internal), "created")
+        base = (
+            int(as_text(created)) // 1000
+            if created is not None and as_text(created).isdigit()
+            else int(time.time())
+        )
+        return self.signer.mint(who.name, internal, base + self.token_seconds)
+
+    # ------------------------------------------------------------------------------- handlers
+
+    async def enqueue(self, request: web.Request) -> web.Response:
+        who = self.principal(request, token_ok=False)
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise _Refused(
+                413,
+                "payload_too_large",
+                f"the body is over max_payload_bytes={self.settings.max_payload_bytes}",
+            ) from None
+        verdict = admit("0-0", body, self.settings)  # the worker's own admission: its reasons, verbatim
+        if isinstance(verdict, Rejected):
+            self.metrics.jobs.labels("invalid").inc()
+            raise _Refused(422, verdict.code, verdict.reason)
+        job = verdict.job
+        public = job.id or new_job_id()
+        problem = id_problem(who.name, public)
+        if problem is not None:
+            self.metrics.jobs.labels("invalid").inc()
+            raise _Refused(422, "invalid_job", f"invalid job: {problem}")
+        internal = scoped_id(who.name, public)
+        job = msgspec.structs.replace(job, id=internal)
+        added = await self.limiter.admit(who.name, internal, who.tenant.max_inflight_jobs, now_ms())
+        if not added:
+            self.metrics.refused.labels("inflight").inc()
+            raise _Refused(
+                429,
+                "too_many_jobs",
+                f"tenant {who.name!r} has max_inflight_jobs={who.tenant.max_inflight_jobs} jobs in flight",
+                {"Retry-After": RETRY_AFTER_INFLIGHT},
+            )
+        outcome, state, entry = await self.store.create(
+            internal, job.model, job.api, job.provider or "", digest=job_digest(job), tenant=who.name
+        )
+        if outcome == "conflict":
+            if added == "new":
+                await self.limiter.release(who.name, internal)
+            self.metrics.jobs.labels("conflict").inc()
+            raise _Refused(
+                409,
+                "conflict",
+                f"job id {public!r} is taken by a different job: post the same job, or another id",
+            )
+        if not (outcome == "exists" and (entry or state != "queued")):
+            entry_id = await self.redis.xadd(self.keys.jobs, {"job": encode_job(job)})
+            await self.store.record_entry(internal, as_text(entry_id))
+        status = 201 if outcome == "new" else 200
+        self.metrics.jobs.labels("created" if status == 201 else "existing").inc()
+        answer = {
+            "id": public,
+            "events_url": f"/v1/jobs/{public}/events",
+            "read_token": await self.read_token(who, internal),
+        }
+        return _json(status, answer, self._cors(request, who.tenant))
+
+    async def status(self, request: web.Request) -> web.Response:
+        who = self.principal(request, token_ok=True)
+        public = request.match_info["id"]
+        internal = await self.resolve(who, public)
+        fields = await self.store.status(internal)
+        if fields is None:
+            raise _Refused(404, "not_found", f"no job {public!r}: never enqueued, or expired")
+        state = {k: v for k, v in fields.items() if k not in _HIDDEN_STATE}
+        answer = {"id": public, "events_url": f"/v1/jobs/{public}/events", "state": state}
+        return _json(200, answer, self._cors(request, who.tenant))
+
+    async def cancel(self, request: web.Request) -> web.Response:
+        who = self.principal(request, token_ok=True)
+        public = request.match_info["id"]
+        internal = await self.resolve(who, public)
+        raw = await request.read()
+        reason = "cancelled by request"
+        if raw.strip():
+            try:
+                reason = _CANCEL.decode(raw).reason[:500]
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                raise _Refused(422, "invalid_body", f'the body is not {{"reason": "..."}}: {exc}') from None
+        outcome = await self.store.cancel(internal, reason)
+        if outcome == "unknown":
+            raise _Refused(404, "not_found", f"no job {public!r}: never enqueued, or expired")
+        if outcome == "requested":
+            await self.redis.publish(self.keys.cancel, cancel_message(internal, reason))
+        return _json(200, {"id": public, "outcome": outcome}, self._cors(request, who.tenant))
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        who = self.principal(request, token_ok=True)
+        public = request.match_info["id"]
+        after, problem = after_stream_id(request.headers.get("Last-Event-ID"), request.query.get("after"))
+        if problem is not None:
+            raise _Refused(400, "bad_resume_id", problem)
+        internal = await self.resolve(who, public)
+        if not self.streams.acquire(who.name, who.tenant.max_streams):
+            self.metrics.refused.labels("streams").inc()
+            raise _Refused(
+                429,
+                "too_many_streams",
+                f"tenant {who.name!r} has max_streams={who.tenant.max_streams} streams open on this gateway",
+                {"Retry-After": RETRY_AFTER_STREAMS},
+            )
+        try:
+            headers = {
+                "Content-Type": "text/event-stream; charset=utf-8",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",
+                **self._cors(request, who.tenant),
+            }
+            response = web.StreamResponse(status=200, headers=headers)
+            await response.prepare(request)
+            self.metrics.open_streams.inc()
+            if after != "0-0":
+                self.metrics.resumes.inc()
+            try:
+                await response.write(b"retry: 1000\n\n")
+                await self._follow(request, response, internal, after)
+            finally:
+                self.metrics.open_streams.dec()
+        finally:
+            self.streams.release(who.name)
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await response.write_eof()
+        return response
+
+    # ------------------------------------------------------------------------------- streaming
+
+    async def _write(self, response: web.StreamResponse, entries: list[Entry]) -> bool:
+        """Write ``entries``; True when the last one ended the job."""
+        if entries:
+            await response.write(b"".join(frame(e) for e in entries))
+            self.metrics.events_sent.inc(sum(1 for e in entries if e.data is not None))
+        return bool(entries) and entries[-1].terminal
+
+    async def _replay(
+        self, response: web.StreamResponse, key: str, last: str, until: str | None
+    ) -> tuple[str, bool]:
+        """Write the entries after ``last`` (up to ``until``, else to the end); (last id, ended)."""
+        while True:
+            items: Any = await self.redis.xrange(key, min=f"({last}", max=until or "+", count=REPLAY_COUNT)
+            entries = [entry_of(entry_id, fields) for entry_id, fields in items]
+            cut = next((i for i, e in enumerate(entries) if e.terminal), None)
+            if cut is not None:
+                entries = entries[: cut + 1]
+            async with asyncio.timeout(WRITE_TIMEOUT):
+                ended = await self._write(response, entries)
+            if entries:
+                last = entries[-1].id
+            if ended or len(items) < REPLAY_COUNT:
+                return last, ended
+
+    async def _follow(
+        self, request: web.Request, response: web.StreamResponse, internal: str, after: str
+    ) -> None:
+        key = self.keys.events(internal)
+        last, ended = await self._replay(response, key, after, None)
+        if ended:
+            return
+        watch, position = self.hub.attach(internal, last, BUFFER_BYTES)
+        self._watches.add(watch)
+        self.metrics.watched_jobs.set(len(self.hub.feeds))
+        heartbeat = self.settings.gateway_heartbeat_seconds
+        try:
+            if stream_key(position) > stream_key(last):
+                last, ended = await self._replay(response, key, last, position)
+                if ended:
+                    return
+            while True:
+                if not watch.queue and not (watch.dropped or watch.gone or self.closing):
+                    try:
+                        async with asyncio.timeout(heartbeat):
+                            await watch.wake.wait()
+                    except TimeoutError:
+                        await _bounded(response.write(comment("keep-alive")), request)
+                        continue
+                entries = watch.take()
+                if entries:
+                    if await _bounded(self._write(response, entries), request):
+                        return
+                    last = entries[-1].id
+                if watch.dropped:
+                    self.metrics.dropped.labels("behind").inc()
+                    note = (
+                        f"dropped: this client fell behind by over {BUFFER_BYTES} bytes; "
+                        f"reconnect with Last-Event-ID: {last}"
+                    )
+                    await _bounded(response.write(comment(note)), request)
+                    return
+                if watch.gone:
+                    self.metrics.dropped.labels("expired").inc()
+                    await _bounded(response.write(comment("the job's keys expired or were deleted")), request)
+                    return
+                if self.closing:
+                    self.metrics.dropped.labels("stopping").inc()
+                    note = f"gateway stopping; reconnect with Last-Event-ID: {last}"
+                    await _bounded(response.write(comment(note)), request)
+                    return
+        finally:
+            self._watches.discard(watch)
+            self.hub.detach(watch)
+            self.metrics.watched_jobs.set(len(self.hub.feeds))
+
+    # ------------------------------------------------------------------------------- CORS, errors
+
+    async def preflight(self, request: web.Request) -> web.Response:
+        """A preflight carries no credentials: answered for the union of every tenant's origins
+        (the real request is then checked against its own tenant's)."""
+        origin = request.headers.get("Origin")
+        if origin is None or request.headers.get("Access-Control-Request-Method") is None:
+            raise _Refused(400, "not_a_preflight", "OPTIONS is answered for CORS preflights only")
+        if not self._origin_allowed(request, origin, None):
+            self.metrics.auth_failures.labels("origin").inc()
+            raise _Refused(403, "origin_not_allowed", f"origin {origin[:200]!r} is not allowed")
+        headers = {
+            "Access-Control-Allow-Origin": origin,
+            "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+            "Access-Control-Allow-Headers": _CORS_HEADERS,
+            "Access-Control-Max-Age": "600",
+            "Vary": "Origin",
+        }
+        return web.Response(status=204, headers=headers)
+
+    @web.middleware
+    async def errors(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """Every failure as ``{"error": {"code", "message"}}`` with a clear status; nothing else escapes."""
+        try:
+            return await handler(request)
+        except _Refused as exc:
+            refusal = exc
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
+                exc.status, "bad_request"
+            )
+            refusal = _Refused(exc.status, code, exc.reason)
+        except RedisError as exc:
+            log.warning("gateway Redis request failed", error=type(exc).__name__)
+            refusal = _Refused(503, "unavailable", "Redis is unavailable; retry", {"Retry-After": "1"})
+        except (asyncio.CancelledError, ConnectionError):
+            raise
+        except Exception as exc:  # a bug: logged by type, answered without detail
+            log.error("gateway request failed", error=type(exc).__name__, path=request.path[:200])
+            refusal = _Refused(500, "internal", "the gateway failed on this request")
+        headers = {**self._cors(request, None), **refusal.headers}
+        return _json(refusal.status, {"error": {"code": refusal.code, "message": refusal.message}}, headers)
+
+
+async def _bounded(write: Awaitable[Any], request: web.Request) -> Any:
+    """A write that a client not reading at all cannot hold forever: the connection is cut."""
+    try:
+        async with asyncio.timeout(WRITE_TIMEOUT):
+            return await write
+    except TimeoutError:
+        if request.transport is not None:
+            request.transport.abort()
+        raise ConnectionResetError("client stopped reading") from None
+
+
+def _same_origin(request: web.Request, origin: str) -> bool:
+    try:
+        return urlsplit(origin).netloc.lower() == (request.host or "").lower()
+    except ValueError:
+        return False
+
+
+def _unscoped_id(job_id: str) -> bool:
+    from ..jobs import JobId
+
+    if len(job_id) > MAX_JOB_ID:
+        return False
+    try:
+        msgspec.convert(job_id, JobId)
+    except msgspec.ValidationError:
+        return False
+    return True
+
+
+def build_app(gateway: Gateway) -> web.Application:
+    """The gateway's application; with ``gateway_ui``, the page's routes too."""
+    app = web.Application(
+        middlewares=[gateway.errors], client_max_size=gateway.settings.max_payload_bytes + 1
+    )
+    app["gateway"] = gateway
+    app.router.add_post("/v1/jobs", gateway.enqueue)
+    app.router.add_get(f"/v1/jobs/{_JOB_PATH}/events", gateway.events, allow_head=False)
+    app.router.add_post(f"/v1/jobs/{_JOB_PATH}/cancel", gateway.cancel)
+    app.router.add_get(f"/v1/jobs/{_JOB_PATH}", gateway.status, allow_head=False)
+    app.router.add_route("OPTIONS", "/v1/{tail:.*}", gateway.preflight)
+    if gateway.settings.gateway_ui:
+        ui = importlib.import_module("worker.gateway.ui")
+        ui.add_ui_routes(app, gateway)
+    return app

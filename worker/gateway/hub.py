@@ -1,0 +1,251 @@
+"""The gateway's reader: one Redis read per job, shared by every connection watching it.
+
+Each job watched by at least one connection of this process is a :class:`Feed` with a position (the
+last entry id the hub has read). The hub reads every feed's new entries with one ``XREAD`` of many
+keys per call (``BLOCK`` a short while, chunks of :data:`KEYS_PER_READ` keys read concurrently), and
+hands each entry to every :class:`Watch` of its feed. On Redis Cluster one ``XREAD`` cannot span hash
+slots, and each job's keys have their own: the feeds are read by a non-blocking pipeline of one
+``XREAD`` per key (redis-py's cluster pipeline groups the commands by node, one round trip per node,
+nodes in parallel), polled every :data:`CLUSTER_POLL_SECONDS` while nothing arrives.
+
+A watch buffers at most its ``limit`` bytes of entries not yet written to its client: one that falls
+further behind is dropped (:attr:`Watch.dropped`), and its connection closes with a comment saying
+so; the client resumes by id. A slow client therefore never delays the hub nor another client.
+
+A connection replays a job's history itself (``XRANGE``, written as it is read, so a long history
+waits on that client alone), then attaches here at the id it reached (:meth:`Hub.attach`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Iterable
+from typing import Any, Final
+
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from ..backoff import REDIS, Backoff
+from ..keys import Keys
+from .ids import parse_stream_id
+from .sse import Entry, entry_of
+
+__all__ = ["CLUSTER_POLL_SECONDS", "KEYS_PER_READ", "Feed", "Hub", "Watch", "stream_key"]
+
+KEYS_PER_READ: Final = 1000
+READ_COUNT: Final = 256
+CLUSTER_POLL_SECONDS: Final = 0.02
+
+log = structlog.get_logger("tokenwire.gateway")
+
+
+def stream_key(text: str) -> tuple[int, int]:
+    """An entry id as a sortable pair (ids from Redis are always well formed; junk sorts first)."""
+    return parse_stream_id(text) or (0, 0)
+
+
+class Watch:
+    """One connection's view of a feed: entries newer than it has, up to ``limit`` bytes of them."""
+
+    __slots__ = ("_size", "dropped", "feed", "gone", "last", "limit", "queue", "wake")
+
+    def __init__(self, feed: Feed, last: tuple[int, int], limit: int) -> None:
+        self.feed = feed
+        self.last = last
+        self.limit = limit
+        self.queue: deque[Entry] = deque()
+        self._size = 0
+        self.wake = asyncio.Event()
+        self.dropped = False
+        self.gone = False
+
+    def offer(self, entry: Entry) -> None:
+        if self.dropped:
+            return
+        key = stream_key(entry.id)
+        if key <= self.last:
+            return
+        self.last = key
+        self.queue.append(entry)
+        self._size += len(entry.data or b"") + 64
+        if self._size > self.limit:
+            self.dropped = True
+            self.queue.clear()
+            self._size = 0
+        self.wake.set()
+
+    def take(self) -> list[Entry]:
+        items = list(self.queue)
+        self.queue.clear()
+        self._size = 0
+        self.wake.clear()
+        return items
+
+    def expire(self) -> None:
+        self.gone = True
+        self.wake.set()
+
+
+class Feed:
+    """A watched job: its stream key, the hub's position on it, its watches."""
+
+    __slots__ = ("active", "done", "job_id", "key", "position", "watches")
+
+    def __init__(self, job_id: str, key: str, position: str) -> None:
+        self.job_id = job_id
+        self.key = key
+        self.position = position
+        self.watches: set[Watch] = set()
+        self.done = False
+        self.active = False  # an entry arrived since the last expiry sweep
+
+    def deliver(self, entries: Iterable[Entry]) -> None:
+        for entry in entries:
+            if stream_key(entry.id) <= stream_key(self.position):
+                continue
+            self.position = entry.id
+            self.active = True
+            for watch in tuple(self.watches):
+                watch.offer(entry)
+            if entry.terminal:
+                self.done = True
+                return
+
+
+class Hub:
+    """The reader of every feed of one gateway process. :meth:`run` until ``stop``."""
+
+    def __init__(
+        self,
+        reader: Redis,
+        keys: Keys,
+        *,
+        cluster: bool = False,
+        block_ms: int = 100,
+        sweep_seconds: float = 15.0,
+        on_read: Any = None,
+    ) -> None:
+        self.reader = reader
+        self.keys = keys
+        self.cluster = cluster
+        self.block_ms = block_ms
+        self.sweep_seconds = sweep_seconds
+        self.feeds: dict[str, Feed] = {}
+        self._changed = asyncio.Event()
+        self._on_read = on_read
+
+    def attach(self, job_id: str, last: str, limit: int) -> tuple[Watch, str]:
+        """Watch ``job_id`` from after ``last``; returns the watch and the feed's position then: the
+        caller reads ``(last, position]`` itself (``XRANGE``), the watch gets everything after."""
+        feed = self.feeds.get(job_id)
+        if feed is None:
+            feed = self.feeds[job_id] = Feed(job_id, self.keys.events(job_id), last)
+            self._changed.set()
+        position = feed.position
+        watch = Watch(feed, max(stream_key(last), stream_key(position)), limit)
+        feed.watches.add(watch)
+        return watch, position
+
+    def detach(self, watch: Watch) -> None:
+        feed = watch.feed
+        feed.watches.discard(watch)
+        if not feed.watches and self.feeds.get(feed.job_id) is feed:
+            del self.feeds[feed.job_id]
+
+    async def run(self, stop: asyncio.Event) -> None:
+        backoff = Backoff(REDIS)
+        loop = asyncio.get_running_loop()
+        next_sweep = loop.time() + self.sweep_seconds
+        while not stop.is_set():
+            feeds = [f for f in self.feeds.values() if not f.done]
+            try:
+                if loop.time() >= next_sweep:
+                    next_sweep = loop.time() + self.sweep_seconds
+                    await self._sweep()
+                if not feeds:
+                    self._changed.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._changed.wait(), timeout=1.0)
+                    continue
+                got = await (self._read_cluster(feeds) if self.cluster else self._read(feeds))
+                backoff.succeeded()
+            except RedisError as exc:
+                delay = backoff.failed()
+                log.warning("gateway read failed; retrying", error=str(exc), retry_in=round(delay, 2))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
+                continue
+            if not got and self.cluster:
+                self._changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), timeout=CLUSTER_POLL_SECONDS)
+
+    async def _read(self, feeds: list[Feed]) -> int:
+        chunks = [feeds[i : i + KEYS_PER_READ] for i in range(0, len(feeds), KEYS_PER_READ)]
+        counts = await asyncio.gather(*(self._read_chunk(chunk) for chunk in chunks))
+        return sum(counts)
+
+    async def _read_chunk(self, feeds: list[Feed]) -> int:
+        by_key = {f.key: f for f in feeds}
+        reply: Any = await self.reader.xread(
+            {f.key: f.position for f in feeds}, count=READ_COUNT, block=self.block_ms
+        )
+        if self._on_read is not None:
+            self._on_read()
+        return self._deliver(by_key, _streams(reply))
+
+    async def _read_cluster(self, feeds: list[Feed]) -> int:
+        pipe: Any = self.reader.pipeline(transaction=False)
+        for feed in feeds:
+            pipe.xread({feed.key: feed.position}, count=READ_COUNT)
+        replies = await pipe.execute()
+        if self._on_read is not None:
+            self._on_read()
+        by_key = {f.key: f for f in feeds}
+        total = 0
+        for reply in replies:
+            total += self._deliver(by_key, _streams(reply))
+        return total
+
+    def _deliver(self, by_key: dict[str, Feed], streams: list[tuple[str, list[Any]]]) -> int:
+        count = 0
+        for key, items in streams:
+            feed = by_key.get(key)
+            if feed is None or self.feeds.get(feed.job_id) is not feed:
+                continue  # no longer watched (or watched anew from another position)
+            feed.deliver(entry_of(entry_id, fields) for entry_id, fields in items)
+            count += len(items)
+        return count
+
+    async def _sweep(self) -> None:
+        """Feeds silent since the last sweep whose job's keys are gone (expired, deleted): their
+        watches end, instead of waiting forever on a key that will never be written."""
+        quiet = [f for f in self.feeds.values() if not f.active and not f.done]
+        for feed in self.feeds.values():
+            feed.active = False
+        if not quiet:
+            return
+        pipe: Any = self.reader.pipeline(transaction=False)
+        for feed in quiet:
+            pipe.exists(self.keys.state(feed.job_id), feed.key)
+        found = await pipe.execute()
+        for feed, alive in zip(quiet, found, strict=True):
+            if not alive:
+                for watch in tuple(feed.watches):
+                    watch.expire()
+
+
+def _text(value: object) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _streams(reply: Any) -> list[tuple[str, list[Any]]]:
+    """``[(key, [(id, fields), ...]), ...]`` of an XREAD reply (RESP2 list or RESP3 map)."""
+    if not reply:
+        return []
+    if isinstance(reply, dict):
+        return [(_text(k), list(v[0] if v and isinstance(v[0], list) else v)) for k, v in reply.items()]
+    return [(_text(k), list(items)) for k, items in reply]

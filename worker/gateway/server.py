@@ -1,0 +1,162 @@
+"""Running the gateway: the listener (with a guard against slow request heads), the hub, the metrics.
+
+aiohttp bounds a request head's size (lines, fields, count) but not how long it may take to arrive: a
+client sending a byte every few seconds ("slowloris") would hold its connection forever. Every
+connection here must complete each request head within :data:`HEAD_TIMEOUT` seconds of its first
+byte (or of the connection, for the first); a body is bounded by ``client_max_size`` and read under
+the handler's own timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+import structlog
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+from ..connect import redis_client
+from ..metrics import serve_metrics
+from ..settings import Settings
+from .app import Gateway, build_app
+from .auth import TokenSigner, gateway_secret
+from .metrics import GatewayMetrics
+
+__all__ = ["HEAD_TIMEOUT", "GuardedHandler", "serve_gateway"]
+
+HEAD_TIMEOUT: Final = 10.0
+KEEPALIVE_TIMEOUT: Final = 75.0
+MAX_LINE: Final = 8190
+MAX_FIELD: Final = 8190
+MAX_HEADERS: Final = 64
+SHUTDOWN_SECONDS: Final = 5.0
+
+log = structlog.get_logger("tokenwire.gateway")
+
+
+class GuardedHandler(RequestHandler):
+    """aiohttp's request handler, closing a connection whose request head is slower than
+    :data:`HEAD_TIMEOUT`."""
+
+    __slots__ = ("_head_since", "_head_timeout", "_head_timer")
+
+    def __init__(self, *args: Any, head_timeout: float = HEAD_TIMEOUT, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_since: float | None = None
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._head_timeout = head_timeout
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        loop = asyncio.get_running_loop()
+        self._head_since = loop.time()
+        self._head_timer = loop.call_later(self._head_timeout, self._check_head)
+
+    def data_received(self, data: bytes) -> None:
+        before = self._request_count
+        super().data_received(data)
+        if self._request_count != before:
+            self._head_since = None  # a head completed; a new one starts with its first byte
+        elif self._head_since is None and self._current_request is None and data:
+            self._head_since = asyncio.get_running_loop().time()
+
+    def _check_head(self) -> None:
+        loop = asyncio.get_running_loop()
+        since = self._head_since
+        if since is not None and self._current_request is None and loop.time() - since >= self._head_timeout:
+            if self.transport is not None:
+                self.transport.close()
+            return
+        self._head_timer = loop.call_later(self._head_timeout / 2, self._check_head)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().connection_lost(exc)
+
+
+async def serve_gateway(
+    settings: Settings,
+    stop: asyncio.Event,
+    *,
+    environ: Mapping[str, str] | None = None,
+    ready: Callable[[str], None] | None = None,
+) -> None:
+    """Serve until ``stop``; ``ready(url)`` once listening (the URL has the bound port)."""
+    secret = gateway_secret(settings, os.environ if environ is None else environ)
+    redis = redis_client(settings.redis_url, cluster=settings.redis_cluster)
+    reader = redis_client(settings.redis_url, block_seconds=1.0, cluster=settings.redis_cluster)
+    metrics = GatewayMetrics()
+    gateway = Gateway(settings, redis=redis, reader=reader, signer=TokenSigner(secret), metrics=metrics)
+    app = build_app(gateway)
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=SHUTDOWN_SECONDS)
+    await runner.setup()
+    server = runner.server
+    assert server is not None
+    loop = asyncio.get_running_loop()
+
+    def protocol() -> GuardedHandler:
+        return GuardedHandler(
+            server,
+            loop=loop,
+            access_log=None,
+            keepalive_timeout=KEEPALIVE_TIMEOUT,
+            max_line_size=MAX_LINE,
+            max_field_size=MAX_FIELD,
+            max_headers=MAX_HEADERS,
+        )
+
+    listener = await loop.create_server(
+        protocol, settings.gateway_host, settings.gateway_port, backlog=4096, reuse_address=True
+    )
+    hub_stop = asyncio.Event()
+    hub = asyncio.create_task(gateway.hub.run(hub_stop), name="gateway-hub")
+    beat = asyncio.create_task(_beat(metrics, stop), name="gateway-heartbeat")
+    metrics_runner = None
+    if settings.metrics_port:
+
+        async def readiness() -> str | None:
+            await redis.ping()
+            return None if not hub.done() else "the gateway's reader stopped"
+
+        metrics_runner = await serve_metrics(
+            metrics,
+            settings.metrics_port,
+            host=settings.metrics_host,
+            ready=readiness,
+            stale_after=10.0,
+        )
+    sock = listener.sockets[0]
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if sock.family == socket.AF_INET6 else host
+    url = f"http://{shown}:{port}"
+    log.info("gateway listening", url=url, tenants=len(settings.tenants), ui=settings.gateway_ui)
+    if ready is not None:
+        ready(url)
+    try:
+        await stop.wait()
+    finally:
+        listener.close()
+        gateway.close_streams()
+        await runner.cleanup()
+        hub_stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await hub
+        beat.cancel()
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
+        await reader.aclose()
+        await redis.aclose()
+
+
+async def _beat(metrics: GatewayMetrics, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        metrics.beat()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=1.0)

@@ -1,0 +1,74 @@
+"""Server-sent events frames for the gateway: one event stream entry becomes one SSE event.
+
+``id:`` is the Redis entry id (what ``Last-Event-ID`` and ``after`` resume from), ``event:`` the
+event's ``type``, ``data:`` the event JSON exactly as stored. Every byte comes from Redis, where a
+raw ``XADD`` may have written anything: a type that is not a plain name is sent as ``unknown``, and
+a line break inside the data continues on a new ``data:`` line (an SSE client joins them with
+``\\n``), so no entry can forge a field or another event.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+import msgspec
+
+from ..events import TERMINAL_TYPES
+
+__all__ = ["Entry", "comment", "entry_of", "frame"]
+
+_TYPE: Final = re.compile(rb"[A-Za-z0-9_.-]{1,64}")
+_LINES: Final = re.compile(rb"\r\n|\r|\n")
+
+
+class _Typed(msgspec.Struct):
+    type: str = "unknown"
+
+
+_TYPED: Final = msgspec.json.Decoder(_Typed)
+
+
+class Entry(msgspec.Struct, frozen=True):
+    """One event stream entry: its id, its event type, its JSON as stored (None: no ``event`` field)."""
+
+    id: str
+    type: str
+    data: bytes | None
+
+    @property
+    def terminal(self) -> bool:
+        return self.type in TERMINAL_TYPES
+
+
+def _text(value: object) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def entry_of(entry_id: object, fields: object) -> Entry:
+    """An :class:`Entry` from a raw XREAD/XRANGE item; total over whatever Redis holds."""
+    raw = fields.get(b"event") if isinstance(fields, dict) else None
+    if not isinstance(raw, bytes):
+        return Entry(_text(entry_id), "unknown", None)
+    try:
+        kind = _TYPED.decode(raw).type
+    except (msgspec.DecodeError, RecursionError):
+        kind = "unknown"
+    except Exception:  # total: a decoder failure is the entry's fault
+        kind = "unknown"
+    if _TYPE.fullmatch(kind.encode("utf-8", "replace")) is None:
+        kind = "unknown"
+    return Entry(_text(entry_id), kind, raw)
+
+
+def frame(entry: Entry) -> bytes:
+    """The SSE bytes of ``entry`` (an entry with no event: a comment naming its id)."""
+    if entry.data is None:
+        return f": entry {entry.id} has no event field\n\n".encode()
+    data = b"\ndata: ".join(_LINES.split(entry.data))
+    return b"id: %s\nevent: %s\ndata: %s\n\n" % (entry.id.encode(), entry.type.encode(), data)
+
+
+def comment(text: str) -> bytes:
+    """An SSE comment line (ignored by clients; heartbeats and close reasons)."""
+    return b": " + _LINES.sub(b" ", text.encode()) + b"\n\n"
