@@ -124,13 +124,15 @@ lock: $(UV)
 	$(UV) pip compile pyproject.toml $(LOCK_FLAGS) -c requirements/dev.txt -o requirements/runtime.txt
 
 # make bench: tokenwire against a naive worker and the floor (bench/results/latest.json);
-# make bench QUICK=1: a subset in under two minutes.
+# make bench QUICK=1: a subset in under two minutes. Then the short-job scenario (bench/shortjobs.py:
+# tokenwire, the naive worker and arq, in its own environment bench/.arq-venv; bench/results/shortjobs.json).
 bench: $(DEV_STAMP) redis-server
 	$(BIN)/python -m bench.run $(if $(QUICK),--quick,)
 	$(if $(QUICK),,$(BIN)/python -m bench.run --scaling)
+	$(BIN)/python -m bench.shortjobs $(if $(QUICK),--quick,)
 
 clean:
-	rm -rf $(VENV) $(LATEST) dist build .mypy_cache .ruff_cache .pytest_cache .coverage
+	rm -rf $(VENV) $(LATEST) bench/.arq-venv dist build .mypy_cache .ruff_cache .pytest_cache .coverage
 
 # The image lane (README "Development"; needs root): deploy/Dockerfile executed without an engine on a debootstrap
 # root of the Debian release its base names (cached in /var/cache/tokenwire-image-root), then run with

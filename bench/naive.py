@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 
 from bench.jobloop import EVENTS_MAXLEN, BenchJob, parse_args, serve_jobs
 
-__all__ = ["main"]
+__all__ = ["main", "run_job"]
 
 _MAX_CONNECTIONS = 4096
 
@@ -36,7 +36,7 @@ def _token_event(job_id: str, index: int, token: dict[str, Any]) -> str:
     )
 
 
-async def _run_job(redis: Redis, http: httpx.AsyncClient, job: BenchJob) -> None:
+async def run_job(redis: Redis, http: httpx.AsyncClient, job: BenchJob) -> None:
     index = 0
     async with aconnect_sse(http, "POST", job.url, json=job.body) as source:
         source.response.raise_for_status()
@@ -61,7 +61,7 @@ async def _main() -> None:
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     try:
         async with httpx.AsyncClient(timeout=httpx.Timeout(60.0), limits=limits) as http:
-            await serve_jobs(args, redis, lambda job: _run_job(redis, http, job))
+            await serve_jobs(args, redis, lambda job: run_job(redis, http, job))
     finally:
         await redis.aclose()
 
