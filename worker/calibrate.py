@@ -291,9 +291,10 @@ def _interval(values: list[float]) -> Interval | None:
 
 
 def _setting(
-    signal: str, threshold: float, escalate_signals: frozenset[str]
+    signal: str, threshold: float, escalate_signals: frozenset[str], extra: dict[str, Any]
 ) -> tuple[dict[str, Any] | None, str]:
-    """The job setting that flags answers below ``threshold`` of ``signal``, and a note on it."""
+    """The job setting that flags answers below ``threshold`` of ``signal``, and a note on it.
+    ``extra``: the ``q`` / ``window`` the judged jobs' signals were computed with."""
     strong = "STRONGER-MODEL"
     t = round(threshold, 6)
     if signal in ("confidence", "mean_logprob"):
@@ -310,16 +311,35 @@ def _setting(
         )
     if signal in ("p10_prob", "quantile", "window_min", "margin") and "signal" in escalate_signals:
         name = "quantile" if signal == "p10_prob" else signal
-        escalate = {"model": strong, "signal": name, "below": t}
+        escalate = {"model": strong, "signal": name}
+        note = ""
         if signal == "p10_prob":
             escalate["q"] = 0.1
-        note = "" if signal == "p10_prob" else "with the q / window your judged jobs used"
+        elif signal == "quantile" and "q" in extra:
+            escalate["q"] = extra["q"]
+        elif signal == "window_min":
+            if "window" in extra:
+                escalate["window"] = extra["window"]
+            t = round(math.exp(min(0.0, threshold)), 6)
+            note = "window_min is a mean logprob: escalate compares exp(window_min)"
+        escalate["below"] = t
         return {"escalate": escalate}, note
     where = {"min_prob": "done.summary.min_prob", "mean_entropy_lb": "done.summary.mean_entropy_lb"}.get(
         signal, f"the {signal} signal"
     )
     relation = ">" if signal in UNCERTAINTY_SIGNALS else "<"
     return None, f"no job setting reads it: flag when {where} {relation} {t:g}"
+
+
+def _parameters(signal: str, labelled: Sequence[Feedback]) -> dict[str, Any]:
+    """The ``q`` and ``window`` the judged jobs computed their signals with, when all agree."""
+    extra: dict[str, Any] = {}
+    for key, field in (("q", "quantile_q"), ("window", "window")):
+        used = {getattr(f.signals, field) for f in labelled if getattr(f.signals, signal) is not None}
+        used.discard(None)
+        if len(used) == 1:
+            extra[key] = used.pop()
+    return extra
 
 
 def _escalate_fields() -> frozenset[str]:
@@ -349,11 +369,11 @@ def _signal_report(
     def shown(point: Point) -> Point:
         return msgspec.structs.replace(point, threshold=-point.threshold) if uncertain else point
 
-    setting, note = (
-        (None, "no threshold meets the target")
-        if chosen is None
-        else _setting(signal, -chosen.threshold if uncertain else chosen.threshold, escalate_signals)
-    )
+    if chosen is None:
+        setting, note = None, "no threshold meets the target"
+    else:
+        threshold = -chosen.threshold if uncertain else chosen.threshold
+        setting, note = _setting(signal, threshold, escalate_signals, _parameters(signal, labelled))
     report = SignalReport(
         signal=signal,
         flag="above" if uncertain else "below",

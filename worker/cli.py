@@ -16,6 +16,8 @@ from typing import Any
 import msgspec
 from redis.exceptions import RedisError
 
+from .calibrate_cli import COMMANDS as _CALIBRATION_COMMANDS
+from .calibrate_cli import add_commands as _add_calibration_commands
 from .client import Client, JobNotFound, SubscriptionTimeout
 from .connect import http_client, redis_client
 from .events import Cancelled, Done, Error, Start, Token
@@ -496,6 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     schema = command("schema", "write the JSON Schema and AsyncAPI files", connects=False)
     schema.add_argument("--dir", default="schemas", help="where (default ./schemas)")
     schema.add_argument("--check", action="store_true", help="exit 1 if the files are out of date")
+    _add_calibration_commands(command)  # feedback, calibrate
     return parser
 
 
@@ -529,6 +532,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], Coroutine[Any, Any
     "stats": _stats,
     "cancel": _cancel,
     "dead": _dead,
+    **_CALIBRATION_COMMANDS,
 }
 
 

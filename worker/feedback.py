@@ -203,7 +203,7 @@ async def _from_events(redis: Redis, keys: Keys, job_id: str) -> tuple[str, Sign
     if not isinstance(last, Done):
         kind = type(last).__name__.lower()
         raise FeedbackError("no_answer", f"job {job_id!r} ended with `{kind}`: it has no answer to judge")
-    need_tokens = getattr(last.summary, "p10_prob", None) is None
+    need_tokens = last.summary.p10_prob is None  # a worker before p10_prob, or nothing scored
     model, segments, logprobs = await _scan_attempt(redis, key, job_id, last.attempt)
     if not model:  # the attempt's start was trimmed off the stream: the state hash names the model
         state = await redis.hgetall(keys.state(job_id))

@@ -15,8 +15,9 @@ A signal is null when the job could not produce it (no scored token, no top-k, n
 - ``p10_prob``: the 10th-percentile token probability of the answer's scored tokens, nearest-rank
   (the ``ceil(0.1·n)``-th smallest sanitised probability): from ``done.summary`` when the worker
   published it, else computed from the attempt's token log-probabilities when given.
-- ``quantile``, ``window_min``, ``margin``: the routing signals of issue 13 §4, as ``done.summary``
-  carries them (``margin`` falls back to ``summary.mean_margin``, the same quantity).
+- ``quantile`` (at ``quantile_q``), ``window_min`` (over ``window`` tokens, a mean logprob) and
+  ``margin`` (``summary.mean_margin``): the routing signals of issue 13 §4, as ``done.summary``
+  carries them.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ class Signals(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=F
     window_min: float | None = None
     margin: float | None = None
     n_scored: int = 0
+    quantile_q: float | None = None
+    window: int | None = None
 
 
 SIGNAL_NAMES: Final[tuple[str, ...]] = (
@@ -124,7 +127,7 @@ def signals_of(
     log-probability of each answer token of the attempt (special tokens left out), used for
     ``p10_prob`` when the summary does not carry it."""
     summary = done.summary
-    p10 = _finite(getattr(summary, "p10_prob", None))
+    p10 = _finite(summary.p10_prob)
     if p10 is None and token_logprobs is not None:
         probs = []
         for raw in token_logprobs:
@@ -133,7 +136,6 @@ def signals_of(
                 probs.append(math.exp(lp))
         p10 = nearest_rank(probs, 0.1)
     means = [m for m in (_finite(x) for x in segment_means) if m is not None]
-    margin = _finite(getattr(summary, "margin", None))
     return Signals(
         confidence=_finite(done.confidence),
         mean_logprob=_finite(summary.mean_logprob),
@@ -141,8 +143,10 @@ def signals_of(
         mean_entropy_lb=_finite(summary.mean_entropy_lb),
         lowest_segment_mean=min(means) if means else _finite(getattr(summary, "lowest_segment_mean", None)),
         p10_prob=p10,
-        quantile=_finite(getattr(summary, "quantile", None)),
-        window_min=_finite(getattr(summary, "window_min", None)),
-        margin=margin if margin is not None else _finite(summary.mean_margin),
+        quantile=_finite(summary.quantile),
+        window_min=_finite(summary.window_min),
+        margin=_finite(summary.mean_margin),
         n_scored=summary.n_scored,
+        quantile_q=summary.quantile_q,
+        window=summary.window,
     )

@@ -70,7 +70,11 @@ def test_signals_of_a_done_are_its_summary_and_the_token_decile() -> None:
     # 7 tokens: the ceil(0.7) = 1st smallest probability is the decile
     assert signals.p10_prob == pytest.approx(math.exp(-2.5))
     assert signals.n_scored == 7
-    assert signals_of(done).p10_prob is None  # no tokens given, none in the summary
+    assert signals_of(done).p10_prob == signals.p10_prob  # the summary carries it too
+    assert signals.quantile_q == 0.1 and signals.window == 8 and signals.window_min is not None
+    older = msgspec.structs.replace(done, summary=msgspec.structs.replace(done.summary, p10_prob=None))
+    assert signals_of(older).p10_prob is None  # a worker before p10_prob, no tokens given
+    assert signals_of(older, token_logprobs=LOGPROBS).p10_prob == pytest.approx(math.exp(-2.5))
 
 
 def test_nearest_rank() -> None:
@@ -84,6 +88,7 @@ def test_nearest_rank() -> None:
 
 def test_the_decile_skips_unscored_tokens_and_floors_sentinels() -> None:
     done = done_of([-0.1])
+    done = msgspec.structs.replace(done, summary=msgspec.structs.replace(done.summary, p10_prob=None))
     signals = signals_of(done, token_logprobs=[None, float("nan"), 5.0, -9999.0, *[-0.1] * 9])
     assert signals.p10_prob == pytest.approx(math.exp(-20.0))  # -9999 is floored to F = -20
 

@@ -41,6 +41,7 @@ from worker.sim.faults import (
     parse_directives,
 )
 from worker.sim.generate import SimToken, TokenSource, filler_token, stream_seed
+from worker.sim.labelled import labelled_events
 from worker.sim.openai_api import CHAT, COMPLETIONS
 
 __all__ = [
@@ -260,7 +261,10 @@ class _Stream:
             force_utf8_split=d.utf8split,
         )
         n_content, eos = _lengths(sim, d, self.config.default_max_tokens)
-        for token, reason in source.events(n_content, eos=eos, stop=sim.stop):
+        events = source.events(n_content, eos=eos, stop=sim.stop)
+        if d.labelled is not None:  # known ground truth for calibration (worker.sim.labelled)
+            events = labelled_events(events, sim.prompt, d.labelled, d.correct_rate)
+        for token, reason in events:
             if self.fault is not None and (self.sent >= d.after or reason is not None):
                 fault, self.fault = self.fault, None
                 if await self._fire(fault, source):
