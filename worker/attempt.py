@@ -21,6 +21,7 @@ from .events import Cancelled, Done, Error, Escalation, Token, TopkMetrics, TopL
 from .keys import Keys
 from .outcome import Escalate, Failed, Fenced, Finished, WriteFailed
 from .publisher import Publisher, Sink
+from .ratelimit import Budgets
 from .redact import Redactor, check_api_key, installed
 from .settings import Settings
 from .upstream.adapters import Adapter
@@ -47,6 +48,7 @@ class AttemptContext:
     limits: StreamLimits
     environ: Mapping[str, str]
     redactor: Redactor = field(default_factory=installed)
+    budgets: Budgets | None = None  # the providers' shared budgets (worker.ratelimit)
 
 
 def _finite(value: float | None) -> float | None:
@@ -121,7 +123,10 @@ class Attempt:
         headers = {"Content-Type": "application/json"}
         if key is not None:
             headers["Authorization"] = f"Bearer {key}"
-        async with open_sse(ctx.http, url, body, headers, ctx.limits) as events:
+        budgets = ctx.budgets or Budgets(None, ctx.keys, ctx.settings)  # waits out 429s (ratelimit)
+        request = lambda: open_sse(ctx.http, url, body, headers, ctx.limits)  # noqa: E731
+        opened = budgets.request(admitted, self.deadline, request, self.tokens_used)
+        async with opened as events:
             publisher = ctx.publisher
             async for data in events:
                 parsed = adapter.parse(data)
@@ -138,6 +143,14 @@ class Attempt:
                 if parsed.closed or self._escalate is not None or not self.sink.ok:
                     break
         return self._ended()
+
+    def tokens_used(self) -> int:
+        """Tokens this attempt's request used so far: the provider's prompt count (else the
+        estimate the budget reserved) and the tokens received (settled on the shared budget)."""
+        prompt = self.usage_in
+        if prompt is None:
+            prompt = math.ceil(self.job.prompt_chars / 4)
+        return prompt + self.seq
 
     def _ended(self) -> Finished | Escalate | None:
         """How the stream that was read ended; None when its sink failed."""

@@ -43,6 +43,11 @@ class Keys:
     def events(self, job_id: str) -> str:
         return f"{self.prefix}:job:{{{job_id}}}:events"
 
+    def budget(self, scope: str) -> tuple[str, str, str, str]:
+        """A budget scope's keys (state, slots, queue, waiters), all in the slot of ``{scope}``."""
+        base = f"{self.prefix}:budget:{{{scope}}}"
+        return f"{base}:state", f"{base}:slots", f"{base}:queue", f"{base}:waiters"
+
 
 def as_text(value: object) -> str:
     """A Redis reply item as text (replies are bytes unless the client decodes them); bytes that are

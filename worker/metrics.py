@@ -85,6 +85,25 @@ class Metrics:
             ["task"],
             registry=registry,
         )
+        self.provider_waiting = Gauge(
+            "tokenwire_provider_waiting_jobs",
+            "Jobs of this process waiting for their provider's shared budget (worker.ratelimit)",
+            ["provider"],
+            registry=registry,
+        )
+        self.provider_budget = Gauge(
+            "tokenwire_provider_budget",
+            "A provider's shared budget as last read from Redis, by limit: concurrency (the AIMD limit, "
+            "+Inf when unbounded), requests_per_minute and tokens_per_minute (scaled by the AIMD factor)",
+            ["provider", "limit"],
+            registry=registry,
+        )
+        self.provider_throttled = Counter(
+            "tokenwire_provider_throttled",
+            "HTTP 429 answers from a provider (each cuts its shared budget; the job waits, no attempt spent)",
+            ["provider"],
+            registry=registry,
+        )
         self.alive_at = time.monotonic()
 
     def beat(self) -> None:

@@ -22,6 +22,7 @@ from .oom import outlast_oom
 from .outcome import Escalate, Failed, Fenced, Finished, Outcome, Skipped, WriteFailed
 from .publisher import EventGap, Publisher
 from .queue import Delivery, JobQueue
+from .ratelimit import Budgets
 from .redact import Redactor, installed
 from .settings import Settings
 from .store import JobStore
@@ -65,6 +66,7 @@ class Runner:
         environ: Mapping[str, str] | None = None,
         metrics: Metrics | None = None,
         redactor: Redactor | None = None,
+        budgets: Budgets | None = None,
     ) -> None:
         self.settings = settings
         self.redactor = installed() if redactor is None else redactor
@@ -82,6 +84,7 @@ class Runner:
             limits=StreamLimits.from_settings(settings, max_tokens=settings.max_tokens_cap),
             environ=os.environ if environ is None else environ,
             redactor=self.redactor,
+            budgets=budgets or Budgets(None, store.keys, settings, self.metrics),
         )
 
     async def handle(self, delivery: Delivery, control: Control | None = None) -> None:

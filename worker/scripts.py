@@ -14,6 +14,10 @@ from typing import Final
 __all__ = [
     "ACK",
     "BEGIN",
+    "BUDGET_ACQUIRE",
+    "BUDGET_RELEASE",
+    "BUDGET_RENEW",
+    "BUDGET_THROTTLE",
     "CANCEL",
     "DEAD",
     "ENQUEUE",
@@ -251,4 +255,212 @@ if #redis.call('XRANGE', KEYS[2], ARGV[1], ARGV[1]) == 0 then return false end
 local id = redis.call('XADD', KEYS[1], '*', 'job', ARGV[2])
 redis.call('XDEL', KEYS[2], ARGV[1])
 return id
+"""
+
+# --- shared provider budgets (worker.ratelimit) -------------------------------------------------
+# One budget scope (a provider, or a provider's model) owns four keys under one hash tag (one slot):
+# state (hash: AIMD `limit` and `factor`, `blocked` until, `cut` time, the request and token buckets
+# `rl`/`rts` and `tl`/`tts`, the fairness `hold`, counters), slots (zset: ticket -> lease expiry ms),
+# queue (zset: ticket -> arrival number, the FIFO of waiting requests), waiters (hash: ticket -> expiry
+# ms). Time is Redis's own (TIME), so workers' clocks never disagree. Buckets hold one sixth of the
+# per-minute amount (ten seconds' worth) and refill continuously; both and the concurrency limit
+# scale with the AIMD state. Numbers travel as strings (Lua floats would be truncated in replies).
+_BUDGET_PRELUDE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function level(value, ts, cap, rate)
+  if not value then return cap end
+  local l = tonumber(value) + (now - tonumber(ts)) * rate
+  if l > cap then l = cap end
+  return l
+end
+local function expire(ttl)
+  for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ttl) end
+end
+"""
+
+# Ask for a budget: a concurrency slot (leased until now + slot_ttl), one request and `cost` tokens.
+# A request waits in the FIFO queue; only the first ones (twice the free slots) may take a slot, and
+# when the first is short of rate budget it holds the rate budget for itself (nobody overtakes it).
+# KEYS: state, slots, queue, waiters. ARGV: ticket, slot_ttl_ms, waiter_ttl_ms, max_concurrency
+# (0: none), requests_per_minute (0: none), tokens_per_minute (0: none), cost, key_ttl_ms.
+# Returns {granted 0|1, wait_ms hint (0: unknown), reason, limit ('' unbounded), in_use, waiting,
+# now_ms, reserved tokens, rate factor}. reason: granted | retry_after | concurrency | fairness | rate.
+BUDGET_ACQUIRE: Final = (
+    _BUDGET_PRELUDE
+    + """
+local ticket = ARGV[1]
+local maxc, rpm, tpm = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local cost = tonumber(ARGV[7])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+if not redis.call('ZSCORE', KEYS[3], ticket) then
+  redis.call('ZADD', KEYS[3], redis.call('HINCRBY', KEYS[1], 'seq', 1), ticket)
+end
+redis.call('HSET', KEYS[4], ticket, now + tonumber(ARGV[3]))
+for i = 1, 32 do
+  local head = redis.call('ZRANGE', KEYS[3], 0, 0)[1]
+  if not head then break end
+  if tonumber(redis.call('HGET', KEYS[4], head) or '0') >= now then break end
+  redis.call('ZREM', KEYS[3], head)
+  redis.call('HDEL', KEYS[4], head)
+end
+local f = redis.call('HMGET', KEYS[1], 'limit', 'factor', 'blocked', 'hold', 'hold_exp',
+                     'rl', 'rts', 'tl', 'tts')
+local limit = tonumber(f[1])
+if maxc > 0 and (limit == nil or limit > maxc) then limit = maxc end
+local factor = tonumber(f[2]) or 1
+local inuse = redis.call('ZCARD', KEYS[2])
+local waiting = redis.call('ZCARD', KEYS[3])
+local shown = limit and tostring(limit) or ''
+local ttl = tonumber(ARGV[8])
+local function refuse(wait, why)
+  expire(ttl)
+  return {0, tostring(math.ceil(wait)), why, shown, inuse, waiting, now, '0', tostring(factor)}
+end
+local blocked = tonumber(f[3]) or 0
+if blocked > now then return refuse(blocked - now, 'retry_after') end
+local rank = redis.call('ZRANK', KEYS[3], ticket)
+if limit then
+  local free = math.max(1, math.floor(limit)) - inuse
+  if rank >= 2 * free then return refuse(0, 'concurrency') end
+end
+local hold = f[4]
+if hold and hold ~= ticket and tonumber(f[5] or '0') > now and redis.call('ZSCORE', KEYS[3], hold) then
+  return refuse(0, 'fairness')
+end
+local wait, rl, tl = 0, nil, nil
+if rpm > 0 then
+  local cap, rate = math.max(1, rpm * factor / 6), rpm * factor / 60000
+  rl = level(f[6], f[7], cap, rate)
+  if rl < 1 then wait = math.max(wait, (1 - rl) / rate) end
+end
+if tpm > 0 then
+  local cap, rate = math.max(1, tpm * factor / 6), tpm * factor / 60000
+  if cost > cap then cost = cap end
+  tl = level(f[8], f[9], cap, rate)
+  if tl < cost then wait = math.max(wait, (cost - tl) / rate) end
+end
+if wait > 0 then
+  if rank == 0 then
+    redis.call('HSET', KEYS[1], 'hold', ticket, 'hold_exp', now + math.ceil(wait) + tonumber(ARGV[3]))
+  end
+  return refuse(wait, 'rate')
+end
+if rl then redis.call('HSET', KEYS[1], 'rl', tostring(rl - 1), 'rts', now) end
+if tl then redis.call('HSET', KEYS[1], 'tl', tostring(tl - cost), 'tts', now) else cost = 0 end
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ticket)
+redis.call('ZREM', KEYS[3], ticket)
+redis.call('HDEL', KEYS[4], ticket)
+if hold == ticket then redis.call('HDEL', KEYS[1], 'hold', 'hold_exp') end
+redis.call('HINCRBY', KEYS[1], 'granted', 1)
+expire(ttl)
+return {1, '0', 'granted', shown, inuse + 1, waiting - 1, now, tostring(cost), tostring(factor)}
+"""
+)
+
+# Settle a request: free its slot (or its place in the queue, when it stops waiting), give back
+# the tokens it reserved but did not use (a negative refund takes more), and on success grow the
+# budget additively (the concurrency limit by 1/limit per success, about one per round of the
+# limit; the rate factor by RATE_STEP), up to the configured limit (where the AIMD state is
+# dropped: back to the setting).
+# KEYS: state, slots, queue, waiters. ARGV: ticket, outcome (ok | fail), refund, max_concurrency,
+# tokens_per_minute, key_ttl_ms, rate step. Returns {limit ('' unbounded), in_use, waiting, factor}.
+BUDGET_RELEASE: Final = (
+    _BUDGET_PRELUDE
+    + """
+local maxc, tpm, refund = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[3])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[1])
+local f = redis.call('HMGET', KEYS[1], 'limit', 'factor', 'tl', 'tts')
+local factor = tonumber(f[2]) or 1
+if tpm > 0 and refund ~= 0 then
+  local cap, rate = math.max(1, tpm * factor / 6), tpm * factor / 60000
+  local tl = level(f[3], f[4], cap, rate) + refund
+  if tl > cap then tl = cap end
+  redis.call('HSET', KEYS[1], 'tl', tostring(tl), 'tts', now)
+end
+local limit = tonumber(f[1])
+if ARGV[2] == 'ok' then
+  if limit then
+    limit = limit + 1 / math.max(1, limit)
+    if maxc > 0 and limit >= maxc then
+      redis.call('HDEL', KEYS[1], 'limit')
+      limit = maxc
+    else
+      redis.call('HSET', KEYS[1], 'limit', tostring(limit))
+    end
+  end
+  if f[2] then
+    factor = factor + tonumber(ARGV[7])
+    if factor >= 1 then redis.call('HDEL', KEYS[1], 'factor') else
+      redis.call('HSET', KEYS[1], 'factor', tostring(factor)) end
+  end
+end
+if maxc > 0 and (limit == nil or limit > maxc) then limit = maxc end
+expire(tonumber(ARGV[6]))
+return {limit and tostring(limit) or '', redis.call('ZCARD', KEYS[2]), redis.call('ZCARD', KEYS[3]),
+        tostring(factor)}
+"""
+)
+
+# A granted request was refused by the provider (HTTP 429): free its slot, give back its tokens,
+# pause the scope until Retry-After, and cut the budget multiplicatively: the concurrency limit to
+# beta x min(limit, slots in use), the rate factor to beta x factor (at least MIN_FACTOR). Only
+# once per round: a request granted before the last cut does not cut again (its 429 answers the
+# old budget).
+# KEYS: state, slots, queue, waiters. ARGV: ticket, granted_ms, retry_after_ms (0: none),
+# max_concurrency, tokens_per_minute, refund, key_ttl_ms, beta, min factor.
+# Returns {cut 0|1, limit, blocked_ms (0: not paused)}.
+BUDGET_THROTTLE: Final = (
+    _BUDGET_PRELUDE
+    + """
+local maxc, tpm = tonumber(ARGV[4]), tonumber(ARGV[5])
+local beta = tonumber(ARGV[8])
+local inuse = redis.call('ZCARD', KEYS[2])
+if redis.call('ZREM', KEYS[2], ARGV[1]) == 0 then inuse = inuse + 1 end
+redis.call('HINCRBY', KEYS[1], 'throttled', 1)
+local f = redis.call('HMGET', KEYS[1], 'limit', 'factor', 'cut', 'blocked', 'tl', 'tts')
+local factor = tonumber(f[2]) or 1
+local blocked = tonumber(f[4]) or 0
+local ra = tonumber(ARGV[3])
+if ra > 0 and now + ra > blocked then
+  blocked = now + ra
+  redis.call('HSET', KEYS[1], 'blocked', blocked)
+end
+local limit = tonumber(f[1])
+if maxc > 0 and (limit == nil or limit > maxc) then limit = maxc end
+local cut = 0
+if tonumber(ARGV[2]) >= (tonumber(f[3]) or 0) then
+  local base = inuse
+  if limit and limit < base then base = limit end
+  limit = math.max(1, base * beta)
+  factor = math.max(tonumber(ARGV[9]), factor * beta)
+  redis.call('HSET', KEYS[1], 'limit', tostring(limit), 'factor', tostring(factor), 'cut', now)
+  cut = 1
+end
+local refund = tonumber(ARGV[6])
+if tpm > 0 and refund ~= 0 then
+  local cap, rate = math.max(1, tpm * factor / 6), tpm * factor / 60000
+  local tl = level(f[5], f[6], cap, rate) + refund
+  if tl > cap then tl = cap end
+  redis.call('HSET', KEYS[1], 'tl', tostring(tl), 'tts', now)
+end
+expire(tonumber(ARGV[7]))
+local left = 0
+if blocked > now then left = blocked - now end
+return {cut, limit and tostring(limit) or '', left}
+"""
+)
+
+# Extend the slot leases of requests still running (a crashed worker stops doing this, and its
+# slots free themselves when their lease ends; an expired one is not re-added). KEYS: slots.
+# ARGV: slot_ttl_ms, key_ttl_ms, tickets... Returns the number of tickets renewed.
+BUDGET_RENEW: Final = """
+local t = redis.call('TIME')
+local until_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
+local n = 0
+for i = 3, #ARGV do n = n + redis.call('ZADD', KEYS[1], 'XX', 'CH', until_ms, ARGV[i]) end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return n
 """

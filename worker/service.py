@@ -32,6 +32,7 @@ from .lease import LeaseKeeper
 from .metrics import Metrics, serve_metrics
 from .publisher import Publisher
 from .queue import Delivery, JobQueue
+from .ratelimit import Budgets
 from .runner import Control, Runner
 from .settings import Settings
 from .stats import collect_stats
@@ -92,6 +93,7 @@ class Worker:
         self.metrics = Metrics()
         self.publisher = Publisher(redis, maxlen=settings.events_maxlen, on_batch=self.metrics.batch_written)
         self.leases = LeaseKeeper(redis, self.keys, self.consumer, settings.lease_seconds)
+        self.budgets = Budgets(redis, self.keys, settings, self.metrics)  # shared provider budgets
         self.runner = Runner(
             settings=settings,
             store=self.store,
@@ -100,6 +102,7 @@ class Worker:
             http=http,
             adapters=adapters or default_adapters(),
             metrics=self.metrics,
+            budgets=self.budgets,
         )
         self.supervisor = Supervisor(self.metrics.task_restarts)
         self.jobs: dict[str, _Job] = {}
@@ -133,6 +136,7 @@ class Worker:
             supervise("heartbeat", self._heartbeat),
             supervise("publisher", self.publisher.run),
             supervise("leases", self.leases.run),
+            supervise("budgets", self.budgets.run),
             supervise("reclaim", self._reclaim_loop),
         ]
         listener = supervise("cancel", self._cancel_listener)

@@ -18,7 +18,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import SplitResult, parse_qs, quote, unquote, unquote_plus, urlsplit, urlunsplit
 
 import msgspec
@@ -45,6 +45,23 @@ class Provider(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     api_key_env: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$(?!\n)")] | None = None
     supports_top_n_tokens: bool = False
     max_top_n_tokens: Annotated[int, msgspec.Meta(ge=0, le=20)] = 5
+    # Shared budgets, enforced across every worker through Redis (worker.ratelimit); none set: no
+    # shared budget (a 429 still waits instead of spending attempts). ``limits_per = "model"`` gives
+    # each of the provider's models its own budget of these sizes.
+    max_concurrency: Annotated[int, msgspec.Meta(ge=1, le=100_000)] | None = None
+    requests_per_minute: Annotated[float, msgspec.Meta(gt=0, le=10_000_000)] | None = None
+    tokens_per_minute: Annotated[int, msgspec.Meta(ge=1, le=10_000_000_000)] | None = None
+    limits_per: Literal["provider", "model"] = "provider"
+
+    @property
+    def limited(self) -> bool:
+        """Whether the provider has a shared budget (any of the three limits set)."""
+        return not (
+            self.max_concurrency is None
+            and self.requests_per_minute is None
+            and self.tokens_per_minute is None
+        )
+
 
     def url_for(self, api: str) -> str | None:
         url: str | None = {
@@ -154,6 +171,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             )
         if self.default_max_tokens > self.max_tokens_cap:
             raise _InvalidSetting("default_max_tokens", "above max_tokens_cap")
+        for name, provider in self.providers.items():
+            if provider.limited and ("{" in name or "}" in name):
+                raise _InvalidSetting(
+                    f"providers.{name}",
+                    "a provider with limits needs a name without braces (its Redis hash tag)",
+                )
         _check_tenants(self.tenants)
 
     def all_providers(self) -> dict[str, Provider]:

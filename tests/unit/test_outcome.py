@@ -178,7 +178,7 @@ async def test_a_complete_stream_finishes_with_done_and_its_token_count(rig: _Ri
     assert await rig.redis.xlen("t:job:{j1}:events") == 3
 
 
-@pytest.mark.parametrize(("status", "retryable"), [(503, True), (429, True), (400, False)])
+@pytest.mark.parametrize(("status", "retryable"), [(503, True), (400, False)])
 async def test_an_http_error_fails_saying_whether_a_retry_may_help(
     rig: _Rig, status: int, retryable: bool
 ) -> None:
@@ -186,6 +186,23 @@ async def test_an_http_error_fails_saying_whether_a_retry_may_help(
     assert isinstance(outcome, Failed)
     assert (outcome.error.status, outcome.error.retryable) == (status, retryable)
 
+
+async def test_a_429_waits_within_the_attempt_and_the_next_answer_streams(rig: _Rig) -> None:
+    """A 429 is no failure of the attempt: it waits (Retry-After) and asks again (worker.ratelimit)."""
+    answers = [httpx.Response(429, headers={"retry-after-ms": "10"}, content=b"{}")] * 2
+    answers.append(httpx.Response(200, headers=SSE, content=sse(token("a"), final())))
+    transport = httpx.MockTransport(lambda _: answers.pop(0))
+    outcome = await run(rig.context(transport), admitted())
+    assert isinstance(outcome, Finished) and isinstance(outcome.terminal, Done), outcome
+    assert answers == []
+
+
+async def test_429s_until_the_deadline_fail_rate_limited_not_retryable(rig: _Rig) -> None:
+    transport = httpx.MockTransport(lambda _: httpx.Response(429, headers={"retry-after-ms": "50"}))
+    outcome = await run(rig.context(transport), admitted(), deadline=0.3)
+    assert isinstance(outcome, Failed)
+    assert (outcome.error.code, outcome.error.retryable) == ("rate_limited", False)
+    assert "job_deadline_seconds" in outcome.error.message
 
 async def test_a_stream_cut_before_its_end_fails_retryably(rig: _Rig) -> None:
     outcome = await run(rig.context(replies(sse(token("a")))), admitted())

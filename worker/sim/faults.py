@@ -113,6 +113,12 @@ class Directives(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     per_chunk: Annotated[int, msgspec.Meta(ge=1, le=256)] = 1  # tokens per chunk (not together)
     nolp_every: NonNegInt = 0  # every Nth token arrives with its text but without logprobs
     sentinel: bool = False  # very unlikely tokens report -9999.0 (openai, vllm)
+    # a provider's rate limit (worker.sim.limits): at most `limit` streams at once and `limit_rps`
+    # requests a second, per base model or over the server; 429 beyond, asking to wait `limit_retry_after`
+    limit: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = None
+    limit_rps: Annotated[float, msgspec.Meta(gt=0.0, le=1_000_000.0)] | None = None
+    limit_scope: Literal["model", "server"] = "model"
+    limit_retry_after: Annotated[float, msgspec.Meta(ge=0.0, le=3600.0)] = 0.5
     # worker.sim.labelled: answers right or wrong by construction (separation D), for calibration
     labelled: Annotated[float, msgspec.Meta(ge=0.0, le=10.0)] | None = None
     correct_rate: Annotated[float, msgspec.Meta(gt=0.0, lt=1.0)] = 0.7  # with labelled

@@ -41,6 +41,7 @@ from worker.sim.faults import (
     parse_directives,
 )
 from worker.sim.generate import SimToken, TokenSource, filler_token, stream_seed
+from worker.sim.limits import LimitCounts, Limiter, refusal_headers
 from worker.sim.labelled import labelled_events
 from worker.sim.openai_api import CHAT, COMPLETIONS
 
@@ -97,6 +98,7 @@ class SimStats(msgspec.Struct, kw_only=True):
     streams_completed: int = 0  # final event sent
     events_sent: int = 0
     faults: dict[str, int] = msgspec.field(default_factory=dict)
+    limits: dict[str, LimitCounts] = msgspec.field(default_factory=dict)  # the limit directives
 
     def count_request(self, key: str) -> int:
         self.total_requests += 1
@@ -174,6 +176,10 @@ class _State:
     stats: SimStats = dataclass_field(default_factory=SimStats)
     streams: set[asyncio.Task[Any]] = dataclass_field(default_factory=set)  # for shutdown
     bombs: asyncio.Lock = dataclass_field(default_factory=asyncio.Lock)  # one bomb built at a time
+    limiter: Limiter = dataclass_field(init=False)  # the limit directives (counts in stats.limits)
+
+    def __post_init__(self) -> None:
+        self.limiter = Limiter(self.stats.limits)
 
 
 _STATE = web.AppKey("tokenwire_sim_state", _State)
@@ -442,6 +448,22 @@ async def _handle(request: web.Request, dialect: Dialect) -> web.StreamResponse:
         stats.total_requests += 1
         return _json(exc.payload, exc.status)
     n = stats.count_request(sim.key)
+    scope = state.limiter.admit(sim.model, sim.directives)
+    if scope is None:  # beyond the limit: 429, as the provider would
+        limited = msgspec.structs.replace(sim.directives, status=429, body="json", retry_after=None)
+        reply = dialect.status_reply(limited)
+        headers = {**reply.headers, **refusal_headers(sim.directives), "Content-Type": reply.content_type}
+        return web.Response(status=429, body=reply.body, headers=headers)
+    try:
+        return await _serve(request, dialect, sim, encoder, n)
+    finally:
+        state.limiter.release(scope)
+
+
+async def _serve(
+    request: web.Request, dialect: Dialect, sim: SimRequest, encoder: Encoder, n: int
+) -> web.StreamResponse:
+    stats = request.app[_STATE].stats
     fault = sim.directives.fault if fault_applies(sim.directives, n) else None
     if fault is not None:
         stats.faults[fault] = stats.faults.get(fault, 0) + 1
