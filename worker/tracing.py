@@ -1,0 +1,161 @@
+"""OpenTelemetry spans for jobs, attempts and upstream requests, and the W3C trace context a job
+carries from its producer.
+
+Only the OpenTelemetry *API* is used (``pip install tokenwire[otel]``): with no SDK configured in
+the process its tracer makes non-recording spans, and without the package every function here is a
+no-op, so tracing costs nothing unless an application sets up an SDK (and an exporter) before it
+runs the worker. Spans follow the GenAI semantic conventions:
+
+- ``tokenwire.job`` (kind CONSUMER), child of the producer's span when the job carries a
+  ``traceparent`` (``Client.enqueue`` injects the caller's current context; a raw ``XADD`` may set
+  one): ``tokenwire.job.id``, ``gen_ai.request.model``, ``gen_ai.provider.name``, ``messaging.*``.
+- ``tokenwire.attempt`` (INTERNAL) per attempt: ``tokenwire.attempt``, the model and provider of
+  that attempt (an escalation has its own), and at its end ``gen_ai.usage.input_tokens``,
+  ``gen_ai.usage.output_tokens``, ``gen_ai.response.finish_reasons`` or ``error.type``.
+- ``{operation} {model}`` (CLIENT) per upstream request (``gen_ai.operation.name``: ``chat``,
+  ``text_completion``, ``generate_content``), with ``server.address``/``server.port``.
+
+The job's ``traceparent`` is also echoed on its ``start`` events.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+__all__ = [
+    "TRACEPARENT_PATTERN",
+    "attempt_span",
+    "current_traceparent",
+    "end_attempt",
+    "job_span",
+    "request_span",
+]
+
+TRACEPARENT_PATTERN = r"^00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$(?!\n)"
+"""A W3C ``traceparent`` of version 00 (lowercase hex, ids not all zero), as the job schema takes it."""
+_TRACEPARENT = re.compile(TRACEPARENT_PATTERN)
+_OPERATION = {"chat": "chat", "responses": "chat", "gemini": "generate_content"}
+_TRACER_NAME = "tokenwire"
+
+
+def _otel() -> Any | None:
+    """The ``opentelemetry.trace`` module, or None when the API is not installed."""
+    try:
+        from opentelemetry import trace
+    except ImportError:
+        return None
+    return trace
+
+
+def current_traceparent() -> str | None:
+    """The caller's current span context as a ``traceparent`` (None without a valid one)."""
+    trace = _otel()
+    if trace is None:
+        return None
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    carrier: dict[str, str] = {}
+    TraceContextTextMapPropagator().inject(carrier)
+    value = carrier.get("traceparent")
+    return value if value is not None and _TRACEPARENT.match(value) else None
+
+
+def _parent(traceparent: str | None) -> Any:
+    if traceparent is None or not _TRACEPARENT.match(traceparent):
+        return None
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    return TraceContextTextMapPropagator().extract({"traceparent": traceparent})
+
+
+@contextlib.contextmanager
+def job_span(
+    job_id: str, model: str, provider: str, api: str, traceparent: str | None, queue: str
+) -> Iterator[Any]:
+    """The span of one job's handling by this worker (every attempt and the terminal event)."""
+    trace = _otel()
+    if trace is None:
+        yield None
+        return
+    attributes = {
+        "tokenwire.job.id": job_id,
+        "gen_ai.request.model": model,
+        "gen_ai.provider.name": provider,
+        "tokenwire.api": api,
+        "messaging.system": "redis",
+        "messaging.destination.name": queue,
+        "messaging.operation.type": "process",
+    }
+    tracer = trace.get_tracer(_TRACER_NAME)
+    with tracer.start_as_current_span(
+        "tokenwire.job", context=_parent(traceparent), kind=trace.SpanKind.CONSUMER, attributes=attributes
+    ) as span:
+        yield span
+
+
+@contextlib.contextmanager
+def attempt_span(attempt: int, model: str, provider: str, api: str) -> Iterator[Any]:
+    trace = _otel()
+    if trace is None:
+        yield None
+        return
+    attributes = {
+        "tokenwire.attempt": attempt,
+        "gen_ai.request.model": model,
+        "gen_ai.provider.name": provider,
+        "tokenwire.api": api,
+    }
+    with trace.get_tracer(_TRACER_NAME).start_as_current_span(
+        "tokenwire.attempt", attributes=attributes
+    ) as span:
+        yield span
+
+
+def end_attempt(
+    span: Any,
+    *,
+    input_tokens: int | None = None,
+    output_tokens: int | None = None,
+    finish_reasons: Sequence[str] = (),
+    error: str | None = None,
+) -> None:
+    """Usage and outcome on an attempt's span (a no-op on None or a non-recording span)."""
+    if span is None or not span.is_recording():
+        return
+    if input_tokens is not None:
+        span.set_attribute("gen_ai.usage.input_tokens", input_tokens)
+    if output_tokens is not None:
+        span.set_attribute("gen_ai.usage.output_tokens", output_tokens)
+    if finish_reasons:
+        span.set_attribute("gen_ai.response.finish_reasons", list(finish_reasons))
+    if error is not None:
+        from opentelemetry.trace import Status, StatusCode
+
+        span.set_attribute("error.type", error)
+        span.set_status(Status(StatusCode.ERROR, error))
+
+
+@contextlib.contextmanager
+def request_span(api: str, model: str, url: str) -> Iterator[Any]:
+    """The upstream request (headers sent until the stream is closed). The URL's host and port
+    only: a path or query may hold a key."""
+    trace = _otel()
+    if trace is None:
+        yield None
+        return
+    operation = _OPERATION.get(api, "text_completion")
+    parts = urlsplit(url)
+    attributes: dict[str, Any] = {"gen_ai.operation.name": operation, "gen_ai.request.model": model}
+    if parts.hostname:
+        attributes["server.address"] = parts.hostname
+    with contextlib.suppress(ValueError):
+        if parts.port is not None:
+            attributes["server.port"] = parts.port
+    with trace.get_tracer(_TRACER_NAME).start_as_current_span(
+        f"{operation} {model}", kind=trace.SpanKind.CLIENT, attributes=attributes
+    ) as span:
+        yield span
