@@ -14,6 +14,7 @@ import msgspec
 import yaml
 
 from .events import Event
+from .feedback import FEEDBACK_MAXLEN, Feedback
 from .jobs import Job
 from .keys import GROUP, Keys, cancel_message
 
@@ -153,7 +154,8 @@ def asyncapi() -> dict[str, Any]:
     job, event = job_schema(), event_schema()
     job_defs = job.pop("$defs", {})
     event_defs = event.pop("$defs", {})
-    schemas = {**job_defs, **event_defs}
+    feedback = _cleaned(msgspec.json.schema(Feedback))
+    schemas = {**job_defs, **event_defs, **feedback.pop("$defs", {})}
     example = Keys("tokenwire")
     return {
         "asyncapi": "3.1.0",
@@ -202,6 +204,18 @@ def asyncapi() -> dict[str, Any]:
                 "parameters": {"prefixTag": {"$ref": "#/components/parameters/prefixTag"}},
                 "messages": {"deadLetter": {"$ref": "#/components/messages/deadLetter"}},
             },
+            "feedback": {
+                "address": "{prefixTag}:feedback",
+                "description": (
+                    "Ground truth for calibration: one entry per judgement of a job's answer, with one "
+                    "field `feedback` (`Client.feedback`, `tokenwire feedback`, `tokenwire review "
+                    "resolve`). Capped at about "
+                    f"{FEEDBACK_MAXLEN:,} entries (XADD MAXLEN ~); readers (`tokenwire calibrate`) keep the "
+                    "last judgement of each job id."
+                ),
+                "parameters": {"prefixTag": {"$ref": "#/components/parameters/prefixTag"}},
+                "messages": {"feedback": {"$ref": "#/components/messages/feedback"}},
+            },
             "cancel": {
                 "address": "{prefix}:cancel",
                 "description": (
@@ -220,6 +234,8 @@ def asyncapi() -> dict[str, Any]:
             "publishEvents": {"action": "send", "channel": {"$ref": "#/channels/events"}},
             "subscribeEvents": {"action": "receive", "channel": {"$ref": "#/channels/events"}},
             "readDeadLetters": {"action": "receive", "channel": {"$ref": "#/channels/dead"}},
+            "recordFeedback": {"action": "send", "channel": {"$ref": "#/channels/feedback"}},
+            "readFeedback": {"action": "receive", "channel": {"$ref": "#/channels/feedback"}},
             "requestCancel": {"action": "send", "channel": {"$ref": "#/channels/cancel"}},
             "listenForCancel": {"action": "receive", "channel": {"$ref": "#/channels/cancel"}},
         },
@@ -229,6 +245,7 @@ def asyncapi() -> dict[str, Any]:
                 "job": {"name": "job", "payload": _rebase(job)},
                 "event": {"name": "event", "payload": _rebase(event)},
                 "deadLetter": {"name": "deadLetter", "payload": _dead_letter()},
+                "feedback": {"name": "feedback", "payload": _rebase(feedback)},
                 "cancel": {"name": "cancel", "contentType": "text/plain", "payload": _cancel_message()},
             },
             "schemas": _rebase(schemas),

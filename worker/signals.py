@@ -43,7 +43,13 @@ __all__ = [
 
 
 class Signals(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
-    """The signals a ``done`` carried (see the module doc). ``n_scored`` is the answer's scored tokens."""
+    """The confidence signals a job's ``done`` carried, null when the job could not produce one.
+    Higher means more confident, except ``mean_entropy_lb`` (nats). ``confidence``, ``mean_logprob``,
+    ``min_prob``, ``mean_entropy_lb``: as in ``done``; ``lowest_segment_mean``: the lowest
+    ``mean_logprob`` of its segments (jobs with ``review``); ``p10_prob``: the 10th-percentile token
+    probability (nearest rank); ``quantile`` (at ``quantile_q``), ``window_min`` (a mean logprob
+    over ``window`` tokens) and ``margin`` (``summary.mean_margin``): the routing signals of
+    ``escalate.signal``. ``n_scored``: the answer's scored tokens."""
 
     confidence: float | None = None
     mean_logprob: float | None = None

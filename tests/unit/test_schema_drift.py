@@ -92,9 +92,11 @@ def test_asyncapi_addresses_are_the_keys_the_code_uses() -> None:
         "dead": keys.dead,
         "events": keys.events("job-7"),
         "cancel": keys.cancel,
+        "feedback": keys.feedback,
     }
     assert real == {"jobs": "{tokenwire}:jobs", "dead": "{tokenwire}:dead",
-                    "events": "tokenwire:job:{job-7}:events", "cancel": "tokenwire:cancel"}  # fmt: skip
+                    "events": "tokenwire:job:{job-7}:events", "cancel": "tokenwire:cancel",
+                    "feedback": "{tokenwire}:feedback"}  # fmt: skip
 
 
 def test_the_cancel_message_is_the_one_the_code_builds() -> None:
