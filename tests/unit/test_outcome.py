@@ -204,6 +204,7 @@ async def test_429s_until_the_deadline_fail_rate_limited_not_retryable(rig: _Rig
     assert (outcome.error.code, outcome.error.retryable) == ("rate_limited", False)
     assert "job_deadline_seconds" in outcome.error.message
 
+
 async def test_a_stream_cut_before_its_end_fails_retryably(rig: _Rig) -> None:
     outcome = await run(rig.context(replies(sse(token("a")))), admitted())
     assert isinstance(outcome, Failed)
