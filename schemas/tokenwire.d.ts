@@ -6,9 +6,9 @@
 // completions, `messages` for chat) and its ranges are in the schema, not in these types.
 
 /**
- * A generation job: the JSON held in the `job` field of an entry on the job stream (channel `jobs` of asyncapi.yaml). Api `native` (the default) and `completions` take `input` and no `messages`; `chat` takes `messages` and no `input` (null counts as absent). The worker alone checks what depends on its settings: the payload's size (`max_payload_bytes`), the prompt's length (`max_input_chars`), `params.max_tokens` against `max_tokens_cap`, and whether `provider` and `escalate.provider` name a configured provider that serves the job's api. It also rejects two things JSON Schema cannot express: an integer written with a fraction or an exponent (`5.0`, `5e0`; write `5`), and text that is not I-JSON (RFC 7493: UTF-8, no lone surrogates).
+ * A generation job: the JSON held in the `job` field of an entry on the job stream (channel `jobs` of asyncapi.yaml). Api `native` (the default) and `completions` take `input` and no `messages`; `chat` takes `messages` and no `input` (null counts as absent). The worker alone checks what depends on its settings: the payload's size (`max_payload_bytes`), the prompt's length (`max_input_chars`), `params.max_tokens` against `max_tokens_cap`, and whether `provider` and `escalate.provider` name a configured provider that serves the job's api, and whether the provider of a native job whose `escalate.signal` is `margin` sends top-k alternatives. It also rejects two things JSON Schema cannot express: an integer written with a fraction or an exponent (`5.0`, `5e0`; write `5`), and text that is not I-JSON (RFC 7493: UTF-8, no lone surrogates).
  */
-export interface TokenwireJob {
+export type TokenwireJob = {
   api?: "chat" | "completions" | "native";
   escalate?: Escalate | null;
   id?: string | null;
@@ -21,17 +21,30 @@ export interface TokenwireJob {
   model: string;
   params?: Params;
   provider?: string | null;
-}
+};
 /**
- * Route by confidence: run the job's (cheap) model first and, when its running confidence
- * after ``after_tokens`` answer tokens (or at the end, when not given) is below ``below``, stop it
+ * Route by confidence: run the job's (cheap) model first and, when its ``signal`` after
+ * ``after_tokens`` answer tokens (or at the end, when not given) is below ``below``, stop it
  * and run ``model`` (on ``provider``, default the job's) as a new attempt on the same stream.
+ *
+ * ``signal`` (each a value in [0, 1], also in ``done.summary``): ``confidence`` (default) the
+ * running geometric-mean token probability, which long answers dilute; ``quantile`` the ``q``-th
+ * quantile (nearest rank; ``q`` default 0.1) of the token probabilities so far; ``window_min``
+ * ``exp`` of the lowest mean logprob over any ``window`` (default 8) consecutive scored tokens;
+ * ``margin`` the mean top-1 minus top-2 probability, which needs ``params.top_logprobs`` of 2 or
+ * more and a provider that sends alternatives. ``q`` goes only with ``quantile``, ``window`` only
+ * with ``window_min``.
  */
-export interface Escalate {
+export type Escalate = Escalate1;
+
+export interface Escalate1 {
   after_tokens?: number | null;
   below: number;
   model: string;
   provider?: string | null;
+  q?: number | null;
+  signal?: "confidence" | "margin" | "quantile" | "window_min";
+  window?: number | null;
 }
 /**
  * One chat message; ``content`` is plain text.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgspec
 
 from .jobs import InvalidJob, Job, decode_job, job_id_of
+from .routing import admission_problem
 from .settings import Provider, Settings
 
 __all__ = ["Admitted", "Rejected", "admit"]
@@ -64,6 +65,9 @@ def _admit(entry_id: str, payload: bytes, settings: Settings) -> Admitted | Reje
     if isinstance(target, Rejected) or job.escalate is None:
         return target
     esc = job.escalate
+    routing_problem = admission_problem(job, target.provider_name, target.provider)
+    if routing_problem is not None:
+        return Rejected("invalid_job", routing_problem, job_id)
     strong_job = msgspec.structs.replace(job, model=esc.model, provider=esc.provider, escalate=None)
     stronger = _resolve(strong_job, job_id, esc.provider or target.provider_name, settings)
     if isinstance(stronger, Rejected):

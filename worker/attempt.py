@@ -23,6 +23,7 @@ from .outcome import Escalate, Failed, Fenced, Finished, WriteFailed
 from .publisher import Publisher, Sink
 from .ratelimit import Budgets
 from .redact import Redactor, check_api_key, installed
+from .routing import judge, tracker_for
 from .settings import Settings
 from .upstream.adapters import Adapter
 from .upstream.base import Parsed, StreamEnd, TokenRecord, UpstreamError
@@ -66,7 +67,7 @@ class Attempt:
         self.seq = 0
         self._next_yield = YIELD_EVERY
         self.n_content = 0
-        self.tracker = ConfidenceTracker(self.job.low_prob)
+        self.tracker = tracker_for(self.job)
         self.reasoning: ConfidenceTracker | None = None
         self.sink = Sink(ctx.keys.events(admitted.job_id), existing_only=True)  # BEGIN created it
         self.end: StreamEnd | None = None
@@ -228,16 +229,11 @@ class Attempt:
         )
 
     def _judge(self, when: str) -> str | None:
-        """Why this attempt should escalate (its confidence is under the bar), or None."""
+        """Why this attempt should escalate (its ``escalate.signal`` is under the bar), or None."""
         esc = self.job.escalate
         if esc is None or self.admitted.stronger is None:
             return None
-        conf = self.tracker.confidence
-        if conf is None:
-            return f"no scored tokens {when}: confidence unknown, escalating to {esc.model}"
-        if conf < esc.below:
-            return f"confidence {conf:.4f} < {esc.below} {when} of {self.job.model}"
-        return None
+        return judge(self.tracker, esc, when, self.job.model)
 
     def _escalation(self, reason: str) -> Escalate:
         esc = self.job.escalate

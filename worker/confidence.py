@@ -769,6 +769,15 @@ class ConfidenceTracker:
         return self._n_not_top1
 
     @property
+    def n_scored(self) -> int:
+        return self._n_scored
+
+    @property
+    def n_margin(self) -> int:
+        """Tokens whose top-k gave a margin (two candidates or more)."""
+        return self._n_margin
+
+    @property
     def mean_margin(self) -> float | None:
         """Running mean of the top-1/top-2 probability margin (None before a token with two
         candidates): the ``margin`` routing signal."""

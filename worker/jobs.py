@@ -18,6 +18,7 @@ __all__ = [
     "Api",
     "ChatMessage",
     "Escalate",
+    "EscalateSignal",
     "InvalidJob",
     "Job",
     "Params",
@@ -65,15 +66,41 @@ class Params(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     frequency_penalty: Annotated[float, msgspec.Meta(ge=-2.0, le=2.0)] | None = None
 
 
+EscalateSignal = Literal["confidence", "quantile", "window_min", "margin"]
+
+
 class Escalate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
-    """Route by confidence: run the job's (cheap) model first and, when its running confidence
-    after ``after_tokens`` answer tokens (or at the end, when not given) is below ``below``, stop it
-    and run ``model`` (on ``provider``, default the job's) as a new attempt on the same stream."""
+    """Route by confidence: run the job's (cheap) model first and, when its ``signal`` after
+    ``after_tokens`` answer tokens (or at the end, when not given) is below ``below``, stop it
+    and run ``model`` (on ``provider``, default the job's) as a new attempt on the same stream.
+
+    ``signal`` (each a value in [0, 1], also in ``done.summary``): ``confidence`` (default) the
+    running geometric-mean token probability, which long answers dilute; ``quantile`` the ``q``-th
+    quantile (nearest rank; ``q`` default 0.1) of the token probabilities so far; ``window_min``
+    ``exp`` of the lowest mean logprob over any ``window`` (default 8) consecutive scored tokens;
+    ``margin`` the mean top-1 minus top-2 probability, which needs ``params.top_logprobs`` of 2 or
+    more and a provider that sends alternatives. ``q`` goes only with ``quantile``, ``window`` only
+    with ``window_min``."""
 
     model: ModelName
     below: Annotated[float, msgspec.Meta(gt=0.0, le=1.0)]
     provider: ProviderName | None = None
     after_tokens: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = None
+    signal: EscalateSignal = "confidence"
+    q: Annotated[float, msgspec.Meta(gt=0.0, le=1.0)] | None = None
+    window: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = None
+
+    def __post_init__(self) -> None:
+        if self.q is not None and self.signal != "quantile":
+            raise ValueError(
+                f"escalate.q is the quantile of escalate.signal 'quantile'; this job's signal is "
+                f"{self.signal!r}: drop `q` or set signal to 'quantile'"
+            )
+        if self.window is not None and self.signal != "window_min":
+            raise ValueError(
+                f"escalate.window is the window of escalate.signal 'window_min'; this job's signal is "
+                f"{self.signal!r}: drop `window` or set signal to 'window_min'"
+            )
 
 
 class Job(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
@@ -108,6 +135,12 @@ class Job(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True,
                 raise ValueError(f"a job with api '{self.api}' needs `input`")
             if self.messages is not None:
                 raise ValueError(f"a job with api '{self.api}' takes `input`, not `messages`")
+        esc = self.escalate
+        if esc is not None and esc.signal == "margin" and (self.params.top_logprobs or 0) < 2:
+            raise ValueError(
+                "escalate.signal 'margin' (top-1 minus top-2 probability) needs top-k alternatives: "
+                f"set params.top_logprobs to 2 or more (it is {self.params.top_logprobs})"
+            )
 
     @property
     def prompt_chars(self) -> int:

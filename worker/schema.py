@@ -36,10 +36,44 @@ _JOB_API_RULE: dict[str, Any] = {
     },
 }
 
+# What ``Escalate.__post_init__`` and the margin rule of ``Job.__post_init__`` check: ``q`` goes only
+# with signal ``quantile``, ``window`` only with ``window_min``; ``margin`` needs
+# ``params.top_logprobs`` of 2 or more.
+_ESCALATE_RULES: list[dict[str, Any]] = [
+    {
+        "if": {"required": [name], "properties": {name: {"not": {"type": "null"}}}},
+        "then": {"required": ["signal"], "properties": {"signal": {"const": signal}}},
+    }
+    for name, signal in (("q", "quantile"), ("window", "window_min"))
+]
+_JOB_MARGIN_RULE: dict[str, Any] = {
+    "if": {
+        "required": ["escalate"],
+        "properties": {
+            "escalate": {
+                "type": "object",
+                "required": ["signal"],
+                "properties": {"signal": {"const": "margin"}},
+            }
+        },
+    },
+    "then": {
+        "required": ["params"],
+        "properties": {
+            "params": {
+                "required": ["top_logprobs"],
+                "properties": {"top_logprobs": {"type": "integer", "minimum": 2}},
+            }
+        },
+    },
+}
+
 _WORKER_ALONE = (
     "The worker alone checks what depends on its settings: the payload's size (`max_payload_bytes`), "
     "the prompt's length (`max_input_chars`), `params.max_tokens` against `max_tokens_cap`, and "
-    "whether `provider` and `escalate.provider` name a configured provider that serves the job's api. "
+    "whether `provider` and `escalate.provider` name a configured provider that serves the job's api, "
+    "and whether the provider of a native job whose `escalate.signal` is `margin` sends top-k "
+    "alternatives. "
     "It also rejects two things JSON Schema cannot express: an integer written with a fraction or an "
     "exponent (`5.0`, `5e0`; write `5`), and text that is not I-JSON (RFC 7493: UTF-8, no lone "
     "surrogates)."
@@ -121,6 +155,9 @@ def job_schema() -> dict[str, Any]:
     job = schema["$defs"]["Job"]
     assert not {"if", "then", "else"} & job.keys(), "msgspec now writes conditionals: merge them"
     job.update(_JOB_API_RULE)
+    assert "allOf" not in job and "allOf" not in schema["$defs"]["Escalate"], "merge the allOf"
+    job["allOf"] = [_JOB_MARGIN_RULE]
+    schema["$defs"]["Escalate"]["allOf"] = _ESCALATE_RULES
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": f"{_ID}/job.schema.json",

@@ -74,6 +74,10 @@ VALID: dict[type, dict[str, Any]] = {
 }
 # The api rules (``Job.__post_init__``) decide null, absence and the api itself for these: by hand.
 BY_HAND = {"api", "input", "messages"}
+# Escalate's parameters go with their signal (``Escalate.__post_init__``): their cases name it.
+ESCALATE_WITH = {"q": {"signal": "quantile"}, "window": {"signal": "window_min"}}
+# ``margin`` needs params.top_logprobs (``Job.__post_init__``), which the generated jobs do not set.
+LITERAL_CODES: dict[tuple[str, object], str] = {("escalate.signal", "margin"): "invalid_job"}
 
 Place = Callable[[Any], Any]
 """Puts an object where the struct being walked sits, and returns the whole job."""
@@ -143,7 +147,7 @@ def _value_cases(path: str, field: str, t: msgspec.inspect.Type, put: Place) -> 
         yield from _number_cases(path, t, put)
     elif isinstance(t, msgspec.inspect.LiteralType):
         for value in t.values:
-            yield Case(f"{path}: {value!r}", _json(put(value)), None)
+            yield Case(f"{path}: {value!r}", _json(put(value)), LITERAL_CODES.get((path, value)))
         yield Case(f"{path}: 'nope'", _json(put("nope")), "invalid_job")
     elif isinstance(t, msgspec.inspect.ListType):
         yield from _list_cases(path, field, t, put)
@@ -217,6 +221,8 @@ def _struct_cases(
             assert len(rest) == 1, f"{prefix}{f.name}: extend the table for {t!r}"
             t, optional = rest[0], len(rest) < len(members)
         base = CHAT if struct.cls is Job and f.name == "messages" else valid
+        if struct.cls is jobs_module.Escalate and f.name in ESCALATE_WITH:
+            base = {**valid, **ESCALATE_WITH[f.name]}
 
         def put_field(value: Any, name: str = f.name, base: dict[str, Any] = base) -> Any:
             return put({**base, name: value})
@@ -282,6 +288,61 @@ STRUCTURAL = [
     Case("api 'CHAT'", _json({**CHAT, "api": "CHAT"}), "invalid_job"),
     Case("api 7", _json({**NATIVE, "api": 7}), "invalid_job"),
     Case("every field at once", _json(EVERY_FIELD), None),
+]
+
+ESCALATE = {"model": "big", "below": 0.5}
+MARGIN_CHAT = {**CHAT, "params": {"top_logprobs": 2}, "escalate": {**ESCALATE, "signal": "margin"}}
+STRUCTURAL += [
+    Case(
+        "escalate.q with signal confidence",
+        _json({**NATIVE, "escalate": {**ESCALATE, "q": 0.1}}),
+        "invalid_job",
+    ),
+    Case(
+        "escalate.window with signal quantile",
+        _json({**NATIVE, "escalate": {**ESCALATE, "signal": "quantile", "window": 8}}),
+        "invalid_job",
+    ),
+    Case(
+        "escalate.q with signal quantile, window null",
+        _json({**NATIVE, "escalate": {**ESCALATE, "signal": "quantile", "q": 0.25, "window": None}}),
+        None,
+    ),
+    Case(
+        "escalate.signal quantile without q",
+        _json({**NATIVE, "escalate": {**ESCALATE, "signal": "quantile"}}),
+        None,
+    ),
+    Case("margin with top_logprobs 2 (chat)", _json(MARGIN_CHAT), None),
+    Case("margin with top_logprobs 1", _json({**MARGIN_CHAT, "params": {"top_logprobs": 1}}), "invalid_job"),
+    Case(
+        "margin with top_logprobs null",
+        _json({**MARGIN_CHAT, "params": {"top_logprobs": None}}),
+        "invalid_job",
+    ),
+    Case(
+        "margin without params", _json({k: v for k, v in MARGIN_CHAT.items() if k != "params"}), "invalid_job"
+    ),
+    Case(
+        "margin on a native provider with top_n_tokens",
+        _json(
+            {
+                **NATIVE,
+                "provider": "tgi",
+                "params": {"top_logprobs": 2},
+                "escalate": {**ESCALATE, "signal": "margin"},
+            }
+        ),
+        None,
+        settings=Settings(
+            providers={"tgi": Provider(native_url="http://127.0.0.1:9/{model}", supports_top_n_tokens=True)}
+        ),
+    ),
+    Case(
+        "margin on a chat job without escalate",
+        _json({**CHAT, "escalate": None, "params": {"top_logprobs": 0}}),
+        None,
+    ),
 ]
 
 NOT_JSON = [
@@ -353,6 +414,12 @@ WORKER_ALONE = [
         INTEGERS,
     ),
     Case("lone surrogate", b'{"model": "m", "input": "\\ud800"}', "invalid_job", I_JSON),
+    Case(
+        "margin on a native provider without top_n_tokens",
+        _json({**NATIVE, "params": {"top_logprobs": 5}, "escalate": {**ESCALATE, "signal": "margin"}}),
+        "invalid_job",
+        "whether a provider sends top-k alternatives is the worker's configuration",
+    ),
 ]
 
 CASES = GENERATED + STRUCTURAL + NOT_JSON + WORKER_ALONE
@@ -452,7 +519,7 @@ def test_the_table_meets_every_rule_of_the_job() -> None:
                     for p in parts
                 )
             )
-    assert len(rules) == 4
+    assert len(rules) == 5
     reasons = [worker_verdict(c)[1] for c in STRUCTURAL if c.code is not None]
     for rule in rules:
         assert any(re.search(rule, r) for r in reasons), f"no case meets {rule!r}"
