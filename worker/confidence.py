@@ -22,8 +22,8 @@ Metrics, over the *scored* tokens (not special, sanitised logprob ℓ̂ not null
   tokens). Per token they cost two appends to flat float arrays (ℓ̂ and the compensated prefix
   sum; 16 bytes a scored token, bounded by the job's token cap); a query sorts the ℓ̂ not yet
   sorted into the sorted copy (Timsort merges the two runs) and takes one C-speed pass over the
-  prefix sums. ``window_min`` is within ``4·2⁻⁵³·Σ|ℓ̂|/window`` nats of the exact value (prefix
-  differences of Neumaier sums), 1e-11 for 30,000 tokens of ℓ̂ ≈ −1.
+  prefix sums. ``window_min`` is within ``4·2⁻⁵³·Σ|ℓ̂|/min(window, n)`` nats of the exact value
+  (prefix differences of Neumaier sums), 1e-11 for 30,000 tokens of ℓ̂ ≈ −1.
 
 Nothing scored means ``None`` everywhere (never 1.0). Offsets always come from the token's bytes.
 Pure Python, no I/O.
