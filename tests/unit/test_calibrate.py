@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import random
 from typing import Any
 
 import msgspec
@@ -14,7 +15,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from worker.calibrate import (
+    BOOTSTRAP,
     RELIABLE,
+    SEED,
     Point,
     as_probability,
     auroc,
@@ -166,6 +169,47 @@ def test_the_text_report_says_unreliable_and_prints_the_setting() -> None:
     assert 'job setting: {"review":{"min_confidence":0.55}' in text
     assert "catches 67% [" in text
     assert format_report(calibrate([])).startswith("no feedback recorded")
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear between order statistics (``values`` sorted)."""
+    x = q * (len(values) - 1)
+    k = math.floor(x)
+    return values[k] + (values[min(k + 1, len(values) - 1)] - values[k]) * (x - k)
+
+
+def test_the_bootstrap_is_the_metrics_on_resamples() -> None:
+    """The one-pass bootstrap gives what the plain metrics give on the same resamples (same draws)."""
+    feedback = labelled_hand_set()
+    conf = next(s for s in calibrate(feedback).models[0].signals if s.signal == "confidence")
+    assert conf.recommended is not None
+    rng = random.Random(SEED)
+    samples: dict[str, list[float]] = {"auroc": [], "brier": [], "ece": [], "caught": [], "flagged": []}
+    n = len(SCORES)
+    for _ in range(BOOTSTRAP):
+        idx = [rng.randrange(n) for _ in range(n)]
+        s, y = [SCORES[i] for i in idx], [CORRECT[i] for i in idx]
+        if (a := auroc(s, y)) is not None:
+            samples["auroc"].append(a)
+        samples["brier"].append(brier(s, y) or 0.0)
+        samples["ece"].append(ece(s, y) or 0.0)
+        flagged = [v < conf.recommended.threshold for v in s]
+        n_wrong = y.count(False)
+        if n_wrong:
+            samples["caught"].append(sum(f and not c for f, c in zip(flagged, y, strict=True)) / n_wrong)
+        samples["flagged"].append(sum(flagged) / n)
+    for name, got in (
+        ("auroc", conf.auroc_ci),
+        ("brier", conf.brier_ci),
+        ("ece", conf.ece_ci),
+        ("caught", conf.caught_ci),
+        ("flagged", conf.flagged_ci),
+    ):
+        values = sorted(samples[name])
+        assert got is not None, name
+        assert got.lo == pytest.approx(percentile(values, 0.025), abs=1e-12), name
+        assert got.hi == pytest.approx(percentile(values, 0.975), abs=1e-12), name
+        assert got.lo <= got.hi, name
 
 
 def test_bad_targets_are_refused() -> None:
