@@ -9,15 +9,18 @@ runner: what it needs from its worker comes in an :class:`AttemptContext`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import httpx
+import msgspec
 
 from .admit import Admitted
 from .confidence import ConfidenceTracker, TokenScore, is_control
 from .events import Cancelled, Done, Error, Escalation, Token, TopkMetrics, TopLogprob, Usage, encode_event
+from .holdback import holdback_for
 from .keys import Keys
 from .outcome import Escalate, Failed, Fenced, Finished, WriteFailed
 from .publisher import Publisher, Sink
@@ -73,6 +76,8 @@ class Attempt:
         self.end: StreamEnd | None = None
         self.usage_in: int | None = None
         self.text_parts: list[str] | None = None
+        # tokens whose text may begin a known secret wait in it (None: no secret configured)
+        self.holdback = holdback_for(ctx.redactor, ctx.limits.max_tokens + 16)
         esc = self.job.escalate if admitted.stronger is not None else None
         self.watch_after = esc.after_tokens if esc is not None else None
         self.judge_at_end = esc is not None  # until the after_tokens check has passed
@@ -85,7 +90,11 @@ class Attempt:
         outcome: Finished | Failed | Escalate | None
         try:
             async with asyncio.timeout_at(self.deadline):
-                outcome = await self._stream()
+                try:
+                    outcome = await self._stream()
+                finally:  # whichever way the stream stopped, no token held back is lost
+                    with contextlib.suppress(UpstreamError):
+                        self._release()
         except UpstreamError as exc:
             outcome = Failed(exc)
         except TimeoutError:
@@ -129,8 +138,11 @@ class Attempt:
         opened = budgets.request(admitted, self.deadline, request, self.tokens_used)
         async with opened as events:
             publisher = ctx.publisher
+            parse: Callable[[str], Parsed] = adapter.parse
+            if self.holdback is not None:  # secrets configured: tokens that may begin one wait
+                parse = self._holding(parse)
             async for data in events:
-                parsed = adapter.parse(data)
+                parsed = parse(data)
                 self._publish(parsed)
                 if publisher.full:
                     await publisher.room()
@@ -143,7 +155,30 @@ class Attempt:
                     self.end = parsed.end
                 if parsed.closed or self._escalate is not None or not self.sink.ok:
                     break
+        self._release()
         return self._ended()
+
+    def _holding(self, parse: Callable[[str], Parsed]) -> Callable[[str], Parsed]:
+        """``parse`` with its tokens through the holdback (worker/holdback.py: those that may begin
+        a known secret wait, the rest pass redacted) and its generated_text redacted."""
+        holdback = self.holdback
+        assert holdback is not None
+
+        def held(data: str) -> Parsed:
+            parsed = parse(data)
+            if parsed.tokens:
+                parsed.tokens = holdback.push(parsed.tokens)
+            end = parsed.end
+            if end is not None and end.generated_text:
+                parsed.end = msgspec.structs.replace(end, generated_text=holdback.redact(end.generated_text))
+            return parsed
+
+        return held
+
+    def _release(self) -> None:
+        """Publish the tokens the holdback still holds: the stream stopped."""
+        if self.holdback is not None and self.holdback.held:
+            self._publish(Parsed(self.holdback.flush()))
 
     def tokens_used(self) -> int:
         """Tokens this attempt's request used so far: the provider's prompt count (else the
@@ -254,6 +289,8 @@ class Attempt:
         summary = self.tracker.finish()
         input_tokens = end.input_tokens if end.input_tokens is not None else self.usage_in
         text = self.tracker.text if self.text_parts is None else "".join(self.text_parts)
+        if self.holdback is not None and self.text_parts is not None:  # as its tokens were
+            text = self.holdback.redact(text)
         reasoning = self.reasoning
         return Done(
             job_id=self.admitted.job_id,

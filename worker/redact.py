@@ -132,6 +132,12 @@ class Redactor:
                 secrets.append(value)
         return cls(secrets)
 
+    @property
+    def forms(self) -> tuple[str, ...]:
+        """Every known secret as it may appear in text (as written, percent-encoded, JSON-escaped),
+        longest first; empty when none is configured (:mod:`worker.holdback` streams these)."""
+        return self._forms
+
     def redact(self, text: str) -> str:
         """``text`` with every known secret (whole or clipped) and credential shape redacted.
 

@@ -19,6 +19,7 @@ import trustme
 
 from worker.keys import Keys
 from worker.redisproc import RedisServer, free_port
+from worker.sim.faults import echo_key_pieces
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -72,10 +73,12 @@ def test_secrets_stay_out_of_logs_events_and_errors(
     assert secure_redis.url.startswith("rediss://" if secure_redis.tls else "redis://")
     cfg = tmp_path / "tokenwire.toml"
     native = f"http://127.0.0.1:{sim_port}/v1/inference/{{model}}"
+    chat = f"http://127.0.0.1:{sim_port}/v1/openai/chat/completions"
+    urls = f'native_url = "{native}"\nchat_url = "{chat}"\n'
     cfg.write_text(
         'default_provider = "keyed"\nblock_seconds = 0.5\nretry_base_seconds = 0.05\n'
-        f'retry_max_seconds = 0.1\n[providers.keyed]\nnative_url = "{native}"\napi_key_env = "TW_KEY"\n'
-        f'[providers.plain]\nnative_url = "{native}"\napi_key_env = "TW_PLAIN_KEY"\n'
+        f'retry_max_seconds = 0.1\n[providers.keyed]\n{urls}api_key_env = "TW_KEY"\n'
+        f'[providers.plain]\n{urls}api_key_env = "TW_PLAIN_KEY"\n'
     )
     # the password in the query string (item 8): the worker's start-up line must hide it too
     url = secure_redis.url
@@ -95,6 +98,7 @@ def test_secrets_stay_out_of_logs_events_and_errors(
         worker = subprocess.Popen([TOKENWIRE, "worker"], env=env, stdout=log, stderr=log)
         try:
             outputs = _run_jobs(env) + _echoing_upstreams(env) + _dead_letter_quoting(env, secure_redis)
+            outputs += _echoed_as_tokens(env)
         finally:
             worker.send_signal(signal.SIGTERM)
             assert worker.wait(timeout=20) == 0
@@ -145,6 +149,44 @@ def _echoing_upstreams(env: dict[str, str]) -> str:
                 tail.stderr,
                 run(env, "status", job_id).stdout,
             ]
+    return "\n".join(texts)
+
+
+ECHO_TOKENS = "tokenwire/sim;fault=echo_key;echo=tokens;after=3;tokens=12"
+"""An upstream that generates the request's key (Bearer form and bare) as text in small tokens."""
+
+
+def _echoed_as_tokens(env: dict[str, str]) -> str:
+    """Jobs whose upstream echoes the key as generated tokens, in the native and chat dialects:
+    each ends ``done`` with every token (as many as without the echo plus its pieces), the key
+    redacted in its token events and ``done.text``, which the tokens' texts still spell."""
+    texts, ids = [], []
+    for provider, key in (("keyed", API_KEY), ("plain", PLAIN_KEY)):
+        for api in ("native", "chat"):
+            prompt = ["--messages", '[{"role":"user","content":"x"}]'] if api == "chat" else ["--input", "x"]
+            counts = []
+            for model in ("tokenwire/sim;tokens=12", ECHO_TOKENS):
+                result = run(
+                    env, "enqueue", "--provider", provider, "--api", api, "--model", model, *prompt,
+                    "--follow", "--json", "--timeout", "30",
+                )  # fmt: skip
+                assert result.returncode == 0, (provider, api, model, result.stdout, result.stderr)
+                job_id = result.stdout.splitlines()[0]
+                tail = run(env, "tail", "--json", job_id)
+                events = [json.loads(line) for line in tail.stdout.splitlines()]
+                done = events[-1]
+                assert done["type"] == "done", (provider, api, done)
+                tokens = [e for e in events if e["type"] == "token"]
+                assert len(tokens) == done["usage"]["output_tokens"]
+                answer = "".join(t["text"] for t in tokens if t["channel"] == "content" and not t["special"])
+                assert answer == done["text"], (answer, done["text"])
+                counts.append(len(tokens))
+                texts += [result.stdout, result.stderr, tail.stdout, run(env, "status", job_id).stdout]
+                ids.append(job_id)
+            assert counts[1] == counts[0] + len(echo_key_pieces(f"Bearer {key}")), counts
+            assert done["text"].count("[redacted]") == 2, done["text"]  # the Bearer form and the bare key
+    letters = [json.loads(line) for line in run(env, "dead", "--json").stdout.splitlines()]
+    assert not [d for d in letters if d.get("job_id") in ids], "a done job has no dead letter"
     return "\n".join(texts)
 
 

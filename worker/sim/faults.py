@@ -36,6 +36,7 @@ __all__ = [
     "RequestError",
     "SimRequest",
     "StatusReply",
+    "echo_key_pieces",
     "echo_key_reply",
     "echo_key_text",
     "fault_applies",
@@ -100,8 +101,9 @@ class Directives(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     depth: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1000  # deepjson's nesting
     event: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}\Z")] = "ping"  # named's name
     # echo_key's echo: an in-stream error at HTTP 200, a malformed event, an HTTP 401 body (and its
-    # WWW-Authenticate header), or a 200 response's head (its content type and an ECHO_HEADER)
-    echo: Literal["error", "malformed", "status", "header"] = "error"
+    # WWW-Authenticate header), a 200 response's head (its content type and an ECHO_HEADER), or
+    # generated text (echo_key_pieces: small tokens after `after` tokens, then the stream goes on)
+    echo: Literal["error", "malformed", "status", "header", "tokens"] = "error"
     rst: bool = False  # disconnect with a TCP reset instead of a FIN
     done: bool = False  # append "data: [DONE]" after the final event
     nospace: bool = False  # "data:{...}" without the space
@@ -224,6 +226,18 @@ def echo_key_text(authorization: str) -> str:
     """What ``fault=echo_key`` says: the request's ``Authorization`` as sent, and its bare key."""
     key = authorization.partition(" ")[2] or authorization
     return f"bad key {authorization}: the API key {key} is not valid for this model"
+
+
+def echo_key_pieces(authorization: str) -> list[str]:
+    """``echo=tokens``: :func:`echo_key_text` cut into tokens of 1, 3, 2, 1, 2, … characters, so
+    the key and its Bearer form are split across many tokens at shifting places."""
+    text, sizes, at = echo_key_text(authorization), (1, 3, 2, 1, 2), 0
+    pieces: list[str] = []
+    while at < len(text):
+        size = sizes[len(pieces) % len(sizes)]
+        pieces.append(text[at : at + size])
+        at += size
+    return pieces
 
 
 class StatusReply(msgspec.Struct, frozen=True):

@@ -35,6 +35,7 @@ from worker.sim.faults import (
     RequestError,
     SimRequest,
     StatusReply,
+    echo_key_pieces,
     echo_key_reply,
     echo_key_text,
     fault_applies,
@@ -63,6 +64,7 @@ _FLUSH_TIMEOUT = 2.0  # seconds to let sent events leave before a simulated disc
 _SHUTDOWN_TIMEOUT = 5.0
 _MAX_BODY = 16 * 1024 * 1024
 _FLOOD_BLOCK = 64 * 1024  # bytes per write of a flood or a bomb
+_ECHO_ID = 900_000  # token ids of echo=tokens' pieces
 
 
 class SimConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -357,6 +359,8 @@ class _Stream:
             return True
         if fault == "stall":
             await self._stall()
+        elif fault == "echo_key" and d.echo == "tokens":  # the key as generated text
+            await self._echo_tokens()
         elif fault in ("malformed", "error", "echo_key"):
             return await self._bad_event(fault)
         elif fault == "eof":
@@ -385,6 +389,15 @@ class _Stream:
             await self._send_all(self.encoder.flush() if payload is None else (payload,))
             return d.then == "end"
         return False
+
+    async def _echo_tokens(self) -> None:
+        """``echo=tokens``: the request's key (Bearer form and bare) as ordinary tokens, split small."""
+        for i, piece in enumerate(echo_key_pieces(self.request.headers.get("Authorization", ""))):
+            token = SimToken(_ECHO_ID + i, piece, -0.25, False, piece.encode())
+            self._record(token)
+            payload = self.encoder.token(token, None)
+            if payload is not None:
+                await self._send(payload)
 
     async def _bad_event(self, fault: Fault) -> bool:
         """``malformed``, ``error`` or ``echo_key``'s event (``echo=error`` or ``malformed``: the

@@ -1,0 +1,294 @@
+"""Known secrets redacted from generated text as it streams: tokens are held while they may begin one.
+
+An upstream may echo a secret (its API key, the Redis password, any configured secret) as generated
+text, cut into tokens anywhere. A :class:`Holdback`, one per attempt, sees every token record before
+it becomes a token event and keeps, per output channel (``content``, ``reasoning``), the text seen so
+far. A token is *held* while the channel's text from some position on is a proper prefix of a
+secret's form (:attr:`worker.redact.Redactor.forms`); it is *released* as soon as that can no longer
+become a secret, or when the secret completes, and always in the order the upstream sent the tokens.
+
+What is redacted is what :meth:`worker.redact.Redactor.redact` does for known secrets, on the
+channel's whole text: every occurrence of every form, overlapping or touching occurrences merged into
+one run, each run replaced by one :data:`~worker.redact.REDACTED`; and at the end of the text (the
+stream ended, whichever way) a secret's prefix of at least four characters cut off by the end. The
+credential *shapes* (``Bearer …``, ``sk-…``) are not: generated text may well talk about them.
+
+How the covering tokens become consistent: every character keeps its token; a redacted run's
+characters are dropped except that the token holding its first character carries the marker in its
+place. So the first covering token's text is its free prefix + ``[redacted]``, the inner ones are
+empty (``""``), the last one keeps its free suffix, and the concatenation of the released texts is
+the redacted text. A changed record gets ``bytes=None`` (its text is the truth), an explicit
+``special=False`` when the provider said nothing (an emptied token stays a scored token: its
+logprob counts as before, with zero-width offsets), and its chosen top-k candidate renamed with it.
+Records are never dropped, merged or reordered: token count and logprobs are preserved. Special
+(control) tokens are not part of the channel's text (the confidence tracker excludes them too); their
+text is redacted on its own.
+
+Cost: with no secret configured there is no Holdback at all (:func:`holdback_for` is ``None``).
+With secrets, a token that cannot begin or continue one (it holds none of the forms' first two
+characters and does not end with a form's first character) while nothing is held passes after a few
+C-speed ``in`` tests; otherwise ``str.find``/``startswith`` over the held tail (shorter than the
+longest form) and the token. A streaming Aho-Corasick (pyahocorasick's ``iter`` with ``set``) finds
+complete matches across chunks but does not expose the automaton's depth at a chunk's end, which is
+what says how much to hold; with a handful of forms ``str.find`` is as fast, so nothing is added.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+
+import msgspec
+
+from .redact import _MIN_CUT, REDACTED, Redactor
+from .upstream.base import Candidate, TokenRecord, UpstreamError
+
+__all__ = ["Holdback", "holdback_for"]
+
+
+class _Channel:
+    """The text state of one output channel (positions are code points from the channel's start)."""
+
+    __slots__ = ("hold", "n", "released", "spans", "tail")
+
+    def __init__(self) -> None:
+        self.n = 0  # characters seen
+        self.hold = 0  # the earliest start of a possible secret not yet complete (n when none)
+        self.tail = ""  # the text from hold to n (shorter than the longest form)
+        self.released = 0  # characters released in tokens
+        self.spans: list[list[int]] = []  # redacted runs [start, end) not yet wholly released
+
+
+class Holdback:
+    """Holds one attempt's token records while their text may begin a known secret (module doc)."""
+
+    __slots__ = ("_channels", "_forms", "_limit", "_queue", "_starts")
+
+    def __init__(self, forms: Iterable[str], limit: int) -> None:
+        self._forms = tuple(sorted({f for f in forms if f}, key=len, reverse=True))
+        if not self._forms:
+            raise ValueError("a Holdback needs at least one secret form")
+        self._starts = tuple({(f[:2], f[0]) for f in self._forms})
+        self._limit = limit
+        self._channels: dict[str, _Channel] = {}
+        self._queue: deque[tuple[TokenRecord, _Channel | None, int, int]] = deque()
+
+    @property
+    def held(self) -> int:
+        """Records held back now."""
+        return len(self._queue)
+
+    def push(self, records: list[TokenRecord]) -> list[TokenRecord]:
+        """The records that can be published now, in order, redacted (``records`` itself when all
+        pass untouched); the others are held.
+
+        Raises :class:`UpstreamError` (``upstream_too_many_tokens``) when more than ``limit``
+        records would be held (only tokens without text can pile up behind a possible secret)."""
+        i = 0
+        if not self._queue:  # the common case: nothing held, and these tokens cannot begin a secret
+            for record in records:
+                if not self._passes(record):
+                    break
+                i += 1
+            if i == len(records):
+                return records
+        out = records[:i]
+        for record in records[i:]:
+            self._enqueue(record)
+        if len(self._queue) > self._limit:
+            raise UpstreamError(
+                "upstream_too_many_tokens",
+                f"upstream sent more than {self._limit} tokens while their text could begin a secret",
+            )
+        self._release(out)
+        return out
+
+    def flush(self) -> list[TokenRecord]:
+        """Every held record, redacted: the stream ended (a secret's prefix of four characters or
+        more left at a channel's end is redacted too)."""
+        for ch in self._channels.values():
+            if len(ch.tail) >= _MIN_CUT:
+                _add_span(ch.spans, ch.hold, ch.n)
+            ch.hold, ch.tail = ch.n, ""
+        out: list[TokenRecord] = []
+        self._release(out)
+        return out
+
+    def redact(self, text: str) -> str:
+        """``text`` as a whole redacted exactly as a channel's stream of it would be."""
+        if not text or not self._may_start(text):
+            return text
+        ch = _Channel()
+        self._feed(ch, text)
+        if len(ch.tail) >= _MIN_CUT:
+            _add_span(ch.spans, ch.hold, ch.n)
+        return _render(text, 0, ch.spans)
+
+    # -- internals
+
+    def _may_start(self, text: str) -> bool:
+        """Whether ``text`` holds the first two characters of a form or ends with its first."""
+        for two, one in self._starts:  # noqa: SIM110 (a loop: any() over a generator costs more)
+            if two in text or text.endswith(one):
+                return True
+        return False
+
+    def _channel(self, name: str) -> _Channel:
+        ch = self._channels.get(name)
+        if ch is None:
+            ch = self._channels[name] = _Channel()
+        return ch
+
+    def _passes(self, record: TokenRecord) -> bool:
+        """Account ``record`` and say True when it can be published as it is (nothing is held)."""
+        text = record.text
+        if record.special is True:  # a control token: not part of the text
+            return not self._contains(text) and not _top_has(self, record.top)
+        ch = self._channel(record.channel)
+        if ch.tail or ch.spans or (text and self._may_start(text)) or _top_has(self, record.top):
+            return False
+        ch.n += len(text)
+        ch.hold = ch.released = ch.n
+        return True
+
+    def _contains(self, text: str) -> bool:
+        return any(form in text for form in self._forms)
+
+    def _enqueue(self, record: TokenRecord) -> None:
+        if record.special is True:
+            self._queue.append((record, None, 0, 0))
+            return
+        ch = self._channel(record.channel)
+        start = ch.n
+        if record.text:
+            self._feed(ch, record.text)
+        self._queue.append((record, ch, start, ch.n))
+
+    def _feed(self, ch: _Channel, piece: str) -> None:
+        """Append ``piece`` to the channel: record the secrets it completes, move the hold point."""
+        before = ch.n
+        ch.n += len(piece)
+        if not ch.tail and not self._may_start(piece):
+            ch.hold = ch.n
+            return
+        base = ch.hold
+        text = ch.tail + piece
+        fresh = before - base  # occurrences ending at or before it were found earlier
+        for form in self._forms:
+            at = text.find(form, max(0, fresh - len(form) + 1))
+            while at != -1:
+                _add_span(ch.spans, base + at, base + at + len(form))
+                at = text.find(form, at + 1)
+        size = len(text)
+        hold = size
+        for form in self._forms:  # the earliest start whose rest is a proper prefix of a form
+            first = form[0]
+            at = text.find(first, max(0, size - len(form) + 1), hold)
+            while at != -1:
+                if form.startswith(text[at:]):
+                    hold = at
+                    break
+                at = text.find(first, at + 1, hold)
+        ch.hold = base + hold
+        ch.tail = text[hold:]
+
+    def _release(self, out: list[TokenRecord]) -> None:
+        """Move every decided record at the queue's front to ``out``, redacted."""
+        queue = self._queue
+        while queue:
+            record, ch, start, end = queue[0]
+            if ch is None:
+                out.append(self._special(record))
+            elif end <= ch.hold:
+                out.append(self._rendered(record, ch, start, end))
+            else:
+                return
+            queue.popleft()
+
+    def _special(self, record: TokenRecord) -> TokenRecord:
+        text = self.redact(record.text) if self._contains(record.text) else record.text
+        top = self._top(record.top, record.text, text)
+        if text == record.text and top is record.top:
+            return record
+        return msgspec.structs.replace(record, text=text, bytes=None, top=top)
+
+    def _rendered(self, record: TokenRecord, ch: _Channel, start: int, end: int) -> TokenRecord:
+        spans = ch.spans
+        text = record.text
+        if spans:
+            text = _render(text, start, spans)
+            ch.spans = [s for s in spans if s[1] >= end]
+        ch.released = end
+        top = self._top(record.top, record.text, text)
+        if text == record.text and top is record.top:
+            return record
+        if text == record.text:
+            return msgspec.structs.replace(record, top=top)
+        special = False if record.special is None else record.special
+        return msgspec.structs.replace(record, text=text, bytes=None, special=special, top=top)
+
+    def _top(self, top: list[Candidate] | None, old: str, new: str) -> list[Candidate] | None:
+        """The candidates with the chosen one (``old``) renamed ``new`` and secrets redacted."""
+        if top is None or (old == new and not _top_has(self, top)):
+            return top
+        out = []
+        for cand in top:
+            if cand.token == old and old != new:
+                cand = msgspec.structs.replace(cand, token=new, bytes=None)
+            elif self._contains(cand.token):
+                cand = msgspec.structs.replace(cand, token=self.redact(cand.token), bytes=None)
+            out.append(cand)
+        return out
+
+
+def _top_has(holdback: Holdback, top: list[Candidate] | None) -> bool:
+    """Whether a top-k candidate's text holds a whole secret form."""
+    if not top:
+        return False
+    shortest = len(holdback._forms[-1])
+    return any(len(c.token) >= shortest and holdback._contains(c.token) for c in top)
+
+
+def _add_span(spans: list[list[int]], start: int, end: int) -> None:
+    """Add [start, end) to the sorted runs, merging overlapping or touching ones."""
+    if start >= end:
+        return
+    i = len(spans)
+    while i and spans[i - 1][0] > start:
+        i -= 1
+    spans.insert(i, [start, end])
+    if i and spans[i - 1][1] >= start:  # merge with the run before
+        i -= 1
+        spans[i][1] = max(spans[i][1], end)
+        del spans[i + 1]
+    while i + 1 < len(spans) and spans[i + 1][0] <= spans[i][1]:
+        spans[i][1] = max(spans[i][1], spans[i + 1][1])
+        del spans[i + 1]
+
+
+def _render(text: str, start: int, spans: list[list[int]]) -> str:
+    """``text`` (the channel's characters from ``start``) with the runs' characters dropped and a
+    marker where a run begins."""
+    end = start + len(text)
+    out: list[str] = []
+    pos = start
+    for a, b in spans:
+        if a >= end:
+            break
+        if b <= start:
+            continue
+        if a > pos:
+            out.append(text[pos - start : a - start])
+        if a >= start:
+            out.append(REDACTED)
+        pos = max(pos, min(b, end))
+    if pos == start and not out:
+        return text  # no run covers a character of it
+    out.append(text[pos - start :])
+    return "".join(out)
+
+
+def holdback_for(redactor: Redactor, limit: int) -> Holdback | None:
+    """The Holdback of one attempt for ``redactor``'s secrets; None when it knows none."""
+    forms = redactor.forms
+    return Holdback(forms, limit) if forms else None
