@@ -282,29 +282,31 @@ def _interval(values: list[float]) -> Interval | None:
 # -- the report ----------------------------------------------------------------------------------
 
 
-def _setting(
-    signal: str, threshold: float, escalate_signals: frozenset[str], extra: dict[str, Any]
-) -> tuple[dict[str, Any] | None, str]:
+def _probability_setting(value: float) -> float:
+    """A threshold as ``below`` / ``min_confidence`` take it: in (0, 1], six decimals."""
+    return min(1.0, max(1e-6, round(value, 6)))
+
+
+def _setting(signal: str, threshold: float, extra: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
     """The job setting that flags answers below ``threshold`` of ``signal``, and a note on it.
-    ``extra``: the ``q`` / ``window`` the judged jobs' signals were computed with."""
+    ``extra``: the ``q`` / ``window`` the judged jobs' signals were computed with. Every setting is
+    one the job schema accepts (thresholds clamped into its ranges)."""
     strong = "STRONGER-MODEL"
-    t = round(threshold, 6)
+    as_mean = round(min(0.0, max(-20.0, threshold)), 6)  # a mean logprob, as review_below takes it
     if signal in ("confidence", "mean_logprob"):
-        below = t if signal == "confidence" else round(math.exp(min(0.0, threshold)), 6)
-        escalate: dict[str, Any] = {"model": strong, "below": below}
-        if "signal" in escalate_signals:
-            escalate = {"model": strong, "signal": "confidence", "below": below}
+        below = _probability_setting(threshold if signal == "confidence" else math.exp(as_mean))
+        escalate = {"model": strong, "signal": "confidence", "below": below}
         note = "" if signal == "confidence" else "confidence = exp(mean_logprob): the same threshold"
         return {"review": {"min_confidence": below}, "escalate": escalate}, note
     if signal == "lowest_segment_mean":
         return (
-            {"review": {"unit": "sentence", "review_below": t, "publish_above": max(t, -0.5)}},
+            {"review": {"unit": "sentence", "review_below": as_mean, "publish_above": max(as_mean, -0.5)}},
             "use the unit your judged jobs used: a segment below review_below sends the answer to review",
         )
-    if signal in ("p10_prob", "quantile", "window_min", "margin") and "signal" in escalate_signals:
-        name = "quantile" if signal == "p10_prob" else signal
-        escalate = {"model": strong, "signal": name}
+    if signal in ("p10_prob", "quantile", "window_min", "margin"):
+        escalate = {"model": strong, "signal": "quantile" if signal == "p10_prob" else signal}
         note = ""
+        below = _probability_setting(threshold)
         if signal == "p10_prob":
             escalate["q"] = 0.1
         elif signal == "quantile" and "q" in extra:
@@ -312,15 +314,17 @@ def _setting(
         elif signal == "window_min":
             if "window" in extra:
                 escalate["window"] = extra["window"]
-            t = round(math.exp(min(0.0, threshold)), 6)
+            below = _probability_setting(math.exp(as_mean))
             note = "window_min is a mean logprob: escalate compares exp(window_min)"
-        escalate["below"] = t
+        elif signal == "margin":
+            note = "the margin needs params.top_logprobs of 2 or more"
+        escalate["below"] = below
         return {"escalate": escalate}, note
     where = {"min_prob": "done.summary.min_prob", "mean_entropy_lb": "done.summary.mean_entropy_lb"}.get(
         signal, f"the {signal} signal"
     )
     relation = ">" if signal in UNCERTAINTY_SIGNALS else "<"
-    return None, f"no job setting reads it: flag when {where} {relation} {t:g}"
+    return None, f"no job setting reads it: flag when {where} {relation} {round(threshold, 6):g}"
 
 
 def _parameters(signal: str, labelled: Sequence[Feedback]) -> dict[str, Any]:
@@ -334,12 +338,6 @@ def _parameters(signal: str, labelled: Sequence[Feedback]) -> dict[str, Any]:
     return extra
 
 
-def _escalate_fields() -> frozenset[str]:
-    from .jobs import Escalate
-
-    return frozenset(f.name for f in msgspec.structs.fields(Escalate))
-
-
 def _signal_report(
     signal: str,
     labelled: Sequence[Feedback],
@@ -347,7 +345,6 @@ def _signal_report(
     catch: float | None,
     review_rate: float | None,
     reliable: bool,
-    escalate_signals: frozenset[str],
 ) -> SignalReport:
     pairs = [(v, f.correct) for f in labelled if (v := getattr(f.signals, signal)) is not None]
     values = [v for v, _ in pairs]
@@ -365,7 +362,7 @@ def _signal_report(
         setting, note = None, "no threshold meets the target"
     else:
         threshold = -chosen.threshold if uncertain else chosen.threshold
-        setting, note = _setting(signal, threshold, escalate_signals, _parameters(signal, labelled))
+        setting, note = _setting(signal, threshold, _parameters(signal, labelled))
     report = SignalReport(
         signal=signal,
         flag="above" if uncertain else "below",
@@ -463,7 +460,6 @@ def calibrate(
     for f in feedback:
         if model is None or f.model == model:
             by_model.setdefault(f.model, []).append(f)
-    escalate_signals = _escalate_fields()
     models = []
     for name in sorted(by_model):
         labelled = by_model[name]
@@ -475,7 +471,6 @@ def calibrate(
                 catch=catch,
                 review_rate=review_rate,
                 reliable=reliable,
-                escalate_signals=escalate_signals,
             )
             for s in SIGNAL_NAMES
         ]

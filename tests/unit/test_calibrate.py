@@ -31,7 +31,8 @@ from worker.calibrate import (
 )
 from worker.confidence import ConfidenceTracker
 from worker.feedback import Feedback
-from worker.signals import Signals
+from worker.jobs import decode_job
+from worker.signals import SIGNAL_NAMES, Signals
 from worker.sim.labelled import answer_logprobs, expected_auroc, truth
 
 # correct answers score 0.9, 0.8, 0.7, 0.5; wrong ones 0.6, 0.5, 0.2 (one tie across the classes)
@@ -136,8 +137,7 @@ def test_calibrate_reports_each_signal_per_model() -> None:
     assert conf.recommended is not None and conf.recommended.threshold == pytest.approx(0.65)
     assert conf.setting == {
         "review": {"min_confidence": 0.65},
-        "escalate": {"model": "STRONGER-MODEL", "below": 0.65}
-        | ({"signal": "confidence"} if "signal" in conf.setting["escalate"] else {}),  # type: ignore[index]
+        "escalate": {"model": "STRONGER-MODEL", "signal": "confidence", "below": 0.65},
     }
     # mean_logprob = log(confidence): the same ranking; its midpoint (in logprob) is the geometric
     # mean of 0.6 and 0.7, written as a confidence
@@ -210,6 +210,43 @@ def test_the_bootstrap_is_the_metrics_on_resamples() -> None:
         assert got.lo == pytest.approx(percentile(values, 0.025), abs=1e-12), name
         assert got.hi == pytest.approx(percentile(values, 0.975), abs=1e-12), name
         assert got.lo <= got.hi, name
+
+
+@pytest.mark.parametrize("catch", [0.5, 0.9, 1.0])
+def test_every_recommended_setting_is_a_valid_job_setting(catch: float) -> None:
+    """Even at the edges (the most confident answer is wrong: flag everything; values at 0 and 1)."""
+    values = [0.0, 0.3, 0.6, 1.0, 1.0]
+    correct = [False, True, True, True, False]
+    feedback = [
+        fb(
+            f"j{i}",
+            y,
+            confidence=v,
+            mean_logprob=math.log(max(v, 1e-9)),
+            min_prob=v,
+            mean_entropy_lb=-math.log(max(v, 1e-9)),
+            lowest_segment_mean=math.log(max(v, 1e-9)),
+            p10_prob=v,
+            quantile=v,
+            quantile_q=0.25,
+            window_min=math.log(max(v, 1e-9)),
+            window=4,
+            margin=v,
+        )
+        for i, (v, y) in enumerate(zip(values, correct, strict=True))
+    ]
+    (m,) = calibrate(feedback, catch=catch).models
+    settable = [s for s in m.signals if s.setting is not None]
+    assert {s.signal for s in settable} == set(SIGNAL_NAMES) - {"min_prob", "mean_entropy_lb"}
+    for s in settable:
+        job = {"model": "cheap", "input": "x", "params": {"top_logprobs": 5}, **(s.setting or {})}
+        if "escalate" in job:
+            job["escalate"] = {**job["escalate"], "model": "strong"}
+        decode_job(msgspec.json.encode(job))  # raises InvalidJob naming the field otherwise
+    quantile = next(s for s in settable if s.signal == "quantile")
+    assert quantile.setting is not None and quantile.setting["escalate"]["q"] == 0.25
+    window = next(s for s in settable if s.signal == "window_min")
+    assert window.setting is not None and window.setting["escalate"]["window"] == 4
 
 
 def test_bad_targets_are_refused() -> None:
