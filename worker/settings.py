@@ -150,6 +150,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     gateway_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8787
     gateway_heartbeat_seconds: PositiveFloat = 15.0
     gateway_ui: bool = False
+    # live events buffered per SSE connection; a client further behind is dropped (it resumes by id)
+    gateway_buffer_bytes: Annotated[int, msgspec.Meta(ge=4096)] = 1_048_576
     gateway_secret_env: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$(?!\n)")] = (
         "TOKENWIRE_GATEWAY_SECRET"
     )

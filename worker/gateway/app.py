@@ -37,17 +37,15 @@ from .limits import InflightLimiter, StreamCounter
 from .metrics import GatewayMetrics
 from .sse import Entry, comment, entry_of, frame
 
-__all__ = ["BUFFER_BYTES", "Gateway", "Principal", "build_app"]
+__all__ = ["GATEWAY", "Gateway", "Principal", "build_app"]
 
 log = structlog.get_logger("tokenwire.gateway")
 
-BUFFER_BYTES: Final = 1_048_576
-"""Live events buffered per SSE connection before it counts as fallen behind and is dropped."""
 REPLAY_COUNT: Final = 256
 WRITE_TIMEOUT: Final = 30.0
 RETRY_AFTER_INFLIGHT: Final = "2"
 RETRY_AFTER_STREAMS: Final = "1"
-_JOB_PATH: Final = r"{id:[^{}\s]{1,200}}"
+_JOB_PATH: Final = r"{id:.+}"  # any text: the handlers answer 404 for what is no job id
 _CORS_HEADERS: Final = "Authorization, Content-Type, Last-Event-ID"
 _EXPOSED: Final = "Retry-After"
 _HIDDEN_STATE: Final = frozenset({"handback"})  # a drain's hand-back token digest: the worker's alone
@@ -376,49 +374,68 @@ class Gateway:
         last, ended = await self._replay(response, key, after, None)
         if ended:
             return
-        watch, position = self.hub.attach(internal, last, BUFFER_BYTES)
+        watch, position = self.hub.attach(internal, last, self.settings.gateway_buffer_bytes)
         self._watches.add(watch)
         self.metrics.watched_jobs.set(len(self.hub.feeds))
-        heartbeat = self.settings.gateway_heartbeat_seconds
         try:
             if stream_key(position) > stream_key(last):
                 last, ended = await self._replay(response, key, last, position)
                 if ended:
                     return
-            while True:
-                if not watch.queue and not (watch.dropped or watch.gone or self.closing):
-                    try:
-                        async with asyncio.timeout(heartbeat):
-                            await watch.wake.wait()
-                    except TimeoutError:
-                        await _bounded(response.write(comment("keep-alive")), request)
-                        continue
-                entries = watch.take()
-                if entries:
-                    if await _bounded(self._write(response, entries), request):
-                        return
-                    last = entries[-1].id
-                if watch.dropped:
-                    self.metrics.dropped.labels("behind").inc()
-                    note = (
-                        f"dropped: this client fell behind by over {BUFFER_BYTES} bytes; "
-                        f"reconnect with Last-Event-ID: {last}"
-                    )
-                    await _bounded(response.write(comment(note)), request)
-                    return
-                if watch.gone:
-                    self.metrics.dropped.labels("expired").inc()
-                    await _bounded(response.write(comment("the job's keys expired or were deleted")), request)
-                    return
-                if self.closing:
-                    self.metrics.dropped.labels("stopping").inc()
-                    note = f"gateway stopping; reconnect with Last-Event-ID: {last}"
-                    await _bounded(response.write(comment(note)), request)
-                    return
+            await self._live(request, response, watch, last)
         finally:
+            if watch.dropped:
+                self.metrics.dropped.labels("behind").inc()
             self._watches.discard(watch)
             self.hub.detach(watch)
             self.metrics.watched_jobs.set(len(self.hub.feeds))
+
+    async def _live(
+        self, request: web.Request, response: web.StreamResponse, watch: Watch, last: str
+    ) -> None:
+        """Write the watch's entries as the hub hands them over, until the terminal one or a close."""
+        heartbeat = self.settings.gateway_heartbeat_seconds
+        writing = [False]
+
+        def cut() -> None:  # dropped while its write waits on a client reading nothing: cut it now
+            if writing[0] and request.transport is not None:
+                request.transport.abort()
+
+        watch.on_drop = cut
+        while True:
+            if not watch.queue and not (watch.dropped or watch.gone or self.closing):
+                try:
+                    async with asyncio.timeout(heartbeat):
+                        await watch.wake.wait()
+                except TimeoutError:
+                    await _bounded(response.write(comment("keep-alive")), request)
+                    continue
+            entries = watch.take()
+            if entries:
+                writing[0] = True
+                try:
+                    if await _bounded(self._write(response, entries), request):
+                        return
+                finally:
+                    writing[0] = False
+                last = entries[-1].id
+            note = self._close_note(watch, last)
+            if note is not None:
+                await _bounded(response.write(comment(note)), request)
+                return
+
+    def _close_note(self, watch: Watch, last: str) -> str | None:
+        """Why a stream ends before its job does (the comment it ends with), or None."""
+        if watch.dropped:
+            limit = self.settings.gateway_buffer_bytes
+            return f"dropped: this client fell behind by over {limit} bytes; resume after {last}"
+        if watch.gone:
+            self.metrics.dropped.labels("expired").inc()
+            return "the job's keys expired or were deleted"
+        if self.closing:
+            self.metrics.dropped.labels("stopping").inc()
+            return f"gateway stopping; reconnect with Last-Event-ID: {last}"
+        return None
 
     # ------------------------------------------------------------------------------- CORS, errors
 
@@ -498,17 +515,26 @@ def _unscoped_id(job_id: str) -> bool:
     return True
 
 
+GATEWAY: Final = web.AppKey("gateway", Gateway)
+"""The application's :class:`Gateway` (``request.app[GATEWAY]``)."""
+
+
 def build_app(gateway: Gateway) -> web.Application:
     """The gateway's application; with ``gateway_ui``, the page's routes too."""
     app = web.Application(
         middlewares=[gateway.errors], client_max_size=gateway.settings.max_payload_bytes + 1
     )
-    app["gateway"] = gateway
-    app.router.add_post("/v1/jobs", gateway.enqueue)
-    app.router.add_get(f"/v1/jobs/{_JOB_PATH}/events", gateway.events, allow_head=False)
-    app.router.add_post(f"/v1/jobs/{_JOB_PATH}/cancel", gateway.cancel)
-    app.router.add_get(f"/v1/jobs/{_JOB_PATH}", gateway.status, allow_head=False)
-    app.router.add_route("OPTIONS", "/v1/{tail:.*}", gateway.preflight)
+    app[GATEWAY] = gateway
+    routes = (
+        ("/v1/jobs", "POST", gateway.enqueue),
+        (f"/v1/jobs/{_JOB_PATH}/events", "GET", gateway.events),
+        (f"/v1/jobs/{_JOB_PATH}/cancel", "POST", gateway.cancel),
+        (f"/v1/jobs/{_JOB_PATH}", "GET", gateway.status),
+    )
+    for path, method, handler in routes:
+        resource = app.router.add_resource(path)
+        resource.add_route(method, handler)
+        resource.add_route("OPTIONS", gateway.preflight)
     if gateway.settings.gateway_ui:
         ui = importlib.import_module("worker.gateway.ui")
         ui.add_ui_routes(app, gateway)

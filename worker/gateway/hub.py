@@ -8,9 +8,10 @@ slots, and each job's keys have their own: the feeds are read by a non-blocking 
 ``XREAD`` per key (redis-py's cluster pipeline groups the commands by node, one round trip per node,
 nodes in parallel), polled every :data:`CLUSTER_POLL_SECONDS` while nothing arrives.
 
-A watch buffers at most its ``limit`` bytes of entries not yet written to its client: one that falls
-further behind is dropped (:attr:`Watch.dropped`), and its connection closes with a comment saying
-so; the client resumes by id. A slow client therefore never delays the hub nor another client.
+A watch buffers the entries not yet written to its client: one still holding over its ``limit`` bytes
+from earlier reads when a new read arrives has fallen behind and is dropped (:attr:`Watch.dropped`):
+its connection closes with a comment saying so (or is cut, when its client reads nothing at all),
+and the client resumes by id. A slow client therefore never delays the hub nor another client.
 
 A connection replays a job's history itself (``XRANGE``, written as it is read, so a long history
 waits on that client alone), then attaches here at the id it reached (:meth:`Hub.attach`).
@@ -21,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 import structlog
@@ -50,7 +51,7 @@ def stream_key(text: str) -> tuple[int, int]:
 class Watch:
     """One connection's view of a feed: entries newer than it has, up to ``limit`` bytes of them."""
 
-    __slots__ = ("_size", "dropped", "feed", "gone", "last", "limit", "queue", "wake")
+    __slots__ = ("_batch", "_size", "dropped", "feed", "gone", "last", "limit", "on_drop", "queue", "wake")
 
     def __init__(self, feed: Feed, last: tuple[int, int], limit: int) -> None:
         self.feed = feed
@@ -58,9 +59,11 @@ class Watch:
         self.limit = limit
         self.queue: deque[Entry] = deque()
         self._size = 0
+        self._batch = 0
         self.wake = asyncio.Event()
         self.dropped = False
         self.gone = False
+        self.on_drop: Callable[[], None] | None = None  # called when it is dropped
 
     def offer(self, entry: Entry) -> None:
         if self.dropped:
@@ -70,17 +73,28 @@ class Watch:
             return
         self.last = key
         self.queue.append(entry)
-        self._size += len(entry.data or b"") + 64
-        if self._size > self.limit:
+        cost = len(entry.data or b"") + 64
+        self._size += cost
+        self._batch += cost
+        self.wake.set()
+
+    def settle(self) -> None:
+        """After a read's entries were offered: a watch still holding over ``limit`` bytes from
+        earlier reads (its client has not taken them) has fallen behind and is dropped."""
+        if self._size - self._batch > self.limit:
             self.dropped = True
             self.queue.clear()
             self._size = 0
-        self.wake.set()
+            self.wake.set()
+            if self.on_drop is not None:
+                self.on_drop()
+        self._batch = 0
 
     def take(self) -> list[Entry]:
         items = list(self.queue)
         self.queue.clear()
         self._size = 0
+        self._batch = 0
         self.wake.clear()
         return items
 
@@ -103,16 +117,19 @@ class Feed:
         self.active = False  # an entry arrived since the last expiry sweep
 
     def deliver(self, entries: Iterable[Entry]) -> None:
+        watches = tuple(self.watches)
         for entry in entries:
             if stream_key(entry.id) <= stream_key(self.position):
                 continue
             self.position = entry.id
             self.active = True
-            for watch in tuple(self.watches):
+            for watch in watches:
                 watch.offer(entry)
             if entry.terminal:
                 self.done = True
-                return
+                break
+        for watch in watches:
+            watch.settle()
 
 
 class Hub:
@@ -136,6 +153,10 @@ class Hub:
         self.feeds: dict[str, Feed] = {}
         self._changed = asyncio.Event()
         self._on_read = on_read
+
+    def wake(self) -> None:
+        """End an idle wait now (a new feed, or stopping)."""
+        self._changed.set()
 
     def attach(self, job_id: str, last: str, limit: int) -> tuple[Watch, str]:
         """Watch ``job_id`` from after ``last``; returns the watch and the feed's position then: the

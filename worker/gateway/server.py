@@ -27,7 +27,7 @@ from .app import Gateway, build_app
 from .auth import TokenSigner, gateway_secret
 from .metrics import GatewayMetrics
 
-__all__ = ["HEAD_TIMEOUT", "GuardedHandler", "serve_gateway"]
+__all__ = ["HEAD_TIMEOUT", "GuardedHandler", "build_gateway", "serve_gateway"]
 
 HEAD_TIMEOUT: Final = 10.0
 KEEPALIVE_TIMEOUT: Final = 75.0
@@ -81,19 +81,26 @@ class GuardedHandler(RequestHandler):
         super().connection_lost(exc)
 
 
+def build_gateway(settings: Settings, environ: Mapping[str, str]) -> Gateway:
+    """The gateway of ``settings`` (its secret read from ``environ``); no connection is made yet."""
+    secret = gateway_secret(settings, environ)
+    redis = redis_client(settings.redis_url, cluster=settings.redis_cluster)
+    reader = redis_client(settings.redis_url, block_seconds=1.0, cluster=settings.redis_cluster)
+    return Gateway(settings, redis=redis, reader=reader, signer=TokenSigner(secret), metrics=GatewayMetrics())
+
+
 async def serve_gateway(
     settings: Settings,
     stop: asyncio.Event,
     *,
     environ: Mapping[str, str] | None = None,
     ready: Callable[[str], None] | None = None,
+    gateway: Gateway | None = None,
 ) -> None:
-    """Serve until ``stop``; ``ready(url)`` once listening (the URL has the bound port)."""
-    secret = gateway_secret(settings, os.environ if environ is None else environ)
-    redis = redis_client(settings.redis_url, cluster=settings.redis_cluster)
-    reader = redis_client(settings.redis_url, block_seconds=1.0, cluster=settings.redis_cluster)
-    metrics = GatewayMetrics()
-    gateway = Gateway(settings, redis=redis, reader=reader, signer=TokenSigner(secret), metrics=metrics)
+    """Serve until ``stop``; ``ready(url)`` once listening (the URL has the bound port).
+    ``gateway``: one built by :func:`build_gateway` (tests keep it to read its metrics)."""
+    gateway = gateway or build_gateway(settings, os.environ if environ is None else environ)
+    redis, reader, metrics = gateway.redis, gateway.hub.reader, gateway.metrics
     app = build_app(gateway)
     runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=SHUTDOWN_SECONDS)
     await runner.setup()
@@ -110,6 +117,7 @@ async def serve_gateway(
             max_line_size=MAX_LINE,
             max_field_size=MAX_FIELD,
             max_headers=MAX_HEADERS,
+            head_timeout=HEAD_TIMEOUT,
         )
 
     listener = await loop.create_server(
@@ -146,6 +154,7 @@ async def serve_gateway(
         gateway.close_streams()
         await runner.cleanup()
         hub_stop.set()
+        gateway.hub.wake()
         with contextlib.suppress(asyncio.CancelledError):
             await hub
         beat.cancel()
