@@ -35,7 +35,9 @@ from .events import (
     UnknownEvent,
     Usage,
 )
+from .feedback import Feedback, FeedbackError
 from .jobs import ChatMessage, Escalate, InvalidJob, Job, Params
+from .signals import Signals
 
 if typing.TYPE_CHECKING:
     from .service import Worker
@@ -75,6 +77,8 @@ __all__ = [
     "Escalate",
     "Escalation",
     "Event",
+    "Feedback",
+    "FeedbackError",
     "InvalidJob",
     "Job",
     "JobCancelled",
@@ -89,6 +93,7 @@ __all__ = [
     "Received",
     "Settings",
     "SettingsError",
+    "Signals",
     "Start",
     "SubscriptionTimeout",
     "Summary",
