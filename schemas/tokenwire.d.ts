@@ -6,13 +6,14 @@
 // completions, `messages` for chat) and its ranges are in the schema, not in these types.
 
 /**
- * A generation job: the JSON held in the `job` field of an entry on the job stream (channel `jobs` of asyncapi.yaml). Api `native` (the default) and `completions` take `input` and no `messages`; `chat` takes `messages` and no `input` (null counts as absent). The worker alone checks what depends on its settings: the payload's size (`max_payload_bytes`), the prompt's length (`max_input_chars`), `params.max_tokens` against `max_tokens_cap`, and whether `provider` and `escalate.provider` name a configured provider that serves the job's api, and whether the provider of a native job whose `escalate.signal` is `margin` sends top-k alternatives. It also rejects two things JSON Schema cannot express: an integer written with a fraction or an exponent (`5.0`, `5e0`; write `5`), and text that is not I-JSON (RFC 7493: UTF-8, no lone surrogates).
+ * A generation job: the JSON held in the `job` field of an entry on the job stream (channel `jobs` of asyncapi.yaml). Api `native` (the default), `completions` and `sglang` take `input` and no `messages`; `chat`, `responses` and `gemini` take `messages` and no `input` (null counts as absent). The worker alone checks what depends on its settings: the payload's size (`max_payload_bytes`), the prompt's length (`max_input_chars`), `params.max_tokens` against `max_tokens_cap`, and whether `provider` and `escalate.provider` name a configured provider that serves the job's api, and whether the provider of a native job whose `escalate.signal` is `margin` sends top-k alternatives. It also rejects two things JSON Schema cannot express: an integer written with a fraction or an exponent (`5.0`, `5e0`; write `5`), and text that is not I-JSON (RFC 7493: UTF-8, no lone surrogates).
  */
 export type TokenwireJob = {
-  api?: "chat" | "completions" | "native";
+  api?: "chat" | "completions" | "gemini" | "native" | "responses" | "sglang";
   escalate?: Escalate | null;
   id?: string | null;
   input?: string | null;
+  logprobs?: "preferred" | "required";
   low_prob?: number;
   messages?: [ChatMessage, ...ChatMessage[]] | null;
   metadata?: {
@@ -158,6 +159,8 @@ export interface DoneEvent {
   escalation?: Escalation | null;
   finish_reason: string;
   job_id: string;
+  logprobs_available?: boolean;
+  logprobs_reason?: string | null;
   metadata?: {
     [k: string]: string | undefined;
   };

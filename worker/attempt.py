@@ -13,13 +13,16 @@ import contextlib
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import msgspec
 
 from .admit import Admitted
+from .capability import LogprobsMemo
 from .confidence import ConfidenceTracker, TokenScore, is_control
 from .events import Cancelled, Done, Error, Escalation, Token, TopkMetrics, TopLogprob, Usage, encode_event
+from .fallback import LogprobsFallback
 from .holdback import holdback_for
 from .keys import Keys
 from .outcome import Escalate, Failed, Fenced, Finished, WriteFailed
@@ -30,7 +33,7 @@ from .routing import judge, tracker_for
 from .settings import Settings
 from .upstream.adapters import Adapter
 from .upstream.base import Parsed, StreamEnd, TokenRecord, UpstreamError
-from .upstream.http import StreamLimits, open_sse
+from .upstream.http import StreamLimits
 
 __all__ = ["Attempt", "AttemptContext"]
 
@@ -53,6 +56,7 @@ class AttemptContext:
     environ: Mapping[str, str]
     redactor: Redactor = field(default_factory=installed)
     budgets: Budgets | None = None  # the providers' shared budgets (worker.ratelimit)
+    memo: LogprobsMemo | None = None  # provider+model pairs that refused logprobs (worker.capability)
 
 
 def _finite(value: float | None) -> float | None:
@@ -83,6 +87,7 @@ class Attempt:
         self.judge_at_end = esc is not None  # until the after_tokens check has passed
         self._escalate: str | None = None  # why, once the after_tokens check has failed
         self.deadline = deadline
+        self.fallback: LogprobsFallback | None = None  # the request, once its stream is asked for
 
     async def run(self) -> Finished | Failed | Escalate | Fenced | WriteFailed:
         """Stream the upstream's tokens out as token events; how the attempt ended. A fenced or
@@ -126,19 +131,21 @@ class Attempt:
                 return self.end_with_error(
                     "invalid_api_key", f"provider {admitted.provider_name!r}: {problem}"
                 )
-        adapter = ctx.adapters[self.job.api]
-        url, body = adapter.build_request(
-            self.job, model_url=admitted.url, settings=ctx.settings, provider=admitted.provider
+        fallback = self.fallback = LogprobsFallback(
+            admitted,
+            ctx.adapters[self.job.api],
+            http=ctx.http,
+            settings=ctx.settings,
+            limits=ctx.limits,
+            memo=ctx.memo,
+            key=key,
         )
-        headers = {"Content-Type": "application/json"}
-        if key is not None:
-            headers["Authorization"] = f"Bearer {key}"
+        await fallback.check()  # a refusal of logprobs remembered for this provider+model
         budgets = ctx.budgets or Budgets(None, ctx.keys, ctx.settings)  # waits out 429s (ratelimit)
-        request = lambda: open_sse(ctx.http, url, body, headers, ctx.limits)  # noqa: E731
-        opened = budgets.request(admitted, self.deadline, request, self.tokens_used)
+        opened = budgets.request(admitted, self.deadline, fallback.open, self.tokens_used)
         async with opened as events:
             publisher = ctx.publisher
-            parse: Callable[[str], Parsed] = adapter.parse
+            parse: Callable[[str], Parsed] = fallback.parser.parse
             if self.holdback is not None:  # secrets configured: tokens that may begin one wait
                 parse = self._holding(parse)
             async for data in events:
@@ -303,7 +310,13 @@ class Attempt:
             metadata=self.job.metadata,
             reasoning_text=None if reasoning is None else reasoning.text,
             reasoning_confidence=None if reasoning is None else reasoning.confidence,
+            **self._logprobs_note(),
         )
+
+    def _logprobs_note(self) -> dict[str, Any]:
+        """``done``'s ``logprobs_available: false`` and why, when the request went without them."""
+        reason = None if self.fallback is None else self.fallback.reason
+        return {} if reason is None else {"logprobs_available": False, "logprobs_reason": reason}
 
     def end_with_error(self, code: str, message: str) -> Finished:
         """This attempt's end with an ``error`` event (also the runner's, for a failure it will not

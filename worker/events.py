@@ -207,6 +207,10 @@ class Done(_Base, frozen=True, kw_only=True):
     reasoning_text: str | None = None
     reasoning_confidence: float | None = None
     text_truncated: bool = False
+    # false when the provider or model refused logprobs and the job (policy `preferred`) streamed its
+    # tokens without them (each token's logprob null); `logprobs_reason` then says why
+    logprobs_available: bool = True
+    logprobs_reason: str | None = None
 
 
 class Error(_Base, frozen=True, kw_only=True):

@@ -15,12 +15,14 @@ import msgspec
 
 __all__ = [
     "API_NAMES",
+    "MESSAGE_APIS",
     "Api",
     "ChatMessage",
     "Escalate",
     "EscalateSignal",
     "InvalidJob",
     "Job",
+    "LogprobsPolicy",
     "Params",
     "decode_job",
     "encode_job",
@@ -28,8 +30,11 @@ __all__ = [
     "new_job_id",
 ]
 
-Api = Literal["native", "chat", "completions"]
-API_NAMES: tuple[str, ...] = ("native", "chat", "completions")
+Api = Literal["native", "chat", "completions", "responses", "gemini", "sglang"]
+API_NAMES: tuple[str, ...] = ("native", "chat", "completions", "responses", "gemini", "sglang")
+MESSAGE_APIS: frozenset[str] = frozenset({"chat", "responses", "gemini"})
+"""The APIs whose jobs take ``messages``; every other one takes ``input``."""
+LogprobsPolicy = Literal["required", "preferred"]
 
 # Job ids become part of Redis keys (``P:job:{ID}``): no braces, no whitespace, bounded length.
 # ``$(?!\n)``: Python's ``$`` also matches before a final newline (``"abc\n"`` would pass ``^...$``);
@@ -106,7 +111,8 @@ class Escalate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 class Job(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
     """An LLM generation job.
 
-    ``input`` is required for the ``native`` and ``completions`` APIs, ``messages`` for ``chat``.
+    ``messages`` is required for the ``chat``, ``responses`` and ``gemini`` APIs, ``input`` for the
+    others (``native``, ``completions``, ``sglang``).
     ``id`` is optional: the client chooses one when it is absent, and enqueueing the same id twice
     yields one job. A job names a provider; it never carries a URL.
     """
@@ -123,13 +129,16 @@ class Job(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True,
         default_factory=dict
     )
     escalate: Escalate | None = None
+    # what a provider or model that refuses logprobs means: `required` fails the job
+    # (`logprobs_unsupported`), `preferred` streams its tokens without logprobs (`done` says so)
+    logprobs: LogprobsPolicy = "preferred"
 
     def __post_init__(self) -> None:
-        if self.api == "chat":
+        if self.api in MESSAGE_APIS:
             if self.messages is None:
-                raise ValueError("a job with api 'chat' needs `messages`")
+                raise ValueError(f"a job with api '{self.api}' needs `messages`")
             if self.input is not None:
-                raise ValueError("a job with api 'chat' takes `messages`, not `input`")
+                raise ValueError(f"a job with api '{self.api}' takes `messages`, not `input`")
         else:
             if self.input is None:
                 raise ValueError(f"a job with api '{self.api}' needs `input`")

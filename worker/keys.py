@@ -6,6 +6,8 @@
   :class:`worker.feedback.Feedback` as JSON) per judgement of a job's answer; capped at about
   ``FEEDBACK_MAXLEN`` entries (:mod:`worker.feedback`).
 - ``P:job:{ID}``: a job's state hash; ``P:job:{ID}:events``: its event stream (same slot as each other).
+- ``P:nolp:{provider}:{digest}``: a provider+model that refused logprobs, remembered for
+  ``logprobs_refusal_ttl_seconds`` so that other jobs (on every worker) skip the failed request.
 - ``P:cancel``: the pub/sub channel of cancellation requests (``Client.cancel`` publishes one after it
   flags the job's state hash; the worker holding the job stops it). A message is UTF-8 text: the job
   id, a newline, the reason (``"job-42\\nuser pressed stop"``); :func:`cancel_message` builds it and
@@ -18,6 +20,7 @@ hash-tag braces belong to the values of ``prefixTag`` (``{tokenwire}``) and ``jo
 
 from __future__ import annotations
 
+import hashlib
 from typing import Final
 
 __all__ = ["GROUP", "Keys", "as_text", "cancel_message", "read_cancel_message"]
@@ -42,6 +45,13 @@ class Keys:
 
     def events(self, job_id: str) -> str:
         return f"{self.prefix}:job:{{{job_id}}}:events"
+
+    def no_logprobs(self, provider: str, model: str) -> str:
+        """``P:nolp:{provider}:{sha256(model)[:32]}``: a provider+model refused logprobs (a string
+        holding the refusal, with a TTL). The digest keeps any model name (``{``, spaces) out of
+        the key's hash tag."""
+        digest = hashlib.sha256(model.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+        return f"{self.prefix}:nolp:{provider}:{digest}"
 
     def budget(self, scope: str) -> tuple[str, str, str, str]:
         """A budget scope's keys (state, slots, queue, waiters), all in the slot of ``{scope}``."""

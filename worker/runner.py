@@ -15,6 +15,7 @@ import structlog
 from .admit import Admitted, Rejected, admit
 from .attempt import Attempt, AttemptContext
 from .backoff import Backoff, RetryPolicy
+from .capability import LogprobsMemo
 from .events import Done, Error, Start, bound_done
 from .jobs import job_id_of
 from .metrics import Metrics
@@ -85,6 +86,7 @@ class Runner:
             environ=os.environ if environ is None else environ,
             redactor=self.redactor,
             budgets=budgets or Budgets(None, store.keys, settings, self.metrics),
+            memo=LogprobsMemo(store.redis, store.keys, settings.logprobs_refusal_ttl_seconds),
         )
 
     async def handle(self, delivery: Delivery, control: Control | None = None) -> None:

@@ -15,17 +15,18 @@ import yaml
 
 from .events import Event
 from .feedback import FEEDBACK_MAXLEN, Feedback
-from .jobs import Job
+from .jobs import MESSAGE_APIS, Job
 from .keys import GROUP, Keys, cancel_message
 
 __all__ = ["CANCEL_MESSAGE_PATTERN", "contract_view", "render_all", "stale_files", "write_all"]
 
 _ID = "https://tokenwire.dev/schemas"
 
-# What ``Job.__post_init__`` checks, which msgspec cannot write into a schema: ``chat`` takes
-# ``messages``; every other api (``native`` is the default) takes ``input``. Null counts as absent.
+# What ``Job.__post_init__`` checks, which msgspec cannot write into a schema: ``chat``,
+# ``responses`` and ``gemini`` take ``messages``; every other api (``native`` is the default) takes
+# ``input``. Null counts as absent.
 _JOB_API_RULE: dict[str, Any] = {
-    "if": {"required": ["api"], "properties": {"api": {"const": "chat"}}},
+    "if": {"required": ["api"], "properties": {"api": {"enum": sorted(MESSAGE_APIS)}}},
     "then": {
         "required": ["messages"],
         "properties": {"messages": {"type": "array"}, "input": {"type": "null"}},
@@ -164,8 +165,9 @@ def job_schema() -> dict[str, Any]:
         "title": "tokenwire job",
         "description": (
             "A generation job: the JSON held in the `job` field of an entry on the job stream "
-            "(channel `jobs` of asyncapi.yaml). Api `native` (the default) and `completions` take "
-            "`input` and no `messages`; `chat` takes `messages` and no `input` (null counts as absent). "
+            "(channel `jobs` of asyncapi.yaml). Api `native` (the default), `completions` and `sglang` "
+            "take `input` and no `messages`; `chat`, `responses` and `gemini` take `messages` and no "
+            "`input` (null counts as absent). "
             + _WORKER_ALONE
         ),
         **schema,

@@ -15,15 +15,31 @@ from collections.abc import AsyncGenerator, Callable, Iterator
 import httpx
 import msgspec
 
+from worker.jobs import ChatMessage, Job, Params
 from worker.upstream import http as upstream_http
 from worker.upstream.base import UpstreamError
 from worker.upstream.chat import ChatAdapter
 from worker.upstream.completions import CompletionsAdapter
 from worker.upstream.errors import CODES, stream_error
+from worker.upstream.gemini import GeminiAdapter
 from worker.upstream.http import GAP_SLACK, StreamLimits, message_from_body, open_sse
 from worker.upstream.native import NativeAdapter
+from worker.upstream.responses import ResponsesAdapter
+from worker.upstream.sglang import SGLangAdapter
 
-__all__ = ["LIMITS", "MESSAGE_LIMIT", "TARGETS", "chat", "completions", "errors", "native", "sse"]
+__all__ = [
+    "LIMITS",
+    "MESSAGE_LIMIT",
+    "TARGETS",
+    "chat",
+    "completions",
+    "errors",
+    "gemini",
+    "native",
+    "responses",
+    "sglang",
+    "sse",
+]
 
 LIMITS = StreamLimits(max_event_bytes=4096, max_stream_bytes=256 * 1024, max_tokens=64, stall_seconds=5.0)
 MESSAGE_LIMIT = 2048
@@ -112,6 +128,29 @@ chat = _parser(ChatAdapter().parse)
 completions = _parser(CompletionsAdapter().parse)
 
 
+def _stream(new_parser: Callable[[], Callable[[str], object]]) -> Callable[[bytes], None]:
+    """A stateful dialect: each line of the input is one event of one stream, read in order."""
+
+    def target(data: bytes) -> None:
+        parse = new_parser()
+        try:
+            for line in data.decode("utf-8", "replace").split("\n")[:64]:
+                parse(line)
+        except UpstreamError as exc:
+            _check(exc)
+
+    return target
+
+
+_STREAM_JOB = Job(model="m", api="chat", messages=[ChatMessage(role="user", content="x")])
+_TOP_JOB = Job(
+    model="m", api="gemini", messages=[ChatMessage(role="user", content="x")], params=Params(top_logprobs=2)
+)
+responses = _stream(lambda: ResponsesAdapter().parser(_STREAM_JOB).parse)
+gemini = _stream(lambda: GeminiAdapter().parser(_TOP_JOB).parse)
+sglang = _stream(lambda: SGLangAdapter().parser(_STREAM_JOB).parse)
+
+
 def errors(data: bytes) -> None:
     """Error bodies and in-stream error objects: a message always, short, never an exception."""
     message = message_from_body(data, "application/json")
@@ -133,4 +172,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "chat": chat,
     "completions": completions,
     "errors": errors,
+    "responses": responses,
+    "gemini": gemini,
+    "sglang": sglang,
 }

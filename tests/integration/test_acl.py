@@ -21,6 +21,7 @@ from redis.exceptions import NoPermissionError, RedisClusterException, ResponseE
 from structlog.testing import capture_logs
 
 from worker import Client, Done, Worker
+from worker.capability import LogprobsMemo
 from worker.client import JobNotFound
 from worker.confidence import ConfidenceTracker
 from worker.connect import http_client, redis_client
@@ -167,6 +168,14 @@ async def worker_operations(r: Redis, admin: Redis, prefix: str) -> None:
     async with r.pubsub() as pubsub:  # the cancel listener
         await pubsub.subscribe(keys.cancel)
         assert (await pubsub.get_message(timeout=5.0) or {}).get("type") == "subscribe"
+    # the logprobs memo (worker.capability): it logs a refused command and goes on, so its two
+    # commands are sent here as it sends them, then it is read back through the memo itself
+    memo_key = keys.no_logprobs("sim", MODEL)
+    await r.set(memo_key, "refused", px=60_000)
+    assert await r.get(memo_key) == b"refused"
+    memo = LogprobsMemo(r, keys, 60.0, clock=iter(range(0, 10**6, 100)).__next__)  # no local hits
+    await memo.remember("sim", MODEL, "refused again")
+    assert await memo.refusal("sim", MODEL) == "refused again"
     await health_check(r)
 
 

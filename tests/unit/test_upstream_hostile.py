@@ -331,7 +331,7 @@ FAST = settings(max_examples=150, deadline=None)
 @given(value=_json_values())
 def test_each_dialect_parser_raises_only_documented_errors(value: object) -> None:
     data = msgspec.json.encode(value)
-    for name in ("native", "chat", "completions", "errors"):
+    for name in ("native", "chat", "completions", "errors", "responses", "gemini", "sglang"):
         targets.TARGETS[name](data)
 
 
@@ -341,7 +341,7 @@ def test_each_dialect_parser_raises_only_documented_errors(value: object) -> Non
 @example(data=b'{"choices": [{"logprobs": {"content": [{"bytes": [256, -1]}]}}]}')
 @example(data=b'{"token": {"id": 99999999999999999999999}}')
 def test_each_dialect_parser_takes_any_bytes(data: bytes) -> None:
-    for name in ("native", "chat", "completions", "errors"):
+    for name in ("native", "chat", "completions", "errors", "responses", "gemini", "sglang"):
         targets.TARGETS[name](data)
 
 

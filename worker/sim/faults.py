@@ -115,6 +115,11 @@ class Directives(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     per_chunk: Annotated[int, msgspec.Meta(ge=1, le=256)] = 1  # tokens per chunk (not together)
     nolp_every: NonNegInt = 0  # every Nth token arrives with its text but without logprobs
     sentinel: bool = False  # very unlikely tokens report -9999.0 (openai, vllm)
+    # the model refuses logprobs: a request asking for them gets the dialect's refusal (responses:
+    # OpenAI's unsupported_parameter; gemini: 400 "Logprobs is not supported ..."; chat: Groq's)
+    nologprobs: bool = False
+    split_top: bool = False  # gemini: a chunk's topCandidates arrive on the next chunk
+    incremental: bool = False  # sglang: incremental_streaming_output (default: cumulative events)
     # a provider's rate limit (worker.sim.limits): at most `limit` streams at once and `limit_rps`
     # requests a second, per base model or over the server; 429 beyond, asking to wait `limit_retry_after`
     limit: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = None
@@ -156,6 +161,7 @@ class SimRequest(msgspec.Struct, frozen=True, kw_only=True):
     seed: int | None = None
     stop: tuple[str, ...] = ()
     top_n: int = 0
+    refusal: StatusReply | None = None  # answered instead of a stream (the nologprobs directive)
 
 
 def _pairs(text: str) -> dict[str, str]:

@@ -15,9 +15,10 @@ prompt string (:func:`render_messages`), so for a given seed, base model, prompt
 request seed every dialect streams the same tokens, and so does the native route with that string
 as ``input``.
 
-Refusals (bad body, bad directive, no ``stream: true``) and ``fault=status`` answers use OpenAI's
-``{"error": {"message", "type", "param", "code"}}`` body; llama.cpp's has ``code``, ``message`` and
-``type``.
+With ``nologprobs`` a chat request asking for logprobs is refused as Groq refuses it (400,
+``param: "logprobs"``). Refusals (bad body, bad directive, no ``stream: true``) and
+``fault=status`` answers use OpenAI's ``{"error": {"message", "type", "param", "code"}}`` body;
+llama.cpp's has ``code``, ``message`` and ``type``.
 """
 
 from __future__ import annotations
@@ -219,6 +220,17 @@ def _status_reply(directives: Directives) -> StatusReply:
     return msgspec.structs.replace(reply, body=_ENC.encode({"error": error}))
 
 
+def _logprobs_refusal() -> StatusReply:
+    """A chat model that gives no logprobs (Groq's answer to ``logprobs``)."""
+    error = {
+        "message": "`logprobs` is not supported with this model",
+        "type": "invalid_request_error",
+        "param": "logprobs",
+        "code": None,
+    }
+    return StatusReply(400, "application/json", _ENC.encode({"error": error}), {})
+
+
 class ChatCompletions:
     """``POST /v1/openai/chat/completions`` (and ``/v1/chat/completions``)."""
 
@@ -238,6 +250,8 @@ class ChatCompletions:
         info = _info(parsed, base, directives, prompt, chat=True, logprobs=bool(logprobs))
         max_tokens = parsed.max_completion_tokens or parsed.max_tokens
         request = _request(parsed, base, directives, prompt, max_tokens, top_n if logprobs else 0)
+        if directives.nologprobs and logprobs:  # the model refuses logprobs, as Groq's do
+            request = msgspec.structs.replace(request, refusal=_logprobs_refusal())
         return request, chat_encoder(info)
 
     def status_reply(self, directives: Directives) -> StatusReply:

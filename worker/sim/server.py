@@ -6,7 +6,9 @@ shapes each event's JSON. The stream loop here is shared: it paces tokens on an 
 fires the request's fault and frames every event as its own ``data: ...`` write (one HTTP chunk per
 event, like real providers). :data:`DEFAULT_ROUTES` serves DeepInfra native, TGI, and the OpenAI-style
 chat and legacy completions routes, whose wire shape (OpenAI, Together, vLLM, llama.cpp) each request
-picks with its ``dialect`` directive (:mod:`worker.sim.openai_api`).
+picks with its ``dialect`` directive (:mod:`worker.sim.openai_api`), the OpenAI Responses API
+(:mod:`worker.sim.responses`), Gemini's ``streamGenerateContent`` (:mod:`worker.sim.gemini`) and
+SGLang's ``/generate`` (:mod:`worker.sim.sglang`).
 """
 
 from __future__ import annotations
@@ -41,10 +43,13 @@ from worker.sim.faults import (
     fault_applies,
     parse_directives,
 )
+from worker.sim.gemini import GEMINI
 from worker.sim.generate import SimToken, TokenSource, filler_token, stream_seed
-from worker.sim.limits import LimitCounts, Limiter, refusal_headers
 from worker.sim.labelled import labelled_events
+from worker.sim.limits import LimitCounts, Limiter, refusal_headers
 from worker.sim.openai_api import CHAT, COMPLETIONS
+from worker.sim.responses import RESPONSES
+from worker.sim.sglang import SGLANG
 
 __all__ = [
     "DEFAULT_ROUTES",
@@ -167,6 +172,9 @@ DEFAULT_ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/openai/completions", COMPLETIONS),
     Route("POST", "/v1/chat/completions", CHAT),
     Route("POST", "/v1/completions", COMPLETIONS),
+    Route("POST", "/v1/responses", RESPONSES),
+    Route("POST", "/v1beta/models/{model:.+}:streamGenerateContent", GEMINI),
+    Route("POST", "/generate", SGLANG),
 )
 
 
@@ -305,7 +313,11 @@ class _Stream:
             self.parts.append(token.text)
 
     async def _send(self, payload: bytes) -> None:
-        await self.response.write(self.prefix + payload + self.sep)
+        head = b""
+        if payload.startswith(b"event: "):  # a named event (worker.sim.responses): its name first
+            name, _, payload = payload.partition(b"\n")
+            head = name + (b"\r\n" if self.directives.crlf else b"\n")
+        await self.response.write(head + self.prefix + payload + self.sep)
         self.stats.events_sent += 1
 
     async def _send_all(self, payloads: Sequence[bytes]) -> None:
@@ -456,7 +468,8 @@ async def _handle(request: web.Request, dialect: Dialect) -> web.StreamResponse:
     state = request.app[_STATE]
     config, stats = state.config, state.stats
     try:
-        sim, encoder = dialect.parse(await request.read(), request.match_info.get("model"), config.fault)
+        model = request.match_info.get("model") or request.query.get("model")  # sglang: ?model=
+        sim, encoder = dialect.parse(await request.read(), model, config.fault)
     except RequestError as exc:
         stats.total_requests += 1
         return _json(exc.payload, exc.status)
@@ -477,6 +490,11 @@ async def _serve(
     request: web.Request, dialect: Dialect, sim: SimRequest, encoder: Encoder, n: int
 ) -> web.StreamResponse:
     stats = request.app[_STATE].stats
+    if sim.refusal is not None:  # the model refuses logprobs (the nologprobs directive)
+        stats.faults["nologprobs"] = stats.faults.get("nologprobs", 0) + 1
+        reply = sim.refusal
+        headers = {**reply.headers, "Content-Type": reply.content_type}
+        return web.Response(status=reply.status, body=reply.body, headers=headers)
     fault = sim.directives.fault if fault_applies(sim.directives, n) else None
     if fault is not None:
         stats.faults[fault] = stats.faults.get(fault, 0) + 1

@@ -12,7 +12,7 @@ that decode alike); llama.cpp sends the chat shape ``logprobs.content[]`` instea
 streaming chunks may carry a *number* (the sampled token's logprob) or a top-level ``token``
 object, as in chat. Text without logprobs → one record with ``logprob=None``. ``finish_reason``
 ends the generation, the usage chunk gives the token counts, ``[DONE]`` closes the stream, and
-errors map as for chat (:mod:`worker.upstream.errors`).
+errors map as for chat (:mod:`worker.upstream.openai_compat`, :mod:`worker.upstream.errors`).
 """
 
 from __future__ import annotations
@@ -24,16 +24,8 @@ import msgspec
 from worker.jobs import Job
 from worker.settings import Provider, Settings
 from worker.upstream.base import Parsed, TokenRecord, UpstreamError
-from worker.upstream.chat import (
-    Choice,
-    LegacyToken,
-    common_body,
-    decode_chunk,
-    model_url_for,
-    record,
-    sampled,
-    to_parsed,
-)
+from worker.upstream.openai_compat import Choice, LegacyToken, decode_chunk, record, sampled, to_parsed
+from worker.upstream.request import bearer, max_tokens, sampling, with_model
 
 __all__ = ["CompletionsAdapter"]
 
@@ -44,20 +36,40 @@ _ENCODER = msgspec.json.Encoder()
 
 
 class CompletionsAdapter:
-    """Build OpenAI-compatible completions requests and parse their chunks."""
+    """Build OpenAI-compatible completions requests and parse their chunks (no stream state)."""
 
     api = "completions"
+    event_prefix = None
 
     def build_request(
-        self, job: Job, *, model_url: str, settings: Settings, provider: Provider
+        self,
+        job: Job,
+        *,
+        model_url: str,
+        settings: Settings,
+        provider: Provider,
+        logprobs: bool = True,
     ) -> tuple[str, bytes]:
-        """``(url, JSON body)`` of a streaming request with logprobs; only the params the job set."""
+        """``(url, JSON body)`` of a streaming request, with logprobs unless ``logprobs=False``."""
         if job.input is None:
             raise UpstreamError("bad_request", "the completions API needs `input`")
-        body: dict[str, Any] = {"model": job.model, "prompt": job.input, **common_body(job, settings)}
-        body["logprobs"] = max(0, min(job.params.top_logprobs or 0, MAX_LOGPROBS))
+        body: dict[str, Any] = {
+            "model": job.model,
+            "prompt": job.input,
+            "stream": True,
+            "max_tokens": max_tokens(job, settings),
+            **sampling(job),
+        }
+        if logprobs:
+            body["logprobs"] = max(0, min(job.params.top_logprobs or 0, MAX_LOGPROBS))
         body["stream_options"] = {"include_usage": True}
-        return model_url_for(model_url, job.model), _ENCODER.encode(body)
+        return with_model(model_url, job.model), _ENCODER.encode(body)
+
+    def headers(self, key: str | None) -> dict[str, str]:
+        return bearer(key)
+
+    def parser(self, job: Job, *, logprobs: bool = True) -> CompletionsAdapter:
+        return self
 
     def parse(self, data: str) -> Parsed:
         """One SSE data payload → :class:`Parsed`; raises :class:`UpstreamError` on error events."""

@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 
 from worker.upstream.base import UpstreamError
-from worker.upstream.http import classify_status
+from worker.upstream.classify import LOGPROBS_UNSUPPORTED, classify_status
 
 __all__ = ["CODES", "malformed_event", "stream_error"]
 
@@ -53,6 +53,7 @@ CODES: frozenset[str] = frozenset(
         # the request and its response (worker.upstream.http)
         *(code for code, _ in map(classify_status, range(400, 600))),
         "bad_content_type",
+        LOGPROBS_UNSUPPORTED,  # a 400/422 refusing logprobs (worker.upstream.classify)
         "upstream_connection_error",  # connect, read or transport failure (retryable)
         "upstream_protocol_error",  # an unreadable response: oversized or too many headers, a
         # compressed body, any other parser failure

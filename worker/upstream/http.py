@@ -36,11 +36,11 @@ from worker.fastpath.httpx_sse import Event, decoders
 from worker.redact import MIN_SECRET, Redactor
 from worker.settings import Settings
 from worker.upstream.base import UpstreamError
+from worker.upstream.classify import LOGPROBS_UNSUPPORTED, classify_status, refuses_logprobs
 from worker.upstream.stall import StallGuard
 
 __all__ = [
     "StreamLimits",
-    "classify_status",
     "error_from_response",
     "message_from_body",
     "open_sse",
@@ -67,21 +67,6 @@ _CODING_LIMIT = 64
 
 _TEXT_LIMIT = 300
 _JSON_MESSAGE_LIMIT = 1000
-
-_STATUS_CODES = {
-    400: "bad_request",
-    401: "unauthorized",
-    402: "payment_required",
-    403: "forbidden",
-    404: "model_not_found",
-    408: "upstream_timeout",
-    409: "conflict",
-    413: "payload_too_large",
-    422: "bad_request",
-    423: "model_locked",
-    429: "rate_limited",
-}
-_RETRYABLE_4XX = frozenset({408, 409, 425, 429})
 
 # A blank line (an event boundary) is two line terminators in a row; CRLF counts as one terminator,
 # so the pairs LF LF, CR CR and LF CR always contain one, and CR LF never does on its own.
@@ -122,10 +107,15 @@ async def open_sse(
     body: bytes,
     headers: Mapping[str, str],
     limits: StreamLimits,
+    *,
+    event_prefix: str | None = None,
 ) -> AsyncIterator[AsyncIterator[str]]:
     """POST ``body`` (JSON); check the status before reading; yield an iterator of SSE ``data``.
 
-    Empty and whitespace-only data are skipped; an ``event: error`` raises. Raises
+    Empty and whitespace-only data are skipped; an ``event: error`` raises, and other named events
+    are skipped. A protocol that names every event (its JSON naming it again: the OpenAI Responses
+    API, ``event_prefix="response."``) gets the data of the events named with ``event_prefix``
+    and of ``event: error`` (which it reads itself); other names (``ping``) are still skipped. Raises
     :class:`UpstreamError` on entry (HTTP status, content type, connection) and from the iterator
     (transport failures, stalls, size bounds). The response is closed on every path. No bytes for
     ``limits.stall_seconds`` while waiting for them (headers included) is a stall (:mod:`.stall`).
@@ -146,7 +136,7 @@ async def open_sse(
             raise _redacted(_transport_error(exc, host), secrets) from None
         except Exception as exc:  # an HTTP parser's own error (aiohttp's oversized headers, ...)
             raise _redacted(_protocol_error(exc, host), secrets) from None
-        events = _data_events(source.response, limits, secrets, host, guard)
+        events = _data_events(source.response, limits, secrets, host, guard, event_prefix)
         yield await stack.enter_async_context(contextlib.aclosing(events))
 
 
@@ -156,6 +146,7 @@ async def _data_events(
     secrets: tuple[str, ...],
     host: str,
     guard: StallGuard,
+    event_prefix: str | None = None,
 ) -> AsyncGenerator[str, None]:
     """The non-empty ``data`` of each event, with every failure as an :class:`UpstreamError`.
 
@@ -164,7 +155,7 @@ async def _data_events(
     reads through httpx's ``aiter_text``, seven async generators deep under httpx-aiohttp, each
     about a microsecond per event: it is the fallback when the decoders cannot be reached.
     """
-    bounds, take = _Bounds(limits), _DataFilter(limits)
+    bounds, take = _Bounds(limits), _DataFilter(limits, event_prefix)
     chunks, mapped_errors = _chunks(response)
     found = decoders()
     try:
@@ -252,9 +243,10 @@ class _DataFilter:
     events (``ping``, ``message_start``, ...) carry no tokens and are skipped; an ``event: error``
     and more events than ``max_tokens`` allows raise."""
 
-    __slots__ = ("_count", "_max_events", "_max_tokens")
+    __slots__ = ("_count", "_max_events", "_max_tokens", "_prefix")
 
-    def __init__(self, limits: StreamLimits) -> None:
+    def __init__(self, limits: StreamLimits, event_prefix: str | None = None) -> None:
+        self._prefix = event_prefix
         self._count = 0
         self._max_tokens = limits.max_tokens
         self._max_events = limits.max_tokens + EVENT_SLACK
@@ -263,9 +255,13 @@ class _DataFilter:
         data = event.data
         name = event.event
         if name and name != "message":
-            if name == "error":
-                raise _error_event(data)
-            return None
+            prefix = self._prefix
+            if prefix is None:
+                if name == "error":
+                    raise _error_event(data)
+                return None
+            if name != "error" and not name.startswith(prefix):
+                return None
         if not data or data.isspace():
             return None
         self._count += 1
@@ -363,16 +359,12 @@ async def _read_bounded(response: httpx.Response, limit: int = ERROR_BODY_LIMIT)
     return b"".join(parts)[:limit]
 
 
-def classify_status(status: int) -> tuple[str, bool]:
-    """``(code, retryable)`` for an HTTP error status."""
-    if status >= 500:
-        return "upstream_unavailable", True
-    return _STATUS_CODES.get(status, "upstream_http_error"), status in _RETRYABLE_4XX
-
-
 def error_from_response(status: int, headers: httpx.Headers, body: bytes) -> UpstreamError:
-    """The error for a non-2xx response, e.g. ``HTTP 404 from upstream: Model not found``."""
+    """The error for a non-2xx response, e.g. ``HTTP 404 from upstream: Model not found``; a
+    refusal of logprobs is ``logprobs_unsupported`` (:mod:`worker.upstream.classify`)."""
     code, retryable = classify_status(status)
+    if refuses_logprobs(status, body):
+        code, retryable = LOGPROBS_UNSUPPORTED, False
     detail = message_from_body(body, headers.get("content-type", ""))
     if not detail:
         detail = httpx.codes.get_reason_phrase(status) or "(empty body)"

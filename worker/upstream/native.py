@@ -9,7 +9,6 @@ EOF after the final event is the end. Errors arrive in the stream at HTTP 200 as
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote
 
 import msgspec
 
@@ -17,19 +16,9 @@ from worker.jobs import Job
 from worker.settings import Provider, Settings
 from worker.upstream.base import Candidate, Parsed, StreamEnd, TokenRecord, UpstreamError
 from worker.upstream.errors import malformed_event, stream_error
+from worker.upstream.request import bearer, max_tokens, model_path, sampling, with_model
 
 __all__ = ["NativeAdapter", "model_path"]
-
-_SAMPLING = (
-    "temperature",
-    "top_p",
-    "top_k",
-    "repetition_penalty",
-    "stop",
-    "seed",
-    "presence_penalty",
-    "frequency_penalty",
-)
 
 
 class _Token(msgspec.Struct, gc=False):
@@ -72,31 +61,41 @@ _ENCODER = msgspec.json.Encoder()
 
 
 class NativeAdapter:
-    """Build DeepInfra native requests and parse native/TGI stream events."""
+    """Build DeepInfra native requests and parse native/TGI stream events (no stream state)."""
 
     api = "native"
+    event_prefix = None
 
     def build_request(
-        self, job: Job, *, model_url: str, settings: Settings, provider: Provider
+        self,
+        job: Job,
+        *,
+        model_url: str,
+        settings: Settings,
+        provider: Provider,
+        logprobs: bool = True,
     ) -> tuple[str, bytes]:
-        """``(url, JSON body)`` of a streaming request; only the params the job set are sent."""
+        """``(url, JSON body)`` of a streaming request; only the params the job set are sent. The
+        sampled token's logprob always comes; ``logprobs=False`` asks for no alternatives."""
         if job.input is None:
             raise UpstreamError("bad_request", "the native API needs `input`")
-        params = job.params
         body: dict[str, Any] = {
             "input": job.input,
             "stream": True,
-            "max_new_tokens": min(params.max_tokens or settings.default_max_tokens, settings.max_tokens_cap),
+            "max_new_tokens": max_tokens(job, settings),
+            **sampling(job),
         }
-        for name in _SAMPLING:
-            value = getattr(params, name)
-            if value is not None:
-                body[name] = value
-        top_n = min(params.top_logprobs or 0, provider.max_top_n_tokens)
-        if provider.supports_top_n_tokens and top_n > 0:
+        top_n = min(job.params.top_logprobs or 0, provider.max_top_n_tokens)
+        if logprobs and provider.supports_top_n_tokens and top_n > 0:
             body["top_n_tokens"] = top_n
             body["details"] = True
-        return model_url.replace("{model}", model_path(job.model)), _ENCODER.encode(body)
+        return with_model(model_url, job.model), _ENCODER.encode(body)
+
+    def headers(self, key: str | None) -> dict[str, str]:
+        return bearer(key)
+
+    def parser(self, job: Job, *, logprobs: bool = True) -> NativeAdapter:
+        return self
 
     def parse(self, data: str) -> Parsed:
         """One SSE data payload → :class:`Parsed`; ``[DONE]`` and status-only events → empty."""
@@ -121,14 +120,6 @@ class NativeAdapter:
         if event.generated_text is None and event.details is None:
             return Parsed(tokens)
         return _final(event, tokens)
-
-
-def model_path(model: str) -> str:
-    """The model name as URL path segments: slashes kept, the rest percent-encoded."""
-    segments = model.split("/")
-    if any(s in {".", ".."} for s in segments):
-        raise UpstreamError("bad_request", f"invalid model name {model!r}")
-    return quote(model, safe="/")
 
 
 def _record(token: _Token, top: list[_Token] | None) -> TokenRecord:
