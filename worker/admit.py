@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgspec
 
 from .jobs import InvalidJob, Job, decode_job, job_id_of
+from .prices import price_for
 from .routing import admission_problem
 from .settings import Provider, Settings
 
@@ -85,6 +86,13 @@ def _resolve(job: Job, job_id: str, provider_name: str, settings: Settings) -> A
         return Rejected(
             "unsupported_api",
             f"provider {provider_name!r} has no {job.api}_url configured for api {job.api!r}",
+            job_id,
+        )
+    if job.budget is not None and price_for(provider, job.model) is None:
+        return Rejected(
+            "invalid_job",
+            f"the job sets a budget, but provider {provider_name!r} has no price for model {job.model!r} "
+            f"(set [providers.{provider_name}.prices] for it, or '*')",
             job_id,
         )
     return Admitted(job, job_id, provider_name, provider, url)

@@ -31,6 +31,7 @@ from .ratelimit import Budgets
 from .redact import Redactor, check_api_key, installed
 from .routing import judge, tracker_for
 from .settings import Settings
+from .tracing import traced
 from .upstream.adapters import Adapter
 from .upstream.base import Parsed, StreamEnd, TokenRecord, UpstreamError
 from .upstream.http import StreamLimits
@@ -79,6 +80,9 @@ class Attempt:
         self.sink = Sink(ctx.keys.events(admitted.job_id), existing_only=True)  # BEGIN created it
         self.end: StreamEnd | None = None
         self.usage_in: int | None = None
+        self.usage_out: int | None = None  # the provider's count of output tokens, when it sends one
+        # output tokens the job's budget leaves this attempt (worker/cost.py; None: no budget)
+        self.allowance: int | None = None
         self.text_parts: list[str] | None = None
         # tokens whose text may begin a known secret wait in it (None: no secret configured)
         self.holdback = holdback_for(ctx.redactor, ctx.limits.max_tokens + 16)
@@ -142,7 +146,8 @@ class Attempt:
         )
         await fallback.check()  # a refusal of logprobs remembered for this provider+model
         budgets = ctx.budgets or Budgets(None, ctx.keys, ctx.settings)  # waits out 429s (ratelimit)
-        opened = budgets.request(admitted, self.deadline, fallback.open, self.tokens_used)
+        opener = traced(fallback.open, self.job.api, self.job.model, admitted.url)
+        opened = budgets.request(admitted, self.deadline, opener, self.tokens_used)
         async with opened as events:
             publisher = ctx.publisher
             parse: Callable[[str], Parsed] = fallback.parser.parse
@@ -164,6 +169,28 @@ class Attempt:
                     break
         self._release()
         return self._ended()
+
+    def _over(self, cap: int) -> UpstreamError:
+        if cap == self.allowance:
+            return UpstreamError(
+                "budget_exceeded",
+                f"the job's budget={self.job.budget} is spent: {cap} output tokens were all it left "
+                "this attempt (what was generated so far stays on the stream)",
+            )
+        limit = self.ctx.limits.max_tokens
+        return UpstreamError(
+            "upstream_too_many_tokens", f"upstream sent more than {cap} tokens (max_tokens_cap={limit})"
+        )
+
+    def usage(self) -> tuple[int | None, int, bool]:
+        """``(input, output, reported)``: the provider's counts when it reported its output, else
+        the tokens received (and the prompt count, when it sent one)."""
+        end = self.end
+        input_tokens = end.input_tokens if end is not None and end.input_tokens is not None else self.usage_in
+        output = end.output_tokens if end is not None and end.output_tokens is not None else self.usage_out
+        if output is None:
+            return input_tokens, self.seq, False
+        return input_tokens, output, True
 
     def _holding(self, parse: Callable[[str], Parsed]) -> Callable[[str], Parsed]:
         """``parse`` with its tokens through the holdback (worker/holdback.py: those that may begin
@@ -216,17 +243,18 @@ class Attempt:
     def _publish(self, parsed: Parsed) -> None:
         if parsed.usage_input_tokens is not None:
             self.usage_in = parsed.usage_input_tokens
+        if parsed.usage_output_tokens is not None:
+            self.usage_out = parsed.usage_output_tokens
         if parsed.text is not None:
             if self.text_parts is None:
                 self.text_parts = []
             self.text_parts.append(parsed.text)
         cap = self.ctx.limits.max_tokens + 16
+        if self.allowance is not None and self.allowance < cap:
+            cap = self.allowance
         for record in parsed.tokens:
             if self.seq >= cap:
-                raise UpstreamError(
-                    "upstream_too_many_tokens",
-                    f"upstream sent more than {cap} tokens (max_tokens_cap={self.ctx.limits.max_tokens})",
-                )
+                raise self._over(cap)
             self.seq += 1
             event = self._token(record)
             self.ctx.publisher.emit(self.sink, b"%d-%d" % (self.attempt, self.seq), encode_event(event))

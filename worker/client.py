@@ -35,6 +35,7 @@ from .feedback import FEEDBACK_MAXLEN, record_feedback, signals_for
 from .jobs import InvalidJob, Job, decode_job, encode_job, new_job_id
 from .keys import Keys, as_text, cancel_message
 from .store import JobStore, job_digest
+from .tracing import current_traceparent
 
 __all__ = [
     "Client",
@@ -178,6 +179,8 @@ class Client:
         job = _validated(job, fields)
         if job.id is None:
             job = msgspec.structs.replace(job, id=new_job_id())
+        if job.traceparent is None and (traceparent := current_traceparent()) is not None:
+            job = msgspec.structs.replace(job, traceparent=traceparent)  # the caller's span: the parent
         job_id = job.id
         assert job_id is not None
         outcome, state, entry = await self.store.create(

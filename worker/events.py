@@ -17,6 +17,7 @@ import msgspec
 __all__ = [
     "KNOWN_TYPES",
     "TERMINAL_TYPES",
+    "AttemptUsage",
     "Cancelled",
     "Done",
     "Error",
@@ -59,6 +60,8 @@ class Start(_Base, frozen=True, kw_only=True):
     api: str
     metadata: dict[str, str] = msgspec.field(default_factory=dict)
     reason: str | None = None
+    # the job's W3C trace context, echoed when the job carries one (worker/tracing.py)
+    traceparent: str | msgspec.UnsetType = msgspec.UNSET
 
 
 class TopLogprob(msgspec.Struct, frozen=True, kw_only=True, array_like=False):
@@ -112,9 +115,33 @@ class Token(_Base, frozen=True, kw_only=True):
     channel: str = "content"
 
 
+class AttemptUsage(msgspec.Struct, frozen=True, kw_only=True):
+    """One attempt's usage: the provider's counts, or (``counted``) the tokens the worker received
+    and no prompt count; ``cost`` from the provider's price table (None: no price for the model);
+    ``escalation``: it ran on the job's stronger model."""
+
+    attempt: int
+    model: str
+    provider: str
+    input_tokens: int | None
+    output_tokens: int
+    counted: bool
+    cost: float | None
+    escalation: bool = False
+
+
 class Usage(msgspec.Struct, frozen=True, kw_only=True):
+    """``input_tokens`` / ``output_tokens``: the answering attempt's (output: the tokens it streamed).
+    When the job's provider has a price table, or the job a ``budget``, also ``cost`` (every attempt
+    of the delivery that finished the job: retries, an escalation's cheap attempt and its strong one),
+    ``escalation_cost`` (the stronger model's share; null without an escalation) and ``attempts``
+    (each attempt's own usage); ``cost`` is null when some attempt's model has no price."""
+
     input_tokens: int | None = None
     output_tokens: int = 0
+    cost: float | msgspec.UnsetType | None = msgspec.UNSET
+    escalation_cost: float | msgspec.UnsetType | None = msgspec.UNSET
+    attempts: list[AttemptUsage] | msgspec.UnsetType = msgspec.UNSET
 
 
 class LowSpan(msgspec.Struct, frozen=True, kw_only=True):

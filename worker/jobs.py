@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from .tracing import TRACEPARENT_PATTERN
+
 __all__ = [
     "API_NAMES",
     "MESSAGE_APIS",
@@ -129,9 +131,16 @@ class Job(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True,
         default_factory=dict
     )
     escalate: Escalate | None = None
+    # at most this much spent on the job, in the price tables' currency (worker/cost.py): needs a
+    # price for its model (and its escalation's) on the provider; ends `budget_exceeded` otherwise
+    budget: Annotated[float, msgspec.Meta(gt=0.0, le=1_000_000.0)] | None = None
     # what a provider or model that refuses logprobs means: `required` fails the job
     # (`logprobs_unsupported`), `preferred` streams its tokens without logprobs (`done` says so)
     logprobs: LogprobsPolicy = "preferred"
+    # the producer's W3C trace context (`Client.enqueue` injects the caller's current span): the
+    # worker's `tokenwire.job` span is its child, and `start` events echo it (worker/tracing.py).
+    # Transport metadata, not part of what the job asks: left out of the job's digest.
+    traceparent: Annotated[str, msgspec.Meta(pattern=TRACEPARENT_PATTERN)] | None = None
 
     def __post_init__(self) -> None:
         if self.api in MESSAGE_APIS:

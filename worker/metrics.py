@@ -56,6 +56,16 @@ class Metrics:
             "tokenwire_escalations", "Jobs escalated to a stronger model", registry=registry
         )
         self.takeovers = Counter("tokenwire_takeovers", "Abandoned jobs taken over", registry=registry)
+        # by model: a job names its model, so at most MODEL_LABELS distinct values, then "other"
+        self.usage_tokens = Counter(
+            "tokenwire_usage_tokens",
+            "Tokens used by attempts (the provider's counts, else counted), by model and kind",
+            ["model", "kind"],
+            registry=registry,
+        )
+        self.cost = Counter(
+            "tokenwire_cost", "Cost of attempts from the price tables, by model", ["model"], registry=registry
+        )
         self.leases_lost = Counter(
             "tokenwire_leases_lost", "Jobs stopped because another worker owns them", registry=registry
         )

@@ -16,6 +16,7 @@ from .admit import Admitted, Rejected, admit
 from .attempt import Attempt, AttemptContext
 from .backoff import Backoff, RetryPolicy
 from .capability import LogprobsMemo
+from .cost import JobSpend, ModelLabels
 from .events import Done, Error, Start, bound_done
 from .jobs import job_id_of
 from .metrics import Metrics
@@ -27,6 +28,7 @@ from .ratelimit import Budgets
 from .redact import Redactor, installed
 from .settings import Settings
 from .store import JobStore
+from .tracing import attempt_span, end_attempt, job_span
 from .upstream.adapters import Adapter
 from .upstream.http import StreamLimits
 
@@ -76,6 +78,7 @@ class Runner:
         self.queue = queue
         self.publisher = publisher
         self.retry = RetryPolicy.upstream(settings)
+        self.model_labels = ModelLabels()  # the usage metrics' bounded model labels
         self.attempts = AttemptContext(
             settings=settings,
             http=http,
@@ -156,12 +159,16 @@ class _JobRun:
         self.admitted = admitted
         self.control = control
         self.deadline = asyncio.get_running_loop().time() + runner.settings.job_deadline_seconds
+        self.spend = JobSpend(admitted, runner.settings, runner.metrics, runner.model_labels)
 
     async def run(self) -> None:
-        attempt, outcome = await self._on_model(self.admitted, None, None)
-        if isinstance(outcome, Escalate):
-            outcome = await self._escalate(attempt, outcome)
-        await self._end(outcome)
+        admitted, job = self.admitted, self.admitted.job
+        queue = self.runner.store.keys.jobs
+        with job_span(admitted.job_id, job.model, admitted.provider_name, job.api, job.traceparent, queue):
+            attempt, outcome = await self._on_model(admitted, None, None)
+            if isinstance(outcome, Escalate):
+                outcome = await self._escalate(attempt, outcome)
+            await self._end(self.spend.done(outcome))
 
     async def _escalate(self, weak: Attempt | None, escalate: Escalate) -> Outcome:
         """The job's stronger model, after ``weak`` was not confident enough."""
@@ -195,7 +202,7 @@ class _JobRun:
             backoff, gaps = Backoff(runner.retry), 0
             while not isinstance(number, Skipped):
                 attempt = Attempt(runner.attempts, admitted, number, self.deadline)
-                outcome = await attempt.run()
+                outcome = await self._run(attempt)
                 if isinstance(outcome, WriteFailed) and isinstance(outcome.error, EventGap):
                     gaps += 1  # Redis refused one event for memory and took a later one
                     if gaps <= runner.settings.max_attempts:
@@ -238,6 +245,19 @@ class _JobRun:
                 return None, Skipped(ack=False)  # not started: the next delivery's pickup sees the flag
             await runner.publisher.drained(attempt.sink)
             return attempt, attempt.end_cancelled(self.control.reason or "cancelled")
+
+    async def _run(self, attempt: Attempt) -> Outcome:
+        """One attempt, within the job's budget, in its span, its usage counted."""
+        over_budget = self.spend.before(attempt)
+        if over_budget is not None:
+            return attempt.end_with_error("budget_exceeded", over_budget)
+        admitted = attempt.admitted
+        job = admitted.job
+        with attempt_span(attempt.attempt, job.model, admitted.provider_name, job.api) as span:
+            outcome = await attempt.run()
+            end_attempt(span, outcome)
+        self.spend.after(attempt, escalation=admitted is not self.admitted)
+        return outcome
 
     async def _entry_gone(self, attempt: Attempt | None) -> Finished | Skipped:
         """The job's entry was deleted from the job stream while it ran (``XDEL``, ``XTRIM``): no
@@ -346,4 +366,5 @@ def _start(admitted: Admitted, reason: str | None) -> Start:
         api=job.api,
         metadata=job.metadata,
         reason=reason,
+        traceparent=msgspec.UNSET if job.traceparent is None else job.traceparent,
     )

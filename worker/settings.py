@@ -36,8 +36,21 @@ BindHost = Annotated[
 ]
 
 
+PricePerMillion = Annotated[float, msgspec.Meta(ge=0.0, le=1_000_000.0)]
+PricedModel = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]  # a model name, or "*"
+
+
+class Price(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What a model costs, in the price table's currency (USD in the docs) per million tokens."""
+
+    input: PricePerMillion
+    output: PricePerMillion
+
+
 class Provider(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Where a provider's endpoints are; ``{model}`` in a URL is replaced by the job's model."""
+    """Where a provider's endpoints are; ``{model}`` in a URL is replaced by the job's model.
+    ``prices``: per model (``"*"`` for any model not named), what ``done.usage.cost`` and a job's
+    ``budget`` are computed from (worker/cost.py)."""
 
     native_url: HttpUrl | None = None
     chat_url: HttpUrl | None = None
@@ -52,6 +65,9 @@ class Provider(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     requests_per_minute: Annotated[float, msgspec.Meta(gt=0, le=10_000_000)] | None = None
     tokens_per_minute: Annotated[int, msgspec.Meta(ge=1, le=10_000_000_000)] | None = None
     limits_per: Literal["provider", "model"] = "provider"
+    prices: Annotated[dict[PricedModel, Price], msgspec.Meta(max_length=10_000)] = msgspec.field(
+        default_factory=dict
+    )
 
     @property
     def limited(self) -> bool:

@@ -47,7 +47,10 @@ def job_digest(job: Job) -> str:
     """What the state hash keeps (``job_sha256``) to tell a re-enqueue of the same job from another
     job under the same id: the sha256, in hex, of the job's canonical encoding, where a field equal
     to its default is left out and keys are sorted, so that two jobs that mean the same have the
-    same digest however they were written."""
+    same digest however they were written. The trace context (``traceparent``) is left out: the
+    same job enqueued from two traces is the same job."""
+    if job.traceparent is not None:
+        job = msgspec.structs.replace(job, traceparent=None)
     return hashlib.sha256(_CANONICAL.encode(_canonical(job))).hexdigest()
 
 

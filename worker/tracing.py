@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 __all__ = [
@@ -33,7 +34,10 @@ __all__ = [
     "end_attempt",
     "job_span",
     "request_span",
+    "traced",
 ]
+
+T = TypeVar("T")
 
 TRACEPARENT_PATTERN = r"^00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$(?!\n)"
 """A W3C ``traceparent`` of version 00 (lowercase hex, ids not all zero), as the job schema takes it."""
@@ -115,28 +119,36 @@ def attempt_span(attempt: int, model: str, provider: str, api: str) -> Iterator[
         yield span
 
 
-def end_attempt(
-    span: Any,
-    *,
-    input_tokens: int | None = None,
-    output_tokens: int | None = None,
-    finish_reasons: Sequence[str] = (),
-    error: str | None = None,
-) -> None:
-    """Usage and outcome on an attempt's span (a no-op on None or a non-recording span)."""
+def end_attempt(span: Any, outcome: object) -> None:
+    """How an attempt ended, on its span: usage and finish reason of a ``done``, else ``error.type``
+    (the error code, ``cancelled``, ``escalated``, ``fenced``, ``event_write_failed``). A no-op on
+    None or a non-recording span."""
     if span is None or not span.is_recording():
         return
-    if input_tokens is not None:
-        span.set_attribute("gen_ai.usage.input_tokens", input_tokens)
-    if output_tokens is not None:
-        span.set_attribute("gen_ai.usage.output_tokens", output_tokens)
-    if finish_reasons:
-        span.set_attribute("gen_ai.response.finish_reasons", list(finish_reasons))
-    if error is not None:
-        from opentelemetry.trace import Status, StatusCode
+    from .events import Done, Error
+    from .outcome import Escalate, Failed, Fenced, Finished
 
-        span.set_attribute("error.type", error)
-        span.set_status(Status(StatusCode.ERROR, error))
+    error: str | None
+    if isinstance(outcome, Finished) and isinstance(outcome.terminal, Done):
+        done = outcome.terminal
+        if done.usage.input_tokens is not None:
+            span.set_attribute("gen_ai.usage.input_tokens", done.usage.input_tokens)
+        span.set_attribute("gen_ai.usage.output_tokens", done.usage.output_tokens)
+        span.set_attribute("gen_ai.response.finish_reasons", [done.finish_reason])
+        return
+    if isinstance(outcome, Finished):
+        error = outcome.terminal.code if isinstance(outcome.terminal, Error) else "cancelled"
+    elif isinstance(outcome, Failed):
+        error = outcome.error.code
+    elif isinstance(outcome, Escalate):
+        span.set_attribute("tokenwire.escalated", True)
+        return
+    else:
+        error = "fenced" if isinstance(outcome, Fenced) else "event_write_failed"
+    from opentelemetry.trace import Status, StatusCode
+
+    span.set_attribute("error.type", error)
+    span.set_status(Status(StatusCode.ERROR, error))
 
 
 @contextlib.contextmanager
@@ -159,3 +171,20 @@ def request_span(api: str, model: str, url: str) -> Iterator[Any]:
         f"{operation} {model}", kind=trace.SpanKind.CLIENT, attributes=attributes
     ) as span:
         yield span
+
+
+def traced(
+    opener: Callable[[], AbstractAsyncContextManager[T]], api: str, model: str, url: str
+) -> Callable[[], AbstractAsyncContextManager[T]]:
+    """``opener`` (an upstream request) inside a :func:`request_span`; ``opener`` itself when the
+    OpenTelemetry API is not installed."""
+    if _otel() is None:
+        return opener
+
+    @contextlib.asynccontextmanager
+    async def opened() -> AsyncIterator[T]:
+        with request_span(api, model, url):
+            async with opener() as value:
+                yield value
+
+    return opened

@@ -33,13 +33,20 @@ from worker import admit as admit_module
 from worker import jobs as jobs_module
 from worker.admit import Admitted, admit
 from worker.jobs import Job
-from worker.settings import Provider, Settings
+from worker.settings import DEEPINFRA, Price, Provider, Settings
+from worker.tracing import TRACEPARENT_PATTERN
 
 SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "schemas" / "job.schema.json").read_text())
 VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
 
-WIDE = Settings(max_payload_bytes=2**31, max_input_chars=2**31, max_tokens_cap=1_000_000)
-"""A worker whose settings are as loose as the job schema's static limits: only static rules reject."""
+WIDE = Settings(
+    max_payload_bytes=2**31,
+    max_input_chars=2**31,
+    max_tokens_cap=1_000_000,
+    providers={"deepinfra": msgspec.structs.replace(DEEPINFRA, prices={"*": Price(input=1.0, output=2.0)})},
+)
+"""A worker whose settings are as loose as the job schema's static limits: only static rules reject
+(its default provider prices every model, so a job's ``budget`` is judged by the schema's rules)."""
 
 SETTINGS = "a limit that is a setting of the worker"
 PROVIDERS = "provider names (and the apis they serve) are the worker's configuration"
@@ -102,6 +109,10 @@ def _wrong_types(t: msgspec.inspect.Type) -> list[Any]:
     raise AssertionError(f"no wrong-type values for {t!r}: extend the table")
 
 
+_PATTERN_EXAMPLES = {TRACEPARENT_PATTERN: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+"""A value on each pattern that plain words are not on (the rest take ``"a"``)."""
+
+
 def _string_bounds(t: msgspec.inspect.StrType) -> Iterator[tuple[str, str, bool]]:
     """(what, value, valid) at and past each bound of a string type."""
     if t.min_length:
@@ -111,8 +122,11 @@ def _string_bounds(t: msgspec.inspect.StrType) -> Iterator[tuple[str, str, bool]
         yield f"{t.max_length} chars", "a" * t.max_length, True
         yield f"{t.max_length + 1} chars", "a" * (t.max_length + 1), False
     if t.pattern is not None:
-        assert re.search(t.pattern, "a") and not re.search(t.pattern, "a b")
+        valid = _PATTERN_EXAMPLES.get(t.pattern, "a")
+        assert re.search(t.pattern, valid) and not re.search(t.pattern, "a b")
         yield "off the pattern", "a b", False
+        if valid != "a":
+            yield "on the pattern", valid, True
 
 
 def _number_bounds(t: msgspec.inspect.IntType | msgspec.inspect.FloatType) -> Iterator[tuple[Any, bool]]:
@@ -391,6 +405,13 @@ WORKER_ALONE = [
         Settings(),
     ),
     Case("unknown provider", _json({**NATIVE, "provider": "nowhere"}), "unknown_provider", PROVIDERS),
+    Case(
+        "budget without a price for the model",
+        _json({**NATIVE, "budget": 1.0}),
+        "invalid_job",
+        PROVIDERS,
+        Settings(),
+    ),
     Case(
         "unknown escalate.provider",
         _json({**NATIVE, "escalate": {"model": "big", "below": 0.5, "provider": "nowhere"}}),

@@ -82,6 +82,7 @@ class Directives(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     """What one request asks of the simulator; every field has a harmless default."""
 
     tokens: NonNegInt | None = None  # content tokens before EOS
+    overrun: bool = False  # ignore the request's max_new_tokens (a provider overrunning its limit)
     tps: NonNegFloat | None = None  # tokens per second; 0 = as fast as possible
     fault: Fault | None = None
     after: NonNegInt = 0  # token events sent before the fault fires

@@ -201,7 +201,7 @@ def _lengths(request: SimRequest, directives: Directives, default_max: int) -> t
     The natural length is ``tokens=``, else ``max_new_tokens``, else the default; when it does not
     leave room for EOS under ``max_new_tokens``, the stream stops at the limit with ``length``.
     """
-    cap = request.max_new_tokens
+    cap = None if directives.overrun else request.max_new_tokens
     natural = directives.tokens
     if natural is None:
         natural = cap if cap is not None else default_max
