@@ -91,6 +91,18 @@ def _tokenwire(setup: Setup) -> Command:
     return _tokenwire_argv(), _tokenwire_env(setup)
 
 
+BENCH_KEY = "sk-bench-7f3a9c21e4b8d0a6e5c2"
+"""tokenwire-secret's provider API key (a dummy: the simulator accepts any)."""
+
+
+def _tokenwire_secret(setup: Setup) -> Command:
+    """tokenwire with its provider's API key configured: every token passes worker/holdback.py."""
+    argv, env = _tokenwire(setup)
+    config = Path(env["TOKENWIRE_CONFIG"])
+    config.write_text(config.read_text() + 'api_key_env = "BENCH_SIM_KEY"\n')
+    return argv, {**env, "BENCH_SIM_KEY": BENCH_KEY}
+
+
 def _tokenwire_httpx(setup: Setup) -> Command:
     argv, env = _tokenwire(setup)
     return argv, {**env, "TOKENWIRE_UPSTREAM_TRANSPORT": "httpx"}
@@ -115,6 +127,11 @@ VARIANTS: tuple[Variant, ...] = (
         "tokenwire worker with upstream_transport = httpx (httpx's default transport)",
         _tokenwire_httpx,
         _has_transport_setting,
+    ),
+    Variant(
+        "tokenwire-secret",
+        "tokenwire worker with a provider API key (its generated text scanned for the key)",
+        _tokenwire_secret,
     ),
     Variant(
         "tokenwire-x2",

@@ -11,7 +11,13 @@ entry of each job id, so a correction replaces a mistake (:func:`latest_per_job`
 :func:`record_feedback` is the one writer (``Client.feedback``, ``tokenwire feedback`` and
 ``tokenwire review resolve`` all go through it). :func:`signals_for` finds what a judgement records:
 the job's ``done`` (with its segments and token log-probabilities) while the job's keys live, else
-its ``{P}:review`` entry, which carries the signals for that purpose.
+its ``{P}:review`` entry, which carries the signals for that purpose, else an earlier judgement of
+the job (re-judging an expired job records the signals the first judgement recorded).
+
+A ``{P}:review`` entry is found by its fields ``job_id``, ``model`` and ``signals`` (the JSON of
+:func:`worker.signals.encode_signals` applied to :func:`worker.signals.signals_of` of the job's
+``done``, given its segments' means and its answer tokens' log-probabilities); the newest entry of
+the job counts.
 """
 
 from __future__ import annotations
@@ -167,7 +173,7 @@ async def signals_for(redis: Redis, keys: Keys, job_id: str) -> tuple[str, Signa
     """``(model, signals, source)`` to record for ``job_id``: from its ``done`` while its keys live,
     else from its ``{P}:review`` entry. Raises :class:`FeedbackError`: ``not_finished`` (queued or
     running), ``no_answer`` (it ended with ``error`` or ``cancelled``), ``unknown_job`` (never
-    enqueued, or expired with no review entry left)."""
+    enqueued, or expired with no review entry and no earlier judgement left)."""
     try:
         msgspec.convert(job_id, JobId)
     except msgspec.ValidationError:
@@ -184,6 +190,9 @@ async def signals_for(redis: Redis, keys: Keys, job_id: str) -> tuple[str, Signa
     reviewed = await _from_review(redis, keys, job_id)
     if reviewed is not None:
         return reviewed[0], reviewed[1], "review"
+    judged = await _from_feedback(redis, keys, job_id)
+    if judged is not None:  # judged before it expired: the same signals again
+        return judged.model, judged.signals, judged.source
     raise FeedbackError(
         "unknown_job",
         f"no job {job_id!r}: it was never enqueued, or it expired and no review entry holds its signals",
@@ -273,6 +282,23 @@ async def _from_review(redis: Redis, keys: Keys, job_id: str) -> tuple[str, Sign
             found = _review_fields(fields)
             if found is not None and found[0] == job_id:
                 return found[1], found[2]
+        if len(page) < _PAGE:
+            return None
+        end = "(" + as_text(page[-1][0])
+
+
+async def _from_feedback(redis: Redis, keys: Keys, job_id: str) -> Feedback | None:
+    """The job's newest readable ``{P}:feedback`` entry, None when it has none."""
+    end = "+"
+    while True:
+        page: Any = await redis.xrevrange(keys.feedback, max=end, min="-", count=_PAGE)
+        for _, fields in page:
+            try:
+                feedback = decode_feedback(fields.get(b"feedback", b""))
+            except ValueError:
+                continue
+            if feedback.job_id == job_id:
+                return feedback
         if len(page) < _PAGE:
             return None
         end = "(" + as_text(page[-1][0])

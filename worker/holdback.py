@@ -62,16 +62,20 @@ class _Channel:
 class Holdback:
     """Holds one attempt's token records while their text may begin a known secret (module doc)."""
 
-    __slots__ = ("_channels", "_forms", "_limit", "_queue", "_starts")
+    __slots__ = ("_channels", "_clean", "_forms", "_limit", "_queue", "_shortest", "_starts")
 
     def __init__(self, forms: Iterable[str], limit: int) -> None:
         self._forms = tuple(sorted({f for f in forms if f}, key=len, reverse=True))
         if not self._forms:
             raise ValueError("a Holdback needs at least one secret form")
         self._starts = tuple({(f[:2], f[0]) for f in self._forms})
+        self._shortest = len(self._forms[-1])
         self._limit = limit
         self._channels: dict[str, _Channel] = {}
         self._queue: deque[tuple[TokenRecord, _Channel | None, int, int]] = deque()
+        # nothing held and no redacted run left open: a token that cannot begin a secret passes
+        # without touching any state (positions only matter inside a held window)
+        self._clean = True
 
     @property
     def held(self) -> int:
@@ -85,11 +89,19 @@ class Holdback:
         Raises :class:`UpstreamError` (``upstream_too_many_tokens``) when more than ``limit``
         records would be held (only tokens without text can pile up behind a possible secret)."""
         i = 0
-        if not self._queue:  # the common case: nothing held, and these tokens cannot begin a secret
+        if self._clean:  # the common case: nothing held, and these tokens cannot begin a secret
+            starts = self._starts
             for record in records:
-                if not self._passes(record):
+                text = record.text
+                if record.top and self._top_has(record.top):
                     break
-                i += 1
+                for two, one in starts:  # _may_start, inlined: this runs for every token
+                    if two in text or text.endswith(one):
+                        break
+                else:
+                    i += 1
+                    continue
+                break
             if i == len(records):
                 return records
         out = records[:i]
@@ -139,20 +151,15 @@ class Holdback:
             ch = self._channels[name] = _Channel()
         return ch
 
-    def _passes(self, record: TokenRecord) -> bool:
-        """Account ``record`` and say True when it can be published as it is (nothing is held)."""
-        text = record.text
-        if record.special is True:  # a control token: not part of the text
-            return not self._contains(text) and not _top_has(self, record.top)
-        ch = self._channel(record.channel)
-        if ch.tail or ch.spans or (text and self._may_start(text)) or _top_has(self, record.top):
-            return False
-        ch.n += len(text)
-        ch.hold = ch.released = ch.n
-        return True
-
     def _contains(self, text: str) -> bool:
         return any(form in text for form in self._forms)
+
+    def _top_has(self, top: list[Candidate] | None) -> bool:
+        """Whether a top-k candidate's text holds a whole secret form."""
+        if not top:
+            return False
+        shortest = self._shortest
+        return any(len(c.token) >= shortest and self._contains(c.token) for c in top)
 
     def _enqueue(self, record: TokenRecord) -> None:
         if record.special is True:
@@ -202,8 +209,9 @@ class Holdback:
             elif end <= ch.hold:
                 out.append(self._rendered(record, ch, start, end))
             else:
-                return
+                break
             queue.popleft()
+        self._clean = not queue and not any(ch.spans for ch in self._channels.values())
 
     def _special(self, record: TokenRecord) -> TokenRecord:
         text = self.redact(record.text) if self._contains(record.text) else record.text
@@ -229,7 +237,7 @@ class Holdback:
 
     def _top(self, top: list[Candidate] | None, old: str, new: str) -> list[Candidate] | None:
         """The candidates with the chosen one (``old``) renamed ``new`` and secrets redacted."""
-        if top is None or (old == new and not _top_has(self, top)):
+        if top is None or (old == new and not self._top_has(top)):
             return top
         out = []
         for cand in top:
@@ -239,14 +247,6 @@ class Holdback:
                 cand = msgspec.structs.replace(cand, token=self.redact(cand.token), bytes=None)
             out.append(cand)
         return out
-
-
-def _top_has(holdback: Holdback, top: list[Candidate] | None) -> bool:
-    """Whether a top-k candidate's text holds a whole secret form."""
-    if not top:
-        return False
-    shortest = len(holdback._forms[-1])
-    return any(len(c.token) >= shortest and holdback._contains(c.token) for c in top)
 
 
 def _add_span(spans: list[list[int]], start: int, end: int) -> None:

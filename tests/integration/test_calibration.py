@@ -81,8 +81,22 @@ async def test_feedback_refusals_and_expired_jobs(start_worker: StartWorker, cli
         await client.result("broken", timeout=30)
     with pytest.raises(FeedbackError, match="ended with `error`"):
         await client.feedback("broken", True)
-    # the job's keys expire: with no review entry its signals are gone
+    # the job's keys expire: with no review entry and no judgement its signals are gone
     await client.redis.delete(client.keys.state("waiting"), client.keys.events("waiting"))
     with pytest.raises(FeedbackError, match="expired and no review entry holds its signals"):
         await client.feedback("waiting", True)
     assert await client.redis.xlen(client.keys.feedback) == 0
+    # a job judged while it lived can be judged again after it expired: the same signals
+    done = await client.result(await client.enqueue(id="judged", model=MODEL, input="q2"), timeout=30)
+    await client.feedback("judged", True)
+    await client.redis.delete(client.keys.state("judged"), client.keys.events("judged"))
+    await client.feedback("judged", False, "on second thought")
+    first, second = [fb for _, fb in [e async for e in read_feedback(client.redis, client.keys)]]
+    assert first.signals == second.signals and first.signals.confidence == done.confidence
+    assert (first.correct, second.correct, second.label, second.source) == (
+        True,
+        False,
+        "on second thought",
+        "done",
+    )
+    assert latest_per_job([("1-0", first), ("2-0", second)]) == [second]

@@ -220,3 +220,38 @@ def test_the_last_judgement_of_a_job_wins() -> None:
 def test_decode_feedback_raises_only_value_error(raw: bytes) -> None:
     with contextlib.suppress(ValueError):
         decode_feedback(raw)
+
+
+class ReviewKeys(Keys):
+    """Keys with the review stream of issue 13 §2 (``{P}:review``)."""
+
+    __slots__ = ("review",)
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__(prefix)
+        self.review = f"{{{prefix}}}:review"
+
+
+async def test_an_expired_job_is_judged_from_its_review_entry(redis: fakeredis.FakeAsyncRedis) -> None:
+    keys = ReviewKeys("tw")
+    old = Signals(confidence=0.2, mean_logprob=math.log(0.2), n_scored=3)
+    new = Signals(confidence=0.3, mean_logprob=math.log(0.3), lowest_segment_mean=-2.5, n_scored=4)
+    await redis.xadd(keys.review, {"job_id": "gone", "model": "m", "signals": encode_signals(old)})
+    await redis.xadd(keys.review, {"job_id": "other", "model": "m2", "signals": encode_signals(new)})
+    await redis.xadd(keys.review, {"job_id": "gone", "model": "m", "signals": encode_signals(new)})
+    await redis.xadd(keys.review, {"job_id": "gone", "model": "m", "signals": b"{broken"})  # skipped
+    model, signals, source = await signals_for(redis, keys, "gone")
+    assert (model, signals, source) == ("m", new, "review")  # the newest readable entry
+    with pytest.raises(FeedbackError, match="no review entry holds its signals"):
+        await signals_for(redis, keys, "never")
+
+
+async def test_an_expired_job_judged_before_is_judged_from_that_judgement(
+    redis: fakeredis.FakeAsyncRedis,
+) -> None:
+    signals = Signals(confidence=0.4, n_scored=2)
+    await record_feedback(
+        redis, KEYS, job_id="old", correct=True, model="m", signals=signals, source="review"
+    )
+    await redis.xadd(KEYS.feedback, {"feedback": b"junk"})
+    assert await signals_for(redis, KEYS, "old") == ("m", signals, "review")
