@@ -10,6 +10,7 @@
  */
 export type TokenwireJob = {
   api?: "chat" | "completions" | "gemini" | "native" | "responses" | "sglang";
+  budget?: number | null;
   escalate?: Escalate | null;
   id?: string | null;
   input?: string | null;
@@ -22,6 +23,8 @@ export type TokenwireJob = {
   model: string;
   params?: Params;
   provider?: string | null;
+  review?: Review | null;
+  traceparent?: string | null;
 };
 /**
  * Route by confidence: run the job's (cheap) model first and, when its ``signal`` after
@@ -70,11 +73,25 @@ export interface Params {
   top_logprobs?: number | null;
   top_p?: number | null;
 }
+/**
+ * Segment scores and a publish/review verdict (:mod:`worker.segments`): the answer is cut into
+ * ``unit`` segments, each published as a ``segment`` event with the mean logprob of its tokens and
+ * a band: ``high`` above ``publish_above``, ``low`` below ``review_below``, ``medium`` between
+ * (``unscored`` when no token in it has a logprob). ``done.verdict`` is ``review`` when any
+ * segment is ``low``, the job's confidence is under ``min_confidence``, or no token has a logprob;
+ * such jobs are also put on the review stream ``{P}:review``.
+ */
+export interface Review {
+  min_confidence?: number | null;
+  publish_above?: number;
+  review_below?: number;
+  unit?: "line" | "paragraph" | "sentence";
+}
 
 /**
  * One event: the JSON held in the `event` field of an entry on a job's event stream (channel `events` of asyncapi.yaml). Exactly one terminal event (done, error, cancelled) ends a job.
  */
-export type TokenwireEvent = StartEvent | TokenEvent | DoneEvent | ErrorEvent | CancelledEvent;
+export type TokenwireEvent = StartEvent | TokenEvent | SegmentEvent | DoneEvent | ErrorEvent | CancelledEvent;
 
 /**
  * An attempt begins. ``reason`` says why when it is not the first one.
@@ -89,6 +106,7 @@ export interface StartEvent {
   model: string;
   provider: string;
   reason?: string | null;
+  traceparent?: string;
   type: "start";
   [k: string]: unknown | undefined;
 }
@@ -148,6 +166,37 @@ export interface TopkMetrics {
   [k: string]: unknown | undefined;
 }
 /**
+ * One segment of the answer (a sentence, line or paragraph: the job's ``review.unit``),
+ * published once its end is known: right after the token event that shows it (the first token
+ * holding a character of the next segment), the last one before ``done``. Only jobs with
+ * ``review`` publish segments (:mod:`worker.segments` has the boundary rules).
+ *
+ * Segments are runs of whole answer tokens (channel ``content``) and tile the answer:
+ * ``token_start``/``token_end`` are token event indexes (end exclusive); ``char_*`` (code points)
+ * and ``byte_*`` (UTF-8) locate ``text`` in ``done.text``. ``mean_logprob`` and ``min_prob``
+ * are over the segment's scored tokens (``n_scored``; null when none). ``band``: ``high`` when
+ * ``mean_logprob`` is above ``review.publish_above``, ``low`` below ``review.review_below``,
+ * ``medium`` otherwise, ``unscored`` when no token in it has a logprob.
+ */
+export interface SegmentEvent {
+  attempt: number;
+  band: "high" | "low" | "medium" | "unscored";
+  byte_end: number;
+  byte_start: number;
+  char_end: number;
+  char_start: number;
+  index: number;
+  job_id: string;
+  mean_logprob: number | null;
+  min_prob: number | null;
+  n_scored: number;
+  text: string;
+  token_end: number;
+  token_start: number;
+  type: "segment";
+  [k: string]: unknown | undefined;
+}
+/**
  * The job finished. No ``done`` exceeds the worker's ``max_event_bytes``: when the answer
  * would make it larger, ``text`` (then ``reasoning_text``) holds only its beginning and
  * ``text_truncated`` is true; the whole answer is then the concatenation of the ``text`` of the
@@ -171,6 +220,7 @@ export interface DoneEvent {
   text_truncated?: boolean;
   type: "done";
   usage: Usage;
+  verdict?: Verdict;
   [k: string]: unknown | undefined;
 }
 /**
@@ -248,9 +298,49 @@ export interface LowSpan {
   text: string;
   [k: string]: unknown | undefined;
 }
+/**
+ * ``input_tokens`` / ``output_tokens``: the answering attempt's (output: the tokens it streamed).
+ * When the job's provider has a price table, or the job a ``budget``, also ``cost`` (every attempt
+ * of the delivery that finished the job: retries, an escalation's cheap attempt and its strong one),
+ * ``escalation_cost`` (the stronger model's share; null without an escalation) and ``attempts``
+ * (each attempt's own usage); ``cost`` is null when some attempt's model has no price.
+ */
 export interface Usage {
+  attempts?: AttemptUsage[];
+  cost?: number | null;
+  escalation_cost?: number | null;
   input_tokens?: number | null;
   output_tokens?: number;
+  [k: string]: unknown | undefined;
+}
+/**
+ * One attempt's usage: the provider's counts, or (``counted``) the tokens the worker received
+ * and no prompt count; ``cost`` from the provider's price table (None: no price for the model);
+ * ``escalation``: it ran on the job's stronger model.
+ */
+export interface AttemptUsage {
+  attempt: number;
+  cost: number | null;
+  counted: boolean;
+  escalation?: boolean;
+  input_tokens: number | null;
+  model: string;
+  output_tokens: number;
+  provider: string;
+  [k: string]: unknown | undefined;
+}
+/**
+ * What a job with ``review`` should become: ``publish``, or ``review`` (by a person) when any
+ * segment is ``low``, the confidence is under ``review.min_confidence``, or no answer token has a
+ * logprob; ``reasons`` says which, in words. Counts are of the attempt's segments by band.
+ */
+export interface Verdict {
+  decision: "publish" | "review";
+  n_high?: number;
+  n_low: number;
+  n_medium: number;
+  n_unscored?: number;
+  reasons: string[];
   [k: string]: unknown | undefined;
 }
 /**

@@ -30,6 +30,7 @@ from .publisher import Publisher, Sink
 from .ratelimit import Budgets
 from .redact import Redactor, check_api_key, installed
 from .routing import judge, tracker_for
+from .segments import Segmenter, SegmentSpan
 from .settings import Settings
 from .tracing import traced
 from .upstream.adapters import Adapter
@@ -77,6 +78,9 @@ class Attempt:
         self.n_content = 0
         self.tracker = tracker_for(self.job)
         self.reasoning: ConfidenceTracker | None = None
+        # segments of the answer, for a job with `review` (per candidate, once jobs have several)
+        self.segments = None if self.job.review is None else Segmenter(self.job.review)
+        self.extra = 0  # events other than tokens (segments) published so far: ids are seq + extra
         self.sink = Sink(ctx.keys.events(admitted.job_id), existing_only=True)  # BEGIN created it
         self.end: StreamEnd | None = None
         self.usage_in: int | None = None
@@ -238,7 +242,12 @@ class Attempt:
             reason = self._judge(f"at the end ({self.n_content} tokens)")
             if reason is not None:
                 return self._escalation(reason)
-        return Finished(self._done(self.end), self.seq)
+        done = self._done(self.end)
+        if self.segments is not None:  # the last segment, then the verdict
+            self._emit_segments(self.segments.close())
+            verdict = self.segments.verdict(done.confidence)
+            done = msgspec.structs.replace(done, verdict=verdict)
+        return Finished(done, self.seq, self.seq + self.extra)
 
     def _publish(self, parsed: Parsed) -> None:
         if parsed.usage_input_tokens is not None:
@@ -257,11 +266,32 @@ class Attempt:
                 raise self._over(cap)
             self.seq += 1
             event = self._token(record)
-            self.ctx.publisher.emit(self.sink, b"%d-%d" % (self.attempt, self.seq), encode_event(event))
+            self.ctx.publisher.emit(
+                self.sink, b"%d-%d" % (self.attempt, self.seq + self.extra), encode_event(event)
+            )
+            if self.segments is not None and record.channel == "content":
+                self._segment(record, event)
         if self.watch_after is not None and self.n_content >= self.watch_after:
             self.watch_after = None
             self.judge_at_end = False
             self._escalate = self._judge(f"after {self.n_content} tokens")
+
+    def _segment(self, record: TokenRecord, event: Token) -> None:
+        """Feed an answer token to the segmenter; publish the segments it closed after it."""
+        segments = self.segments
+        assert segments is not None
+        chars = (event.char_start, event.char_end)
+        closed = segments.token(event.index, record.text, record.bytes, event.special, record.logprob, chars)
+        if closed:
+            self._emit_segments(closed)
+
+    def _emit_segments(self, closed: tuple[SegmentSpan, ...]) -> None:
+        job_id = self.admitted.job_id
+        for span in closed:
+            self.extra += 1
+            event = span.event(job_id, self.attempt)
+            event_id = b"%d-%d" % (self.attempt, self.seq + self.extra)
+            self.ctx.publisher.emit(self.sink, event_id, encode_event(event))
 
     def _tracker_for(self, record: TokenRecord) -> ConfidenceTracker:
         if record.channel == "content":
@@ -356,14 +386,14 @@ class Attempt:
             message=self.ctx.redactor.redact(message),
             metadata=self.job.metadata,
         )
-        return Finished(error, self.seq)
+        return Finished(error, self.seq, self.seq + self.extra)
 
     def end_cancelled(self, reason: str) -> Finished:
         """This attempt's end with a ``cancelled`` event (the runner's, when a producer cancels)."""
         cancelled = Cancelled(
             job_id=self.admitted.job_id, attempt=self.attempt, reason=reason, metadata=self.job.metadata
         )
-        return Finished(cancelled, self.seq)
+        return Finished(cancelled, self.seq, self.seq + self.extra)
 
 
 def _topk(score: TokenScore, tracker: ConfidenceTracker) -> TopkMetrics | None:

@@ -10,7 +10,7 @@ not know (later versions add types), and raises :class:`MalformedEvent` for anyt
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -18,6 +18,7 @@ __all__ = [
     "KNOWN_TYPES",
     "TERMINAL_TYPES",
     "AttemptUsage",
+    "Band",
     "Cancelled",
     "Done",
     "Error",
@@ -25,6 +26,7 @@ __all__ = [
     "Event",
     "LowSpan",
     "MalformedEvent",
+    "Segment",
     "Start",
     "Summary",
     "Token",
@@ -32,6 +34,7 @@ __all__ = [
     "TopkMetrics",
     "UnknownEvent",
     "Usage",
+    "Verdict",
     "bound_done",
     "decode_event",
     "encode_event",
@@ -218,6 +221,49 @@ class Escalation(msgspec.Struct, frozen=True, kw_only=True):
     summary: Summary
 
 
+Band = Literal["high", "medium", "low", "unscored"]
+
+
+class Segment(_Base, frozen=True, kw_only=True):
+    """One segment of the answer (a sentence, line or paragraph: the job's ``review.unit``),
+    published once its end is known: right after the token event that shows it (the first token
+    holding a character of the next segment), the last one before ``done``. Only jobs with
+    ``review`` publish segments (:mod:`worker.segments` has the boundary rules).
+
+    Segments are runs of whole answer tokens (channel ``content``) and tile the answer:
+    ``token_start``/``token_end`` are token event indexes (end exclusive); ``char_*`` (code points)
+    and ``byte_*`` (UTF-8) locate ``text`` in ``done.text``. ``mean_logprob`` and ``min_prob``
+    are over the segment's scored tokens (``n_scored``; null when none). ``band``: ``high`` when
+    ``mean_logprob`` is above ``review.publish_above``, ``low`` below ``review.review_below``,
+    ``medium`` otherwise, ``unscored`` when no token in it has a logprob."""
+
+    index: int
+    text: str
+    char_start: int
+    char_end: int
+    byte_start: int
+    byte_end: int
+    token_start: int
+    token_end: int
+    mean_logprob: float | None
+    min_prob: float | None
+    n_scored: int
+    band: Band
+
+
+class Verdict(msgspec.Struct, frozen=True, kw_only=True):
+    """What a job with ``review`` should become: ``publish``, or ``review`` (by a person) when any
+    segment is ``low``, the confidence is under ``review.min_confidence``, or no answer token has a
+    logprob; ``reasons`` says which, in words. Counts are of the attempt's segments by band."""
+
+    decision: Literal["publish", "review"]
+    reasons: list[str]
+    n_low: int
+    n_medium: int
+    n_high: int = 0
+    n_unscored: int = 0
+
+
 class Done(_Base, frozen=True, kw_only=True):
     """The job finished. No ``done`` exceeds the worker's ``max_event_bytes``: when the answer
     would make it larger, ``text`` (then ``reasoning_text``) holds only its beginning and
@@ -234,6 +280,8 @@ class Done(_Base, frozen=True, kw_only=True):
     reasoning_text: str | None = None
     reasoning_confidence: float | None = None
     text_truncated: bool = False
+    # only jobs with `review` carry a verdict: every other done is exactly what it was before
+    verdict: Verdict | msgspec.UnsetType = msgspec.UNSET
     # false when the provider or model refused logprobs and the job (policy `preferred`) streamed its
     # tokens without them (each token's logprob null); `logprobs_reason` then says why
     logprobs_available: bool = True
@@ -253,11 +301,11 @@ class Cancelled(_Base, frozen=True, kw_only=True):
     metadata: dict[str, str] = msgspec.field(default_factory=dict)
 
 
-Event = Start | Token | Done | Error | Cancelled
+Event = Start | Token | Segment | Done | Error | Cancelled
 """The event types this version knows (the published schema)."""
 
 TERMINAL_TYPES: frozenset[str] = frozenset({"done", "error", "cancelled"})
-KNOWN_TYPES: frozenset[str] = frozenset({"start", "token", "done", "error", "cancelled"})
+KNOWN_TYPES: frozenset[str] = frozenset({"start", "token", "segment", "done", "error", "cancelled"})
 
 # A type a later version may add: a short snake_case word, as every type is.
 EventType = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*$(?!\n)")]

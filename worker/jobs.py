@@ -26,6 +26,8 @@ __all__ = [
     "Job",
     "LogprobsPolicy",
     "Params",
+    "Review",
+    "SegmentUnit",
     "decode_job",
     "encode_job",
     "job_id_of",
@@ -110,6 +112,32 @@ class Escalate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             )
 
 
+SegmentUnit = Literal["sentence", "line", "paragraph"]
+SegmentMean = Annotated[float, msgspec.Meta(ge=-20.0, le=0.0)]  # a mean of logprobs floored at -20
+
+
+class Review(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    """Segment scores and a publish/review verdict (:mod:`worker.segments`): the answer is cut into
+    ``unit`` segments, each published as a ``segment`` event with the mean logprob of its tokens and
+    a band: ``high`` above ``publish_above``, ``low`` below ``review_below``, ``medium`` between
+    (``unscored`` when no token in it has a logprob). ``done.verdict`` is ``review`` when any
+    segment is ``low``, the job's confidence is under ``min_confidence``, or no token has a logprob;
+    such jobs are also put on the review stream ``{P}:review``."""
+
+    unit: SegmentUnit = "sentence"
+    publish_above: SegmentMean = -0.5
+    review_below: SegmentMean = -1.5
+    min_confidence: Annotated[float, msgspec.Meta(gt=0.0, le=1.0)] | None = None
+
+    def __post_init__(self) -> None:
+        if self.review_below > self.publish_above:
+            raise ValueError(
+                f"review.review_below ({self.review_below}) is above review.publish_above "
+                f"({self.publish_above}): segments under review_below go to review and those above "
+                "publish_above are published, so review_below must be the lower one"
+            )
+
+
 class Job(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
     """An LLM generation job.
 
@@ -131,6 +159,7 @@ class Job(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True,
         default_factory=dict
     )
     escalate: Escalate | None = None
+    review: Review | None = None
     # at most this much spent on the job, in the price tables' currency (worker/cost.py): needs a
     # price for its model (and its escalation's) on the provider; ends `budget_exceeded` otherwise
     budget: Annotated[float, msgspec.Meta(gt=0.0, le=1_000_000.0)] | None = None

@@ -20,10 +20,18 @@ __all__ = ["Escalate", "Failed", "Fenced", "Finished", "Outcome", "Skipped", "Wr
 @dataclass(frozen=True, slots=True)
 class Finished:
     """The job ends with ``terminal`` (``done``, ``error`` or ``cancelled``), written after the
-    ``tokens`` token events its attempt published."""
+    ``tokens`` token events its attempt published. ``seq`` is the sequence number of the attempt's
+    last event when it published others besides its tokens (``segment`` events), else -1: the
+    terminal's id is ``<attempt>-<last_seq + 1>``."""
 
     terminal: Done | Error | Cancelled
     tokens: int
+    seq: int = -1
+
+    @property
+    def last_seq(self) -> int:
+        """The sequence number of the attempt's last event before its terminal."""
+        return self.tokens if self.seq < 0 else self.seq
 
     def record(self) -> dict[str, str | int | float]:
         """What the state hash keeps about the end (for ``status`` without reading events)."""

@@ -185,7 +185,7 @@ class _JobRun:
         _, outcome = await self._on_model(stronger, escalate.reason, weak)
         if isinstance(outcome, Finished) and isinstance(outcome.terminal, Done):
             done = msgspec.structs.replace(outcome.terminal, escalation=escalate.record)
-            return Finished(done, outcome.tokens)
+            return Finished(done, outcome.tokens, outcome.seq)
         return outcome
 
     async def _on_model(
@@ -301,7 +301,7 @@ class _JobRun:
             terminal = bound_done(terminal, runner.settings.max_event_bytes)
         finished = await outlast_oom(
             lambda: runner.store.finish(
-                self.admitted.job_id, terminal.attempt, outcome.tokens + 1, terminal, outcome.record()
+                self.admitted.job_id, terminal.attempt, outcome.last_seq + 1, terminal, outcome.record()
             ),
             "write the terminal event",
         )

@@ -137,13 +137,13 @@ def test_colour_only_on_a_terminal_and_never_with_no_color(env: dict[str, str], 
 def test_tail_skips_event_types_it_does_not_know_and_says_so_once(
     env: dict[str, str], worker_proc: object
 ) -> None:
-    """A stream written by a newer worker (here: `segment` events between the tokens) still tails."""
+    """A stream written by a newer worker (here: `claim` events between the tokens) still tails."""
     import redis as redis_sync
 
     job_id = run(env, "enqueue", "--model", "tokenwire/sim;tokens=4", "--input", "x").stdout.strip()
     lines = run(env, "tail", job_id, "--json", "--timeout", "30").stdout.splitlines()
     newer = f"{job_id}-newer"
-    segment = json.dumps({"type": "segment", "job_id": newer, "attempt": 1, "index": 0, "band": "high"})
+    segment = json.dumps({"type": "claim", "job_id": newer, "attempt": 1, "index": 0, "band": "high"})
     client = redis_sync.Redis.from_url(env["TOKENWIRE_REDIS_URL"])
     prefix = env["TOKENWIRE_PREFIX"]
     with client:
@@ -153,9 +153,9 @@ def test_tail_skips_event_types_it_does_not_know_and_says_so_once(
     pretty = run(env, "tail", newer, "--timeout", "10")
     assert pretty.returncode == 0, pretty.stderr
     assert "✓ done" in pretty.stdout
-    assert pretty.stderr.count("skipping events of type 'segment'") == 1
+    assert pretty.stderr.count("skipping events of type 'claim'") == 1
     as_json = run(env, "tail", newer, "--json", "--timeout", "10")
-    assert as_json.returncode == 0 and as_json.stdout.count('"type": "segment"') == 2
+    assert as_json.returncode == 0 and as_json.stdout.count('"type": "claim"') == 2
 
 
 def test_a_worker_whose_redis_is_down_keeps_saying_so_and_stops_on_sigterm(tmp_path: Path) -> None:

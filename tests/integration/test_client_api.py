@@ -118,7 +118,7 @@ async def test_a_consumer_that_skips_unknown_types_follows_a_live_stream(
     """A later worker writes event types this version does not know, between the ones it does."""
     job_id = await client.enqueue(model=MODEL, input="x")
     key = client.keys.events(job_id)
-    segment = b'{"type":"segment","job_id":"%s","attempt":1,"text":"ab", "spans":[]}' % job_id.encode()
+    segment = b'{"type":"claim","job_id":"%s","attempt":1,"text":"ab", "spans":[]}' % job_id.encode()
     tokens = [Token(job_id=job_id, attempt=1, index=n, text=t, logprob=-0.1) for n, t in enumerate("ab")]
     stream: list[tuple[str, bytes]] = [
         ("1-0", encode_event(Start(job_id=job_id, attempt=1, model=MODEL, provider="sim", api="native"))),
@@ -145,7 +145,7 @@ async def test_a_consumer_that_skips_unknown_types_follows_a_live_stream(
         elif isinstance(item.event, UnknownEvent):
             skipped.append(item.type)
     await task
-    assert texts == ["a", "b"] and skipped == ["candidate_done", "segment"]
+    assert texts == ["a", "b"] and skipped == ["candidate_done", "claim"]
     assert raws == dict(stream)  # every entry byte for byte as stored
 
 

@@ -299,11 +299,11 @@ def _cancelled(job_id: str, attempt: int) -> bytes:
 
 
 def test_decode_event_passes_an_unknown_type_on_opaque() -> None:
-    raw = b'{"type":"segment","job_id":"j","attempt":2,"text":"x","spans":[1,2]}'
+    raw = b'{"type":"claim","job_id":"j","attempt":2,"text":"x","spans":[1,2]}'
     event = decode_event(raw)
     assert isinstance(event, UnknownEvent)
-    assert (event.type, event.job_id, event.attempt, event.raw) == ("segment", "j", 2, raw)
-    assert event.data["spans"] == [1, 2] and not is_terminal(event) and event_type(event) == "segment"
+    assert (event.type, event.job_id, event.attempt, event.raw) == ("claim", "j", 2, raw)
+    assert event.data["spans"] == [1, 2] and not is_terminal(event) and event_type(event) == "claim"
     assert decode_event(raw.decode()) == event
 
 
@@ -317,7 +317,7 @@ def test_decode_event_passes_an_unknown_type_on_opaque() -> None:
         (b'{"type":"Not A Type","job_id":"j","attempt":1}', "no valid `type`"),
         (b'{"type":"token","job_id":"j","attempt":1,"index":"zero","text":"a","logprob":null}', "$.index"),
         (b'{"type":"done","job_id":"j","attempt":1}', "bad 'done' event"),
-        (b'{"type":"segment","job_id":"j"}', "`attempt`"),
+        (b'{"type":"claim","job_id":"j"}', "`attempt`"),
     ],
 )
 def test_a_malformed_event_is_a_clear_error_naming_it(raw: bytes, says: str) -> None:
@@ -330,7 +330,7 @@ def test_a_malformed_event_is_a_clear_error_naming_it(raw: bytes, says: str) -> 
 async def test_a_consumer_that_skips_unknown_types_follows_a_stream_with_new_ones(client: Client) -> None:
     job_id = await client.enqueue(Job(id="newer", model="m", input="x"))
     key = client.keys.events(job_id)
-    segment = b'{ "type": "segment", "job_id": "newer", "attempt": 1, "text": "a" }'  # spacing kept
+    segment = b'{ "type": "claim", "job_id": "newer", "attempt": 1, "text": "a" }'  # spacing kept
     start = Start(job_id=job_id, attempt=1, model="m", provider="p", api="native")
     await client.redis.xadd(key, {"event": encode_event(start)}, id="1-0")
     await client.redis.xadd(key, {"event": encode_event(_token(job_id, 1, 0))}, id="1-1")
@@ -340,7 +340,7 @@ async def test_a_consumer_that_skips_unknown_types_follows_a_stream_with_new_one
     )
     await client.redis.xadd(key, {"event": _cancelled(job_id, 1)}, id="1-4")
     items = [i async for i in client.subscribe(job_id, timeout=5)]
-    assert [i.type for i in items] == ["start", "token", "segment", "candidate_done", "cancelled"]
+    assert [i.type for i in items] == ["start", "token", "claim", "candidate_done", "cancelled"]
     assert (
         items[2].raw == segment and isinstance(items[2].event, UnknownEvent) and items[2].event.raw == segment
     )

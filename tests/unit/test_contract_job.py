@@ -78,6 +78,8 @@ VALID: dict[type, dict[str, Any]] = {
     jobs_module.Params: {},
     jobs_module.Escalate: {"model": "big", "below": 0.5},
     jobs_module.ChatMessage: {"role": "user", "content": "hi"},
+    # at the thresholds' extremes, so that either bound alone is valid (Review.__post_init__)
+    jobs_module.Review: {"publish_above": 0.0, "review_below": -20.0},
 }
 # The api rules (``Job.__post_init__``) decide null, absence and the api itself for these: by hand.
 BY_HAND = {"api", "input", "messages"}
