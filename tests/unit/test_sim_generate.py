@@ -222,3 +222,63 @@ def test_filler_token_and_prompt_estimate() -> None:
     assert estimate_tokens("") == 0
     assert estimate_tokens("four") == 1
     assert estimate_tokens("a" * 41) == 11
+
+
+# --- Chinese and Japanese, known logprobs (issue 13 §1) ------------------------------------------
+
+
+@pytest.mark.parametrize(("lang", "lo", "hi"), [("zh", "\u4e00", "\u9fff"), ("ja", "\u3040", "\u30ff")])
+def test_chinese_and_japanese_text_with_split_characters(lang: str, lo: str, hi: str) -> None:
+    tokens = list(generate(7, "hello", 400, model="m", lang=lang))
+    text = _text(tokens)
+    assert sum(lo <= ch <= hi for ch in text) > 50
+    assert all(not t.special for t in tokens)
+    empty = [t for t in tokens if t.text == ""]
+    assert len(empty) > 40  # about half the characters go as byte-fallback pieces
+    assert all(len(t.raw) == 1 and t.raw[0] >= 0x80 for t in empty)
+    raw = b"".join(t.raw for t in tokens)  # the stream may end inside a character
+    assert raw.startswith(text.encode()) and len(raw) - len(text.encode()) < 4
+    assert tokens == list(generate(7, "hello", 400, model="m", lang=lang))  # deterministic
+
+
+def test_forced_split_sends_every_cjk_character_in_pieces() -> None:
+    tokens = list(generate(7, "hello", 300, model="m", lang="zh", force_utf8_split=True))
+    whole = [t for t in tokens if t.text and not t.text.isascii()]
+    assert all(len(t.text) == 1 or t.raw == t.text.encode() for t in whole)
+    for i, t in enumerate(tokens):
+        if t.text and len(t.text) == 1 and len(t.text.encode()) == 3 and len(t.raw) == 1:
+            assert [p.text for p in tokens[i - 2 : i]] == ["", ""]
+
+
+def test_lang_does_not_change_english() -> None:
+    assert list(generate(3, "p", 200, lang="en")) == list(generate(3, "p", 200))
+
+
+def test_fixed_logprobs_and_a_low_run() -> None:
+    plain = list(generate(7, "hello", 60, lang="zh", force_utf8_split=True))
+    fixed = list(
+        generate(
+            7,
+            "hello",
+            60,
+            lang="zh",
+            force_utf8_split=True,
+            fixed_logprob=-0.5,
+            low_at=10,
+            low_run=5,
+            low_logprob=-2.0,
+        )
+    )
+    assert [t.text for t in fixed] == [t.text for t in plain]  # the text does not depend on them
+    for i, (t, p) in enumerate(zip(fixed, plain, strict=True)):
+        if 10 <= i < 15:
+            assert t.logprob == -2.0
+        elif p.logprob == -(2.0**-12):  # a later byte of a split character keeps its own
+            assert t.logprob == p.logprob
+        else:
+            assert t.logprob == -0.5
+
+
+def test_unknown_lang_is_refused() -> None:
+    with pytest.raises(ValueError, match="lang must be one of en, zh, ja"):
+        TokenSource(1, lang="fr")

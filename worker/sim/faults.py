@@ -110,6 +110,13 @@ class Directives(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     nospace: bool = False  # "data:{...}" without the space
     crlf: bool = False  # CRLF line endings
     utf8split: bool = False  # split every multi-byte character into byte-fallback tokens
+    lang: Literal["en", "zh", "ja"] = "en"  # the text: English-ish, Chinese or Japanese (generate.LANGS)
+    # logprobs known by hand: every token's `lp` (later bytes of a split character keep
+    # generate.CONTINUATION_LOGPROB), and `low_run` tokens from token `low_at` at `low_lp`
+    lp: Annotated[float, msgspec.Meta(ge=-30.0, le=0.0)] | None = None
+    low_at: NonNegInt = 0
+    low_run: NonNegInt = 0
+    low_lp: Annotated[float, msgspec.Meta(ge=-30.0, le=0.0)] = -3.0
     stamp: bool = False  # each token's id is its send time, µs since the epoch (latency probes)
     # OpenAI-style routes only (/v1/openai/chat/completions, /v1/openai/completions):
     dialect: Flavor = "openai"  # whose wire shape the stream takes

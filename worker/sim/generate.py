@@ -10,6 +10,12 @@ The text is English-ish sentences with punctuation, numbers, names and some mult
 ``[-0.05, 0)``); names, numbers and symbols are uncertain (about ``[-4, -1]``), so low-confidence
 spans appear naturally. Logprobs are rounded to bf16 precision (``-2.65625``).
 
+With ``lang="zh"`` or ``"ja"`` the text is Chinese or Japanese (Han, kana, full-width
+punctuation, ASCII digits), one token per character, and about half of the characters go as
+byte-fallback tokens (Llama-2-style vocabularies hold few of them). Fixed logprobs (``fixed_logprob``
+and a run of ``low_run`` tokens at ``low_logprob`` from token ``low_at``) make streams whose
+confidence values are known by hand.
+
 A multi-byte character is occasionally (or, when forced, always) emitted as one byte-fallback token
 per UTF-8 byte, TGI style: every token but the last has empty text, the last carries the whole
 character. ``SimToken.raw`` keeps each token's own bytes, so ``b"".join(raw)`` always equals the
@@ -24,13 +30,16 @@ import math
 import random
 from collections import deque
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import msgspec
 
 __all__ = [
     "BYTE_ID_BASE",
+    "CONTINUATION_LOGPROB",
     "EOS_ID",
     "EOS_TEXT",
+    "LANGS",
     "SimToken",
     "TokenSource",
     "bf16",
@@ -49,6 +58,9 @@ _FIRST_PIECE_ID = BYTE_ID_BASE + 256
 
 _SPLIT_RATE = 0.08  # share of multi-byte characters sent as byte-fallback tokens
 _CONTINUATION_LOGPROB = -0.000244140625  # later bytes of a split character: near certain
+CONTINUATION_LOGPROB = _CONTINUATION_LOGPROB
+_CJK_SPLIT_RATE = 0.5  # share of Chinese/Japanese characters sent as byte-fallback tokens
+LANGS = ("en", "zh", "ja")
 
 _SURE, _MID, _UNSURE = 0, 1, 2
 
@@ -294,6 +306,75 @@ _SHAPES = (
     _shape_arrow,
 )  # fmt: skip
 
+# Chinese and Japanese words by role; one token per character
+_ZH_NOUN = (
+    "系统", "模型", "数据", "河流", "城市", "花园", "信号", "市场", "问题", "答案", "结果", "方法", "网络",
+    "故事", "早晨", "桥梁", "实验", "委员会",
+)  # fmt: skip
+_JA_NOUN = (
+    "システム", "モデル", "データ", "川", "都市", "庭", "信号", "市場", "質問", "答え", "結果", "方法",
+    "ネットワーク", "物語", "朝", "橋", "実験",
+)  # fmt: skip
+_ZH: dict[str, Any] = {
+    "det": ("这个", "那个", "每个", "我们的", "他们的"),
+    "adj": ("安静的", "简单的", "明亮的", "古老的", "重要的", "遥远的"),
+    "noun": _ZH_NOUN,
+    "verb": ("改变了", "连接", "测量", "解释", "发现了", "建造了", "保持", "返回"),
+    "name": ("李明", "王芳", "张伟", "陈静", "刘洋"),
+    "place": ("北京", "上海", "杭州", "成都", "西安"),
+    "unit": ("个", "米", "年", "人", "公里"),
+    "comma": "，",
+    "ends": ("。", "。", "。", "！", "？"),
+}
+_JA: dict[str, Any] = {
+    "det": ("この", "その", "あの", "私たちの"),
+    "adj": ("静かな", "簡単な", "明るい", "古い", "大切な", "遠い"),
+    "noun": _JA_NOUN,
+    "verb": ("を変えました", "をつなぎます", "を測ります", "を説明します", "を見つけました", "を作りました"),
+    "name": ("田中さん", "佐藤さん", "鈴木さん", "高橋さん"),
+    "place": ("東京", "京都", "大阪", "札幌", "神戸"),
+    "unit": ("個", "メートル", "年", "人", "キロ"),
+    "comma": "、",
+    "ends": ("。", "。", "。", "！", "？"),
+}
+_CJK = {"zh": _ZH, "ja": _JA}
+
+
+def _cjk_sentence(rng: random.Random, lex: dict[str, Any]) -> list[tuple[str, int]]:
+    """One Chinese or Japanese sentence as ``(character, kind)`` pieces (digits as one piece)."""
+    out: list[tuple[str, int]] = []
+
+    def word(role: str, kind: int) -> None:
+        text = rng.choice(lex[role])
+        out.append((text[0], kind))
+        out.extend((ch, _UNSURE if kind == _UNSURE else _SURE) for ch in text[1:])
+
+    shape = rng.randrange(3)
+    if shape == 0:  # [det] [adj] noun (は) verb [det] noun
+        word("det", _SURE)
+        if rng.random() < 0.5:
+            word("adj", _MID)
+        word("noun", _MID)
+        if lex is _JA:
+            out.append(("は", _SURE))
+        word("noun", _MID)
+        word("verb", _MID)
+    elif shape == 1:  # name, in place, verb noun
+        word("name", _UNSURE)
+        out.append(("在" if lex is _ZH else "は", _SURE))
+        word("place", _UNSURE)
+        out.append((lex["comma"], _SURE))
+        word("noun", _MID)
+        word("verb", _MID)
+    else:  # noun, about N units
+        word("noun", _MID)
+        out.append(("大约" if lex is _ZH else "約", _SURE))
+        out.append((str(rng.randint(2, 999)), _UNSURE))
+        word("unit", _MID)
+    out.append((rng.choice(lex["ends"]), _SURE))
+    return out
+
+
 _ALT_WORDS = (*_DET, *_PREP, *_CONJ, *_VERB, *_NOUN[:20], *_ADJ[:10])
 
 
@@ -313,49 +394,79 @@ class TokenSource:
     """An endless, deterministic stream of content tokens for one request.
 
     ``seed`` is a per-request seed from :func:`stream_seed`. Alternatives (:meth:`alternatives`)
-    come from a second generator, so asking for them never changes the token sequence.
+    come from a second generator, so asking for them never changes the token sequence. ``lang``
+    picks the text (:data:`LANGS`). ``fixed_logprob``: every token's logprob (the later bytes of a
+    split character keep :data:`CONTINUATION_LOGPROB`); the tokens numbered ``low_at`` to
+    ``low_at + low_run - 1`` (every token counts, byte pieces too) have ``low_logprob`` instead.
+    The random draws are the same whatever the logprobs, so the text does not change with them.
     """
 
-    __slots__ = ("_alt_rng", "_composer", "_force_split", "_pending", "_rng")
+    __slots__ = (
+        "_alt_rng", "_cjk", "_composer", "_fixed", "_force_split", "_low", "_n", "_pending", "_rng",
+    )  # fmt: skip
 
-    def __init__(self, seed: int, *, force_utf8_split: bool = False) -> None:
+    def __init__(
+        self,
+        seed: int,
+        *,
+        force_utf8_split: bool = False,
+        lang: str = "en",
+        fixed_logprob: float | None = None,
+        low_at: int = 0,
+        low_run: int = 0,
+        low_logprob: float = -3.0,
+    ) -> None:
+        if lang not in LANGS:
+            raise ValueError(f"lang must be one of {', '.join(LANGS)}, got {lang!r}")
         self._rng = random.Random(seed)
         self._alt_rng = random.Random(seed ^ 0x5DEECE66D)
         self._composer = _Composer(self._rng)
+        self._cjk = _CJK.get(lang)
         self._force_split = force_utf8_split
         self._pending: deque[SimToken] = deque()
+        self._fixed = fixed_logprob
+        self._low = (low_at, low_at + low_run, low_logprob)
+        self._n = 0  # tokens emitted so far
 
     def __iter__(self) -> TokenSource:
         return self
 
     def __next__(self) -> SimToken:
         while not self._pending:
-            for text, kind in self._composer.sentence():
+            cjk = self._cjk
+            pieces = self._composer.sentence() if cjk is None else _cjk_sentence(self._rng, cjk)
+            for text, kind in pieces:
                 self._emit(text, kind)
         return self._pending.popleft()
+
+    def _logprob(self, drawn: float, *, continuation: bool = False) -> float:
+        """The logprob of the next token: ``low_logprob`` in the low run, else ``drawn`` for a
+        later byte of a split character or when nothing is fixed, else ``fixed_logprob``."""
+        index = self._n
+        self._n = index + 1
+        start, end, low = self._low
+        if start <= index < end:
+            return low
+        return drawn if continuation or self._fixed is None else self._fixed
 
     def _emit(self, text: str, kind: int) -> None:
         logprob = _draw_logprob(self._rng, kind)
         if len(text) == 1 and not text.isascii():
-            split = self._rng.random() < _SPLIT_RATE  # drawn even when forced: same text either way
+            rate = _SPLIT_RATE if self._cjk is None else _CJK_SPLIT_RATE
+            split = self._rng.random() < rate  # drawn even when forced: same text either way
             if split or self._force_split:
                 self._emit_bytes(text, logprob)
                 return
         piece_id, raw = _piece(text)
-        self._pending.append(SimToken(piece_id, text, logprob, False, raw))
+        self._pending.append(SimToken(piece_id, text, self._logprob(logprob), False, raw))
 
     def _emit_bytes(self, char: str, logprob: float) -> None:
         raw = char.encode("utf-8")
         last = len(raw) - 1
         for i, byte in enumerate(raw):
+            lp = self._logprob(logprob) if i == 0 else self._logprob(_CONTINUATION_LOGPROB, continuation=True)
             self._pending.append(
-                SimToken(
-                    BYTE_ID_BASE + byte,
-                    char if i == last else "",
-                    logprob if i == 0 else _CONTINUATION_LOGPROB,
-                    False,
-                    raw[i : i + 1],
-                )
+                SimToken(BYTE_ID_BASE + byte, char if i == last else "", lp, False, raw[i : i + 1])
             )
 
     def eos(self) -> SimToken:
@@ -401,9 +512,13 @@ def generate(
     model: str = "",
     request_seed: int | None = None,
     force_utf8_split: bool = False,
+    **options: Any,
 ) -> Iterator[SimToken]:
-    """The first ``n_tokens`` content tokens (no EOS) for a seed, model, prompt and request seed."""
-    source = TokenSource(stream_seed(seed, model, prompt, request_seed), force_utf8_split=force_utf8_split)
+    """The first ``n_tokens`` content tokens (no EOS) for a seed, model, prompt and request seed;
+    ``options`` are :class:`TokenSource`'s (``lang``, ``fixed_logprob``, ``low_at``, ...)."""
+    source = TokenSource(
+        stream_seed(seed, model, prompt, request_seed), force_utf8_split=force_utf8_split, **options
+    )
     return itertools.islice(source, n_tokens)
 
 

@@ -275,6 +275,11 @@ class _Stream:
         source = TokenSource(
             stream_seed(self.config.seed, sim.model, sim.prompt, sim.seed),
             force_utf8_split=d.utf8split,
+            lang=d.lang,
+            fixed_logprob=d.lp,
+            low_at=d.low_at,
+            low_run=d.low_run,
+            low_logprob=d.low_lp,
         )
         n_content, eos = _lengths(sim, d, self.config.default_max_tokens)
         events = source.events(n_content, eos=eos, stop=sim.stop)
