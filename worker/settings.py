@@ -55,6 +55,9 @@ class Provider(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     native_url: HttpUrl | None = None
     chat_url: HttpUrl | None = None
     completions_url: HttpUrl | None = None
+    responses_url: HttpUrl | None = None  # OpenAI Responses API (`api: "responses"`)
+    gemini_url: HttpUrl | None = None  # Gemini streamGenerateContent?alt=sse, holding {model}
+    sglang_url: HttpUrl | None = None  # SGLang's native /generate
     api_key_env: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$(?!\n)")] | None = None
     supports_top_n_tokens: bool = False
     max_top_n_tokens: Annotated[int, msgspec.Meta(ge=0, le=20)] = 5
@@ -80,12 +83,9 @@ class Provider(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
 
     def url_for(self, api: str) -> str | None:
-        url: str | None = {
-            "native": self.native_url,
-            "chat": self.chat_url,
-            "completions": self.completions_url,
-        }.get(api)
-        return url
+        """The ``<api>_url`` setting (every api in ``worker.jobs.API_NAMES`` has one)."""
+        url = getattr(self, f"{api}_url", None) if api.isidentifier() else None
+        return url if isinstance(url, str) else None
 
     def api_key(self, environ: Mapping[str, str] | None = None) -> str | None:
         if self.api_key_env is None:
@@ -135,6 +135,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     max_attempts: PositiveInt = 3
     drain_grace_seconds: Annotated[float, msgspec.Meta(ge=0)] = 25.0
     stall_timeout_seconds: PositiveFloat = 60.0
+    # how long a provider+model's refusal of logprobs is remembered (in Redis, for every worker)
+    logprobs_refusal_ttl_seconds: PositiveFloat = 3600.0
     retry_base_seconds: PositiveFloat = 1.0
     retry_max_seconds: PositiveFloat = 30.0
     consumer_reap_idle_seconds: PositiveFloat = 3600.0
