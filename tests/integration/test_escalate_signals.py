@@ -178,7 +178,7 @@ async def test_bad_signals_are_refused_at_admission(
     """Each ends with an error event naming what is wrong (the job never reaches a provider)."""
     await start_worker()
     keys = Keys(client.keys.prefix)
-    cases = {
+    cases: dict[str, tuple[dict[str, object], dict[str, object], str]] = {
         "margin-no-topk": ({"signal": "margin"}, {}, "needs top-k alternatives: set params.top_logprobs"),
         "margin-native": ({"signal": "margin"}, {"top_logprobs": 5}, "sends none on the native API"),
         "q-without-quantile": ({"q": 0.1}, {}, "escalate.q is the quantile of escalate.signal 'quantile'"),
