@@ -8,6 +8,9 @@
 - ``P:job:{ID}``: a job's state hash; ``P:job:{ID}:events``: its event stream (same slot as each other).
 - ``P:nolp:{provider}:{digest}``: a provider+model that refused logprobs, remembered for
   ``logprobs_refusal_ttl_seconds`` so that other jobs (on every worker) skip the failed request.
+- ``P:budget:{SCOPE}:state|slots|queue|waiters``: a provider's shared budget (:mod:`worker.ratelimit`;
+  ``SCOPE`` is the provider's name, or ``name/model`` with per-model limits), one slot per scope.
+- ``P:budgets``: the budget scopes workers have used (a hash: scope -> provider; ``tokenwire stats``).
 - ``P:cancel``: the pub/sub channel of cancellation requests (``Client.cancel`` publishes one after it
   flags the job's state hash; the worker holding the job stops it). A message is UTF-8 text: the job
   id, a newline, the reason (``"job-42\\nuser pressed stop"``); :func:`cancel_message` builds it and
@@ -57,6 +60,10 @@ class Keys:
         """A budget scope's keys (state, slots, queue, waiters), all in the slot of ``{scope}``."""
         base = f"{self.prefix}:budget:{{{scope}}}"
         return f"{base}:state", f"{base}:slots", f"{base}:queue", f"{base}:waiters"
+
+    def budget_scopes(self) -> str:
+        """``P:budgets``: the budget scopes in use (a hash: scope -> provider), for ``tokenwire stats``."""
+        return f"{self.prefix}:budgets"
 
 
 def as_text(value: object) -> str:

@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import math
 import random
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager
@@ -58,6 +59,7 @@ __all__ = [
     "Budgets",
     "Permit",
     "Scope",
+    "collect_budgets",
     "estimate_tokens",
 ]
 
@@ -79,6 +81,8 @@ KEY_TTL_MS = 3_600_000
 """A scope's keys expire an hour after their last use (its AIMD state starts over)."""
 RENEW_CHUNK = 128
 """Slot leases renewed per script call."""
+MAX_LISTED = 1000
+"""Budget scopes ``tokenwire stats`` shows at most."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +105,28 @@ class Permit:
     ticket: str
     granted_ms: int
     reserved: float
+
+
+class _Waiting:
+    """One request's wait for budget, counted in ``tokenwire_provider_waiting_jobs`` (and
+    :attr:`Budgets.waiting`) from its first refusal until it is granted or gives up."""
+
+    __slots__ = ("budgets", "on", "provider")
+
+    def __init__(self, budgets: Budgets, provider: str) -> None:
+        self.budgets, self.provider, self.on = budgets, provider, False
+
+    def start(self) -> None:
+        if not self.on:
+            self.on = True
+            self.budgets.waiting[self.provider] = self.budgets.waiting.get(self.provider, 0) + 1
+            self.budgets.metrics.provider_waiting.labels(self.provider).inc()
+
+    def stop(self) -> None:
+        if self.on:
+            self.on = False
+            self.budgets.waiting[self.provider] -= 1
+            self.budgets.metrics.provider_waiting.labels(self.provider).dec()
 
 
 def estimate_tokens(admitted: Admitted, settings: Settings) -> tuple[int, int]:
@@ -133,6 +159,7 @@ class Budgets:
         self._freed: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.waiting: dict[str, int] = {}
+        self._registered: dict[str, float] = {}  # scope -> when this process last listed it
         if redis is not None:
             self._acquire = redis.register_script(scripts.BUDGET_ACQUIRE)
             self._release = redis.register_script(scripts.BUDGET_RELEASE)
@@ -180,82 +207,97 @@ class Budgets:
         :class:`UpstreamError` ``rate_limited`` (not retryable) when the wait would outlast
         ``deadline`` (loop time). ``used()``: tokens the request used (settled at its end)."""
         scope = self.scope_for(admitted)
+        provider = admitted.provider_name
         prompt, completion = estimate_tokens(admitted, self.settings)
         backoff = Backoff(RetryPolicy.upstream(self.settings))
-        while True:
-            permit = (
-                None if scope is None else await self._wait_for_permit(scope, prompt + completion, deadline)
-            )
-            stack = contextlib.AsyncExitStack()
-            try:
-                entered = await stack.enter_async_context(opener())
-            except UpstreamError as exc:
-                if exc.status != 429:
+        waiting = _Waiting(self, provider)
+        try:
+            while True:
+                permit = None
+                if scope is not None:
+                    permit = await self._wait_for_permit(scope, prompt + completion, deadline, waiting)
+                stack = contextlib.AsyncExitStack()
+                try:
+                    entered = await stack.enter_async_context(opener())
+                except UpstreamError as exc:
+                    if exc.status != 429:
+                        self._settle(permit, ok=False, used=0)
+                        raise
+                    delay = backoff.failed(_retry_after(exc))
+                    self._throttled(provider, permit, exc)
+                    log.info(
+                        "provider refused the request (HTTP 429): waiting for budget, no attempt spent",
+                        provider=provider,
+                        retry_in=round(delay, 3),
+                        refusals=backoff.failures,
+                    )
+                    self._check_deadline(provider, deadline, delay, "HTTP 429 from the provider")
+                    waiting.start()
+                    await asyncio.sleep(delay)
+                    continue
+                except BaseException:
                     self._settle(permit, ok=False, used=0)
                     raise
-                delay = backoff.failed(_retry_after(exc))
-                self._throttled(admitted.provider_name, permit, exc)
-                log.info(
-                    "provider refused the request (HTTP 429): waiting for budget, no attempt spent",
-                    provider=admitted.provider_name,
-                    retry_in=round(delay, 3),
-                    refusals=backoff.failures,
-                )
-                self._check_deadline(admitted.provider_name, deadline, delay, "HTTP 429 from the provider")
-                await self._waiting(admitted.provider_name, asyncio.sleep(delay))
-                continue
-            except BaseException:
-                self._settle(permit, ok=False, used=0)
-                raise
-            break
+                break
+        finally:
+            waiting.stop()
         try:
             async with stack:
                 yield entered
         finally:
             self._settle(permit, ok=True, used=used())
 
-    async def _wait_for_permit(self, scope: Scope, cost: int, deadline: float) -> Permit:
+    async def acquire_once(
+        self, scope: Scope, ticket: str, cost: int, waiter_ttl_ms: int
+    ) -> tuple[Permit | None, int, str]:
+        """One ask for a permit: ``(permit, 0, "granted")`` (held until settled), or ``(None,
+        wait hint ms (0: unknown), why)``. Raises :class:`RedisError`."""
+        reply = await self._acquire(
+            keys=list(scope.keys),
+            args=[
+                ticket,
+                self.slot_ttl_ms,
+                waiter_ttl_ms,
+                scope.max_concurrency,
+                scope.requests_per_minute,
+                scope.tokens_per_minute,
+                cost,
+                KEY_TTL_MS,
+            ],
+        )
+        self._observe(scope, as_text(reply[3]), float(as_text(reply[8])))
+        if int(reply[0]) != 1:
+            return None, int(as_text(reply[1])), as_text(reply[2])
+        permit = Permit(scope, ticket, int(reply[6]), float(as_text(reply[7])))
+        self._held[ticket] = permit
+        return permit, 0, "granted"
+
+    async def _wait_for_permit(self, scope: Scope, cost: int, deadline: float, waiting: _Waiting) -> Permit:
         ticket = uuid.uuid4().hex
+        self._register(scope)
         polls, redis_errors = Backoff(WAIT), Backoff(REDIS)
         waiter_ttl = self.slot_ttl_ms
-        granted = False
+        permit: Permit | None = None
         try:
             while True:
                 try:
-                    reply = await self._acquire(
-                        keys=list(scope.keys),
-                        args=[
-                            ticket,
-                            self.slot_ttl_ms,
-                            waiter_ttl,
-                            scope.max_concurrency,
-                            scope.requests_per_minute,
-                            scope.tokens_per_minute,
-                            cost,
-                            KEY_TTL_MS,
-                        ],
-                    )
+                    permit, hint, reason = await self.acquire_once(scope, ticket, cost, waiter_ttl)
                 except RedisError as exc:
-                    delay, reason = redis_errors.failed(), f"Redis ({exc})"
-                    wake = False
+                    delay, reason, wake = redis_errors.failed(), f"Redis ({exc})", False
                 else:
                     redis_errors.succeeded()
-                    self._observe(scope, as_text(reply[3]), float(as_text(reply[8])))
-                    if int(reply[0]) == 1:
-                        granted = True
-                        permit = Permit(scope, ticket, int(reply[6]), float(as_text(reply[7])))
-                        self._held[ticket] = permit
+                    if permit is not None:
                         return permit
-                    hint, reason = int(as_text(reply[1])), as_text(reply[2])
                     wake = hint == 0
                     delay = polls.failed() if wake else hint / 1000 * (1 + 0.1 * random.random())
                     delay = min(delay, MAX_RETRY_AFTER)
                 waiter_ttl = self.slot_ttl_ms + int(delay * 1000)
                 self._check_deadline(scope.provider, deadline, delay, f"waiting for {reason}")
-                await self._waiting(scope.provider, self._pause(scope, delay, wake))
+                waiting.start()
+                await self._pause(scope, delay, wake)
         finally:
-            if not granted and self.redis is not None:  # leave the queue (cancelled, deadline)
-                self._spawn(self._call_release(scope, ticket, "fail", 0.0))
+            if permit is None and self.redis is not None:  # leave the queue (cancelled, deadline)
+                self._spawn(self.release(scope, ticket, "fail", 0.0))
 
     async def _pause(self, scope: Scope, delay: float, wake: bool) -> None:
         """Sleep ``delay``; with ``wake``, less when a slot of ``scope`` frees in this process."""
@@ -266,17 +308,6 @@ class Budgets:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(delay):
                 await event.wait()
-
-    async def _waiting(self, provider: str, pause: Coroutine[Any, Any, None]) -> None:
-        """Run ``pause`` counted as a job waiting for ``provider``'s budget."""
-        gauge = self.metrics.provider_waiting.labels(provider)
-        self.waiting[provider] = self.waiting.get(provider, 0) + 1
-        gauge.inc()
-        try:
-            await pause
-        finally:
-            self.waiting[provider] -= 1
-            gauge.dec()
 
     def _check_deadline(self, provider: str, deadline: float, delay: float, why: str) -> None:
         if asyncio.get_running_loop().time() + delay < deadline:
@@ -289,6 +320,21 @@ class Budgets:
             retryable=False,
         )
 
+    def _register(self, scope: Scope) -> None:
+        """List ``scope`` in ``P:budgets`` (for ``tokenwire stats``): once, then every half TTL."""
+        now = asyncio.get_running_loop().time()
+        if now - self._registered.get(scope.name, -math.inf) < KEY_TTL_MS / 2000:
+            return
+        self._registered[scope.name] = now
+        self._spawn(self.register(scope))
+
+    async def register(self, scope: Scope) -> None:
+        """List ``scope`` in ``P:budgets`` with the index's TTL."""
+        assert self.redis is not None
+        index = self.keys.budget_scopes()
+        await self.redis.hset(index, scope.name, scope.provider)
+        await self.redis.pexpire(index, KEY_TTL_MS)
+
     # -- settling ------------------------------------------------------------------------------
 
     def _settle(self, permit: Permit | None, *, ok: bool, used: int) -> None:
@@ -296,7 +342,7 @@ class Budgets:
             return
         self._held.pop(permit.ticket, None)
         refund = permit.reserved - used if permit.scope.tokens_per_minute else 0.0
-        self._spawn(self._call_release(permit.scope, permit.ticket, "ok" if ok else "fail", refund))
+        self._spawn(self.release(permit.scope, permit.ticket, "ok" if ok else "fail", refund))
         self._wake(permit.scope)
 
     def _throttled(self, provider: str, permit: Permit | None, exc: UpstreamError) -> None:
@@ -305,14 +351,15 @@ class Budgets:
             return
         self._held.pop(permit.ticket, None)
         retry_after = _retry_after(exc)
-        self._spawn(self._call_throttle(permit, 0 if retry_after is None else int(retry_after * 1000)))
+        self._spawn(self.throttle(permit, 0 if retry_after is None else int(retry_after * 1000)))
 
     def _wake(self, scope: Scope) -> None:
         event = self._freed.pop(scope.name, None)
         if event is not None:
             event.set()
 
-    async def _call_release(self, scope: Scope, ticket: str, outcome: str, refund: float) -> None:
+    async def release(self, scope: Scope, ticket: str, outcome: str, refund: float) -> None:
+        """Settle ``ticket``: free its slot or queue place, refund tokens, grow on ``ok``."""
         reply = await self._release(
             keys=list(scope.keys),
             args=[
@@ -327,7 +374,8 @@ class Budgets:
         )
         self._observe(scope, as_text(reply[0]), float(as_text(reply[3])))
 
-    async def _call_throttle(self, permit: Permit, retry_after_ms: int) -> None:
+    async def throttle(self, permit: Permit, retry_after_ms: int) -> None:
+        """``permit``'s request got a 429: free its slot, cut the budget, pause for Retry-After."""
         scope = permit.scope
         reply = await self._throttle(
             keys=list(scope.keys),
@@ -386,10 +434,13 @@ class Budgets:
         interval = self.slot_ttl_ms / 3000
         while True:
             await asyncio.sleep(interval * (0.9 + 0.2 * random.random()))
-            await self.renew_once()
+            try:
+                await self.renew_once()
+            except RedisError as exc:
+                log.warning("could not renew provider slot leases", error=str(exc))
 
     async def renew_once(self) -> int:
-        """Renew every held slot now; how many Redis renewed."""
+        """Renew every held slot now; how many Redis renewed. Raises :class:`RedisError`."""
         by_scope: dict[str, tuple[Scope, list[str]]] = {}
         for ticket, permit in list(self._held.items()):
             by_scope.setdefault(permit.scope.name, (permit.scope, []))[1].append(ticket)
@@ -397,10 +448,34 @@ class Budgets:
         for scope, tickets in by_scope.values():
             for start in range(0, len(tickets), RENEW_CHUNK):
                 chunk = tickets[start : start + RENEW_CHUNK]
-                try:
-                    renewed += int(
-                        await self._renew(keys=[scope.keys[1]], args=[self.slot_ttl_ms, KEY_TTL_MS, *chunk])
-                    )
-                except RedisError as exc:
-                    log.warning("could not renew provider slot leases", scope=scope.name, error=str(exc))
+                reply = await self._renew(keys=[scope.keys[1]], args=[self.slot_ttl_ms, KEY_TTL_MS, *chunk])
+                renewed += int(reply)
         return renewed
+
+
+async def collect_budgets(redis: Redis, keys: Keys) -> list[dict[str, Any]]:
+    """Every budget scope listed in ``P:budgets``, as ``tokenwire stats`` shows it: its AIMD limit
+    (None: as configured), rate factor, slots in use, requests waiting, 429s and grants counted,
+    and how long it is paused for a ``Retry-After``."""
+    index: dict[Any, Any] = await redis.hgetall(keys.budget_scopes())
+    now_ms = int(time.time() * 1000)
+    out: list[dict[str, Any]] = []
+    for raw_scope, raw_provider in sorted(index.items())[:MAX_LISTED]:
+        scope = as_text(raw_scope)
+        state, slots, queue, _ = keys.budget(scope)
+        fields = await redis.hmget(state, ["limit", "factor", "throttled", "granted", "blocked"])
+        limit, factor, throttled, granted, blocked = (None if f is None else as_text(f) for f in fields)
+        out.append(
+            {
+                "scope": scope,
+                "provider": as_text(raw_provider),
+                "limit": None if limit is None else float(limit),
+                "factor": 1.0 if factor is None else float(factor),
+                "in_use": int(await redis.zcount(slots, now_ms, "+inf")),
+                "waiting": int(await redis.zcard(queue)),
+                "throttled": int(throttled or 0),
+                "granted": int(granted or 0),
+                "paused_ms": max(0, int(blocked or 0) - now_ms),
+            }
+        )
+    return out

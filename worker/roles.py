@@ -110,7 +110,7 @@ ROLES: Final[dict[str, Role]] = {
                 Command("zadd", "budget scripts: a request's slot lease, its place in the FIFO queue"),
                 Command("zrem", "budget scripts free a slot and leave the queue"),
                 Command("zremrangebyscore", "BUDGET_ACQUIRE frees slots whose lease ended (crashed workers)"),
-                Command("zscore", "BUDGET_ACQUIRE: whether a request already waits in the queue"),
+                Command("zscore", "BUDGET_ACQUIRE: is a request waiting already; RENEW: is a slot held"),
                 Command("zrange", "BUDGET_ACQUIRE reads the queue's head (to drop waiters gone silent)"),
                 Command("zrank", "BUDGET_ACQUIRE: a waiting request's place in the queue"),
                 Command("zcard", "budget scripts count slots in use and requests waiting"),

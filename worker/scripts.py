@@ -460,7 +460,12 @@ BUDGET_RENEW: Final = """
 local t = redis.call('TIME')
 local until_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
 local n = 0
-for i = 3, #ARGV do n = n + redis.call('ZADD', KEYS[1], 'XX', 'CH', until_ms, ARGV[i]) end
+for i = 3, #ARGV do
+  if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
+    redis.call('ZADD', KEYS[1], until_ms, ARGV[i])
+    n = n + 1
+  end
+end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return n
 """

@@ -8,12 +8,18 @@ from redis.asyncio import Redis
 from redis.exceptions import NoPermissionError, ResponseError
 
 from .keys import GROUP, Keys, as_text
+from .ratelimit import collect_budgets
 
 __all__ = ["collect_stats", "format_stats"]
 
 
-async def collect_stats(redis: Redis, prefix: str) -> dict[str, Any]:
+async def collect_stats(redis: Redis, prefix: str, *, budgets: bool = False) -> dict[str, Any]:
+    """With ``budgets``, also every provider budget scope in use (worker.ratelimit)."""
     keys = Keys(prefix)
+    if budgets:
+        listed = await collect_budgets(redis, keys)
+        stats = await collect_stats(redis, prefix)
+        return {**stats, "budgets": listed}
     out: dict[str, Any] = {
         "stream": keys.jobs,
         "group": GROUP,
@@ -62,4 +68,13 @@ def format_stats(stats: dict[str, Any]) -> str:
     ]
     for c in stats["consumers"]:
         lines.append(f"  {c['name']:<40} pending {c['pending']:>5}  idle {c['idle_ms'] / 1000:.1f}s")
+    if "budgets" in stats:
+        lines.append(f"budgets       {len(stats['budgets'])}")
+    for b in stats.get("budgets", ()):
+        limit = "as configured" if b["limit"] is None else f"{b['limit']:.1f}"
+        paused = f"  paused {b['paused_ms'] / 1000:.1f}s" if b["paused_ms"] else ""
+        lines.append(
+            f"  {b['scope']:<40} in use {b['in_use']:>4}  waiting {b['waiting']:>4}  limit {limit}"
+            f"  rate x{b['factor']:.2f}  429s {b['throttled']}{paused}"
+        )
     return "\n".join(lines)

@@ -21,6 +21,7 @@ from redis.exceptions import NoPermissionError, RedisClusterException, ResponseE
 from structlog.testing import capture_logs
 
 from worker import Client, Done, Worker
+from worker.admit import Admitted, admit
 from worker.capability import LogprobsMemo
 from worker.client import JobNotFound
 from worker.confidence import ConfidenceTracker
@@ -28,11 +29,14 @@ from worker.connect import http_client, redis_client
 from worker.dead import list_dead, purge_dead, redrive
 from worker.events import Start, Usage
 from worker.feedback import FeedbackError, read_feedback
+from worker.jobs import Job, encode_job
 from worker.keys import Keys, as_text
 from worker.lease import LeaseKeeper
 from worker.queue import JobQueue, NotPermitted
+from worker.ratelimit import Budgets
 from worker.redisproc import RedisClusterServers, RedisServer
 from worker.roles import ROLES, acl_rules
+from worker.settings import Provider, Settings
 from worker.stats import collect_stats
 from worker.store import JobStore
 
@@ -168,6 +172,7 @@ async def worker_operations(r: Redis, admin: Redis, prefix: str) -> None:
     async with r.pubsub() as pubsub:  # the cancel listener
         await pubsub.subscribe(keys.cancel)
         assert (await pubsub.get_message(timeout=5.0) or {}).get("type") == "subscribe"
+    await budget_operations(r, prefix)
     # the logprobs memo (worker.capability): it logs a refused command and goes on, so its two
     # commands are sent here as it sends them, then it is read back through the memo itself
     memo_key = keys.no_logprobs("sim", MODEL)
@@ -177,6 +182,34 @@ async def worker_operations(r: Redis, admin: Redis, prefix: str) -> None:
     await memo.remember("sim", MODEL, "refused again")
     assert await memo.refusal("sim", MODEL) == "refused again"
     await health_check(r)
+
+
+async def budget_operations(r: Redis, prefix: str) -> None:
+    """A provider's shared budget (worker.ratelimit), call by call as Budgets sends them (it only
+    logs a refused settling call): listed for stats, granted, refused, renewed, cut by a 429,
+    left, settled."""
+    lim = Provider(
+        native_url="http://127.0.0.1:9/{model}",
+        max_concurrency=1,
+        requests_per_minute=600,
+        tokens_per_minute=60_000,
+    )
+    settings = Settings(prefix=prefix, default_provider="lim", providers={"lim": lim})
+    verdict = admit("1-0", encode_job(Job(model="m", input="hi", id="rl")), settings)
+    assert isinstance(verdict, Admitted)
+    budgets = Budgets(r, Keys(prefix), settings)
+    scope = budgets.scope_for(verdict)
+    assert scope is not None
+    await budgets.register(scope)
+    first, _, _ = await budgets.acquire_once(scope, "t1", 100, 30_000)
+    assert first is not None
+    assert (await budgets.acquire_once(scope, "t2", 100, 30_000))[2] == "concurrency"
+    assert await budgets.renew_once() == 1
+    await budgets.throttle(first, 0)
+    await budgets.release(scope, "t2", "fail", 0.0)  # t2 stops waiting
+    second, _, _ = await budgets.acquire_once(scope, "t3", 100, 30_000)
+    assert second is not None
+    await budgets.release(scope, "t3", "ok", 50.0)
 
 
 async def producer_operations(r: Redis, admin: Redis, prefix: str) -> None:
@@ -246,8 +279,10 @@ async def operator_operations(r: Redis, admin: Redis, prefix: str) -> None:
     assert [m["job_id"] for m in await redrive(r, store, None)] == ["d2", "d3"]
     await queue.dead_letter("1-1", job_payload("d4"), "bad", job_id="d4", code="x")
     assert await purge_dead(r, keys) == 1
-    stats = await collect_stats(r, prefix)
+    await budget_operations(admin, prefix)  # a worker used a provider budget
+    stats = await collect_stats(r, prefix, budgets=True)
     assert stats["length"] == 3 and stats["consumers"][0]["name"] == "c1"
+    assert [(b["scope"], b["granted"]) for b in stats["budgets"]] == [("lim", 2)]
     await health_check(r)
 
 

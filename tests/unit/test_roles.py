@@ -107,8 +107,9 @@ def _script_commands() -> dict[str, set[str]]:
     return found
 
 
+BUDGET_SCRIPTS = {"BUDGET_ACQUIRE", "BUDGET_RELEASE", "BUDGET_THROTTLE", "BUDGET_RENEW"}  # ratelimit.py
 SCRIPTS_OF = {  # which role runs which script (worker/store.py, worker/queue.py, worker/lease.py)
-    "worker": {"BEGIN", "FINISH", "FAIL", "ACK", "DEAD", "REAP", "RENEW", "HANDBACK"},
+    "worker": {"BEGIN", "FINISH", "FAIL", "ACK", "DEAD", "REAP", "RENEW", "HANDBACK", *BUDGET_SCRIPTS},
     "producer": {"ENQUEUE", "CANCEL", "RECORD_ENTRY"},
     "operator": {"ENQUEUE", "RECORD_ENTRY", "REDRIVE"},
     "subscriber": set(),
