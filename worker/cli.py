@@ -21,7 +21,7 @@ from .calibrate_cli import add_commands as _add_calibration_commands
 from .client import Client, JobNotFound, SubscriptionTimeout
 from .connect import http_client, redis_client
 from .events import Cancelled, Done, Error, Start, Token
-from .jobs import ChatMessage, InvalidJob, Job, Params
+from .jobs import API_NAMES, ChatMessage, InvalidJob, Job, Params
 from .logging import configure_logging
 from .render import TerminalView
 from .settings import CONFIG_ENV, Provider, Settings, SettingsError, load_settings, log_ignored_service_links
@@ -168,6 +168,8 @@ def _job_from_args(args: argparse.Namespace) -> Job:
         fields["messages"] = messages
     if args.low_prob is not None:
         fields["low_prob"] = args.low_prob
+    if args.logprobs is not None:
+        fields["logprobs"] = args.logprobs
     try:
         job = Job(**fields)
         return msgspec.json.decode(msgspec.json.encode(job), type=Job)  # run every constraint
@@ -241,7 +243,7 @@ async def _stats(args: argparse.Namespace, settings: Settings) -> int:
 
     redis = redis_client(settings.redis_url, cluster=settings.redis_cluster)
     try:
-        stats = await collect_stats(redis, settings.prefix, budgets=True)
+        stats = await collect_stats(redis, settings.prefix)
     finally:
         await redis.aclose()
     if args.json:
@@ -435,10 +437,13 @@ def build_parser() -> argparse.ArgumentParser:
     enq = command("enqueue", "enqueue a job and print its id")
     enq.add_argument("--model", required=True, help="the model name the provider knows")
     src = enq.add_mutually_exclusive_group(required=True)
-    src.add_argument("--input", help="the prompt (native and completions APIs)")
+    src.add_argument("--input", help="the prompt (native, completions and sglang APIs)")
     src.add_argument("--messages", help='chat messages as JSON: \'[{"role":"user","content":"Hi"}]\'')
+    enq.add_argument("--api", choices=list(API_NAMES), help="default: chat with --messages, else native")
     enq.add_argument(
-        "--api", choices=["native", "chat", "completions"], help="default: chat with --messages, else native"
+        "--logprobs",
+        choices=["preferred", "required"],
+        help="when the model refuses logprobs: preferred (default) streams without them, required fails",
     )
     enq.add_argument("--provider", help="a provider from the settings (default: default_provider)")
     enq.add_argument("--max-tokens", type=int, metavar="N", help="at most N generated tokens")
@@ -474,10 +479,10 @@ def build_parser() -> argparse.ArgumentParser:
     dead.add_argument("--count", type=int, default=100, help="list: at most this many, newest (default 100)")
     dead.add_argument("--json", action="store_true", help="list: one JSON object per line")
 
-    stats = command("stats", "queue length, pending, consumers, lag, dead letters, provider budgets")
+    stats = command("stats", "queue length, pending, consumers, lag, dead letters")
     stats.add_argument("--json", action="store_true", help="one JSON object")
 
-    sim = command("sim", "run the local upstream simulator (native, chat and completions)", connects=False)
+    sim = command("sim", "run the local upstream simulator (every api tokenwire speaks)", connects=False)
     sim.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     sim.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
     sim.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
