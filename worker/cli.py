@@ -243,7 +243,7 @@ async def _stats(args: argparse.Namespace, settings: Settings) -> int:
 
     redis = redis_client(settings.redis_url, cluster=settings.redis_cluster)
     try:
-        stats = await collect_stats(redis, settings.prefix)
+        stats = await collect_stats(redis, settings.prefix, budgets=True)
     finally:
         await redis.aclose()
     if args.json:
@@ -479,7 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     dead.add_argument("--count", type=int, default=100, help="list: at most this many, newest (default 100)")
     dead.add_argument("--json", action="store_true", help="list: one JSON object per line")
 
-    stats = command("stats", "queue length, pending, consumers, lag, dead letters")
+    stats = command("stats", "queue length, pending, consumers, lag, dead letters, provider budgets")
     stats.add_argument("--json", action="store_true", help="one JSON object")
 
     sim = command("sim", "run the local upstream simulator (every api tokenwire speaks)", connects=False)
