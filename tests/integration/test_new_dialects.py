@@ -206,3 +206,34 @@ async def test_a_job_requiring_logprobs_fails_clearly(
         and "gives no logprobs for model 'tokenwire/sim;" in error.message
     )
     assert not tokens(items)
+
+
+FAULTS = [
+    "fault=disconnect;after=5",
+    "fault=status;status=503",
+    "fault=error;after=3",
+    "fault=malformed;after=2;then=end",
+    "fault=stall;stall=30;after=4",
+]
+
+
+@pytest.mark.parametrize("fault", FAULTS, ids=lambda f: f.split(";")[0].removeprefix("fault="))
+@pytest.mark.parametrize("api", ["responses", "gemini", "sglang"])
+async def test_the_simulators_faults_apply_to_each_new_dialect(
+    api: str, fault: str, start_worker: StartWorker, client: Client, sim_url: str
+) -> None:
+    """Each fault, in the dialect's own shape (response.failed, Gemini's error object, SGLang's
+    abort), fails the first request; the retry (a new attempt after tokens) ends done."""
+    await start_worker(providers=providers(sim_url), stall_timeout_seconds=1.0, retry_base_seconds=0.05)
+    model = f"tokenwire/sim;tokens=12;{fault};fail_first=1"
+    prompt: dict[str, Any] = {"input": "Why?"} if api == "sglang" else {"messages": MESSAGES}
+    job = Job(model=model, api=api, params=Params(top_logprobs=1), **prompt)  # type: ignore[arg-type]
+    items = await collect(client, await client.enqueue(job))
+    done = items[-1].event
+    assert isinstance(done, Done), done
+    last = max(i.event.attempt for i in items if isinstance(i.event, Start))
+    answer = [t for t in tokens(items) if t.attempt == done.attempt and not t.special]
+    assert len(answer) == 12 and done.text == "".join(t.text for t in answer)
+    assert last == done.attempt
+    faults = (await stats(sim_url))["faults"]
+    assert sum(faults.values()) == 1
