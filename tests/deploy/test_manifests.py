@@ -817,7 +817,9 @@ def test_worker_starts_with_the_service_links_of_its_namespace(tmp_path: Path, c
     services = [(s["metadata"]["name"], s["spec"]["ports"]) for _, s in k8s_docs() if s["kind"] == "Service"]
     services += [
         ("tokenwire", [{"name": "http", "port": 8080}]),
-        ("tokenwire-gateway", [{"name": "http", "port": 80}, {"name": "dns", "port": 53, "protocol": "UDP"}]),
+        # (not `tokenwire-gateway`: its TOKENWIRE_GATEWAY_PORT would be the gateway_port setting, refused
+        # with a clear error; test_gateway_manifests.py checks that, and why the gateway's is `gateway`)
+        ("tokenwire-api", [{"name": "http", "port": 80}, {"name": "dns", "port": 53, "protocol": "UDP"}]),
     ]
     links: dict[str, str] = {}
     for name, ports in services:
