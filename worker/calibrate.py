@@ -548,6 +548,9 @@ def format_report(report: Report) -> str:
             )
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         out += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+        absent = [s.signal for s in m.signals if s.n == 0]
+        if absent:
+            out.append(f"  not carried by these judgements: {', '.join(absent)}")
         out += _recommendation(m)
         out.append("")
     if report.unreadable_entries:

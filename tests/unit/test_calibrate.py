@@ -168,6 +168,7 @@ def test_the_text_report_says_unreliable_and_prints_the_setting() -> None:
     assert "AUROC 0.875 [" in text and "flag ≤ 50%" in text
     assert 'job setting: {"review":{"min_confidence":0.55}' in text
     assert "catches 67% [" in text
+    assert "not carried by these judgements: min_prob, lowest_segment_mean, p10_prob" in text
     assert format_report(calibrate([])).startswith("no feedback recorded")
 
 
