@@ -56,7 +56,7 @@ async def test_calibration_recovers_the_labelled_models_auroc(
     assert model.reliable and model.n_labelled == N_JOBS
     want = expected_auroc(SEPARATION)
     tolerance = 3 * hanley_mcneil_se(want, model.n_correct, model.n_incorrect)
-    for name in ("confidence", "mean_logprob", "min_prob", "p10_prob"):
+    for name in ("confidence", "mean_logprob", "min_prob", "p10_prob", "quantile", "window_min"):
         signal = next(s for s in model.signals if s.signal == name)
         assert signal.n == N_JOBS
         assert signal.auroc is not None and abs(signal.auroc - want) <= tolerance, (name, signal.auroc, want)

@@ -13,8 +13,8 @@ probable, with overlap:
   number is odd), so their mean is exactly ``L`` whatever the length, while ``min_prob`` and the
   10th-percentile probability (``exp(1.5·L)``) vary with it too.
 
-``confidence``, ``mean_logprob``, ``min_prob`` and ``p10_prob`` are then increasing functions of
-``x``, and their AUROC over the population is ``P(x_correct > x_wrong) = Φ(D/√2)``
+``confidence``, ``mean_logprob``, ``min_prob``, ``p10_prob`` and the routing signals ``quantile``
+and ``window_min`` are then increasing functions of ``x`` (for answers of one length), and their AUROC over the population is ``P(x_correct > x_wrong) = Φ(D/√2)``
 (:func:`expected_auroc`), since ``x_correct − x_wrong ~ N(D, 2)``. The text is the simulator's
 usual text; only the log-probabilities change.
 """
