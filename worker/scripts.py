@@ -407,8 +407,8 @@ return {limit and tostring(limit) or '', redis.call('ZCARD', KEYS[2]), redis.cal
 # A granted request was refused by the provider (HTTP 429): free its slot, give back its tokens,
 # pause the scope until Retry-After, and cut the budget multiplicatively: the concurrency limit to
 # beta x min(limit, slots in use), the rate factor to beta x factor (at least MIN_FACTOR). Only
-# once per round: a request granted before the last cut does not cut again (its 429 answers the
-# old budget).
+# once per round: a request granted before the last cut (or in its millisecond) does not cut again
+# (its 429 answers the old budget).
 # KEYS: state, slots, queue, waiters. ARGV: ticket, granted_ms, retry_after_ms (0: none),
 # max_concurrency, tokens_per_minute, refund, key_ttl_ms, beta, min factor.
 # Returns {cut 0|1, limit, blocked_ms (0: not paused)}.
@@ -431,7 +431,7 @@ end
 local limit = tonumber(f[1])
 if maxc > 0 and (limit == nil or limit > maxc) then limit = maxc end
 local cut = 0
-if tonumber(ARGV[2]) >= (tonumber(f[3]) or 0) then
+if tonumber(ARGV[2]) > (tonumber(f[3]) or 0) then
   local base = inuse
   if limit and limit < base then base = limit end
   limit = math.max(1, base * beta)
