@@ -345,7 +345,14 @@ def render_all() -> dict[str, str]:
         "job.schema.json": msgspec.json.format(enc.encode(job_schema()), indent=2).decode() + "\n",
         "event.schema.json": msgspec.json.format(enc.encode(event_schema()), indent=2).decode() + "\n",
         "asyncapi.yaml": yaml.safe_dump(asyncapi(), sort_keys=True, allow_unicode=True, width=100),
+        "gateway.openapi.yaml": _gateway_openapi(),
     }
+
+
+def _gateway_openapi() -> str:
+    from .gateway.openapi import render_openapi  # the gateway's HTTP API (issue 14)
+
+    return render_openapi()
 
 
 def write_all(directory: Path) -> list[Path]:

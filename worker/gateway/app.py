@@ -35,6 +35,7 @@ from .hub import Hub, Watch, stream_key
 from .ids import MAX_JOB_ID, PUBLIC_ID, after_stream_id, id_problem, scoped_id
 from .limits import InflightLimiter, StreamCounter
 from .metrics import GatewayMetrics
+from .models import CancelBody, Cancelled, Created, ErrorBody, ErrorDetail, JobState
 from .sse import Entry, comment, entry_of, frame
 
 __all__ = ["GATEWAY", "Gateway", "Principal", "build_app"]
@@ -70,11 +71,7 @@ class Principal(msgspec.Struct, frozen=True):
     grant: ReadGrant | None = None
 
 
-class _Cancel(msgspec.Struct, forbid_unknown_fields=True):
-    reason: str = "cancelled by request"
-
-
-_CANCEL: Final = msgspec.json.Decoder(_Cancel)
+_CANCEL: Final = msgspec.json.Decoder(CancelBody)
 _JSON: Final = msgspec.json.Encoder()
 
 
@@ -267,11 +264,8 @@ class Gateway:
             await self.store.record_entry(internal, as_text(entry_id))
         status = 201 if outcome == "new" else 200
         self.metrics.jobs.labels("created" if status == 201 else "existing").inc()
-        answer = {
-            "id": public,
-            "events_url": f"/v1/jobs/{public}/events",
-            "read_token": await self.read_token(who, internal),
-        }
+        token = await self.read_token(who, internal)
+        answer = Created(id=public, events_url=f"/v1/jobs/{public}/events", read_token=token)
         return _json(status, answer, self._cors(request, who.tenant))
 
     async def status(self, request: web.Request) -> web.Response:
@@ -282,7 +276,7 @@ class Gateway:
         if fields is None:
             raise _Refused(404, "not_found", f"no job {public!r}: never enqueued, or expired")
         state = {k: v for k, v in fields.items() if k not in _HIDDEN_STATE}
-        answer = {"id": public, "events_url": f"/v1/jobs/{public}/events", "state": state}
+        answer = JobState(id=public, events_url=f"/v1/jobs/{public}/events", state=state)
         return _json(200, answer, self._cors(request, who.tenant))
 
     async def cancel(self, request: web.Request) -> web.Response:
@@ -293,7 +287,7 @@ class Gateway:
         reason = "cancelled by request"
         if raw.strip():
             try:
-                reason = _CANCEL.decode(raw).reason[:500]
+                reason = _CANCEL.decode(raw).reason
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 raise _Refused(422, "invalid_body", f'the body is not {{"reason": "..."}}: {exc}') from None
         outcome = await self.store.cancel(internal, reason)
@@ -301,7 +295,8 @@ class Gateway:
             raise _Refused(404, "not_found", f"no job {public!r}: never enqueued, or expired")
         if outcome == "requested":
             await self.redis.publish(self.keys.cancel, cancel_message(internal, reason))
-        return _json(200, {"id": public, "outcome": outcome}, self._cors(request, who.tenant))
+        answer = Cancelled(id=public, outcome=outcome)  # type: ignore[arg-type]
+        return _json(200, answer, self._cors(request, who.tenant))
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         who = self.principal(request, token_ok=True)
@@ -482,7 +477,8 @@ class Gateway:
             log.error("gateway request failed", error=type(exc).__name__, path=request.path[:200])
             refusal = _Refused(500, "internal", "the gateway failed on this request")
         headers = {**self._cors(request, None), **refusal.headers}
-        return _json(refusal.status, {"error": {"code": refusal.code, "message": refusal.message}}, headers)
+        body = ErrorBody(error=ErrorDetail(code=refusal.code, message=refusal.message))
+        return _json(refusal.status, body, headers)
 
 
 async def _bounded(write: Awaitable[Any], request: web.Request) -> Any:
