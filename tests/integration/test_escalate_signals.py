@@ -198,3 +198,23 @@ async def test_bad_signals_are_refused_at_admission(
         error = items[-1].event
         assert len(items) == 1 and isinstance(error, Error), items
         assert error.code == "invalid_job" and words in error.message, error.message
+
+
+OLD_SUMMARY = {
+    "mean_logprob", "cum_logprob", "perplexity", "min_prob", "min_index", "ewma_confidence", "mean_prob",
+    "bits_per_byte", "n_tokens", "n_scored", "n_missing", "n_excluded", "n_clamped", "logprobs_available",
+    "low_spans", "mean_entropy_lb", "max_entropy_lb", "max_entropy_index", "mean_margin", "n_topk",
+    "n_not_top1", "low_spans_truncated",
+}  # fmt: skip
+NEW_SUMMARY = {"p10_prob", "quantile", "quantile_q", "window_min", "window"}
+
+
+async def test_a_plain_job_adds_only_the_summary_fields(start_worker: StartWorker, client: Client) -> None:
+    """A job that asks for none of this: its summary gains exactly the five signal fields, with the
+    default q and window."""
+    await start_worker()
+    job_id = await client.enqueue(Job(model="tokenwire/sim;tokens=20", input="plain"))
+    items = [i async for i in client.subscribe(job_id, timeout=30)]
+    raw = msgspec.json.decode(msgspec.json.encode(done_of(items).summary))
+    assert set(raw) - OLD_SUMMARY == NEW_SUMMARY
+    assert raw["quantile_q"] == 0.1 and raw["window"] == 8 and raw["quantile"] == raw["p10_prob"]
