@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+import signal
 import sys
 import tempfile
 import time
@@ -254,7 +255,13 @@ class GatewayRun:
         ready = self.work / "producer.ready"
         argv_p = [sys.executable, "-m", "bench.gwproducer", "--url", self.redis.url, "--prefix", PREFIX]
         argv_p += ["--jobs", str(self.scenario.jobs), "--tps", f"{self.scenario.tps:g}"]
-        argv_p += ["--ready-file", str(ready), "--max-seconds", f"{self.budget:.0f}"]
+        argv_p += [
+            "--ready-file",
+            str(ready),
+            "--wait-go",
+            "--max-seconds",
+            f"{self.budget:.0f}",
+        ]
         self.producer = self.procs.start("producer", argv_p)
         self.gateway = self.procs.start(self.variant.name, argv, env)
         if self.cpus is not None:
@@ -271,6 +278,8 @@ class GatewayRun:
             wait_until(lambda: _port_open(port), START_TIMEOUT, self.variant.name)
         self.procs.check_alive()
         self._start_clients(base)
+        assert self.producer is not None
+        self.producer.signal(signal.SIGUSR1)  # its tokens start once every client is connected
         self.roles = {
             "gateway": [self.gateway.pid],
             "producer": [self.producer.pid],

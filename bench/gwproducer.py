@@ -7,7 +7,9 @@ stream to a client receiving it, so the producer is the cheapest faithful writer
 spread over the tick so they do not tick in step. ``--tps 0`` writes no token: idle jobs, whose
 watchers only receive heartbeats.
 
-It writes ``--ready-file`` once every job exists and has its ``start``, and stops (SIGTERM/SIGINT, or
+It writes ``--ready-file`` once every job exists and has its ``start``, and with ``--wait-go`` writes no
+token before it gets SIGUSR1 (the benchmark sends it once every client is connected, so that clients
+measure live delivery, not a replay of what was written while they connected). It stops (SIGTERM/SIGINT, or
 after ``--max-seconds``) without writing a terminal: clients keep watching until they are stopped.
 
 ``python -m bench.gwproducer --url redis://... --prefix P --jobs N --tps T --ready-file F``
@@ -101,10 +103,15 @@ async def _main(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    go = asyncio.Event()
+    loop.add_signal_handler(signal.SIGUSR1, go.set)
     redis = Redis.from_url(args.url)
     try:
         ids = await _enqueue(redis, args.prefix, args.jobs)
         args.ready_file.write_text("ready\n")
+        if args.wait_go:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(go.wait(), args.max_seconds)
         if args.tps > 0:
             task = asyncio.create_task(_produce(redis, args.prefix, ids, args.tps, stop))
         with contextlib.suppress(TimeoutError):
@@ -123,6 +130,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, required=True)
     parser.add_argument("--tps", type=float, required=True, help="tokens per second per job; 0: idle")
     parser.add_argument("--ready-file", type=Path, required=True)
+    parser.add_argument("--wait-go", action="store_true", help="write no token before SIGUSR1")
     parser.add_argument("--max-seconds", type=float, default=120.0)
     asyncio.run(_main(parser.parse_args()))
 

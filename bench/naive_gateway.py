@@ -25,7 +25,8 @@ from worker.keys import Keys
 
 __all__ = ["main"]
 
-BLOCK_MS = 15_000
+BLOCK_MS = 5_000
+SOCKET_TIMEOUT = 15.0  # above the BLOCK (redis-py's default read timeout would cut a blocked XREAD)
 TERMINAL = {b"done", b"error", b"cancelled"}
 REDIS_KEY: web.AppKey[Redis] = web.AppKey("redis", Redis)
 KEYS: web.AppKey[Keys] = web.AppKey("keys", Keys)
@@ -57,7 +58,9 @@ async def events(request: web.Request) -> web.StreamResponse:
 
 async def _main(args: argparse.Namespace) -> None:
     raise_nofile()
-    pool = BlockingConnectionPool.from_url(args.redis_url, max_connections=args.max_connections, timeout=None)
+    pool = BlockingConnectionPool.from_url(
+        args.redis_url, max_connections=args.max_connections, timeout=None, socket_timeout=SOCKET_TIMEOUT
+    )
     app = web.Application()
     app[REDIS_KEY] = Redis(connection_pool=pool)
     app[KEYS] = Keys(args.prefix)

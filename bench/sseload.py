@@ -128,8 +128,11 @@ async def _watch(
             recorder.scan(now_us, data[: cut + 1])
             carry = data[cut + 2 :]
         recorder.closed += 1
-    except (aiohttp.ClientError, OSError, TimeoutError):
+        recorder.statuses["closed by the server"] = recorder.statuses.get("closed by the server", 0) + 1
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         recorder.closed += 1
+        name = f"closed: {type(exc).__name__}"
+        recorder.statuses[name] = recorder.statuses.get(name, 0) + 1
     finally:
         if opened:
             response.release()
