@@ -286,8 +286,52 @@ async def operator_operations(r: Redis, admin: Redis, prefix: str) -> None:
     await health_check(r)
 
 
+async def gateway_operations(r: Redis, admin: Redis, prefix: str) -> None:
+    """Enqueue (in-flight limit, pruned when full), state, replay and live reads, the expiry
+    sweep, cancel of a queued and of a running job: the gateway's whole job, without HTTP."""
+    import hashlib
+
+    from worker.gateway.app import Gateway, Principal, Refused
+    from worker.gateway.auth import TokenSigner
+    from worker.settings import Tenant
+
+    await admin.script_flush()
+    keys = Keys(prefix)
+    tenant = Tenant(key_sha256=hashlib.sha256(b"k").hexdigest(), max_inflight_jobs=1)
+    settings = Settings(prefix=prefix, tenants={"t": tenant})
+    gateway = Gateway(settings, redis=r, reader=r, signer=TokenSigner(b"s" * 32))
+    who = Principal("t", tenant)
+    body = msgspec.json.encode({"id": "g1", "model": MODEL, "input": "x"})
+    assert (await gateway.submit(who, body))[0] == 201
+    with pytest.raises(Refused, match="max_inflight_jobs"):
+        await gateway.submit(who, body.replace(b"g1", b"g2"))
+    await admin.hset(keys.state("t/g1"), "state", "done")  # g1 ended: pruned, g2 admitted
+    assert (await gateway.submit(who, body.replace(b"g1", b"g2")))[0] == 201
+    assert (await gateway.state_of(who, "g2")).state["tenant"] == "t"
+    store = JobStore(admin, keys)
+    entry = as_text(await admin.hget(keys.state("t/g2"), "entry"))
+    begun = await store.begin(
+        "t/g2", entry, "c", Start(job_id="t/g2", attempt=0, model=MODEL, provider="sim", api="native")
+    )
+    assert await r.xrange(keys.events(await gateway.resolve(who, "g2")))  # a replay
+    watch, _ = gateway.hub.attach("t/g2", "0-0", 1 << 20)
+    assert await gateway.hub.read_once(list(gateway.hub.feeds.values())) == 1  # the live read
+    await gateway.hub.sweep()
+    await gateway.hub.sweep()  # silent since the last sweep: its keys exist, nothing ends
+    assert [e.type for e in watch.take()] == ["start"] and not watch.gone
+    await store.finish("t/g2", begun.attempt, 1, done_event("t/g2", begun.attempt), {})
+    assert (await gateway.cancel_job("g2", "t/g2", "stop")).outcome == "terminal"
+    await admin.hset(keys.state("t/g1"), "state", "running")
+    assert (await gateway.cancel_job("g1", "t/g1", "stop")).outcome == "requested"
+    await gateway.limiter.release("t", "t/g2")
+    assert (await gateway.submit(who, body.replace(b"g1", b"g3")))[0] == 201
+    assert (await gateway.cancel_job("g3", "t/g3", "stop")).outcome == "cancelled"
+    await health_check(r)
+
+
 Operations = Callable[[Redis, Redis, str], Awaitable[None]]
 OPERATIONS: dict[str, Operations] = {
+    "gateway": gateway_operations,
     "worker": worker_operations,
     "producer": producer_operations,
     "subscriber": subscriber_operations,

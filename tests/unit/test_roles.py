@@ -112,6 +112,7 @@ SCRIPTS_OF = {  # which role runs which script (worker/store.py, worker/queue.py
     "worker": {"BEGIN", "FINISH", "FAIL", "ACK", "DEAD", "REAP", "RENEW", "HANDBACK", *BUDGET_SCRIPTS},
     "producer": {"ENQUEUE", "CANCEL", "RECORD_ENTRY"},
     "operator": {"ENQUEUE", "RECORD_ENTRY", "REDRIVE"},
+    "gateway": {"ENQUEUE", "CANCEL", "RECORD_ENTRY"},  # and ADMIT (worker/gateway/limits.py)
     "subscriber": set(),
     "feedback": set(),
 }

@@ -38,7 +38,7 @@ from .metrics import GatewayMetrics
 from .models import CancelBody, Cancelled, Created, ErrorBody, ErrorDetail, JobState
 from .sse import Entry, comment, entry_of, frame
 
-__all__ = ["GATEWAY", "Gateway", "Principal", "build_app"]
+__all__ = ["GATEWAY", "Gateway", "Principal", "Refused", "build_app"]
 
 log = structlog.get_logger("tokenwire.gateway")
 
@@ -52,7 +52,7 @@ _EXPOSED: Final = "Retry-After"
 _HIDDEN_STATE: Final = frozenset({"handback"})  # a drain's hand-back token digest: the worker's alone
 
 
-class _Refused(Exception):
+class Refused(Exception):
     """A request answered with an error: ``status``, a ``code`` and a message naming what was wrong."""
 
     def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
@@ -156,15 +156,13 @@ class Gateway:
             name = None if key is None else tenant_for_key(key, tenants)
             if name is None:
                 self.metrics.auth_failures.labels("key").inc()
-                raise _Refused(401, "unauthorized", "the Bearer key is not a tenant's key")
+                raise Refused(401, "unauthorized", "the Bearer key is not a tenant's key")
             found = Principal(name, tenants[name])
         elif token_ok and "token" in request.query:
             grant = self.signer.check(request.query["token"])
             if grant is None or grant.tenant not in tenants:
                 self.metrics.auth_failures.labels("token").inc()
-                raise _Refused(
-                    401, "unauthorized", "the read token is not valid (forged, expired or revoked)"
-                )
+                raise Refused(401, "unauthorized", "the read token is not valid (forged, expired or revoked)")
             found = Principal(grant.tenant, tenants[grant.tenant], grant)
         if found is None:
             self.metrics.auth_failures.labels("missing").inc()
@@ -173,11 +171,11 @@ class Gateway:
                 if token_ok
                 else "Authorization: Bearer <key>"
             )
-            raise _Refused(401, "unauthorized", f"no credentials: send {what}")
+            raise Refused(401, "unauthorized", f"no credentials: send {what}")
         origin = request.headers.get("Origin")
         if origin is not None and not self._origin_allowed(request, origin, found.tenant):
             self.metrics.auth_failures.labels("origin").inc()
-            raise _Refused(
+            raise Refused(
                 403, "origin_not_allowed", f"origin {origin[:200]!r} is not one of this tenant's origins"
             )
         return found
@@ -199,7 +197,7 @@ class Gateway:
             for (internal, owner), (state, tenant) in zip(candidates, await pipe.execute(), strict=True):
                 if state is not None and (None if tenant is None else as_text(tenant)) == owner:
                     return internal
-        raise _Refused(404, "not_found", f"no job {job_id[:200]!r}: never enqueued, or expired")
+        raise Refused(404, "not_found", f"no job {job_id[:200]!r}: never enqueued, or expired")
 
     def public_id(self, who: Principal, internal: str) -> str:
         scope = f"{who.name}/"
@@ -221,27 +219,32 @@ class Gateway:
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            raise _Refused(
+            raise Refused(
                 413,
                 "payload_too_large",
                 f"the body is over max_payload_bytes={self.settings.max_payload_bytes}",
             ) from None
+        status, answer = await self.submit(who, body)
+        return _json(status, answer, self._cors(request, who.tenant))
+
+    async def submit(self, who: Principal, body: bytes) -> tuple[int, Created]:
+        """Enqueue ``body`` as ``who``'s job: (201 or 200, the answer); :class:`Refused` otherwise."""
         verdict = admit("0-0", body, self.settings)  # the worker's own admission: its reasons, verbatim
         if isinstance(verdict, Rejected):
             self.metrics.jobs.labels("invalid").inc()
-            raise _Refused(422, verdict.code, verdict.reason)
+            raise Refused(422, verdict.code, verdict.reason)
         job = verdict.job
         public = job.id or new_job_id()
         problem = id_problem(who.name, public)
         if problem is not None:
             self.metrics.jobs.labels("invalid").inc()
-            raise _Refused(422, "invalid_job", f"invalid job: {problem}")
+            raise Refused(422, "invalid_job", f"invalid job: {problem}")
         internal = scoped_id(who.name, public)
         job = msgspec.structs.replace(job, id=internal)
         added = await self.limiter.admit(who.name, internal, who.tenant.max_inflight_jobs, now_ms())
         if not added:
             self.metrics.refused.labels("inflight").inc()
-            raise _Refused(
+            raise Refused(
                 429,
                 "too_many_jobs",
                 f"tenant {who.name!r} has max_inflight_jobs={who.tenant.max_inflight_jobs} jobs in flight",
@@ -254,7 +257,7 @@ class Gateway:
             if added == "new":
                 await self.limiter.release(who.name, internal)
             self.metrics.jobs.labels("conflict").inc()
-            raise _Refused(
+            raise Refused(
                 409,
                 "conflict",
                 f"job id {public!r} is taken by a different job: post the same job, or another id",
@@ -265,19 +268,20 @@ class Gateway:
         status = 201 if outcome == "new" else 200
         self.metrics.jobs.labels("created" if status == 201 else "existing").inc()
         token = await self.read_token(who, internal)
-        answer = Created(id=public, events_url=f"/v1/jobs/{public}/events", read_token=token)
-        return _json(status, answer, self._cors(request, who.tenant))
+        return status, Created(id=public, events_url=f"/v1/jobs/{public}/events", read_token=token)
 
     async def status(self, request: web.Request) -> web.Response:
         who = self.principal(request, token_ok=True)
-        public = request.match_info["id"]
+        answer = await self.state_of(who, request.match_info["id"])
+        return _json(200, answer, self._cors(request, who.tenant))
+
+    async def state_of(self, who: Principal, public: str) -> JobState:
         internal = await self.resolve(who, public)
         fields = await self.store.status(internal)
         if fields is None:
-            raise _Refused(404, "not_found", f"no job {public!r}: never enqueued, or expired")
+            raise Refused(404, "not_found", f"no job {public!r}: never enqueued, or expired")
         state = {k: v for k, v in fields.items() if k not in _HIDDEN_STATE}
-        answer = JobState(id=public, events_url=f"/v1/jobs/{public}/events", state=state)
-        return _json(200, answer, self._cors(request, who.tenant))
+        return JobState(id=public, events_url=f"/v1/jobs/{public}/events", state=state)
 
     async def cancel(self, request: web.Request) -> web.Response:
         who = self.principal(request, token_ok=True)
@@ -289,25 +293,28 @@ class Gateway:
             try:
                 reason = _CANCEL.decode(raw).reason
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                raise _Refused(422, "invalid_body", f'the body is not {{"reason": "..."}}: {exc}') from None
+                raise Refused(422, "invalid_body", f'the body is not {{"reason": "..."}}: {exc}') from None
+        answer = await self.cancel_job(public, internal, reason)
+        return _json(200, answer, self._cors(request, who.tenant))
+
+    async def cancel_job(self, public: str, internal: str, reason: str) -> Cancelled:
         outcome = await self.store.cancel(internal, reason)
         if outcome == "unknown":
-            raise _Refused(404, "not_found", f"no job {public!r}: never enqueued, or expired")
+            raise Refused(404, "not_found", f"no job {public!r}: never enqueued, or expired")
         if outcome == "requested":
             await self.redis.publish(self.keys.cancel, cancel_message(internal, reason))
-        answer = Cancelled(id=public, outcome=outcome)  # type: ignore[arg-type]
-        return _json(200, answer, self._cors(request, who.tenant))
+        return Cancelled(id=public, outcome=outcome)  # type: ignore[arg-type]
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         who = self.principal(request, token_ok=True)
         public = request.match_info["id"]
         after, problem = after_stream_id(request.headers.get("Last-Event-ID"), request.query.get("after"))
         if problem is not None:
-            raise _Refused(400, "bad_resume_id", problem)
+            raise Refused(400, "bad_resume_id", problem)
         internal = await self.resolve(who, public)
         if not self.streams.acquire(who.name, who.tenant.max_streams):
             self.metrics.refused.labels("streams").inc()
-            raise _Refused(
+            raise Refused(
                 429,
                 "too_many_streams",
                 f"tenant {who.name!r} has max_streams={who.tenant.max_streams} streams open on this gateway",
@@ -439,10 +446,10 @@ class Gateway:
         (the real request is then checked against its own tenant's)."""
         origin = request.headers.get("Origin")
         if origin is None or request.headers.get("Access-Control-Request-Method") is None:
-            raise _Refused(400, "not_a_preflight", "OPTIONS is answered for CORS preflights only")
+            raise Refused(400, "not_a_preflight", "OPTIONS is answered for CORS preflights only")
         if not self._origin_allowed(request, origin, None):
             self.metrics.auth_failures.labels("origin").inc()
-            raise _Refused(403, "origin_not_allowed", f"origin {origin[:200]!r} is not allowed")
+            raise Refused(403, "origin_not_allowed", f"origin {origin[:200]!r} is not allowed")
         headers = {
             "Access-Control-Allow-Origin": origin,
             "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
@@ -459,7 +466,7 @@ class Gateway:
         """Every failure as ``{"error": {"code", "message"}}`` with a clear status; nothing else escapes."""
         try:
             return await handler(request)
-        except _Refused as exc:
+        except Refused as exc:
             refusal = exc
         except web.HTTPException as exc:
             if exc.status < 400:
@@ -467,15 +474,15 @@ class Gateway:
             code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
                 exc.status, "bad_request"
             )
-            refusal = _Refused(exc.status, code, exc.reason)
+            refusal = Refused(exc.status, code, exc.reason)
         except RedisError as exc:
             log.warning("gateway Redis request failed", error=type(exc).__name__)
-            refusal = _Refused(503, "unavailable", "Redis is unavailable; retry", {"Retry-After": "1"})
+            refusal = Refused(503, "unavailable", "Redis is unavailable; retry", {"Retry-After": "1"})
         except (asyncio.CancelledError, ConnectionError):
             raise
         except Exception as exc:  # a bug: logged by type, answered without detail
             log.error("gateway request failed", error=type(exc).__name__, path=request.path[:200])
-            refusal = _Refused(500, "internal", "the gateway failed on this request")
+            refusal = Refused(500, "internal", "the gateway failed on this request")
         headers = {**self._cors(request, None), **refusal.headers}
         body = ErrorBody(error=ErrorDetail(code=refusal.code, message=refusal.message))
         return _json(refusal.status, body, headers)

@@ -185,13 +185,13 @@ class Hub:
             try:
                 if loop.time() >= next_sweep:
                     next_sweep = loop.time() + self.sweep_seconds
-                    await self._sweep()
+                    await self.sweep()
                 if not feeds:
                     self._changed.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._changed.wait(), timeout=1.0)
                     continue
-                got = await (self._read_cluster(feeds) if self.cluster else self._read(feeds))
+                got = await self.read_once(feeds)
                 backoff.succeeded()
             except RedisError as exc:
                 delay = backoff.failed()
@@ -203,6 +203,10 @@ class Hub:
                 self._changed.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), timeout=CLUSTER_POLL_SECONDS)
+
+    async def read_once(self, feeds: list[Feed]) -> int:
+        """One read of ``feeds`` (blocking up to ``block_ms`` on a single server); entries handed over."""
+        return await (self._read_cluster(feeds) if self.cluster else self._read(feeds))
 
     async def _read(self, feeds: list[Feed]) -> int:
         chunks = [feeds[i : i + KEYS_PER_READ] for i in range(0, len(feeds), KEYS_PER_READ)]
@@ -241,7 +245,7 @@ class Hub:
             count += len(items)
         return count
 
-    async def _sweep(self) -> None:
+    async def sweep(self) -> None:
         """Feeds silent since the last sweep whose job's keys are gone (expired, deleted): their
         watches end, instead of waiting forever on a key that will never be written."""
         quiet = [f for f in self.feeds.values() if not f.active and not f.done]
