@@ -163,3 +163,8 @@ def test_300_jobs_on_3_workers_keep_to_a_limit_of_10(
     assert result["throttled"] == sim["refused"]  # every 429 was seen and counted by a worker
     assert result["waiting"] == 0  # nobody is left waiting
     assert all(int(s["attempt"]) == 1 for s in states)
+    # tokenwire stats: the scope, every request sent had a permit, nothing held or waiting now
+    (budget_stats,) = result["stats"]["budgets"]
+    assert budget_stats["scope"] == "sim" and budget_stats["waiting"] == 0 and budget_stats["in_use"] == 0
+    assert budget_stats["granted"] == sim["admitted"] + sim["refused"]
+    assert budget_stats["throttled"] == sim["refused"]
