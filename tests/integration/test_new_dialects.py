@@ -63,7 +63,7 @@ async def test_the_responses_stream_is_what_the_sdk_reads_and_our_adapter_agrees
     """The oracle: every raw event validates as openai-python's ResponseStreamEvent; our parser
     sees the SDK's tokens (several per delta), logprobs, text and usage."""
     body = {
-        "model": "tokenwire/sim;tokens=40;per_chunk=3;utf8split=1",
+        "model": "tokenwire/sim;tokens=40;per_chunk=3;utf8split=1;reasoning=2",
         "input": [{"role": "user", "content": "Tell me about rivers."}],
         "stream": True,
         "include": ["message.output_text.logprobs"],
@@ -91,14 +91,17 @@ async def test_the_responses_stream_is_what_the_sdk_reads_and_our_adapter_agrees
             usage = (event.response.usage.input_tokens, event.response.usage.output_tokens)
     assert any(len(json.loads(d).get("logprobs") or []) > 1 for _, d in raw)  # several tokens a delta
     parser = ResponsesAdapter().parser(Job(model="m", api="responses", messages=MESSAGES))
-    ours, text, end = [], "", None
+    ours, text, end, reasoning = [], "", None, []
     for _, data in raw:
         parsed = parser.parse(data)
+        reasoning += [r.text for r in parsed.tokens if r.channel == "reasoning"]
         ours += [(r.text, r.logprob) for r in parsed.tokens]
         text += parsed.text or ""
         end = parsed.end or end
+    ours = [t for t in ours if t[0] not in reasoning]
     assert ours == sdk_tokens and text == sdk_text and len(ours) >= 40
     assert end is not None and (end.input_tokens, end.output_tokens) == usage
+    assert reasoning == ["Step 1 of my reasoning. ", "Step 2 of my reasoning. "]
 
 
 async def test_named_pings_are_skipped_by_the_responses_reader(sim_url: str) -> None:
@@ -237,3 +240,20 @@ async def test_the_simulators_faults_apply_to_each_new_dialect(
     assert last == done.attempt
     faults = (await stats(sim_url))["faults"]
     assert sum(faults.values()) == 1
+
+
+@pytest.mark.parametrize("api", ["responses", "gemini"])
+async def test_reasoning_is_its_own_channel_end_to_end(
+    api: str, start_worker: StartWorker, client: Client, sim_url: str
+) -> None:
+    await start_worker(providers=providers(sim_url))
+    job = Job(model="tokenwire/sim;tokens=10;reasoning=3", api=api, messages=MESSAGES)  # type: ignore[arg-type]
+    items = await collect(client, await client.enqueue(job))
+    done = items[-1].event
+    assert isinstance(done, Done), done
+    thoughts = [t for t in tokens(items) if t.channel == "reasoning"]
+    answer = [t for t in tokens(items) if t.channel == "content" and not t.special]
+    assert [t.text for t in thoughts] == [f"Step {i} of my reasoning. " for i in (1, 2, 3)]
+    assert done.reasoning_text == "".join(t.text for t in thoughts)
+    assert len(answer) == 10 and done.text == "".join(t.text for t in answer)
+    assert "reasoning" not in done.text and done.summary.n_tokens == 10

@@ -128,6 +128,7 @@ class Directives(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     nologprobs: bool = False
     split_top: bool = False  # gemini: a chunk's topCandidates arrive on the next chunk
     incremental: bool = False  # sglang: incremental_streaming_output (default: cumulative events)
+    reasoning: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 0  # responses, gemini: reasoning pieces first
     # a provider's rate limit (worker.sim.limits): at most `limit` streams at once and `limit_rps`
     # requests a second, per base model or over the server; 429 beyond, asking to wait `limit_retry_after`
     limit: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = None

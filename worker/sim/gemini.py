@@ -8,7 +8,8 @@ Request: ``{"contents": [{"role": "user"|"model", "parts": [{"text"}]}], "system
 ``topCandidates``, ``usageMetadata`` on every chunk, ``finishReason`` (``STOP``, ``MAX_TOKENS``) on
 the last; no ``[DONE]``. ``per_chunk`` tokens go in one chunk; with ``split_top`` the alternatives
 of a chunk's tokens arrive on the **next** chunk (as Gemini streams sometimes send them). The EOS
-token is never a chosen candidate. Errors are ``{"error": {"code", "message", "status"}}``.
+token is never a chosen candidate. ``reasoning=N`` sends N chunks of thought parts first. Errors
+are ``{"error": {"code", "message", "status"}}``.
 
 The directive ``nologprobs`` refuses logprobs as Gemini does: ``400 "Logprobs is not supported for
 the current model."``.
@@ -124,6 +125,7 @@ class GeminiDialect:
             per_chunk=directives.per_chunk,
             split_top=directives.split_top,
             prompt_tokens=estimate_tokens(prompt),
+            reasoning=directives.reasoning,
         )
         return request, encoder
 
@@ -146,8 +148,16 @@ class GeminiEncoder:
     done_by_default = False
 
     def __init__(
-        self, *, model: str, logprobs: bool, per_chunk: int, split_top: bool, prompt_tokens: int
+        self,
+        *,
+        model: str,
+        logprobs: bool,
+        per_chunk: int,
+        split_top: bool,
+        prompt_tokens: int,
+        reasoning: int = 0,
     ) -> None:
+        self._reasoning = reasoning
         self._model = model
         self._logprobs = logprobs
         self._per_chunk = per_chunk
@@ -158,7 +168,15 @@ class GeminiEncoder:
         self._count = 0
 
     def start(self) -> Sequence[bytes]:
-        return ()
+        """``reasoning`` chunks of thought parts (``thought: true``, no logprobs) first."""
+        chunks = []
+        for i in range(self._reasoning):
+            part = {"text": f"Step {i + 1} of my reasoning. ", "thought": True}
+            candidate = {"content": {"parts": [part], "role": "model"}, "index": 0}
+            chunks.append(
+                _ENC.encode({"candidates": [candidate], "modelVersion": self._model, "responseId": "sim"})
+            )
+        return chunks
 
     def token(self, token: SimToken, top: Sequence[SimToken] | None) -> bytes | None:
         self._pending.append((token, top))

@@ -4,6 +4,7 @@ Request: ``{"model", "input": "text" | [{"role", "content"}], "stream": true, "m
 "include": ["message.output_text.logprobs"], "top_logprobs", "stream_options":
 {"include_obfuscation": false}}``. Every event is named (``event: <type>``) and carries its
 ``type`` and a ``sequence_number`` counting from 0: ``response.created``, ``response.in_progress``,
+(with ``reasoning=N``: a reasoning item of N ``response.reasoning_summary_text.delta`` pieces),
 ``response.output_item.added``, ``response.content_part.added``, then one
 ``response.output_text.delta`` per ``per_chunk`` tokens whose ``logprobs`` list holds each of them
 (no ``bytes``, as the SDK's delta type has none) and, unless the request turned it off, an
@@ -131,6 +132,7 @@ class ResponsesDialect:
             obfuscation=options.include_obfuscation,
             per_chunk=directives.per_chunk,
             prompt_tokens=estimate_tokens(prompt),
+            reasoning=directives.reasoning,
         )
         return request, encoder
 
@@ -163,7 +165,10 @@ class ResponsesEncoder:
         obfuscation: bool,
         per_chunk: int,
         prompt_tokens: int,
+        reasoning: int = 0,
     ) -> None:
+        self._reasoning = reasoning
+        self._out = 1 if reasoning else 0  # the message's output_index (after a reasoning item)
         self._id = response_id
         self._item = "msg_" + response_id[5:]
         self._model = model
@@ -197,8 +202,34 @@ class ResponsesEncoder:
             **extra,
         }
 
+    def _reasoning_item(self) -> list[bytes]:
+        """``reasoning`` summary deltas in a reasoning item (output 0), before the message."""
+        rid = "rs_" + self._id[5:]
+        where = {"item_id": rid, "output_index": 0, "summary_index": 0}
+        pieces = [f"Step {i + 1} of my reasoning. " for i in range(self._reasoning)]
+        item = {"id": rid, "type": "reasoning", "summary": []}
+        done = {
+            "id": rid,
+            "type": "reasoning",
+            "summary": [{"type": "summary_text", "text": "".join(pieces)}],
+        }
+        return [
+            self._event("response.output_item.added", {"output_index": 0, "item": item}),
+            self._event(
+                "response.reasoning_summary_part.added",
+                {**where, "part": {"type": "summary_text", "text": ""}},
+            ),
+            *(self._event("response.reasoning_summary_text.delta", {**where, "delta": p}) for p in pieces),
+            self._event("response.reasoning_summary_text.done", {**where, "text": "".join(pieces)}),
+            self._event("response.reasoning_summary_part.done", {**where, "part": done["summary"][0]}),
+            self._event("response.output_item.done", {"output_index": 0, "item": done}),
+        ]
+
     def start(self) -> Sequence[bytes]:
-        where = {"output_index": 0}
+        created = self._event("response.created", {"response": self._response("in_progress")})
+        progress = self._event("response.in_progress", {"response": self._response("in_progress")})
+        reasoning = self._reasoning_item() if self._reasoning else []
+        where = {"output_index": self._out}
         item = {
             "id": self._item,
             "type": "message",
@@ -208,8 +239,9 @@ class ResponsesEncoder:
         }
         part = {"type": "output_text", "text": "", "annotations": []}
         return (
-            self._event("response.created", {"response": self._response("in_progress")}),
-            self._event("response.in_progress", {"response": self._response("in_progress")}),
+            created,
+            progress,
+            *reasoning,
             self._event("response.output_item.added", {**where, "item": item}),
             self._event(
                 "response.content_part.added",
@@ -245,7 +277,7 @@ class ResponsesEncoder:
                 self._entries.append({**entries[-1], "bytes": list(token.raw), "top_logprobs": final_top})
         fields: dict[str, Any] = {
             "item_id": self._item,
-            "output_index": 0,
+            "output_index": self._out,
             "content_index": 0,
             "delta": delta,
             "logprobs": entries,
@@ -271,7 +303,7 @@ class ResponsesEncoder:
         if (last := self._take()) is not None:
             out.append(last)
         text = "".join(self._text)
-        where = {"item_id": self._item, "output_index": 0, "content_index": 0}
+        where = {"item_id": self._item, "output_index": self._out, "content_index": 0}
         out.append(
             self._event("response.output_text.done", {**where, "text": text, "logprobs": self._entries})
         )
@@ -284,7 +316,7 @@ class ResponsesEncoder:
             "status": "completed",
             "content": [part],
         }
-        out.append(self._event("response.output_item.done", {"output_index": 0, "item": item}))
+        out.append(self._event("response.output_item.done", {"output_index": self._out, "item": item}))
         usage = {
             "input_tokens": self._prompt_tokens,
             "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
