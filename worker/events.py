@@ -175,7 +175,9 @@ class Summary(msgspec.Struct, frozen=True, kw_only=True):
     signal is ``quantile``, else 0.1. ``window_min``: the lowest mean logprob (nats) over any
     ``window`` consecutive scored tokens (the mean of all of them when fewer were scored; the
     signal compares ``exp(window_min)``); ``window`` is the job's ``escalate.window`` when its
-    signal is ``window_min``, else 8. The ``margin`` signal is ``mean_margin``."""
+    signal is ``window_min``, else 8. The ``margin`` signal is ``mean_margin``. The stronger model's
+    attempt of an escalated job routes by nothing: its summary has the defaults (0.1 and 8), and
+    ``escalation.summary`` the cheap attempt's with the job's ``q`` and ``window``."""
 
     mean_logprob: float | None
     cum_logprob: float

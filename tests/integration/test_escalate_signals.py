@@ -218,3 +218,14 @@ async def test_a_plain_job_adds_only_the_summary_fields(start_worker: StartWorke
     raw = msgspec.json.decode(msgspec.json.encode(done_of(items).summary))
     assert set(raw) - OLD_SUMMARY == NEW_SUMMARY
     assert raw["quantile_q"] == 0.1 and raw["window"] == 8 and raw["quantile"] == raw["p10_prob"]
+
+
+async def test_the_strong_attempt_has_the_default_parameters(
+    start_worker: StartWorker, client: Client
+) -> None:
+    await start_worker()
+    esc = Escalate(model=STRONG, below=0.5, signal="quantile", q=0.04)
+    done = done_of(await collect(client, Job(model=LONG, input="long answer", escalate=esc)))
+    assert done.attempt == 2 and done.escalation is not None
+    assert (done.summary.quantile_q, done.summary.window) == (0.1, 8)
+    assert done.escalation.summary.quantile_q == 0.04
