@@ -15,7 +15,7 @@ from .clikit import run
 
 SEPARATION = 2.0
 MODEL = f"tokenwire/sim;labelled={SEPARATION};tokens=6"
-N = 8
+N = 6
 
 
 def test_feedback_then_calibrate(
@@ -70,15 +70,11 @@ def test_feedback_refusals(env: dict[str, str], worker_proc: subprocess.Popen[st
     assert (
         missing.returncode == 2 and "one of the arguments --correct --incorrect is required" in missing.stderr
     )
-    both = run(env, "feedback", "x", "--correct", "--incorrect")
-    assert both.returncode == 2
     failing = "tokenwire/sim;fault=status;status=400"
     out = run(env, "enqueue", "--id", "fails", "--model", failing, "--input", "q", "--follow")
     assert out.returncode == 1
     failed = run(env, "feedback", "fails", "--incorrect")
     assert failed.returncode == 1 and "ended with `error`: it has no answer to judge" in failed.stderr
-    long_label = run(env, "feedback", "fails", "--incorrect", "--label", "x" * 1001)
-    assert long_label.returncode == 1  # the job is judged first: no answer
     ok = run(env, "enqueue", "--id", "fine", "--model", "tokenwire/sim;tokens=3", "--input", "q", "--follow")
     assert ok.returncode == 0
     too_long = run(env, "feedback", "fine", "--correct", "--label", "x" * 1001)
