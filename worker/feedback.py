@@ -69,8 +69,8 @@ class Feedback(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
 
 class FeedbackError(ValueError):
-    """Feedback that cannot be recorded; ``code`` is ``invalid``, ``unknown_job``, ``not_finished``,
-    ``no_answer`` or ``signals_gone``, and the message says what was wrong."""
+    """Feedback that cannot be recorded; ``code`` is ``invalid``, ``unknown_job``, ``not_finished``
+    or ``no_answer``, and the message says what was wrong."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
@@ -151,10 +151,12 @@ async def read_feedback(
         for entry_id, fields in page:
             entry = as_text(entry_id)
             try:
-                yield entry, decode_feedback(fields.get(b"feedback", b""))
+                feedback = decode_feedback(fields.get(b"feedback", b""))
             except ValueError:
                 if bad is not None:
                     bad.append(entry)
+                continue
+            yield entry, feedback
         if len(page) < _PAGE:
             return
         start = "(" + as_text(page[-1][0])
