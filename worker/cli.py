@@ -24,6 +24,7 @@ from .events import Cancelled, Done, Error, Start, Token
 from .jobs import API_NAMES, ChatMessage, InvalidJob, Job, Params
 from .logging import configure_logging
 from .render import TerminalView
+from .review_cli import add_command as _add_review_command
 from .settings import CONFIG_ENV, Provider, Settings, SettingsError, load_settings, log_ignored_service_links
 from .term import use_color
 
@@ -168,6 +169,11 @@ def _job_from_args(args: argparse.Namespace) -> Job:
         fields["messages"] = messages
     if args.low_prob is not None:
         fields["low_prob"] = args.low_prob
+    if args.review is not None:  # checked with the whole job below
+        try:
+            fields["review"] = msgspec.json.decode(args.review)
+        except msgspec.DecodeError as exc:
+            raise CliError(f"--review: {exc}", EXIT_USAGE) from None
     if args.logprobs is not None:
         fields["logprobs"] = args.logprobs
     try:
@@ -339,6 +345,20 @@ async def _demo(args: argparse.Namespace, settings: Settings | None) -> int:
         raise CliError(str(exc)) from None
 
 
+async def _review(args: argparse.Namespace, settings: Settings) -> int:
+    from .feedback import FeedbackError
+    from .review import ReviewNotFound
+    from .review_cli import run
+
+    async with _client(settings) as client:
+        try:
+            return await run(args, client)
+        except ReviewNotFound as exc:
+            raise CliError(str(exc), EXIT_NOT_FOUND) from None
+        except (ValueError, FeedbackError) as exc:  # FeedbackError: a note it refuses (too long)
+            raise CliError(str(exc), EXIT_USAGE) from None
+
+
 def _schema(args: argparse.Namespace) -> int:
     from .schema import stale_files, write_all
 
@@ -452,6 +472,11 @@ def build_parser() -> argparse.ArgumentParser:
     enq.add_argument("--seed", type=int, help="sampling seed, where the provider supports one")
     enq.add_argument("--id", help="the job id (default: a new random id); the same id twice is one job")
     enq.add_argument("--low-prob", type=float, metavar="P", help="tokens under this probability are low")
+    enq.add_argument(
+        "--review",
+        metavar="JSON",
+        help='segment scores and a verdict: \'{"unit":"sentence","publish_above":-0.5,"review_below":-1.5}\'',
+    )
     enq.add_argument("--follow", action="store_true", help="then print the events as `tail` does")
     enq.add_argument("--json", action="store_true", help="with --follow: one event per line")
     enq.add_argument(
@@ -504,6 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     schema.add_argument("--dir", default="schemas", help="where (default ./schemas)")
     schema.add_argument("--check", action="store_true", help="exit 1 if the files are out of date")
     _add_calibration_commands(command)  # feedback, calibrate
+    _add_review_command(command)  # review list|take|resolve
     return parser
 
 
@@ -538,6 +564,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], Coroutine[Any, Any
     "cancel": _cancel,
     "dead": _dead,
     **_CALIBRATION_COMMANDS,
+    "review": _review,
 }
 
 

@@ -34,6 +34,7 @@ from .events import (
 from .feedback import FEEDBACK_MAXLEN, record_feedback, signals_for
 from .jobs import InvalidJob, Job, decode_job, encode_job, new_job_id
 from .keys import Keys, as_text, cancel_message
+from .review import ReviewEntry, ReviewQueue
 from .store import JobStore, job_digest
 from .tracing import current_traceparent
 
@@ -292,6 +293,31 @@ class Client:
             if is_terminal(item.event):
                 return _outcome(item.event)
         raise AssertionError("unreachable: subscribe ends on the terminal event")  # pragma: no cover
+
+    # -- the review queue (worker.review) ----------------------------------------------------------
+
+    def _reviews(self) -> ReviewQueue:
+        return ReviewQueue(self.redis, self.keys)
+
+    async def review_items(self, count: int = 100, *, include_resolved: bool = False) -> list[ReviewEntry]:
+        """The oldest ``count`` entries of the review stream ``{P}:review`` not yet resolved (with
+        ``include_resolved``, all), each with its item and who took it."""
+        return await self._reviews().items(count, include_resolved=include_resolved)
+
+    async def take_reviews(
+        self, consumer: str, count: int = 1, *, block_ms: int | None = None
+    ) -> list[ReviewEntry]:
+        """Take up to ``count`` new review entries for ``consumer`` through the consumer group
+        ``reviewers`` (created on demand), as workers take jobs; ``block_ms``: wait for one."""
+        return await self._reviews().take(consumer, count, block_ms=block_ms)
+
+    async def resolve(self, job_id: str, correct: bool, note: str | None = None) -> str:
+        """Resolve the review entry of ``job_id``: record the judgement (:meth:`feedback`'s stream,
+        with the signals the entry carries, so the job's own keys may have expired; ``note`` as the
+        label), mark the job resolved and acknowledge its entry. Returns the feedback entry's id.
+        Raises :class:`~worker.review.ReviewNotFound` when the job has no review entry."""
+        reviews = self._reviews()
+        return await reviews.resolve(job_id, correct, note, feedback_maxlen=self.feedback_maxlen)
 
 
 def _validated(job: Job | None, fields: dict[str, Any]) -> Job:

@@ -5,6 +5,13 @@
 - ``{P}:feedback``: ground truth for calibration, one entry (field ``feedback``, a
   :class:`worker.feedback.Feedback` as JSON) per judgement of a job's answer; capped at about
   ``FEEDBACK_MAXLEN`` entries (:mod:`worker.feedback`).
+- ``{P}:review``: the review stream (:mod:`worker.review`), one entry per job whose ``done.verdict``
+  is ``review`` (fields ``job_id``, ``model``, ``signals`` and ``item``, a
+  :class:`worker.review.ReviewItem` as JSON); consumer group ``reviewers``; capped at about
+  ``review_maxlen`` entries (``XADD … MAXLEN ~``, the oldest go first).
+- ``{P}:review:job:ID``: a reviewed job's marker (a hash: ``entry``, the review entry's id; then
+  ``resolved`` and ``resolved_at``), in the ``{P}`` slot with the stream so that one script adds an
+  entry once per job; it expires ``review_ttl_seconds`` after the entry was added.
 - ``P:job:{ID}``: a job's state hash; ``P:job:{ID}:events``: its event stream (same slot as each other).
 - ``P:nolp:{provider}:{digest}``: a provider+model that refused logprobs, remembered for
   ``logprobs_refusal_ttl_seconds`` so that other jobs (on every worker) skip the failed request.
@@ -26,22 +33,29 @@ from __future__ import annotations
 import hashlib
 from typing import Final
 
-__all__ = ["GROUP", "Keys", "as_text", "cancel_message", "read_cancel_message"]
+__all__ = ["GROUP", "REVIEW_GROUP", "Keys", "as_text", "cancel_message", "read_cancel_message"]
 
 GROUP: Final = "workers"
+REVIEW_GROUP: Final = "reviewers"
 
 
 class Keys:
     """Key names for one prefix; cheap to build, holds no connection."""
 
-    __slots__ = ("cancel", "dead", "feedback", "jobs", "prefix")
+    __slots__ = ("cancel", "dead", "feedback", "jobs", "prefix", "review")
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.jobs = f"{{{prefix}}}:jobs"
         self.dead = f"{{{prefix}}}:dead"
         self.feedback = f"{{{prefix}}}:feedback"
+        self.review = f"{{{prefix}}}:review"
         self.cancel = f"{prefix}:cancel"
+
+    def review_marker(self, job_id: str) -> str:
+        """``{P}:review:job:ID``: the job's review marker, in the ``{P}`` slot (the first brace pair
+        is the hash tag; job ids hold no braces)."""
+        return f"{self.review}:job:{job_id}"
 
     def state(self, job_id: str) -> str:
         return f"{self.prefix}:job:{{{job_id}}}"

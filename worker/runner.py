@@ -26,6 +26,7 @@ from .publisher import EventGap, Publisher
 from .queue import Delivery, JobQueue
 from .ratelimit import Budgets
 from .redact import Redactor, installed
+from .review import ReviewQueue, review_item, wants_review
 from .settings import Settings
 from .store import JobStore
 from .tracing import attempt_span, end_attempt, job_span
@@ -78,6 +79,9 @@ class Runner:
         self.queue = queue
         self.publisher = publisher
         self.retry = RetryPolicy.upstream(settings)
+        self.reviews = ReviewQueue(
+            store.redis, store.keys, maxlen=settings.review_maxlen, ttl_seconds=settings.review_ttl_seconds
+        )
         self.model_labels = ModelLabels()  # the usage metrics' bounded model labels
         self.attempts = AttemptContext(
             settings=settings,
@@ -159,6 +163,7 @@ class _JobRun:
         self.admitted = admitted
         self.control = control
         self.deadline = asyncio.get_running_loop().time() + runner.settings.job_deadline_seconds
+        self.current: Attempt | None = None  # the attempt running (or last run)
         self.spend = JobSpend(admitted, runner.settings, runner.metrics, runner.model_labels)
 
     async def run(self) -> None:
@@ -201,7 +206,7 @@ class _JobRun:
             number = await self._begin(admitted, reason)
             backoff, gaps = Backoff(runner.retry), 0
             while not isinstance(number, Skipped):
-                attempt = Attempt(runner.attempts, admitted, number, self.deadline)
+                attempt = self.current = Attempt(runner.attempts, admitted, number, self.deadline)
                 outcome = await self._run(attempt)
                 if isinstance(outcome, WriteFailed) and isinstance(outcome.error, EventGap):
                     gaps += 1  # Redis refused one event for memory and took a later one
@@ -308,6 +313,9 @@ class _JobRun:
         if finished == "fenced":
             log.warning("terminal event fenced: a newer attempt owns the job", attempt=terminal.attempt)
             return
+        if isinstance(terminal, Done) and wants_review(terminal):  # once the done is written, before the ack
+            done_id = f"{terminal.attempt}-{outcome.last_seq + 1}"
+            await outlast_oom(lambda: self._review(terminal, done_id), "put the job on review")
         await self._ack()
         runner.metrics.jobs.labels(type(terminal).__name__.lower()).inc()
         if isinstance(terminal, Done):
@@ -323,6 +331,19 @@ class _JobRun:
             log.warning("job failed", code=terminal.code, error=terminal.message, tokens=outcome.tokens)
         else:
             log.info("job cancelled", attempt=terminal.attempt, reason=terminal.reason)
+
+    async def _review(self, done: Done, done_id: str) -> None:
+        """Put the job on the review stream (once per job: :mod:`worker.review`)."""
+        attempt = self.current
+        segments = None if attempt is None else attempt.segments
+        if attempt is None or segments is None or attempt.attempt != done.attempt:
+            entry = await self.runner.reviews.add_from_events(done.job_id)  # rebuilt from its events
+        else:
+            low = [span.event(done.job_id, done.attempt) for span in segments.low]
+            model, means, logprobs = attempt.job.model, segments.means, segments.logprobs
+            item = review_item(done, model=model, low=low, means=means, logprobs=logprobs, done_id=done_id)
+            entry = await self.runner.reviews.add(item)
+        log.info("job put on review", entry=entry)
 
     async def _ack(self) -> None:
         """Acknowledge the entry, only ever after its job's terminal event is written (or found)."""
@@ -351,6 +372,11 @@ class _JobRun:
             log.info("job cancelled before it started", outcome=outcome)
             runner.metrics.jobs.labels("cancelled").inc()
             return Skipped(ack=True)
+        if begun.outcome == "terminal" and begun.detail == "done" and admitted.job.review is not None:
+            # a delivery that died between the done and its review entry: the entry, from the events
+            job_id = admitted.job_id
+            entry = await outlast_oom(lambda: runner.reviews.add_from_events(job_id), "put the job on review")
+            log.info("ended job checked for review", entry=entry)
         log.info("job skipped", reason=begun.outcome, detail=begun.detail, entry=delivery.entry_id)
         runner.metrics.jobs.labels("skipped").inc()
         return Skipped(ack=True)

@@ -28,6 +28,8 @@ __all__ = [
     "RECORD_ENTRY",
     "REDRIVE",
     "RENEW",
+    "REVIEW_ADD",
+    "REVIEW_RESOLVE",
     "TERMINAL_SEQ",
 ]
 
@@ -244,6 +246,33 @@ local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(field
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
 return id
+"""
+
+# Put a job on the review stream once: the job's marker (same {P} slot) records the entry, and a
+# second call (a retried write, a takeover that found the done written) returns that entry instead.
+# KEYS: review stream, marker. ARGV: maxlen, marker ttl_ms, job_id, model, signals, item.
+# Returns the entry's id.
+REVIEW_ADD: Final = """
+local entry = redis.call('HGET', KEYS[2], 'entry')
+if entry then return entry end
+entry = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'job_id', ARGV[3], 'model', ARGV[4],
+                   'signals', ARGV[5], 'item', ARGV[6])
+redis.call('HSET', KEYS[2], 'entry', entry)
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return entry
+"""
+
+# Resolve a review entry: mark the job's marker resolved (a marker that expired is made again, with
+# the entry's id and a TTL: never a marker without one) and acknowledge the entry in the group (a
+# no-op for one nobody took). KEYS: review stream, marker. ARGV: group, entry id, resolution,
+# now_ms, marker ttl_ms. Returns XACK's count.
+REVIEW_RESOLVE: Final = """
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('HSET', KEYS[2], 'entry', ARGV[2])
+  redis.call('PEXPIRE', KEYS[2], ARGV[5])
+end
+redis.call('HSET', KEYS[2], 'resolved', ARGV[3], 'resolved_at', ARGV[4])
+return redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 """
 
 # Move a dead letter back onto the job stream, atomically (both keys are in the {P} slot): the new

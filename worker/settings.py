@@ -146,6 +146,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     output_ttl_seconds: PositiveInt = 3600
     running_ttl_seconds: PositiveInt = 86400
     events_maxlen: PositiveInt = 100_000
+    # the review stream {P}:review (worker/review.py): about how many entries it keeps, and how long a
+    # job's review marker (which makes the entry once per job) lives after the entry was added
+    review_maxlen: PositiveInt = 10_000
+    review_ttl_seconds: PositiveInt = 30 * 86400
     block_seconds: PositiveFloat = 5.0
     # Where /metrics, /healthz, /readyz listen: loopback unless a probe or scraper must reach them from
     # outside (the Kubernetes manifests set 0.0.0.0).

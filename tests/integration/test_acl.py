@@ -27,7 +27,7 @@ from worker.client import JobNotFound
 from worker.confidence import ConfidenceTracker
 from worker.connect import http_client, redis_client
 from worker.dead import list_dead, purge_dead, redrive
-from worker.events import Start, Usage
+from worker.events import Start, Usage, Verdict
 from worker.feedback import FeedbackError, read_feedback
 from worker.jobs import Job, encode_job
 from worker.keys import Keys, as_text
@@ -35,8 +35,10 @@ from worker.lease import LeaseKeeper
 from worker.queue import JobQueue, NotPermitted
 from worker.ratelimit import Budgets
 from worker.redisproc import RedisClusterServers, RedisServer
+from worker.review import ReviewItem, ReviewQueue
 from worker.roles import ROLES, acl_rules
 from worker.settings import Provider, Settings
+from worker.signals import Signals
 from worker.stats import collect_stats
 from worker.store import JobStore
 
@@ -181,6 +183,58 @@ async def worker_operations(r: Redis, admin: Redis, prefix: str) -> None:
     memo = LogprobsMemo(r, keys, 60.0, clock=iter(range(0, 10**6, 100)).__next__)  # no local hits
     await memo.remember("sim", MODEL, "refused again")
     assert await memo.refusal("sim", MODEL) == "refused again"
+    await review_add_operations(r, admin, prefix)
+    await health_check(r)
+
+
+def review_done(job_id: str, attempt: int) -> Done:
+    verdict = Verdict(decision="review", reasons=["1 low segment"], n_low=1, n_medium=0)
+    return msgspec.structs.replace(done_event(job_id, attempt), verdict=verdict)
+
+
+async def review_add_operations(r: Redis, admin: Redis, prefix: str) -> None:
+    """The worker's side of the review stream: a job whose done says review is put on it (from its
+    events, as after a takeover), once."""
+    keys = Keys(prefix)
+    store = JobStore(admin, keys)
+    await store.create("rv", MODEL, "native", "sim")
+    start = Start(job_id="rv", attempt=0, model=MODEL, provider="sim", api="native")
+    begun = await store.begin("rv", "1-1", "c", start)
+    await store.finish("rv", begun.attempt, 1, review_done("rv", begun.attempt), {})
+    reviews = ReviewQueue(r, keys)
+    entry = await reviews.add_from_events("rv")
+    assert entry is not None and await reviews.add_from_events("rv") == entry
+
+
+def review_item_of(job_id: str) -> ReviewItem:
+    verdict = Verdict(decision="review", reasons=["1 low segment"], n_low=1, n_medium=0)
+    return ReviewItem(
+        job_id=job_id,
+        attempt=1,
+        model=MODEL,
+        verdict=verdict,
+        confidence=0.1,
+        low_segments=[],
+        signals=Signals(),
+    )
+
+
+async def reviewer_operations(r: Redis, admin: Redis, prefix: str) -> None:
+    """review list (before and after the group exists), take, resolve (by the marker, and by
+    reading the stream when the marker expired), take skipping an entry resolved untaken."""
+    keys = Keys(prefix)
+    await admin.script_flush()
+    await ReviewQueue(admin, keys).add(review_item_of("r1"))
+    await ReviewQueue(admin, keys).add(review_item_of("r2"))
+    reviews = ReviewQueue(r, keys)
+    assert [e.item.job_id for e in await reviews.items()] == ["r1", "r2"]
+    assert [e.item.job_id for e in await reviews.take("ana", 1)] == ["r1"]
+    assert [e.taken_by for e in await reviews.items()] == ["ana", None]
+    await reviews.resolve("r1", True, "ok")
+    await admin.delete(keys.review_marker("r2"))
+    await reviews.resolve("r2", False)
+    assert await reviews.take("bo", 5) == []
+    assert await admin.xlen(keys.feedback) == 2
     await health_check(r)
 
 
@@ -337,6 +391,7 @@ OPERATIONS: dict[str, Operations] = {
     "subscriber": subscriber_operations,
     "operator": operator_operations,
     "feedback": feedback_operations,
+    "reviewer": reviewer_operations,
 }
 
 

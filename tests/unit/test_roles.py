@@ -109,7 +109,9 @@ def _script_commands() -> dict[str, set[str]]:
 
 BUDGET_SCRIPTS = {"BUDGET_ACQUIRE", "BUDGET_RELEASE", "BUDGET_THROTTLE", "BUDGET_RENEW"}  # ratelimit.py
 SCRIPTS_OF = {  # which role runs which script (worker/store.py, worker/queue.py, worker/lease.py)
-    "worker": {"BEGIN", "FINISH", "FAIL", "ACK", "DEAD", "REAP", "RENEW", "HANDBACK", *BUDGET_SCRIPTS},
+    "worker": {"BEGIN", "FINISH", "FAIL", "ACK", "DEAD", "REAP", "RENEW", "HANDBACK", *BUDGET_SCRIPTS}
+    | {"REVIEW_ADD"},
+    "reviewer": {"REVIEW_RESOLVE"},
     "producer": {"ENQUEUE", "CANCEL", "RECORD_ENTRY"},
     "operator": {"ENQUEUE", "RECORD_ENTRY", "REDRIVE"},
     "gateway": {"ENQUEUE", "CANCEL", "RECORD_ENTRY"},  # and ADMIT (worker/gateway/limits.py)
