@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import pytest
 
 from worker import Client, Done, Job, Token
+from worker.jobs import ChatMessage
 
 from .conftest import RunningWorker
 
@@ -172,3 +173,33 @@ async def test_known_logprobs_by_hand(start_worker: StartWorker, client: Client)
     # the signals of §4 over the same tokens
     assert summary.window_min is not None and math.isclose(summary.window_min, mean)  # 7 < window 8
     assert summary.p10_prob == math.exp(-2.0)
+
+
+@pytest.mark.parametrize("dialect", ["together", "openai", "vllm"])
+async def test_chat_dialects_score_split_pieces(
+    start_worker: StartWorker, client: Client, dialect: str
+) -> None:
+    """The same over chat: Together's number-shaped pieces of a split character (``content: ""``
+    mid-stream) are ordinary tokens (special false), only its finishing empty token is the stop
+    token; OpenAI and vLLM entries carry the pieces' bytes. Every piece is scored."""
+    await start_worker()
+    job = Job(
+        model=f"tokenwire/sim;tokens=60;lang=zh;utf8split=1;dialect={dialect}",
+        api="chat",
+        messages=[ChatMessage(role="user", content="split me")],
+    )
+    job_id = await client.enqueue(job)
+    items = [i async for i in client.subscribe(job_id, timeout=30)]
+    done = items[-1].event
+    assert isinstance(done, Done)
+    tokens = [i.event for i in items if isinstance(i.event, Token)]
+    content = [t for t in tokens if not t.special]
+    assert len(content) == 60 and done.summary.n_scored == 60 and done.summary.n_missing == 0
+    assert done.summary.n_excluded == len(tokens) - 60  # the stop token, when the dialect sends one
+    lps = [t.logprob for t in content]
+    assert all(lp is not None for lp in lps)
+    mean = math.fsum(lp for lp in lps if lp is not None) / 60
+    assert done.summary.mean_logprob is not None and math.isclose(
+        done.summary.mean_logprob, mean, rel_tol=1e-12
+    )
+    assert any("\u4e00" <= ch <= "\u9fff" for ch in done.text)
