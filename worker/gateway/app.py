@@ -474,7 +474,8 @@ class Gateway:
             code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
                 exc.status, "bad_request"
             )
-            refusal = Refused(exc.status, code, exc.reason)
+            kept = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}  # 405 names the methods
+            refusal = Refused(exc.status, code, exc.reason, kept)
         except RedisError as exc:
             log.warning("gateway Redis request failed", error=type(exc).__name__)
             refusal = Refused(503, "unavailable", "Redis is unavailable; retry", {"Retry-After": "1"})
