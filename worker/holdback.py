@@ -62,7 +62,7 @@ class _Channel:
 class Holdback:
     """Holds one attempt's token records while their text may begin a known secret (module doc)."""
 
-    __slots__ = ("_channels", "_clean", "_forms", "_limit", "_queue", "_shortest", "_starts")
+    __slots__ = ("_channels", "_clean", "_forms", "_limit", "_queue", "_shortest", "_specs", "_starts")
 
     def __init__(self, forms: Iterable[str], limit: int) -> None:
         self._forms = tuple(sorted({f for f in forms if f}, key=len, reverse=True))
@@ -70,6 +70,7 @@ class Holdback:
             raise ValueError("a Holdback needs at least one secret form")
         self._starts = tuple({(f[:2], f[0]) for f in self._forms})
         self._shortest = len(self._forms[-1])
+        self._specs = tuple((f, len(f), f[0]) for f in self._forms)
         self._limit = limit
         self._channels: dict[str, _Channel] = {}
         self._queue: deque[tuple[TokenRecord, _Channel | None, int, int]] = deque()
@@ -174,30 +175,33 @@ class Holdback:
     def _feed(self, ch: _Channel, piece: str) -> None:
         """Append ``piece`` to the channel: record the secrets it completes, move the hold point."""
         before = ch.n
-        ch.n += len(piece)
-        if not ch.tail and not self._may_start(piece):
-            ch.hold = ch.n
+        ch.n = end = before + len(piece)
+        tail = ch.tail
+        if not tail and not self._may_start(piece):
+            ch.hold = end
             return
         base = ch.hold
-        text = ch.tail + piece
-        fresh = before - base  # occurrences ending at or before it were found earlier
-        for form in self._forms:
-            at = text.find(form, max(0, fresh - len(form) + 1))
-            while at != -1:
-                _add_span(ch.spans, base + at, base + at + len(form))
-                at = text.find(form, at + 1)
+        text = tail + piece if tail else piece
         size = len(text)
+        fresh = before - base  # occurrences ending at or before it were found earlier
         hold = size
-        for form in self._forms:  # the earliest start whose rest is a proper prefix of a form
-            first = form[0]
-            at = text.find(first, max(0, size - len(form) + 1), hold)
+        for form, n, first in self._specs:
+            if size >= n:
+                lo = fresh - n + 1
+                at = text.find(form, lo if lo > 0 else 0)
+                while at != -1:
+                    _add_span(ch.spans, base + at, base + at + n)
+                    at = text.find(form, at + 1)
+            # the earliest start whose rest is a proper prefix of a form
+            lo = size - n + 1
+            at = text.find(first, lo if lo > 0 else 0, hold)
             while at != -1:
                 if form.startswith(text[at:]):
                     hold = at
                     break
                 at = text.find(first, at + 1, hold)
         ch.hold = base + hold
-        ch.tail = text[hold:]
+        ch.tail = text[hold:] if hold < size else ""
 
     def _release(self, out: list[TokenRecord]) -> None:
         """Move every decided record at the queue's front to ``out``, redacted."""
@@ -211,7 +215,14 @@ class Holdback:
             else:
                 break
             queue.popleft()
-        self._clean = not queue and not any(ch.spans for ch in self._channels.values())
+        if queue:
+            self._clean = False
+            return
+        for ch in self._channels.values():
+            if ch.spans:
+                self._clean = False
+                return
+        self._clean = True
 
     def _special(self, record: TokenRecord) -> TokenRecord:
         text = self.redact(record.text) if self._contains(record.text) else record.text
