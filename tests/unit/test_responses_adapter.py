@@ -276,3 +276,30 @@ def test_any_events_give_records_or_a_known_error(events: list[dict[str, Any]]) 
             assert exc.code in CODES
             return
         assert all(isinstance(r.text, str) and r.special is False for r in parsed.tokens)
+
+
+async def test_the_reader_passes_response_events_and_error_and_skips_other_names() -> None:
+    import httpx
+
+    from worker.upstream.http import StreamLimits, open_sse
+
+    body = (
+        b"event: response.output_text.delta\ndata: " + json.dumps(DELTA_TWO).encode() + b"\n\n"
+        b"event: ping\ndata: " + json.dumps({**DELTA_NO_LP, "sequence_number": 9}).encode() + b"\n\n"
+        b"event: error\ndata: " + json.dumps({**ERROR, "sequence_number": 10}).encode() + b"\n\n"
+    )
+
+    def respond(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body)
+
+    limits = StreamLimits(max_event_bytes=65536, max_stream_bytes=1 << 20, max_tokens=64, stall_seconds=5.0)
+    parser, seen = ADAPTER.parser(_job()), []
+    async with httpx.AsyncClient(transport=httpx.MockTransport(respond)) as http:
+        with pytest.raises(UpstreamError) as caught:
+            async with open_sse(
+                http, "https://x.test/v1/responses", b"{}", {}, limits, event_prefix="response."
+            ) as events:
+                async for data in events:
+                    seen += [r.text for r in parser.parse(data).tokens]
+    assert seen == ["Hello", " world"]  # the ping was skipped
+    assert caught.value.code == "rate_limited"  # the error event, read by the adapter
