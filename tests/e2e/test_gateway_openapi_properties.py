@@ -7,10 +7,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
+from schemathesis.checks import CheckFunction
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from tests.e2e.clikit import SCHEMAS
@@ -41,18 +43,20 @@ def api(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> 
 
 @SCHEMA.parametrize()
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
-def test_the_gateway_keeps_its_documented_contract(case: schemathesis.Case, api: GatewayProc) -> None:
+def test_the_gateway_keeps_its_documented_contract(case: schemathesis.Case[Any], api: GatewayProc) -> None:
     response = case.call(base_url=api.url, headers=bearer("acme"), timeout=10)
     # A job valid per the job schema may still be refused by the worker's admission (422: what
     # depends on its settings, or on rules JSON Schema cannot write: schemas/job.schema.json says
     # which), so a schema-valid job is not required to be accepted; everything else is checked.
-    excluded = [positive_data_acceptance] if case.operation.label == "POST /v1/jobs" else []
+    excluded: list[CheckFunction] = (
+        [positive_data_acceptance] if case.operation.label == "POST /v1/jobs" else []
+    )
     case.validate_response(response, excluded_checks=excluded)
 
 
 def test_the_schema_names_the_operations() -> None:
     assert Path(SCHEMAS / "gateway.openapi.yaml").exists()
-    labels = sorted(op.ok().label for op in SCHEMA.get_all_operations())
+    labels = sorted(op.ok().label for op in SCHEMA.get_all_operations())  # type: ignore[union-attr]
     assert labels == [
         "GET /v1/jobs/{id}",
         "GET /v1/jobs/{id}/events",

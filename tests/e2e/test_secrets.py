@@ -277,3 +277,85 @@ def _wait_quiet(env: dict[str, str]) -> None:
         if stats["pending"] == 0:
             return
         time.sleep(0.1)
+
+
+# ---------------------------------------------------------------------------------------- gateway
+
+GATEWAY_SECRET = "gw-secret-0d9c8b7a6f5e4d3c2b1a0918"
+TENANT_KEY = "tenant-key-5e6f7a8b9c0d1e2f3a4b"
+
+
+def test_the_gateway_keeps_keys_tokens_and_its_secret_out_of_logs_and_errors(
+    sim_port: int, tmp_path: Path
+) -> None:
+    """A gateway at debug level, behind a password-protected Redis: good and bad keys, read
+    tokens (good, forged, for another job), bad resume ids, Redis going away. No tenant key, read
+    token, token secret or Redis password appears in its output or in any answer."""
+    import hashlib
+
+    import httpx
+
+    from tests.e2e.gatewayproc import start_gateway
+
+    with RedisServer(password=REDIS_PASSWORD) as server:
+        cfg = tmp_path / "gateway.toml"
+        cfg.write_text(
+            'default_provider = "local"\n'
+            "[providers.local]\n"
+            f'native_url = "http://127.0.0.1:{sim_port}/v1/inference/{{model}}"\n'
+            "[tenants.acme]\n"
+            f'key_sha256 = "{hashlib.sha256(TENANT_KEY.encode()).hexdigest()}"\n'
+        )
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("TOKENWIRE_")},
+            "TOKENWIRE_CONFIG": str(cfg),
+            "TOKENWIRE_REDIS_URL": server.url,
+            "TOKENWIRE_PREFIX": f"sec-{uuid.uuid4().hex[:8]}",
+            "TOKENWIRE_LOG_LEVEL": "debug",
+            "TOKENWIRE_GATEWAY_SECRET": GATEWAY_SECRET,
+        }
+        worker = subprocess.Popen(
+            [TOKENWIRE, "worker"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        gw = start_gateway(env)
+        answers: list[str] = []
+        try:
+            key = {"Authorization": f"Bearer {TENANT_KEY}"}
+            with httpx.Client(base_url=gw.url, timeout=30) as http:
+                created = http.post(
+                    "/v1/jobs", json={"id": "s1", "model": "m;tokens=3", "input": "x"}, headers=key
+                )
+                assert created.status_code == 201
+                token = created.json()["read_token"]
+                with http.stream("GET", "/v1/jobs/s1/events", params={"token": token}) as resp:
+                    answers.append(resp.read().decode())
+                near = TENANT_KEY[:-1] + "X"  # a near miss of the real key
+                forged = token[:-3] + "abc"
+                for method, url, kwargs in (
+                    (
+                        "POST",
+                        "/v1/jobs",
+                        {"json": {"model": "m"}, "headers": {"Authorization": f"Bearer {near}"}},
+                    ),
+                    ("GET", "/v1/jobs/s1", {"headers": {"Authorization": f"Bearer {near}"}}),
+                    ("GET", "/v1/jobs/s1/events", {"params": {"token": forged}}),
+                    ("GET", "/v1/jobs/other/events", {"params": {"token": token}}),
+                    ("GET", "/v1/jobs/s1/events", {"params": {"token": token, "after": TENANT_KEY}}),
+                    ("POST", "/v1/jobs", {"content": TENANT_KEY.encode(), "headers": key}),
+                ):
+                    answers.append(http.request(method, url, **kwargs).text)
+                server.stop()  # Redis goes away: a clear 503, and a log line
+                gone = http.get("/v1/jobs/s1", headers=key)
+                assert gone.status_code == 503 and gone.headers["Retry-After"] == "1", gone.text
+                answers.append(gone.text)
+        finally:
+            gw.stop()
+            worker.send_signal(signal.SIGTERM)
+            out, _ = worker.communicate(timeout=30)
+    text = "\n".join([*answers, gw.log, out])
+    assert "gateway listening" in gw.log
+    for secret in (TENANT_KEY, TENANT_KEY[:-1] + "X", GATEWAY_SECRET, REDIS_PASSWORD, token, forged):
+        hidden = [a for a in answers if secret in a]
+        assert not hidden, f"an answer shows a secret: {hidden}"
+        assert secret not in gw.log, "the gateway's output shows a secret"
+    assert GATEWAY_SECRET not in text and REDIS_PASSWORD not in text
