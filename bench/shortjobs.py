@@ -33,7 +33,7 @@ from typing import Any
 
 from bench.cpulimit import CpuQuota, quota_unavailable
 from bench.procs import Child, ProcessSet, wait_until
-from bench.variants import PREFIX, Setup, _base_env, _bench_module, _tokenwire
+from bench.variants import PREFIX, Setup, _base_env, _bench_module, _tokenwire, _tokenwire_budget
 from worker.redisproc import RedisServer, free_port, redis_server_available
 
 __all__ = ["ARQ_VENV", "Load", "main", "run"]
@@ -104,6 +104,12 @@ VARIANTS = (
         "xadd",
     ),
     ShortVariant("tokenwire", "tokenwire worker, as users run it", _tokenwire, "xadd"),
+    ShortVariant(
+        "tokenwire-budget",
+        "tokenwire with a shared provider budget that never binds (a permit per job)",
+        _tokenwire_budget,
+        "xadd",
+    ),
     ShortVariant("arq", "bench.naive's task run by arq 0.26 (its own environment)", _arq_command, "arq"),
 )
 

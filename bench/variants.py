@@ -103,6 +103,16 @@ def _tokenwire_secret(setup: Setup) -> Command:
     return argv, {**env, "BENCH_SIM_KEY": BENCH_KEY}
 
 
+def _tokenwire_budget(setup: Setup) -> Command:
+    """tokenwire with a shared provider budget (worker/ratelimit.py) that never binds: every
+    request takes and settles a permit in Redis (two script calls a request, none a token)."""
+    argv, env = _tokenwire(setup)
+    config = Path(env["TOKENWIRE_CONFIG"])
+    limits = "max_concurrency = 100000\nrequests_per_minute = 10000000\ntokens_per_minute = 10000000000\n"
+    config.write_text(config.read_text() + limits)
+    return argv, env
+
+
 def _tokenwire_httpx(setup: Setup) -> Command:
     argv, env = _tokenwire(setup)
     return argv, {**env, "TOKENWIRE_UPSTREAM_TRANSPORT": "httpx"}
@@ -132,6 +142,11 @@ VARIANTS: tuple[Variant, ...] = (
         "tokenwire-secret",
         "tokenwire worker with a provider API key (its generated text scanned for the key)",
         _tokenwire_secret,
+    ),
+    Variant(
+        "tokenwire-budget",
+        "tokenwire worker with a shared provider budget that never binds (a permit per request)",
+        _tokenwire_budget,
     ),
     Variant(
         "tokenwire-x2",

@@ -220,7 +220,7 @@ class Budgets:
                 try:
                     entered = await stack.enter_async_context(opener())
                 except UpstreamError as exc:
-                    if exc.status != 429:
+                    if exc.status != 429 and exc.code != "rate_limited":
                         self._settle(permit, ok=False, used=0)
                         raise
                     delay = backoff.failed(_retry_after(exc))

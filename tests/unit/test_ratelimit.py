@@ -252,3 +252,34 @@ def test_a_limited_provider_needs_a_name_without_braces(tmp_path: Path) -> None:
     cfg.write_text("[providers.'a}b']\nnative_url = 'https://up.test/'\nmax_concurrency = 2\n")
     with pytest.raises(SettingsError, match="without braces"):
         load_settings({"TOKENWIRE_CONFIG": str(cfg)})
+
+
+async def test_stats_show_each_scope_in_use(redis: Any) -> None:
+    from worker.ratelimit import collect_budgets
+    from worker.stats import format_stats
+
+    rig = Rig(redis, settings(max_concurrency=4))
+    await rig.budgets.register(rig.scope)
+    first, second = await rig.grant(), await rig.grant()
+    await rig.budgets.throttle(first, 5_000)
+    listed = await collect_budgets(redis, Keys("t"))
+    assert listed == [
+        {
+            "scope": "up",
+            "provider": "up",
+            "limit": 1.0,  # half of the two in use
+            "factor": BETA,
+            "in_use": 1,
+            "waiting": 0,
+            "throttled": 1,
+            "granted": 2,
+            "paused_ms": listed[0]["paused_ms"],
+        }
+    ]
+    assert 4_000 < listed[0]["paused_ms"] <= 5_000
+    stats = {"stream": "s", "length": 0, "group": "g", "group_exists": True, "lag": 0, "pending": 0}
+    text = format_stats({**stats, "dead_letters": 0, "consumers": [], "budgets": listed})
+    assert "budgets       1" in text
+    line = next(line for line in text.splitlines() if line.strip().startswith("up "))
+    assert "in use    1" in line and "limit 1.0" in line and "429s 1" in line and "paused" in line
+    await rig.budgets.release(rig.scope, second.ticket, "ok", 0.0)
