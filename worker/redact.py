@@ -3,8 +3,9 @@
 A :class:`Redactor` knows the secrets in force (every provider's API key, read from its
 ``api_key_env``; the Redis password; any setting whose name ends in ``password``, ``secret``,
 ``token`` or ``_key``) and replaces each, whole or cut short by a clip, with ``[redacted]``; it also
-redacts credential shapes whatever their value: ``Bearer``/``Basic`` credentials, ``sk-…``-style keys
-and ``key=``/``token=``/``password=`` query parameters.
+redacts credential shapes whatever their value: ``Bearer``/``Basic`` credentials, ``sk-…``-style keys,
+Google API keys (``AIza…``, Gemini's ``x-goog-api-key``) and ``key=``/``token=``/``password=`` query
+parameters.
 
 A secret shorter than :data:`MIN_SECRET` characters cannot be redacted without destroying ordinary
 text (a 3-letter password occurs in words), so :meth:`Redactor.from_settings` refuses it: the worker
@@ -54,6 +55,8 @@ _SHAPES = (
     (re.compile(r"(?i)\b(basic)(\s+|%20|\+)[A-Za-z0-9+/]{8,}=*"), rf"\1\2{REDACTED}"),
     # OpenAI/Anthropic/Stripe-style keys: sk-…, sk_live_…, rk-…
     (re.compile(r"\b(?:sk|rk)[-_][A-Za-z0-9_-]{8,}"), REDACTED),
+    # Google API keys (Gemini's x-goog-api-key): AIza and 35 more characters
+    (re.compile(r"\bAIza[0-9A-Za-z_-]{35}(?![0-9A-Za-z_-])"), REDACTED),
     # credentials in a query string or a form: ?api_key=…, &token=…, password=…
     (
         re.compile(

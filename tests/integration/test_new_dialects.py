@@ -257,3 +257,39 @@ async def test_reasoning_is_its_own_channel_end_to_end(
     assert done.reasoning_text == "".join(t.text for t in thoughts)
     assert len(answer) == 10 and done.text == "".join(t.text for t in answer)
     assert "reasoning" not in done.text and done.summary.n_tokens == 10
+
+
+GEMINI_KEY = "AIzaSy" + "TokenwireTestKey0123456789abcdefg"  # the shape of a Google API key
+
+
+@pytest.mark.parametrize(("echo", "code"), [("error", "bad_request"), ("status", "unauthorized")])
+async def test_a_gemini_upstream_echoing_its_key_never_shows_it(
+    echo: str,
+    code: str,
+    start_worker: StartWorker,
+    client: Client,
+    sim_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The key goes in x-goog-api-key; an upstream echoing it (in-stream error, a 401 body) is
+    redacted, by its shape alone here (this process installed no Redactor knowing the key)."""
+    monkeypatch.setenv("TW_TEST_GEMINI_KEY", GEMINI_KEY)
+    gemini = Provider(
+        gemini_url=f"{sim_url}/v1beta/models/{{model}}:streamGenerateContent?alt=sse",
+        api_key_env="TW_TEST_GEMINI_KEY",
+    )
+    await start_worker(providers={"sim": gemini})
+    job = Job(
+        model=f"tokenwire/sim;tokens=8;fault=echo_key;echo={echo};after=2", api="gemini", messages=MESSAGES
+    )
+    items = await collect(client, await client.enqueue(job))
+    error = items[-1].event
+    assert isinstance(error, Error) and error.code == code, error
+    assert "[redacted]" in error.message
+    assert all(GEMINI_KEY[:12] not in json.dumps(msgspec_to_builtins(i.event)) for i in items)
+
+
+def msgspec_to_builtins(event: object) -> object:
+    import msgspec
+
+    return msgspec.to_builtins(event)

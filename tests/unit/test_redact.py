@@ -99,6 +99,10 @@ def test_encoded_forms_are_redacted(secret: str, before: str, after: str) -> Non
         ("sk_live_0123456789abcdef", "0123456789abcdef"),
         ("GET /v1?api_key=hunter2hunter2&x=1", "hunter2hunter2"),
         ("redis://h/0?password=s3cr3tpw", "s3cr3tpw"),
+        (
+            "the API key AIzaSyA1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q is not valid",
+            "SyA1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q",
+        ),
     ],
 )
 def test_credential_shapes_are_redacted_without_knowing_them(text: str, gone: str) -> None:

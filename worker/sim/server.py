@@ -409,7 +409,7 @@ class _Stream:
 
     async def _echo_tokens(self) -> None:
         """``echo=tokens``: the request's key (Bearer form and bare) as ordinary tokens, split small."""
-        for i, piece in enumerate(echo_key_pieces(self.request.headers.get("Authorization", ""))):
+        for i, piece in enumerate(echo_key_pieces(_credential(self.request))):
             token = SimToken(_ECHO_ID + i, piece, -0.25, False, piece.encode())
             self._record(token)
             payload = self.encoder.token(token, None)
@@ -422,7 +422,7 @@ class _Stream:
         d = self.directives
         echo = None
         if fault == "echo_key":
-            echo = echo_key_text(self.request.headers.get("Authorization", ""))
+            echo = echo_key_text(_credential(self.request))
         if fault == "malformed" or (echo is not None and d.echo == "malformed"):
             await self._send(b"{not json" if echo is None else b"{not json: " + echo.encode())
             return d.then == "end"
@@ -465,6 +465,11 @@ def _bomb(coding: str, size: int) -> bytes:
     return b"".join([*parts, compressor.flush()])
 
 
+def _credential(request: web.Request) -> str:
+    """The request's credential as sent: ``Authorization``, else Gemini's ``x-goog-api-key``."""
+    return request.headers.get("Authorization") or request.headers.get("x-goog-api-key") or ""
+
+
 def _json(payload: object, status: int = 200) -> web.Response:
     return web.Response(status=status, body=msgspec.json.encode(payload), content_type="application/json")
 
@@ -504,7 +509,7 @@ async def _serve(
     if fault is not None:
         stats.faults[fault] = stats.faults.get(fault, 0) + 1
     if fault == "echo_key" and sim.directives.echo in ("status", "header"):
-        reply = echo_key_reply(sim.directives, request.headers.get("Authorization", ""))
+        reply = echo_key_reply(sim.directives, _credential(request))
         headers = {**reply.headers, "Content-Type": reply.content_type}
         return web.Response(status=reply.status, body=reply.body, headers=headers)
     if fault == "status":
