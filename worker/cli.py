@@ -21,7 +21,7 @@ from .calibrate_cli import add_commands as _add_calibration_commands
 from .client import Client, JobNotFound, SubscriptionTimeout
 from .connect import http_client, redis_client
 from .events import Cancelled, Done, Error, Start, Token
-from .jobs import API_NAMES, ChatMessage, InvalidJob, Job, Params
+from .jobs import API_NAMES, ChatMessage, Escalate, InvalidJob, Job, Params
 from .logging import configure_logging
 from .render import TerminalView
 from .review_cli import add_command as _add_review_command
@@ -169,11 +169,10 @@ def _job_from_args(args: argparse.Namespace) -> Job:
         fields["messages"] = messages
     if args.low_prob is not None:
         fields["low_prob"] = args.low_prob
-    if args.review is not None:  # checked with the whole job below
-        try:
-            fields["review"] = msgspec.json.decode(args.review)
-        except msgspec.DecodeError as exc:
-            raise CliError(f"--review: {exc}", EXIT_USAGE) from None
+    for name, kind in (("review", Any), ("escalate", Escalate)):  # JSON; checked with the job below
+        value = getattr(args, name)
+        if value is not None:
+            fields[name] = _json_option(f"--{name}", value, kind)
     if args.logprobs is not None:
         fields["logprobs"] = args.logprobs
     try:
@@ -181,6 +180,13 @@ def _job_from_args(args: argparse.Namespace) -> Job:
         return msgspec.json.decode(msgspec.json.encode(job), type=Job)  # run every constraint
     except (msgspec.ValidationError, ValueError, InvalidJob) as exc:
         raise CliError(f"invalid job: {exc}", EXIT_USAGE) from None
+
+
+def _json_option(option: str, value: str, kind: Any) -> Any:
+    try:
+        return msgspec.json.decode(value, type=kind)
+    except msgspec.DecodeError as exc:  # and ValidationError
+        raise CliError(f"{option}: {exc}", EXIT_USAGE) from None
 
 
 async def _enqueue(args: argparse.Namespace, settings: Settings) -> int:
@@ -476,6 +482,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--review",
         metavar="JSON",
         help='segment scores and a verdict: \'{"unit":"sentence","publish_above":-0.5,"review_below":-1.5}\'',
+    )
+    enq.add_argument(
+        "--escalate",
+        metavar="JSON",
+        help='route to a stronger model: \'{"model":"big","below":0.3,"signal":"window_min","window":8}\'',
     )
     enq.add_argument("--follow", action="store_true", help="then print the events as `tail` does")
     enq.add_argument("--json", action="store_true", help="with --follow: one event per line")
