@@ -192,8 +192,10 @@ def test_no_stored_bytes_can_forge_a_field_or_another_event(raw: bytes, kind: st
 def test_frames_of_real_events_are_the_stored_json_verbatim() -> None:
     raw = b'{"type":"token","job_id":"a/j","attempt":1,"text":"line\\nbreak"}'
     assert frame(entry_of(b"1-2", {b"event": raw})) == b"id: 1-2\nevent: token\ndata: " + raw + b"\n\n"
+    assert entry_of(b"1-2", {b"event": raw}).wire == frame(entry_of(b"1-2", {b"event": raw})), "framed once"
     assert entry_of(b"1-3", {b"event": b'{"type":"done"}'}).terminal
-    assert entry_of(b"1-4", {b"other": b"x"}) == Entry("1-4", "unknown", None)
+    bare = entry_of(b"1-4", {b"other": b"x"})
+    assert (bare.id, bare.type, bare.data) == ("1-4", "unknown", None) and bare.wire == frame(bare)
     assert frame(Entry("1-4", "unknown", None)).startswith(b": ")
     assert entry_of(b"1-5", {b"event": b'{"type":"evil\\nid: 9-9"}'}).type == "unknown"
     assert comment("a\nb\rc") == b": a b c\n\n"

@@ -335,6 +335,10 @@ class Gateway:
             try:
                 await response.write(b"retry: 1000\n\n")
                 await self._follow(request, response, internal, after)
+            except RedisError as exc:  # the stream has begun: say so in it, the client resumes by id
+                log.warning("gateway stream's Redis read failed", error=type(exc).__name__)
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await response.write(comment("Redis is unavailable; reconnect with Last-Event-ID"))
             finally:
                 self.metrics.open_streams.dec()
         finally:
@@ -348,7 +352,7 @@ class Gateway:
     async def _write(self, response: web.StreamResponse, entries: list[Entry]) -> bool:
         """Write ``entries``; True when the last one ended the job."""
         if entries:
-            await response.write(b"".join(frame(e) for e in entries))
+            await response.write(b"".join(e.wire or frame(e) for e in entries))
             self.metrics.events_sent.inc(sum(1 for e in entries if e.data is not None))
         return bool(entries) and entries[-1].terminal
 

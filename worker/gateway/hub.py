@@ -65,10 +65,10 @@ class Watch:
         self.gone = False
         self.on_drop: Callable[[], None] | None = None  # called when it is dropped
 
-    def offer(self, entry: Entry) -> None:
+    def offer(self, entry: Entry, key: tuple[int, int] | None = None) -> None:
         if self.dropped:
             return
-        key = stream_key(entry.id)
+        key = key or stream_key(entry.id)
         if key <= self.last:
             return
         self.last = key
@@ -118,13 +118,15 @@ class Feed:
 
     def deliver(self, entries: Iterable[Entry]) -> None:
         watches = tuple(self.watches)
+        position = stream_key(self.position)
         for entry in entries:
-            if stream_key(entry.id) <= stream_key(self.position):
+            key = stream_key(entry.id)  # parsed once, for every watch
+            if key <= position:
                 continue
-            self.position = entry.id
+            self.position, position = entry.id, key
             self.active = True
             for watch in watches:
-                watch.offer(entry)
+                watch.offer(entry, key)
             if entry.terminal:
                 self.done = True
                 break

@@ -145,6 +145,8 @@ async def serve_gateway(
     shown = f"[{host}]" if sock.family == socket.AF_INET6 else host
     url = f"http://{shown}:{port}"
     log.info("gateway listening", url=url, tenants=len(settings.tenants), ui=settings.gateway_ui)
+    if not settings.tenants:
+        log.warning("no tenants configured: every request is refused (add [tenants.NAME] tables)")
     if ready is not None:
         ready(url)
     try:

@@ -30,11 +30,13 @@ _TYPED: Final = msgspec.json.Decoder(_Typed)
 
 
 class Entry(msgspec.Struct, frozen=True):
-    """One event stream entry: its id, its event type, its JSON as stored (None: no ``event`` field)."""
+    """One event stream entry: its id, its event type, its JSON as stored (None: no ``event`` field).
+    :attr:`wire` is its SSE frame, made once however many clients it is written to."""
 
     id: str
     type: str
     data: bytes | None
+    wire: bytes = b""
 
     @property
     def terminal(self) -> bool:
@@ -49,7 +51,8 @@ def entry_of(entry_id: object, fields: object) -> Entry:
     """An :class:`Entry` from a raw XREAD/XRANGE item; total over whatever Redis holds."""
     raw = fields.get(b"event") if isinstance(fields, dict) else None
     if not isinstance(raw, bytes):
-        return Entry(_text(entry_id), "unknown", None)
+        entry = Entry(_text(entry_id), "unknown", None)
+        return msgspec.structs.replace(entry, wire=frame(entry))
     try:
         kind = _TYPED.decode(raw).type
     except (msgspec.DecodeError, RecursionError):
@@ -58,7 +61,8 @@ def entry_of(entry_id: object, fields: object) -> Entry:
         kind = "unknown"
     if _TYPE.fullmatch(kind.encode("utf-8", "replace")) is None:
         kind = "unknown"
-    return Entry(_text(entry_id), kind, raw)
+    entry = Entry(_text(entry_id), kind, raw)
+    return msgspec.structs.replace(entry, wire=frame(entry))
 
 
 def frame(entry: Entry) -> bytes:
