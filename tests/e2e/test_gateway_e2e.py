@@ -18,6 +18,7 @@ import httpx
 import pytest
 import redis as redis_sync
 
+from tests.e2e.clikit import TOKENWIRE as TOKENWIRE_BIN
 from tests.e2e.gatewayproc import GatewayProc, bearer, gateway_env, start_gateway
 from worker.gateway.ids import scoped_id
 from worker.keys import Keys
@@ -201,3 +202,98 @@ def test_ten_thousand_connections_opened_and_dropped_leave_memory_bounded(
     assert [e[0] for e in watched[0]] == stored_ids(gw_env, scoped_id("acme", "bystander"))
     assert peak - before < 150 * 2**20, f"RSS grew by {(peak - before) / 2**20:.0f} MiB"
     assert gw.stop() == 0
+
+
+def test_streams_outlive_a_redis_restart_and_a_stopping_gateway_says_where_to_resume(
+    sim_port: int, tmp_path: Path, gateways: list[GatewayProc]
+) -> None:
+    """Redis is killed and restarted (same port, AOF) while a client follows: the gateway's reader
+    retries, the client's connection stays open (heartbeats) and goes on with no gap; then SIGTERM
+    ends the open stream with a comment naming the id to resume after, and the process exits 0."""
+    from tests.e2e.gatewayproc import environ_without_tokenwire
+    from worker.redisproc import RedisServer
+
+    with RedisServer(appendonly=True) as server:
+        cfg = tmp_path / "base.toml"
+        cfg.write_text(
+            'block_seconds = 0.5\ndefault_provider = "local"\n[providers.local]\n'
+            f'native_url = "http://127.0.0.1:{sim_port}/v1/inference/{{model}}"\n'
+        )
+        env = {
+            **environ_without_tokenwire(),
+            "TOKENWIRE_CONFIG": str(cfg),
+            "TOKENWIRE_REDIS_URL": server.url,
+            "TOKENWIRE_REDIS_CLUSTER": "false",
+            "TOKENWIRE_PREFIX": "restart",
+        }
+        genv = gateway_env(env, tmp_path, settings="gateway_heartbeat_seconds = 0.5")
+        worker = subprocess.Popen(
+            [str(Path(TOKENWIRE_BIN)), "worker"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            gw = start_gateway(genv)
+            gateways.append(gw)
+            body = {"id": "r1", "model": "m;tps=10;tokens=40", "input": "hi", "params": {"max_tokens": 40}}
+            assert post(gw, body).status_code == 201
+            events: list[tuple[str, str, str]] = []
+
+            def follow() -> None:
+                with httpx.Client(timeout=httpx.Timeout(60)) as http:
+                    url = f"{gw.url}/v1/jobs/r1/events"
+                    with http.stream("GET", url, headers=bearer("acme")) as resp:
+                        fields: dict[str, str] = {}
+                        for line in resp.iter_lines():
+                            if line == "" and "data" in fields:
+                                events.append((fields["id"], fields["event"], fields["data"]))
+                                fields = {}
+                            elif line and not line.startswith(":"):
+                                name, _, value = line.partition(": ")
+                                fields[name] = value
+
+            import threading
+
+            reader = threading.Thread(target=follow)
+            reader.start()
+            deadline = time.monotonic() + 30
+            while len(events) < 5 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert len(events) >= 5, "the stream began"
+            server.kill()
+            server.start()
+            reader.join(timeout=90)
+            assert not reader.is_alive() and events[-1][1] in ("done", "error"), events[-3:]
+            ids = [e[0] for e in events]
+            assert len(ids) == len(set(ids)) and ids == sorted(
+                ids, key=lambda i: tuple(map(int, i.split("-")))
+            )
+            client = redis_sync.Redis.from_url(server.url)
+            rows: Any = client.xrange(Keys("restart").events("acme/r1"))
+            stored = [i.decode() for i, _ in rows]
+            client.close()
+            assert ids == stored, "no gap, no duplicate across the restart"
+            # a stream open when the gateway stops ends with where to resume
+            assert post(gw, {**body, "id": "r2", "model": "m;tps=2;tokens=40"}).status_code == 201
+            lines: list[str] = []
+
+            def hold() -> None:
+                url = f"{gw.url}/v1/jobs/r2/events"
+                with (
+                    httpx.Client(timeout=60) as http,
+                    http.stream("GET", url, headers=bearer("acme")) as resp,
+                ):
+                    lines.extend(resp.iter_lines())
+
+            holder = threading.Thread(target=hold)
+            holder.start()
+            while not any(line.startswith("id: ") for line in lines) and time.monotonic() < deadline + 60:
+                time.sleep(0.05)
+            assert gw.stop() == 0
+            holder.join(timeout=30)
+            last_id = [line[4:] for line in lines if line.startswith("id: ")][-1]
+            assert f": gateway stopping; reconnect with Last-Event-ID: {last_id}" in lines
+        finally:
+            worker.terminate()
+            worker.wait(timeout=30)
