@@ -1,7 +1,7 @@
-"""Shared provider budgets in a running worker (worker.ratelimit) on a real redis-server and the
-simulator: jobs past the budget wait instead of failing, a waiting job keeps its lease and can be
-cancelled, a 429 costs no attempt, and the deadline ends a job that never gets budget with
-``rate_limited``."""
+"""Shared provider budgets in a running worker (worker.ratelimit) on a real redis-server, a real
+Redis Cluster and the simulator: jobs past the budget wait instead of failing, a waiting job keeps
+its lease and can be cancelled, a 429 costs no attempt, and the deadline ends a job that never gets
+budget with ``rate_limited``."""
 
 from __future__ import annotations
 
@@ -25,6 +25,12 @@ from .conftest import RunningWorker
 pytestmark = pytest.mark.integration
 
 StartWorker = Callable[..., Awaitable[RunningWorker]]
+
+
+@pytest.fixture(params=["single", "cluster"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """Every test on a single redis-server and on a Redis Cluster (a scope's keys share a slot)."""
+    return str(request.param)
 
 
 def limited(sim_url: str, **limits: Any) -> dict[str, Provider]:
