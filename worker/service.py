@@ -153,6 +153,8 @@ class Worker:
                 log.warning("helper did not stop in time; abandoning it", task=task.get_name())
                 task.cancel()
             await self.publisher.flush()
+            with contextlib.suppress(TimeoutError):  # free this worker's provider slots now, not in a lease
+                await asyncio.wait_for(self.budgets.settled(), timeout=5.0)
             await self.publisher.aclose()
             if endpoints is not None:
                 await endpoints.cleanup()
