@@ -14,16 +14,12 @@ import hashlib
 import http.server
 import json
 import math
-import os
 import re
 import secrets
-import signal
-import subprocess
 import threading
 import urllib.error
 import urllib.parse
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -31,8 +27,8 @@ from typing import Any
 import pytest
 
 from tests.e2e.browserkit import CutProxy, browser_missing, chromium, screenshot
-from tests.e2e.clikit import TOKENWIRE, run, wait_until
-from worker.redisproc import RedisServer, free_port
+from tests.e2e.gatewaykit import running_gateway
+from worker.redisproc import RedisServer
 
 pytestmark = [
     pytest.mark.e2e,
@@ -109,77 +105,20 @@ def _bare_server() -> tuple[http.server.ThreadingHTTPServer, threading.Thread]:
     return server, thread
 
 
-def _stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return int(response.status) == 200
-    except (OSError, urllib.error.HTTPError):
-        return False
-
-
 @pytest.fixture(scope="module")
 def stack(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("gateway-browser")
     bare, bare_thread = _bare_server()
     bare_origin = f"http://127.0.0.1:{bare.server_address[1]}"
-    sim_port, port = free_port(), free_port()
-    config = tmp / "tokenwire.toml"
-    config.write_text(
-        "block_seconds = 0.5\n"
-        'default_provider = "local"\n'
-        "[providers.local]\n"
-        f'native_url = "http://127.0.0.1:{sim_port}/v1/inference/{{model}}"\n'
+    tenants = (
         "[tenants.web]\n"
         f'key_sha256 = "{hashlib.sha256(KEY.encode()).hexdigest()}"\n'
         f'origins = ["{bare_origin}"]\n'
     )
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("TOKENWIRE_")},
-        "TOKENWIRE_CONFIG": str(config),
-        "TOKENWIRE_REDIS_URL": redis_server.url,
-        "TOKENWIRE_PREFIX": f"browser-{uuid.uuid4().hex[:8]}",
-        "TOKENWIRE_CONSUMER_NAME": "browser-worker-1",
-        "TOKENWIRE_GATEWAY_UI": "true",
-        "TOKENWIRE_GATEWAY_SECRET": secrets.token_urlsafe(32),
-    }
-    logs = {name: (tmp / f"{name}.log").open("w") for name in ("sim", "worker", "gateway")}
-    procs: list[subprocess.Popen[str]] = []
     try:
-        argv = [TOKENWIRE, "sim", "--port", str(sim_port), "--tps", "0"]
-        procs.append(subprocess.Popen(argv, stdout=logs["sim"], stderr=subprocess.STDOUT, text=True))
-        procs.append(
-            subprocess.Popen(
-                [TOKENWIRE, "worker"], env=env, stdout=logs["worker"], stderr=logs["worker"], text=True
-            )
-        )
-        argv = [TOKENWIRE, "gateway", "--port", str(port)]
-        procs.append(
-            subprocess.Popen(argv, env=env, stdout=logs["gateway"], stderr=logs["gateway"], text=True)
-        )
-
-        def worker_ready() -> bool:
-            stats = run(env, "stats", "--json")
-            return stats.returncode == 0 and json.loads(stats.stdout)["group_exists"]
-
-        wait_until(worker_ready, 20, "the worker to create the consumer group")
-        wait_until(lambda: _answers(f"http://127.0.0.1:{port}/"), 20, "the gateway's page")
-        wait_until(lambda: _answers(f"http://127.0.0.1:{sim_port}/health"), 20, "the simulator")
-        yield Stack(f"http://127.0.0.1:{port}", port, bare_origin)
+        with running_gateway(redis_server.url, tmp, tenants, ui=True) as gateway:
+            yield Stack(gateway.url, gateway.port, bare_origin)
     finally:
-        for proc in reversed(procs):
-            _stop(proc)
-        for log in logs.values():
-            log.close()
         bare.shutdown()
         bare.server_close()
         bare_thread.join(5)
