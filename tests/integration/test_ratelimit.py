@@ -157,3 +157,19 @@ async def test_a_429_without_limits_waits_retry_after_and_spends_no_attempt(
     assert isinstance(items[-1].event, Done), items[-1].event
     assert sum(isinstance(i.event, Start) for i in items) == 1  # the same attempt throughout
     assert (await sim_stats(sim_url))["requests"][model] == 4
+
+
+async def test_requests_per_minute_keep_to_the_simulators_rate(
+    start_worker: StartWorker, client: Client, sim_url: str, redis: Redis, prefix: str
+) -> None:
+    """600 a minute is a bucket of 100 refilled at 10 a second: 150 jobs at once never give the
+    simulator more than 100 + 10 requests within a second (it refuses beyond 120)."""
+    await start_worker(providers=limited(sim_url, requests_per_minute=600), max_attempts=1)
+    model = "tokenwire/sim;tokens=2;limit_rps=120;limit_retry_after=0.05"
+    ids = [await client.enqueue(model=model, input=f"job {n}") for n in range(150)]
+    ends = [await client.result(job_id, timeout=60) for job_id in ids]
+    assert all(isinstance(end, Done) for end in ends)
+    counts = (await sim_stats(sim_url))["limits"]["model:tokenwire/sim"]
+    assert counts["admitted"] == 150 and counts["refused"] == 0, counts
+    state = Keys(prefix).budget("sim")[0]
+    assert int(await redis.hget(state, "granted") or 0) == 150
