@@ -126,10 +126,12 @@ lock: $(UV)
 # make bench: tokenwire against a naive worker and the floor (bench/results/latest.json);
 # make bench QUICK=1: a subset in under two minutes. Then the short-job scenario (bench/shortjobs.py:
 # tokenwire, the naive worker and arq, in its own environment bench/.arq-venv; bench/results/shortjobs.json).
+# Last, what a job's `review` (segments) adds per token (bench/segments.py).
 bench: $(DEV_STAMP) redis-server
 	$(BIN)/python -m bench.run $(if $(QUICK),--quick,)
 	$(if $(QUICK),,$(BIN)/python -m bench.run --scaling)
 	$(BIN)/python -m bench.shortjobs $(if $(QUICK),--quick,)
+	$(BIN)/python -m bench.segments $(if $(QUICK),--tokens 50000 --repeat 3,)
 
 clean:
 	rm -rf $(VENV) $(LATEST) bench/.arq-venv dist build .mypy_cache .ruff_cache .pytest_cache .coverage

@@ -35,7 +35,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from . import scripts
-from .events import Done, Segment, Start, Token, Verdict, decode_event
+from .events import Done, Segment, Start, Verdict, decode_event
 from .feedback import FEEDBACK_MAXLEN, record_feedback
 from .jobs import JobId
 from .keys import REVIEW_GROUP, Keys, as_text
@@ -184,7 +184,7 @@ class ReviewQueue:
         done = _decoded(top[0][1], job_id)
         if not isinstance(done, Done) or not wants_review(done):
             return None
-        model, low, means, logprobs = "", [], [], []
+        model, low, means = "", [], []
         start = f"{done.attempt}-0"
         while True:
             page: Any = await self.redis.xrange(key, min=start, max=f"({done_id}", count=_PAGE)
@@ -196,20 +196,14 @@ class ReviewQueue:
                     means.append(event.mean_logprob)
                     if event.band == "low":
                         low.append(event)
-                elif (
-                    isinstance(event, Token)
-                    and event.attempt == done.attempt
-                    and event.channel == "content"
-                    and not event.special
-                ):
-                    logprobs.append(event.logprob)
             if len(page) < _PAGE:
                 break
             start = "(" + as_text(page[-1][0])
         if not model:
             state: Any = await self.redis.hget(self.keys.state(job_id), "model")
             model = as_text(state) if state else "unknown"
-        item = review_item(done, model=model, low=low, means=means, logprobs=logprobs, done_id=done_id)
+        # p10_prob comes from done.summary, as in the item the worker makes at once
+        item = review_item(done, model=model, low=low, means=means, logprobs=None, done_id=done_id)
         return await self.add(item)
 
     # -- the reviewer's side ---------------------------------------------------------------------

@@ -16,7 +16,8 @@ import yaml
 from .events import Event
 from .feedback import FEEDBACK_MAXLEN, Feedback
 from .jobs import MESSAGE_APIS, Job
-from .keys import GROUP, Keys, cancel_message
+from .keys import GROUP, REVIEW_GROUP, Keys, cancel_message
+from .review import REVIEW_MAXLEN, ReviewItem
 
 __all__ = ["CANCEL_MESSAGE_PATTERN", "contract_view", "render_all", "stale_files", "write_all"]
 
@@ -194,7 +195,8 @@ def asyncapi() -> dict[str, Any]:
     job_defs = job.pop("$defs", {})
     event_defs = event.pop("$defs", {})
     feedback = _cleaned(msgspec.json.schema(Feedback))
-    schemas = {**job_defs, **event_defs, **feedback.pop("$defs", {})}
+    review = _cleaned(msgspec.json.schema(ReviewItem))
+    schemas = {**job_defs, **event_defs, **feedback.pop("$defs", {}), **review.pop("$defs", {})}
     example = Keys("tokenwire")
     return {
         "asyncapi": "3.1.0",
@@ -255,6 +257,21 @@ def asyncapi() -> dict[str, Any]:
                 "parameters": {"prefixTag": {"$ref": "#/components/parameters/prefixTag"}},
                 "messages": {"feedback": {"$ref": "#/components/messages/feedback"}},
             },
+            "review": {
+                "address": "{prefixTag}:review",
+                "description": (
+                    "The review queue: one entry per job whose `done.verdict` is `review`, added by the "
+                    "worker after the job's `done` (once per job: the script that adds it records the "
+                    "entry on the job's marker `{prefixTag}:review:job:<id>`). Reviewers read it "
+                    f"through the consumer group `{REVIEW_GROUP}` (`Client.take_reviews`, `tokenwire "
+                    "review take`) and resolve entries by job id (`Client.resolve`, `tokenwire review "
+                    "resolve`: the judgement goes to the feedback channel, the entry is acknowledged "
+                    "and stays until trimmed). Capped at about "
+                    f"{REVIEW_MAXLEN:,} entries by default (setting `review_maxlen`; XADD MAXLEN ~)."
+                ),
+                "parameters": {"prefixTag": {"$ref": "#/components/parameters/prefixTag"}},
+                "messages": {"reviewEntry": {"$ref": "#/components/messages/reviewEntry"}},
+            },
             "cancel": {
                 "address": "{prefix}:cancel",
                 "description": (
@@ -275,6 +292,8 @@ def asyncapi() -> dict[str, Any]:
             "readDeadLetters": {"action": "receive", "channel": {"$ref": "#/channels/dead"}},
             "recordFeedback": {"action": "send", "channel": {"$ref": "#/channels/feedback"}},
             "readFeedback": {"action": "receive", "channel": {"$ref": "#/channels/feedback"}},
+            "putOnReview": {"action": "send", "channel": {"$ref": "#/channels/review"}},
+            "takeReviews": {"action": "receive", "channel": {"$ref": "#/channels/review"}},
             "requestCancel": {"action": "send", "channel": {"$ref": "#/channels/cancel"}},
             "listenForCancel": {"action": "receive", "channel": {"$ref": "#/channels/cancel"}},
         },
@@ -285,10 +304,32 @@ def asyncapi() -> dict[str, Any]:
                 "event": {"name": "event", "payload": _rebase(event)},
                 "deadLetter": {"name": "deadLetter", "payload": _dead_letter()},
                 "feedback": {"name": "feedback", "payload": _rebase(feedback)},
+                "reviewEntry": {"name": "reviewEntry", "payload": _review_entry()},
                 "cancel": {"name": "cancel", "contentType": "text/plain", "payload": _cancel_message()},
             },
             "schemas": _rebase(schemas),
         },
+    }
+
+
+def _review_entry() -> dict[str, Any]:
+    def json_of(name: str, what: str) -> dict[str, Any]:
+        return {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "description": f"{what}: a `{name}` (components/schemas/{name}) as JSON.",
+        }
+
+    return {
+        "type": "object",
+        "description": "A review entry's fields (Redis stream fields are strings).",
+        "properties": {
+            "job_id": {"type": "string", "description": "The job's id."},
+            "model": {"type": "string", "description": "The model that produced the answer."},
+            "signals": json_of("Signals", "What feedback records about the answer"),
+            "item": json_of("ReviewItem", "The whole entry"),
+        },
+        "required": ["job_id", "model", "signals", "item"],
     }
 
 

@@ -41,11 +41,10 @@ rules say, so that no ``segment`` event grows with the answer.
 
 from __future__ import annotations
 
-import codecs
 import math
 from typing import Final
 
-from .confidence import sanitize_logprob
+from .confidence import FLOOR, sanitize_logprob
 from .events import Band, Segment, Verdict
 from .jobs import Review
 
@@ -229,36 +228,35 @@ def verdict_of(
 class Segmenter:
     """Cuts one answer into segments as its tokens arrive (see the module doc).
 
-    :meth:`add` takes each answer token after scoring and returns the segments it closed (most
+    :meth:`token` takes each answer token after scoring and returns the segments it closed (most
     tokens: none); :meth:`close` closes the last one. :attr:`low` keeps the low segments (for the
-    review entry), :attr:`means` every segment's mean logprob, :attr:`logprobs` the logprob of
-    each answer token that is not a control token, as its token event has it (for the signals
-    feedback records)."""
+    review entry), :attr:`means` every segment's mean logprob (for the signals feedback records)."""
 
     __slots__ = (
         "_bands",
         "_buf",
         "_bytes",
+        "_char_end",
+        "_char_start",
         "_cut_here",
-        "_decoder",
         "_first_word",
         "_has_content",
         "_inside",
-        "_line_has_word",
+        "_line_blank",
         "_lp_sum",
         "_min_lp",
         "_n_scored",
         "_n_scored_all",
-        "_seg_bytes",
-        "_seg_chars",
-        "_seg_tokens",
+        "_partial",
+        "_seg_byte_start",
         "_state",
         "_stop",
+        "_tok_end",
+        "_tok_start",
         "_unit",
         "_word",
         "_word_open",
         "count",
-        "logprobs",
         "low",
         "means",
         "review",
@@ -267,14 +265,14 @@ class Segmenter:
     def __init__(self, review: Review) -> None:
         self.review = review
         self._unit = review.unit
-        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._partial = b""  # the bytes of a character a later token completes
         self._buf = bytearray()  # the open segment's bytes
         self._bytes = 0  # the answer's bytes so far
-        self._seg_tokens: tuple[int, int] | None = None  # its first token, last token + 1
-        self._seg_chars = (0, 0)
-        self._seg_bytes = (0, 0)
+        self._tok_start = -1  # the open segment's first token (-1: it has none yet) ...
+        self._tok_end = 0  # ... and its last token + 1
+        self._char_start = self._char_end = self._seg_byte_start = 0
         self._lp_sum = 0.0
-        self._min_lp: float | None = None
+        self._min_lp = 0.0
         self._n_scored = 0
         self._n_scored_all = 0
         self._state = _IN
@@ -282,15 +280,14 @@ class Segmenter:
         self._has_content = False  # the open segment has a character that is not whitespace
         self._cut_here = False  # the pending cut lies inside the token being read
         self._inside = False  # a cut inside the token being read was confirmed inside it
-        self._word = ""  # the last word, lowercase, at most _MAX_WORD characters
+        self._word = ""  # the last word as written (only its first _MAX_WORD + 1 characters)
         self._word_open = False  # the last character read belongs to that word
-        self._first_word = False  # that word is the first one of its line
-        self._line_has_word = False
+        self._first_word = False  # that word is the first thing on its line
+        self._line_blank = True  # nothing but whitespace since the last newline
         self._bands = {"high": 0, "medium": 0, "low": 0, "unscored": 0}
         self.count = 0
         self.low: list[SegmentSpan] = []
         self.means: list[float | None] = []
-        self.logprobs: list[float | None] = []
 
     # -- per token ---------------------------------------------------------------------------------
 
@@ -304,37 +301,45 @@ class Segmenter:
         chars: tuple[int, int],
     ) -> tuple[SegmentSpan, ...]:
         """An answer token as its token event has it (``excluded``: a control token, not part of
-        the text nor scored); the segments it closed. Its bytes and score are those the confidence
-        tracker used: ``raw_bytes``, else the UTF-8 of ``text``; the sanitised ``logprob``."""
+        the text nor scored); the segments it closed (0 to 2). Its bytes and score are those the
+        confidence tracker used: ``raw_bytes``, else the UTF-8 of ``text``; the sanitised
+        ``logprob``."""
         if excluded:
-            data, lp = b"", None
+            data: bytes = b""
+            lp = None
         else:
-            data = raw_bytes or (text.encode("utf-8", "replace") if text else b"")
-            lp, _ = sanitize_logprob(logprob)
-            # as the token event carries it (finite, else null): what feedback reads back
-            self.logprobs.append(logprob if logprob is not None and math.isfinite(logprob) else None)
+            if raw_bytes:
+                data = raw_bytes
+                chunk = self._decode(raw_bytes)
+            else:
+                data = text.encode("utf-8", "replace") if text else b""
+                chunk = text if not self._partial else self._decode(data)
+            if type(logprob) is float and FLOOR <= logprob <= 0.0:
+                lp = logprob + 0.0  # the common case, as sanitize_logprob has it
+            else:
+                lp, _ = sanitize_logprob(logprob)
+        closed: tuple[SegmentSpan, ...] = ()
+        if data and chunk:
+            self._cut_here = self._inside = False
+            if self._scan(chunk) and self._tok_start >= 0:
+                closed = (self._close(),)  # a cut before this token: it starts the next segment
+        # the token joins the open segment
         start = self._bytes
         self._bytes = start + len(data)
-        return self.add(index, data, chars, (start, self._bytes), lp)
-
-    def add(
-        self,
-        index: int,
-        data: bytes,
-        chars: tuple[int, int],
-        byte_range: tuple[int, int],
-        logprob: float | None,
-    ) -> tuple[SegmentSpan, ...]:
-        """Token event ``index`` of the answer: its bytes in the text (``data``; empty for an
-        excluded special token), its code-point and byte ranges, its sanitised logprob (None when
-        it is not scored). Returns the segments it closed (0 to 2)."""
-        text = self._decoder.decode(data) if data else ""
-        closed: tuple[SegmentSpan, ...] = ()
-        if text:
-            self._cut_here = self._inside = False
-            if self._scan(text) and self._seg_tokens is not None:
-                closed = (self._close(),)  # a cut before this token: it starts the next segment
-        self._take(index, data, chars, byte_range, logprob)
+        if self._tok_start < 0:
+            self._tok_start = index
+            self._char_start = chars[0]
+            self._seg_byte_start = start
+        self._tok_end = index + 1
+        self._char_end = chars[1]
+        if data:
+            self._buf += data
+        if lp is not None:
+            self._n_scored_all += 1
+            if self._n_scored == 0 or lp < self._min_lp:
+                self._min_lp = lp
+            self._n_scored += 1
+            self._lp_sum += lp
         if self._inside:  # the cut is inside this token: it ends the segment
             self._inside = False
             closed += (self._close(),)
@@ -347,9 +352,27 @@ class Segmenter:
 
     def close(self) -> tuple[SegmentSpan, ...]:
         """The last segment (none when the answer had no token)."""
-        if self._seg_tokens is None:
+        if self._tok_start < 0:
             return ()
         return (self._close(),)
+
+    def _decode(self, data: bytes) -> str:
+        """The characters ``data`` completes (with the bytes held from before); an incomplete
+        character at its end is held for the next token. Invalid bytes become U+FFFD."""
+        if not self._partial and data.isascii():
+            return data.decode("ascii")
+        buf = self._partial + data
+        cut = len(buf)
+        for back in range(1, min(4, len(buf)) + 1):  # the last lead byte, if its character is cut
+            b = buf[-back]
+            if b & 0xC0 == 0x80:
+                continue
+            need = 2 if b & 0xE0 == 0xC0 else 3 if b & 0xF0 == 0xE0 else 4 if b & 0xF8 == 0xF0 else 1
+            if need > back:
+                cut = len(buf) - back
+            break
+        self._partial = buf[cut:]
+        return buf[:cut].decode("utf-8", "replace")
 
     # -- boundaries ----------------------------------------------------------------------------------
 
@@ -403,24 +426,26 @@ class Segmenter:
     def _in(self, c: str) -> None:
         """A character inside a segment."""
         if c.isalnum():
-            if not self._word_open:
+            if self._word_open:
+                if len(self._word) <= _MAX_WORD:
+                    self._word += c
+            else:
                 self._word_open = True
-                self._word = ""
-                self._first_word = not self._line_has_word
-                self._line_has_word = True
-            if len(self._word) < _MAX_WORD:
-                self._word += c.lower()
+                self._word = c
+                self._first_word = self._line_blank
+                self._line_blank = False
             self._has_content = True
             return
         self._word_open = False
         if c in _NEWLINES:
-            self._line_has_word = False
+            self._line_blank = True
             self._state = _NL1 if self._unit == "paragraph" else _NL
             self._cut()
             return
         if c.isspace():
             return
         self._has_content = True
+        self._line_blank = False
         if self._unit != "sentence":
             return
         if c in _CJK_STOPS:
@@ -433,32 +458,31 @@ class Segmenter:
             word = self._word
             if word.isdigit() and self._first_word:
                 return  # a list marker: "1. First"
-            weak = word in ABBREVIATIONS or (len(word) == 1 and word.isalpha())
+            weak = word.lower() in ABBREVIATIONS or (len(word) == 1 and word.isalpha())
             self._state, self._stop = _END, "weak" if weak else "."
             self._cut()
 
     def _words(self, text: str) -> None:
-        """The fast path of :meth:`_scan` inside a segment: ``text`` has no stop and no newline,
-        so only the last word (and whether it is its line's first) moves."""
-        if not self._has_content and not text.isspace():
-            self._has_content = True
-        end = len(text)
-        i = end
-        while i > 0 and text[i - 1].isalnum():
-            i -= 1
-        earlier = any(c.isalnum() for c in text[:i])  # a word before the trailing one
-        if i == end:
+        """The fast path of :meth:`_scan` inside a segment, for ``text`` with no stop and no
+        newline: the common token (a word, with or without its leading space) only moves the last
+        word along; any other goes character by character."""
+        word = text.lstrip()
+        if not word:  # spaces only
             self._word_open = False
-            if earlier:
-                self._line_has_word = True
             return
-        if i == 0 and self._word_open:  # the token continues the word: "Ein" + "stein"
-            self._word = (self._word + text.lower())[:_MAX_WORD]
+        if not word.isalnum():
+            for c in text:
+                self._in(c)
             return
-        self._first_word = not (self._line_has_word or earlier)
-        self._line_has_word = True
-        self._word = text[i:].lower()[:_MAX_WORD]
+        self._has_content = True
+        if self._word_open and len(word) == len(text):  # it continues the word: "Ein" + "stein"
+            if len(self._word) <= _MAX_WORD:
+                self._word += word
+            return
         self._word_open = True
+        self._word = word
+        self._first_word = self._line_blank
+        self._line_blank = False
 
     def _cut(self) -> None:
         """The pending cut moves to after the character just read (inside this token)."""
@@ -476,41 +500,20 @@ class Segmenter:
         self._has_content = False
         return True
 
-    # -- accumulating ------------------------------------------------------------------------------
-
-    def _take(
-        self, index: int, data: bytes, chars: tuple[int, int], byte_range: tuple[int, int], lp: float | None
-    ) -> None:
-        if self._seg_tokens is None:
-            self._seg_tokens = (index, index + 1)
-            self._seg_chars = chars
-            self._seg_bytes = byte_range
-        else:
-            self._seg_tokens = (self._seg_tokens[0], index + 1)
-            self._seg_chars = (self._seg_chars[0], chars[1])
-            self._seg_bytes = (self._seg_bytes[0], byte_range[1])
-        self._buf += data
-        if lp is not None:
-            self._n_scored += 1
-            self._n_scored_all += 1
-            self._lp_sum += lp
-            if self._min_lp is None or lp < self._min_lp:
-                self._min_lp = lp
+    # -- closing ------------------------------------------------------------------------------------
 
     def _close(self) -> SegmentSpan:
-        tokens = self._seg_tokens
-        assert tokens is not None
         n = self._n_scored
         mean = self._lp_sum / n if n else None
         band = band_of(mean, self.review)
         span = SegmentSpan(
             self.count,
             self._buf.decode("utf-8", "replace"),
-            self._seg_chars,
-            self._seg_bytes,
-            tokens,
+            (self._char_start, self._char_end),
+            (self._seg_byte_start, self._bytes),
+            (self._tok_start, self._tok_end),
             mean,
-            None if self._min_lp is None else math.exp(self._min_lp),
+            math.exp(self._min_lp) if n else None,
             n,
             band,
         )
@@ -520,9 +523,8 @@ class Segmenter:
         if band == "low":
             self.low.append(span)
         self._buf = bytearray()
-        self._seg_tokens = None
+        self._tok_start = -1
         self._lp_sum = 0.0
-        self._min_lp = None
         self._n_scored = 0
         return span
 

@@ -93,10 +93,11 @@ def test_asyncapi_addresses_are_the_keys_the_code_uses() -> None:
         "events": keys.events("job-7"),
         "cancel": keys.cancel,
         "feedback": keys.feedback,
+        "review": keys.review,
     }
     assert real == {"jobs": "{tokenwire}:jobs", "dead": "{tokenwire}:dead",
                     "events": "tokenwire:job:{job-7}:events", "cancel": "tokenwire:cancel",
-                    "feedback": "{tokenwire}:feedback"}  # fmt: skip
+                    "feedback": "{tokenwire}:feedback", "review": "{tokenwire}:review"}  # fmt: skip
 
 
 def test_the_cancel_message_is_the_one_the_code_builds() -> None:
