@@ -340,19 +340,6 @@ class _JobRun:
             entry = await self.runner.reviews.add_from_events(done.job_id)  # rebuilt from its events
         else:
             low = [span.event(done.job_id, done.attempt) for span in segments.low]
-            model, means, logprobs = attempt.job.model, segments.means, segments.logprobs
-            item = review_item(done, model=model, low=low, means=means, logprobs=logprobs, done_id=done_id)
-            entry = await self.runner.reviews.add(item)
-        log.info("job put on review", entry=entry)
-
-    async def _review(self, done: Done, done_id: str) -> None:
-        """Put the job on the review stream (once per job: :mod:`worker.review`)."""
-        attempt = self.current
-        segments = None if attempt is None else attempt.segments
-        if attempt is None or segments is None or attempt.attempt != done.attempt:
-            entry = await self.runner.reviews.add_from_events(done.job_id)  # rebuilt from its events
-        else:
-            low = [span.event(done.job_id, done.attempt) for span in segments.low]
             model, means = attempt.job.model, segments.means  # p10_prob: done.summary has it
             item = review_item(done, model=model, low=low, means=means, logprobs=None, done_id=done_id)
             entry = await self.runner.reviews.add(item)
