@@ -74,12 +74,13 @@ FAULTS = frozenset(get_args(Fault))
 def upstream_directives(rng: random.Random) -> tuple[str, str]:
     """(kind, directives) of one job: healthy half the time, else one hostile upstream."""
     tokens = rng.randint(20, 120)
+    echo = rng.choice(["error", "malformed", "status", "header", "tokens"])  # tokens: as generated text
     kinds: list[tuple[str, str]] = [
         ("disconnect", f"tokens={tokens};tps=50;fault=disconnect;after={rng.randint(1, 10)};fail_first=1"),
         ("stall", f"tokens={tokens};tps=50;fault=stall;after={rng.randint(0, 5)};fail_first=1"),
         ("429", f"tokens={tokens};tps=50;fault=status;status=429;retry_after=1;fail_first=1"),
         ("malformed", f"tokens={tokens};tps=50;fault=malformed;after={rng.randint(1, 5)};fail_first=1"),
-        ("echo_key", f"fault=echo_key;echo={rng.choice(['error', 'malformed', 'status', 'header'])};after=2"),
+        ("echo_key", f"fault=echo_key;echo={echo};after=2"),
     ]
     if "gzipbomb" in FAULTS:
         kinds.append(("gzipbomb", f"tokens={tokens};tps=50;fault=gzipbomb;size=64000000;fail_first=1"))
