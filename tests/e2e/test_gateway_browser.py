@@ -331,3 +331,56 @@ def test_a_bare_event_source_resumes_with_last_event_id_after_a_cut(
     resumed = streams[1].headers.get("last-event-id")
     ids = [e.id for e in replay]
     assert resumed is not None and ids.index(resumed) >= ids.index(last_before)  # not from the start
+
+
+LANES_STATE = """
+return Array.from(document.querySelectorAll('#candidates section[data-candidate]')).map(box => ({
+  candidate: Number(box.dataset.candidate),
+  tokens: Array.from(box.querySelectorAll('.tok')).map(el => ({
+    index: Number(el.dataset.index), text: el.textContent, band: el.dataset.band ?? null,
+  })),
+  note: box.querySelector('.candidate-done').textContent,
+}));
+"""
+
+
+def test_the_page_shows_segments_bands_verdict_and_each_candidate(
+    stack: Stack, proxy: CutProxy, browser: webdriver.Chrome
+) -> None:
+    job = _post_job(
+        stack,
+        {
+            "model": "tokenwire/sim;tokens=40;tps=80",
+            "input": "Describe two rivers.",
+            "review": {"unit": "sentence"},
+            "candidates": {"n": 2},
+        },
+    )
+    browser.get(f"http://127.0.0.1:{proxy.port}/?job={job['id']}&token={job['read_token']}")
+    done = _wait(browser, "the finished job", lambda s: s["state"] == "done")
+    screenshot(browser, "page-segments-candidates")
+    events = _replay(stack, job["id"])
+    lanes = {lane["candidate"]: lane for lane in browser.execute_script(LANES_STATE)}
+    assert sorted(lanes) == [0, 1] and done["tokens"] == []  # every token is in its candidate's lane
+    assert done["duplicates"] == 0 and done["gaps"] == 0
+    segments = [e.data for e in events if e.type == "segment"]
+    assert {s["band"] for s in segments} <= {"high", "medium", "low", "unscored"} and segments
+    for candidate, lane in lanes.items():
+        tokens = [e.data for e in events if e.type == "token" and e.data.get("candidate") == candidate]
+        assert [(t["index"], t["text"]) for t in lane["tokens"]] == [(t["index"], t["text"]) for t in tokens]
+        assert lane["note"].startswith("finished: ")
+        shown = {t["index"]: t["band"] for t in lane["tokens"]}
+        for segment in (s for s in segments if s.get("candidate") == candidate):
+            for index in range(segment["token_start"], segment["token_end"]):
+                assert shown[index] == segment["band"], (candidate, index, segment)
+    listed = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#segments li')).map(li => li.dataset.band)"
+    )
+    assert listed == [s["band"] for s in segments]
+    final = next(e.data for e in events if e.type == "done")
+    rows = browser.execute_script(
+        "return Object.fromEntries(Array.from(document.querySelectorAll('#summary-list dt'))"
+        ".map(dt => [dt.textContent, dt.nextElementSibling.textContent]))"
+    )
+    assert rows["candidates"].startswith("2, best: candidate "), rows
+    assert rows["verdict"].startswith(final["verdict"]["decision"]), rows

@@ -8,7 +8,7 @@
 "use strict";
 
 (() => {
-  const TYPES = ["start", "token", "segment", "done", "error", "cancelled"];
+  const TYPES = ["start", "token", "segment", "candidate_done", "done", "error", "cancelled"];
   const TERMINAL = new Set(["done", "error", "cancelled"]);
   const BANDS = new Set(["high", "medium", "low", "unscored"]);
   const ID_RE = /^(\d{1,20})-(\d{1,20})$/;
@@ -56,16 +56,43 @@
     lastId: null, // the last event id rendered, as text
     lastParsed: null,
     attempt: -1,
-    nextIndex: 0,
     count: 0,
     duplicates: 0,
     gaps: 0,
     connects: 0,
     retryMs: RETRY_FIRST_MS,
     timer: null,
-    byIndex: new Map(), // token index -> its element (content and reasoning)
-    content: [], // content token elements in order, with their char offsets
+    // one lane per candidate ("" for a job without candidates): its token elements by index, its
+    // content tokens in order with their char offsets, the index it expects next
+    lanes: new Map(),
   };
+
+  function lane(ev) {
+    const c = num(ev.candidate);
+    const name = c === null ? "" : String(c);
+    let found = watch.lanes.get(name);
+    if (found === undefined) {
+      let el = view.tokens;
+      if (name !== "") {
+        const box = document.createElement("section");
+        box.className = "candidate";
+        box.dataset.candidate = name;
+        const h = document.createElement("h3");
+        h.textContent = `Candidate ${c}`;
+        el = document.createElement("div");
+        el.className = "tokens";
+        const note = document.createElement("p");
+        note.className = "candidate-done";
+        box.append(h, el, note);
+        $("candidates").append(box);
+        $("candidates").hidden = false;
+        if (!view.tokens.hasChildNodes()) view.tokens.classList.add("unused"); // every token is a candidate's
+      }
+      found = { name, el, byIndex: new Map(), content: [], nextIndex: 0 };
+      watch.lanes.set(name, found);
+    }
+    return found;
+  }
 
   function setStatus(state, message) {
     view.status.dataset.state = state;
@@ -84,12 +111,13 @@
   function resetAttempt() {
     view.tokens.replaceChildren();
     view.reasoning.replaceChildren();
+    $("candidates").replaceChildren();
+    $("candidates").hidden = true;
+    view.tokens.classList.remove("unused");
     $("reasoning-box").hidden = true;
     $("segments").replaceChildren();
     $("segments-box").hidden = true;
-    watch.byIndex.clear();
-    watch.content = [];
-    watch.nextIndex = 0;
+    watch.lanes.clear();
     watch.count = 0;
   }
 
@@ -116,12 +144,13 @@
     if (index === null || typeof ev.text !== "string") return;
     const attempt = num(ev.attempt);
     if (attempt !== null && attempt < watch.attempt) return; // a late token of an earlier attempt
-    if (watch.byIndex.has(index)) {
+    const l = lane(ev);
+    if (l.byIndex.has(index)) {
       watch.duplicates += 1;
       return;
     }
-    if (index !== watch.nextIndex) watch.gaps += 1;
-    watch.nextIndex = index + 1;
+    if (index !== l.nextIndex) watch.gaps += 1;
+    l.nextIndex = index + 1;
     const el = document.createElement("span");
     el.className = "tok";
     el.textContent = text(ev.text);
@@ -138,33 +167,53 @@
     }
     if (ev.special === true) el.classList.add("special");
     if (ev.low === true) el.classList.add("low");
-    watch.byIndex.set(index, el);
+    if (l.name !== "") el.dataset.candidate = l.name;
+    l.byIndex.set(index, el);
     watch.count += 1;
-    if (ev.channel === "reasoning") {
+    if (ev.channel === "reasoning" && l.name === "") {
       $("reasoning-box").hidden = false;
       view.reasoning.append(el);
     } else {
+      if (ev.channel === "reasoning") el.classList.add("reasoning");
       const start = num(ev.char_start);
       const end = num(ev.char_end);
-      watch.content.push({ el, start: start ?? -1, end: end ?? -1 });
-      view.tokens.append(el);
+      if (ev.channel !== "reasoning") l.content.push({ el, start: start ?? -1, end: end ?? -1 });
+      l.el.append(el);
     }
   }
 
-  // Content tokens overlapping [start, end) (code-point offsets in the answer).
-  function tokensIn(start, end) {
-    return watch.content.filter((t) => t.start < end && t.end > start).map((t) => t.el);
+  // A lane's content tokens overlapping [start, end) (code-point offsets in its answer).
+  function tokensIn(l, start, end) {
+    return l.content.filter((t) => t.start < end && t.end > start).map((t) => t.el);
+  }
+
+  function onCandidateDone(ev) {
+    const l = lane(ev);
+    if (l.name === "") return;
+    const note = l.el.parentElement.querySelector(".candidate-done");
+    const c = num(ev.confidence);
+    const failed = ev.error && typeof ev.error === "object";
+    note.textContent = failed
+      ? `failed: ${text(ev.error.code ?? "")} ${text(ev.error.message ?? "")}`
+      : `finished: ${text(ev.finish_reason ?? "–")}, confidence ${c === null ? "–" : (100 * c).toFixed(1) + " %"}`;
   }
 
   function onSegment(ev) {
     const band = BANDS.has(ev.band) ? ev.band : "unknown";
     const start = num(ev.char_start);
     const end = num(ev.char_end);
-    if (start !== null && end !== null) {
-      for (const el of tokensIn(start, end)) {
-        el.classList.add(`band-${band}`);
-        el.dataset.band = band;
-      }
+    const l = lane(ev);
+    const first = num(ev.token_start);
+    const last = num(ev.token_end); // exclusive
+    let marked = [];
+    if (first !== null && last !== null && last - first <= 1_000_000) {
+      for (let i = first; i < last; i++) if (l.byIndex.has(i)) marked.push(l.byIndex.get(i));
+    } else if (start !== null && end !== null) {
+      marked = tokensIn(l, start, end);
+    }
+    for (const el of marked) {
+      el.classList.add(`band-${band}`);
+      el.dataset.band = band;
     }
     const li = document.createElement("li");
     li.dataset.band = band;
@@ -177,6 +226,12 @@
     meta.textContent = mean === null ? " · unscored · " : ` · mean logprob ${mean.toFixed(2)} · `;
     const t = document.createElement("span");
     t.textContent = typeof ev.text === "string" ? text(ev.text) : "";
+    if (l.name !== "") {
+      const who = document.createElement("span");
+      who.className = "seg-meta";
+      who.textContent = `candidate ${l.name} · `;
+      li.append(who);
+    }
     li.append(b, meta, t);
     $("segments").append(li);
     $("segments-box").hidden = false;
@@ -211,11 +266,20 @@
       row(list, "perplexity", fixed(s.perplexity, 3));
       row(list, "lowest probability", fixed(s.min_prob, 3));
       const spans = Array.isArray(s.low_spans) ? s.low_spans : [];
+      const all = Array.isArray(ev.candidates) ? ev.candidates : null;
+      const winner = all ? all.find((x) => x && x.rank === 1 && num(x.index) !== null) : undefined;
+      // the summary is the winner's: its low spans are in the winner's lane
+      const target = watch.lanes.get(winner ? String(winner.index) : "");
       row(list, "low-confidence spans", String(spans.length) + (s.low_spans_truncated ? "+" : ""));
       for (const span of spans) {
         const a = num(span && span.char_start);
         const b = num(span && span.char_end);
-        if (a !== null && b !== null) for (const el of tokensIn(a, b)) el.classList.add("span-low");
+        if (a !== null && b !== null && target) for (const el of tokensIn(target, a, b)) el.classList.add("span-low");
+      }
+      if (all) {
+        const agreement = num(ev.agreement);
+        row(list, "candidates", `${all.length}` + (winner ? `, best: candidate ${winner.index}` : "") +
+          (agreement === null ? "" : `, agreement ${(100 * agreement).toFixed(0)} %`));
       }
       const v = ev.verdict;
       if (v && typeof v === "object" && typeof v.decision === "string") {
@@ -255,6 +319,7 @@
     if (e.type === "start") onStart(ev);
     else if (e.type === "token") onToken(ev);
     else if (e.type === "segment") onSegment(ev);
+    else if (e.type === "candidate_done") onCandidateDone(ev);
     if (TERMINAL.has(e.type)) {
       onTerminal(e.type, ev);
       finish("done", `finished: ${e.type}`);
