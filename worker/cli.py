@@ -20,7 +20,7 @@ from .calibrate_cli import COMMANDS as _CALIBRATION_COMMANDS
 from .calibrate_cli import add_commands as _add_calibration_commands
 from .client import Client, JobNotFound, SubscriptionTimeout
 from .connect import http_client, redis_client
-from .events import Cancelled, Done, Error, Start, Token
+from .events import Cancelled, Done, Error, Segment, Start, Token
 from .jobs import API_NAMES, ChatMessage, Escalate, InvalidJob, Job, Params
 from .logging import configure_logging
 from .render import TerminalView
@@ -224,6 +224,8 @@ async def _follow(client: Client, job_id: str, *, as_json: bool, timeout: float 
                 out.flush()
             elif isinstance(item.event, _SHOWN):
                 view.show(item.event)
+            elif isinstance(item.event, Segment):
+                pass  # the text view shows the tokens; `--json` prints the segment events
             elif item.type not in skipped:
                 skipped.add(item.type)
                 print(

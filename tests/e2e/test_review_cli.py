@@ -36,6 +36,8 @@ def test_review_list_take_and_resolve(env: dict[str, str], worker_proc: subproce
         done = events[-1]
         assert done["type"] == "done" and segments and "".join(s["text"] for s in segments) == done["text"]
         assert done["verdict"]["decision"] == "review" and done["verdict"]["n_low"] >= 1
+    pretty = run(env, "tail", "r1", "--timeout", "10")  # segments are known: nothing is "skipped"
+    assert pretty.returncode == 0 and "skipping" not in pretty.stderr and "✓ done" in pretty.stdout
     listed = run(env, "review", "list", "--json")
     assert listed.returncode == 0, listed.stderr
     rows = [json.loads(line) for line in listed.stdout.splitlines()]

@@ -125,6 +125,29 @@ async def test_a_worker_dying_between_the_done_and_the_entry_leaves_it_to_the_ta
     assert item.signals == (await signals_for(redis, keys, job_id))[1]
 
 
+async def test_a_retried_job_is_put_on_the_stream_once_with_the_last_attempts_segments(
+    start_worker: Starter, client: Client, redis: Redis, prefix: str
+) -> None:
+    """The first attempt is cut after 30 tokens (its segments published), the retry finishes: one
+    entry, built from the attempt that produced the done."""
+    await start_worker()
+    model = "tokenwire/sim;tokens=80;fault=disconnect;after=30;fail_first=1"
+    job_id = await client.enqueue(model=model, input="retry me", review=ALL_LOW)
+    done = await client.result(job_id, timeout=60)
+    assert done.attempt == 2
+    keys = Keys(prefix)
+    events: Any = await redis.xrange(keys.events(job_id))
+    stream = [decode_event(f[b"event"]) for _, f in events]
+    segments = [e for e in stream if isinstance(e, Segment)]
+    assert {s.attempt for s in segments} == {1, 2}  # the cut attempt published some before it failed
+    (_, fields), *more = await entries(redis, prefix)
+    assert not more
+    item = msgspec.json.decode(fields[b"item"], type=ReviewItem)
+    assert item.attempt == 2 and item.low_segments
+    assert item.low_segments == [s for s in segments if s.attempt == 2 and s.band == "low"]
+    assert item.signals == (await signals_for(redis, keys, job_id))[1]
+
+
 async def test_reviewers_take_list_and_resolve_entries(
     start_worker: Starter, client: Client, redis: Redis, prefix: str
 ) -> None:

@@ -287,3 +287,30 @@ def test_segments_always_tile_the_text_with_consistent_offsets(tokens: list[str]
         assert text.encode()[s.byte_start : s.byte_end] == s.text.encode()
         cursor = (s.token_end, s.char_end, s.byte_end)
     assert cursor == (len(tokens), len(text), len(text.encode()))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.binary(max_size=6), st.booleans(), st.one_of(st.none(), st.floats())), max_size=40),
+    st.sampled_from(["sentence", "line", "paragraph"]),
+)
+def test_any_upstream_bytes_and_logprobs_are_taken_without_error(
+    tokens: list[tuple[bytes, bool, float | None]], unit: str
+) -> None:
+    """Hostile token bytes (invalid or cut UTF-8), control tokens and any logprob (NaN, inf,
+    positive): no exception, and the segments still tile the tokens and their bytes."""
+    seg = Segmenter(Review(unit=unit))  # type: ignore[arg-type]
+    out: list[SegmentSpan] = []
+    chars = 0
+    for i, (data, excluded, lp) in enumerate(tokens):
+        n = 0 if excluded else sum(1 for b in data if b & 0xC0 != 0x80)
+        out += seg.token(i, "", data or None, excluded, lp, (chars, chars + n))
+        chars += n
+    out += seg.close()
+    expected = sum(len(d) for d, excluded, _ in tokens if not excluded)
+    cursor = (0, 0)
+    for s in out:
+        assert (s.token_start, s.byte_start) == cursor and s.token_end > s.token_start
+        assert s.mean_logprob is None or (math.isfinite(s.mean_logprob) and -20.0 <= s.mean_logprob <= 0.0)
+        cursor = (s.token_end, s.byte_end)
+    assert cursor == ((len(tokens), expected) if tokens else (0, 0))
