@@ -273,13 +273,19 @@ def _segment_mean(event: object) -> float | None:
 
 
 async def _from_review(redis: Redis, keys: Keys, job_id: str) -> tuple[str, Signals] | None:
-    """The model and signals of the job's newest ``{P}:review`` entry, None when there is none."""
-    review = getattr(keys, "review", None)
-    if review is None:
-        return None
+    """The model and signals of the job's ``{P}:review`` entry: the one its marker
+    ``{P}:review:job:ID`` names, else (the marker expired) the newest entry of the job on the
+    stream; None when there is none (never reviewed, or trimmed away)."""
+    marked: Any = await redis.hget(keys.review_marker(job_id), "entry")
+    if marked is not None:
+        entry = as_text(marked)
+        page: Any = await redis.xrange(keys.review, min=entry, max=entry, count=1)
+        found = _review_fields(page[0][1]) if page else None
+        if found is not None and found[0] == job_id:
+            return found[1], found[2]
     end = "+"
     while True:
-        page: Any = await redis.xrevrange(review, max=end, min="-", count=_PAGE)
+        page = await redis.xrevrange(keys.review, max=end, min="-", count=_PAGE)
         for _, fields in page:
             found = _review_fields(fields)
             if found is not None and found[0] == job_id:

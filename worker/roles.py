@@ -162,6 +162,7 @@ ROLES: Final[dict[str, Role]] = {
             keys=(
                 KeyPattern("{P}:feedback", "rw", "feedback adds a judgement; calibrate reads them all"),
                 KeyPattern("P:job:*", "r", "the judged job's done, segments and tokens, or its state"),
+                KeyPattern("{P}:review*", "r", "an expired job's review entry keeps its signals"),
             ),
             channels=(),
             commands=(
@@ -170,6 +171,7 @@ ROLES: Final[dict[str, Role]] = {
                 Command("xrange", "feedback reads the job's events; calibrate reads {P}:feedback"),
                 Command("xrevrange", "feedback reads the job's last event (its terminal)"),
                 Command("hgetall", "feedback of a job with no events: whether it is still queued"),
+                Command("hget", "feedback of an expired job: its review marker names its review entry"),
             ),
         ),
         Role(

@@ -38,7 +38,7 @@ from worker.redisproc import RedisClusterServers, RedisServer
 from worker.review import ReviewItem, ReviewQueue
 from worker.roles import ROLES, acl_rules
 from worker.settings import Provider, Settings
-from worker.signals import Signals
+from worker.signals import Signals, encode_signals
 from worker.stats import collect_stats
 from worker.store import JobStore
 
@@ -313,6 +313,12 @@ async def feedback_operations(r: Redis, admin: Redis, prefix: str) -> None:
     with pytest.raises(FeedbackError, match="has not finished"):
         await client.feedback("q", False)
     assert [fb.job_id async for _, fb in read_feedback(r, keys)] == ["f"]
+    # an expired job whose review entry (named by its marker) keeps its signals
+    signals = encode_signals(Signals(confidence=0.3, n_scored=2))
+    fields = {"job_id": "gone", "model": MODEL, "signals": signals, "item": b"{}"}
+    entry = await admin.xadd(keys.review, fields)  # type: ignore[arg-type]
+    await admin.hset(keys.review_marker("gone"), "entry", entry)
+    await client.feedback("gone", False, "from the review entry")
     await health_check(r)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import AsyncIterator
+from typing import Any
 
 import fakeredis
 import msgspec
@@ -222,18 +223,8 @@ def test_decode_feedback_raises_only_value_error(raw: bytes) -> None:
         decode_feedback(raw)
 
 
-class ReviewKeys(Keys):
-    """Keys with the review stream of issue 13 §2 (``{P}:review``)."""
-
-    __slots__ = ("review",)
-
-    def __init__(self, prefix: str) -> None:
-        super().__init__(prefix)
-        self.review = f"{{{prefix}}}:review"
-
-
 async def test_an_expired_job_is_judged_from_its_review_entry(redis: fakeredis.FakeAsyncRedis) -> None:
-    keys = ReviewKeys("tw")
+    keys = KEYS
     old = Signals(confidence=0.2, mean_logprob=math.log(0.2), n_scored=3)
     new = Signals(confidence=0.3, mean_logprob=math.log(0.3), lowest_segment_mean=-2.5, n_scored=4)
     await redis.xadd(keys.review, {"job_id": "gone", "model": "m", "signals": encode_signals(old)})
@@ -244,6 +235,14 @@ async def test_an_expired_job_is_judged_from_its_review_entry(redis: fakeredis.F
     assert (model, signals, source) == ("m", new, "review")  # the newest readable entry
     with pytest.raises(FeedbackError, match="no review entry holds its signals"):
         await signals_for(redis, keys, "never")
+    # with its marker, the entry the marker names (here the older one: no scan of the stream)
+    entries: Any = await redis.xrange(keys.review, count=1)
+    first = entries[0][0]
+    await redis.hset(keys.review_marker("gone"), mapping={"entry": first})
+    assert await signals_for(redis, keys, "gone") == ("m", old, "review")
+    # a marker naming an entry that was trimmed away: the stream is read instead
+    await redis.hset(keys.review_marker("gone"), mapping={"entry": "1-1"})
+    assert await signals_for(redis, keys, "gone") == ("m", new, "review")
 
 
 async def test_an_expired_job_judged_before_is_judged_from_that_judgement(
