@@ -11,6 +11,7 @@
 export type TokenwireJob = {
   api?: "chat" | "completions" | "gemini" | "native" | "responses" | "sglang";
   budget?: number | null;
+  candidates?: Candidates | null;
   escalate?: Escalate | null;
   id?: string | null;
   input?: string | null;
@@ -41,13 +42,27 @@ export type TokenwireJob = {
  */
 export type Escalate = Escalate1;
 
+/**
+ * Several candidate answers on one stream (:mod:`worker.candidates`): ``n`` generations of the
+ * job, each token event tagged with its ``candidate``, each closed by a ``candidate_done``, and a
+ * ``done`` with the best by ``rank_by`` (higher wins; ``mean_logprob``, the default, is
+ * length-normalised; ``quantile``, ``window_min`` and ``margin`` are the routing signals of
+ * ``done.summary``) and ``agreement``: the share of the answered candidates whose normalised
+ * answer equals the winner's (whitespace and case folded; ``agree_on: first_line`` compares only
+ * the first non-empty line, for classification).
+ */
+export interface Candidates {
+  agree_on?: "first_line" | "text";
+  n: number;
+  rank_by?: "confidence" | "cum_logprob" | "margin" | "mean_logprob" | "quantile" | "window_min";
+}
 export interface Escalate1 {
   after_tokens?: number | null;
   below: number;
   model: string;
   provider?: string | null;
   q?: number | null;
-  signal?: "confidence" | "margin" | "quantile" | "window_min";
+  signal?: "agreement" | "confidence" | "margin" | "quantile" | "window_min";
   window?: number | null;
 }
 /**
@@ -91,7 +106,8 @@ export interface Review {
 /**
  * One event: the JSON held in the `event` field of an entry on a job's event stream (channel `events` of asyncapi.yaml). Exactly one terminal event (done, error, cancelled) ends a job.
  */
-export type TokenwireEvent = StartEvent | TokenEvent | SegmentEvent | DoneEvent | ErrorEvent | CancelledEvent;
+export type TokenwireEvent =
+  StartEvent | TokenEvent | SegmentEvent | CandidateDoneEvent | DoneEvent | ErrorEvent | CancelledEvent;
 
 /**
  * An attempt begins. ``reason`` says why when it is not the first one.
@@ -126,6 +142,7 @@ export interface StartEvent {
  */
 export interface TokenEvent {
   attempt: number;
+  candidate?: number;
   channel?: string;
   char_end?: number;
   char_start?: number;
@@ -183,6 +200,7 @@ export interface SegmentEvent {
   band: "high" | "low" | "medium" | "unscored";
   byte_end: number;
   byte_start: number;
+  candidate?: number;
   char_end: number;
   char_start: number;
   index: number;
@@ -197,44 +215,30 @@ export interface SegmentEvent {
   [k: string]: unknown | undefined;
 }
 /**
- * The job finished. No ``done`` exceeds the worker's ``max_event_bytes``: when the answer
- * would make it larger, ``text`` (then ``reasoning_text``) holds only its beginning and
- * ``text_truncated`` is true; the whole answer is then the concatenation of the ``text`` of the
- * attempt's token events (channel ``content``; ``reasoning`` for the reasoning).
+ * One candidate of a job with ``candidates`` ended: its own finish reason, text, confidence,
+ * summary (and verdict with ``review``), or ``error`` when it failed (the others go on). Its
+ * offsets and ``index`` count within ``candidate``. Not terminal: the job's ``done`` follows.
  */
-export interface DoneEvent {
+export interface CandidateDoneEvent {
   attempt: number;
-  confidence: number | null;
-  escalation?: Escalation | null;
-  finish_reason: string;
+  candidate: number;
+  confidence?: number | null;
+  error?: CandidateError | null;
+  finish_reason?: string | null;
   job_id: string;
-  logprobs_available?: boolean;
-  logprobs_reason?: string | null;
-  metadata?: {
-    [k: string]: string | undefined;
-  };
-  reasoning_confidence?: number | null;
-  reasoning_text?: string | null;
-  summary: Summary;
-  text: string;
+  summary?: Summary | null;
+  text?: string;
   text_truncated?: boolean;
-  type: "done";
-  usage: Usage;
+  type: "candidate_done";
   verdict?: Verdict;
   [k: string]: unknown | undefined;
 }
 /**
- * Why a job moved to a stronger model, with the cheap attempt's own outcome.
+ * Why a candidate failed: the ``code`` and ``message`` an ``error`` event would carry.
  */
-export interface Escalation {
-  after_tokens: number | null;
-  below: number;
-  confidence: number | null;
-  from_attempt: number;
-  from_model: string;
-  from_provider: string;
-  summary: Summary;
-  tokens: number;
+export interface CandidateError {
+  code: string;
+  message: string;
   [k: string]: unknown | undefined;
 }
 /**
@@ -301,6 +305,80 @@ export interface LowSpan {
   [k: string]: unknown | undefined;
 }
 /**
+ * What a job with ``review`` should become: ``publish``, or ``review`` (by a person) when any
+ * segment is ``low``, the confidence is under ``review.min_confidence``, or no answer token has a
+ * logprob; ``reasons`` says which, in words. Counts are of the attempt's segments by band.
+ */
+export interface Verdict {
+  decision: "publish" | "review";
+  n_high?: number;
+  n_low: number;
+  n_medium: number;
+  n_unscored?: number;
+  reasons: string[];
+  [k: string]: unknown | undefined;
+}
+/**
+ * The job finished. No ``done`` exceeds the worker's ``max_event_bytes``: when the answer
+ * would make it larger, ``text`` (then ``reasoning_text``) holds only its beginning and
+ * ``text_truncated`` is true; the whole answer is then the concatenation of the ``text`` of the
+ * attempt's token events (channel ``content``; ``reasoning`` for the reasoning).
+ */
+export interface DoneEvent {
+  agreement?: number;
+  attempt: number;
+  candidates?: CandidateResult[];
+  confidence: number | null;
+  escalation?: Escalation | null;
+  finish_reason: string;
+  job_id: string;
+  logprobs_available?: boolean;
+  logprobs_reason?: string | null;
+  metadata?: {
+    [k: string]: string | undefined;
+  };
+  reasoning_confidence?: number | null;
+  reasoning_text?: string | null;
+  summary: Summary;
+  text: string;
+  text_truncated?: boolean;
+  type: "done";
+  usage: Usage;
+  verdict?: Verdict;
+  [k: string]: unknown | undefined;
+}
+/**
+ * One candidate in ``done.candidates``: ``rank`` 1 is the winner (null for a failed one),
+ * ``score`` its value of ``candidates.rank_by`` (null when unknown: it ranks last).
+ */
+export interface CandidateResult {
+  confidence?: number | null;
+  error?: CandidateError | null;
+  finish_reason: string | null;
+  index: number;
+  rank: number | null;
+  score: number | null;
+  summary?: Summary | null;
+  text: string;
+  text_truncated?: boolean;
+  verdict?: Verdict;
+  [k: string]: unknown | undefined;
+}
+/**
+ * Why a job moved to a stronger model, with the cheap attempt's own outcome.
+ */
+export interface Escalation {
+  after_tokens: number | null;
+  below: number;
+  confidence: number | null;
+  from_attempt: number;
+  from_model: string;
+  from_provider: string;
+  summary: Summary;
+  tokens: number;
+  [k: string]: unknown | undefined;
+}
+/**
  * ``input_tokens`` / ``output_tokens``: the answering attempt's (output: the tokens it streamed).
  * When the job's provider has a price table, or the job a ``budget``, also ``cost`` (every attempt
  * of the delivery that finished the job: retries, an escalation's cheap attempt and its strong one),
@@ -329,20 +407,6 @@ export interface AttemptUsage {
   model: string;
   output_tokens: number;
   provider: string;
-  [k: string]: unknown | undefined;
-}
-/**
- * What a job with ``review`` should become: ``publish``, or ``review`` (by a person) when any
- * segment is ``low``, the confidence is under ``review.min_confidence``, or no answer token has a
- * logprob; ``reasons`` says which, in words. Counts are of the attempt's segments by band.
- */
-export interface Verdict {
-  decision: "publish" | "review";
-  n_high?: number;
-  n_low: number;
-  n_medium: number;
-  n_unscored?: number;
-  reasons: string[];
   [k: string]: unknown | undefined;
 }
 /**

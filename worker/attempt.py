@@ -68,6 +68,8 @@ def _finite(value: float | None) -> float | None:
 class Attempt:
     """One attempt's stream: upstream events in, token events out, one terminal event at the end."""
 
+    candidate: int | msgspec.UnsetType = msgspec.UNSET  # a candidate's number (worker/candidates.py)
+
     def __init__(self, ctx: AttemptContext, admitted: Admitted, attempt: int, deadline: float) -> None:
         self.ctx = ctx
         self.admitted = admitted
@@ -266,9 +268,7 @@ class Attempt:
                 raise self._over(cap)
             self.seq += 1
             event = self._token(record)
-            self.ctx.publisher.emit(
-                self.sink, b"%d-%d" % (self.attempt, self.seq + self.extra), encode_event(event)
-            )
+            self.ctx.publisher.emit(self.sink, self._event_id(), encode_event(event))
             if self.segments is not None and record.channel == "content":
                 self._segment(record, event)
         if self.watch_after is not None and self.n_content >= self.watch_after:
@@ -290,8 +290,14 @@ class Attempt:
         for span in closed:
             self.extra += 1
             event = span.event(job_id, self.attempt)
-            event_id = b"%d-%d" % (self.attempt, self.seq + self.extra)
-            self.ctx.publisher.emit(self.sink, event_id, encode_event(event))
+            if self.candidate is not msgspec.UNSET:  # a candidate's segment says which (candidates.py)
+                event = msgspec.structs.replace(event, candidate=self.candidate)
+            self.ctx.publisher.emit(self.sink, self._event_id(), encode_event(event))
+
+    def _event_id(self) -> bytes:
+        """The id of the event published next (after ``seq``/``extra`` counted it); a candidate of
+        a job with several takes its ids from the job's attempt (worker/candidates.py)."""
+        return b"%d-%d" % (self.attempt, self.seq + self.extra)
 
     def _tracker_for(self, record: TokenRecord) -> ConfidenceTracker:
         if record.channel == "content":
@@ -326,6 +332,7 @@ class Attempt:
             char_end=score.char_end,
             topk=_topk(score, tracker),
             channel=record.channel,
+            candidate=self.candidate,
         )
 
     def _judge(self, when: str) -> str | None:

@@ -20,6 +20,9 @@ __all__ = [
     "AttemptUsage",
     "Band",
     "Cancelled",
+    "CandidateDone",
+    "CandidateError",
+    "CandidateResult",
     "Done",
     "Error",
     "Escalation",
@@ -116,6 +119,8 @@ class Token(_Base, frozen=True, kw_only=True):
     char_end: int = 0
     topk: TopkMetrics | None = None
     channel: str = "content"
+    # a job with `candidates`: which one (0-based); index and offsets count within it (absent otherwise)
+    candidate: int | msgspec.UnsetType = msgspec.UNSET
 
 
 class AttemptUsage(msgspec.Struct, frozen=True, kw_only=True):
@@ -251,6 +256,8 @@ class Segment(_Base, frozen=True, kw_only=True):
     min_prob: float | None
     n_scored: int
     band: Band
+    # a job with `candidates`: whose segment (token and offsets within that candidate)
+    candidate: int | msgspec.UnsetType = msgspec.UNSET
 
 
 class Verdict(msgspec.Struct, frozen=True, kw_only=True):
@@ -264,6 +271,44 @@ class Verdict(msgspec.Struct, frozen=True, kw_only=True):
     n_medium: int
     n_high: int = 0
     n_unscored: int = 0
+
+
+class CandidateError(msgspec.Struct, frozen=True, kw_only=True):
+    """Why a candidate failed: the ``code`` and ``message`` an ``error`` event would carry."""
+
+    code: str
+    message: str
+
+
+class CandidateDone(_Base, frozen=True, kw_only=True, tag="candidate_done"):
+    """One candidate of a job with ``candidates`` ended: its own finish reason, text, confidence,
+    summary (and verdict with ``review``), or ``error`` when it failed (the others go on). Its
+    offsets and ``index`` count within ``candidate``. Not terminal: the job's ``done`` follows."""
+
+    candidate: int
+    finish_reason: str | None = None
+    text: str = ""
+    confidence: float | None = None
+    summary: Summary | None = None
+    verdict: Verdict | msgspec.UnsetType = msgspec.UNSET
+    error: CandidateError | None = None
+    text_truncated: bool = False
+
+
+class CandidateResult(msgspec.Struct, frozen=True, kw_only=True):
+    """One candidate in ``done.candidates``: ``rank`` 1 is the winner (null for a failed one),
+    ``score`` its value of ``candidates.rank_by`` (null when unknown: it ranks last)."""
+
+    index: int
+    rank: int | None
+    score: float | None
+    finish_reason: str | None
+    text: str
+    confidence: float | None = None
+    summary: Summary | None = None
+    verdict: Verdict | msgspec.UnsetType = msgspec.UNSET
+    error: CandidateError | None = None
+    text_truncated: bool = False
 
 
 class Done(_Base, frozen=True, kw_only=True):
@@ -288,6 +333,10 @@ class Done(_Base, frozen=True, kw_only=True):
     # tokens without them (each token's logprob null); `logprobs_reason` then says why
     logprobs_available: bool = True
     logprobs_reason: str | None = None
+    # a job with `candidates`: every candidate (text, confidence, summary above are the winner's,
+    # rank 1) and the share of answered candidates whose normalised answer equals the winner's
+    candidates: list[CandidateResult] | msgspec.UnsetType = msgspec.UNSET
+    agreement: float | msgspec.UnsetType = msgspec.UNSET
 
 
 class Error(_Base, frozen=True, kw_only=True):
@@ -303,11 +352,13 @@ class Cancelled(_Base, frozen=True, kw_only=True):
     metadata: dict[str, str] = msgspec.field(default_factory=dict)
 
 
-Event = Start | Token | Segment | Done | Error | Cancelled
+Event = Start | Token | Segment | CandidateDone | Done | Error | Cancelled
 """The event types this version knows (the published schema)."""
 
 TERMINAL_TYPES: frozenset[str] = frozenset({"done", "error", "cancelled"})
-KNOWN_TYPES: frozenset[str] = frozenset({"start", "token", "segment", "done", "error", "cancelled"})
+KNOWN_TYPES: frozenset[str] = frozenset(
+    {"start", "token", "segment", "candidate_done", "done", "error", "cancelled"}
+)
 
 # A type a later version may add: a short snake_case word, as every type is.
 EventType = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*$(?!\n)")]
@@ -453,7 +504,9 @@ def decode_event(
 
 def event_type(event: Event | UnknownEvent) -> str:
     """The event's ``type`` as written on the stream."""
-    return event.type if isinstance(event, UnknownEvent) else type(event).__name__.lower()
+    if isinstance(event, UnknownEvent):
+        return event.type
+    return "candidate_done" if isinstance(event, CandidateDone) else type(event).__name__.lower()
 
 
 def is_terminal(event: Event | UnknownEvent | dict[str, Any]) -> bool:

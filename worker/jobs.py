@@ -19,6 +19,7 @@ __all__ = [
     "API_NAMES",
     "MESSAGE_APIS",
     "Api",
+    "Candidates",
     "ChatMessage",
     "Escalate",
     "EscalateSignal",
@@ -26,6 +27,7 @@ __all__ = [
     "Job",
     "LogprobsPolicy",
     "Params",
+    "RankBy",
     "Review",
     "SegmentUnit",
     "decode_job",
@@ -75,7 +77,7 @@ class Params(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     frequency_penalty: Annotated[float, msgspec.Meta(ge=-2.0, le=2.0)] | None = None
 
 
-EscalateSignal = Literal["confidence", "quantile", "window_min", "margin"]
+EscalateSignal = Literal["confidence", "quantile", "window_min", "margin", "agreement"]
 
 
 class Escalate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
@@ -110,6 +112,23 @@ class Escalate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
                 f"escalate.window is the window of escalate.signal 'window_min'; this job's signal is "
                 f"{self.signal!r}: drop `window` or set signal to 'window_min'"
             )
+
+
+RankBy = Literal["mean_logprob", "cum_logprob", "confidence", "quantile", "window_min", "margin"]
+
+
+class Candidates(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    """Several candidate answers on one stream (:mod:`worker.candidates`): ``n`` generations of the
+    job, each token event tagged with its ``candidate``, each closed by a ``candidate_done``, and a
+    ``done`` with the best by ``rank_by`` (higher wins; ``mean_logprob``, the default, is
+    length-normalised; ``quantile``, ``window_min`` and ``margin`` are the routing signals of
+    ``done.summary``) and ``agreement``: the share of the answered candidates whose normalised
+    answer equals the winner's (whitespace and case folded; ``agree_on: first_line`` compares only
+    the first non-empty line, for classification)."""
+
+    n: Annotated[int, msgspec.Meta(ge=1, le=8)]
+    rank_by: RankBy = "mean_logprob"
+    agree_on: Literal["text", "first_line"] = "text"
 
 
 SegmentUnit = Literal["sentence", "line", "paragraph"]
@@ -159,10 +178,12 @@ class Job(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True,
         default_factory=dict
     )
     escalate: Escalate | None = None
-    review: Review | None = None
     # at most this much spent on the job, in the price tables' currency (worker/cost.py): needs a
     # price for its model (and its escalation's) on the provider; ends `budget_exceeded` otherwise
     budget: Annotated[float, msgspec.Meta(gt=0.0, le=1_000_000.0)] | None = None
+    review: Review | None = None
+    # several candidate answers, ranked, on one stream (absent or n=1: one answer, today's events)
+    candidates: Candidates | None = None
     # what a provider or model that refuses logprobs means: `required` fails the job
     # (`logprobs_unsupported`), `preferred` streams its tokens without logprobs (`done` says so)
     logprobs: LogprobsPolicy = "preferred"
@@ -186,6 +207,18 @@ class Job(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True,
         if esc is not None and esc.signal == "margin" and (self.params.top_logprobs or 0) < 2:
             raise ValueError(
                 "escalate.signal 'margin' (top-1 minus top-2 probability) needs top-k alternatives: "
+                f"set params.top_logprobs to 2 or more (it is {self.params.top_logprobs})"
+            )
+        n = 1 if self.candidates is None else self.candidates.n
+        if esc is not None and esc.signal == "agreement" and n < 2:
+            raise ValueError(
+                "escalate.signal 'agreement' is the share of candidates agreeing with the winner: "
+                f"it needs candidates.n of 2 or more (it is {n})"
+            )
+        ranked = None if self.candidates is None else self.candidates.rank_by
+        if ranked == "margin" and (self.params.top_logprobs or 0) < 2:
+            raise ValueError(
+                "candidates.rank_by 'margin' (top-1 minus top-2 probability) needs top-k alternatives: "
                 f"set params.top_logprobs to 2 or more (it is {self.params.top_logprobs})"
             )
 

@@ -46,6 +46,8 @@ def signal_value(tracker: ConfidenceTracker, esc: Escalate) -> float | None:
     if signal == "window_min":
         low = tracker.window_min()
         return None if low is None else math.exp(low)
+    if signal == "agreement":  # over a job's candidates, not one tracker: worker/candidates.py
+        return None
     return tracker.mean_margin
 
 

@@ -15,6 +15,7 @@ import structlog
 from .admit import Admitted, Rejected, admit
 from .attempt import Attempt, AttemptContext
 from .backoff import Backoff, RetryPolicy
+from .candidates import attempt_for
 from .capability import LogprobsMemo
 from .cost import JobSpend, ModelLabels
 from .events import Done, Error, Start, bound_done
@@ -206,7 +207,7 @@ class _JobRun:
             number = await self._begin(admitted, reason)
             backoff, gaps = Backoff(runner.retry), 0
             while not isinstance(number, Skipped):
-                attempt = self.current = Attempt(runner.attempts, admitted, number, self.deadline)
+                attempt = self.current = attempt_for(runner.attempts, admitted, number, self.deadline)
                 outcome = await self._run(attempt)
                 if isinstance(outcome, WriteFailed) and isinstance(outcome.error, EventGap):
                     gaps += 1  # Redis refused one event for memory and took a later one

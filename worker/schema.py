@@ -70,6 +70,46 @@ _JOB_MARGIN_RULE: dict[str, Any] = {
     },
 }
 
+# What the candidates rules of ``Job.__post_init__`` check: escalate.signal ``agreement`` needs
+# ``candidates.n`` of 2 or more; ``candidates.rank_by: margin`` needs ``params.top_logprobs`` >= 2.
+_JOB_CANDIDATES_RULES: list[dict[str, Any]] = [
+    {
+        "if": {
+            "required": ["escalate"],
+            "properties": {
+                "escalate": {
+                    "type": "object",
+                    "required": ["signal"],
+                    "properties": {"signal": {"const": "agreement"}},
+                }
+            },
+        },
+        "then": {
+            "required": ["candidates"],
+            "properties": {
+                "candidates": {
+                    "type": "object",
+                    "required": ["n"],
+                    "properties": {"n": {"type": "integer", "minimum": 2}},
+                }
+            },
+        },
+    },
+    {
+        "if": {
+            "required": ["candidates"],
+            "properties": {
+                "candidates": {
+                    "type": "object",
+                    "required": ["rank_by"],
+                    "properties": {"rank_by": {"const": "margin"}},
+                }
+            },
+        },
+        "then": _JOB_MARGIN_RULE["then"],
+    },
+]
+
 _WORKER_ALONE = (
     "The worker alone checks what depends on its settings: the payload's size (`max_payload_bytes`), "
     "the prompt's length (`max_input_chars`), `params.max_tokens` against `max_tokens_cap`, and "
@@ -158,7 +198,7 @@ def job_schema() -> dict[str, Any]:
     assert not {"if", "then", "else"} & job.keys(), "msgspec now writes conditionals: merge them"
     job.update(_JOB_API_RULE)
     assert "allOf" not in job and "allOf" not in schema["$defs"]["Escalate"], "merge the allOf"
-    job["allOf"] = [_JOB_MARGIN_RULE]
+    job["allOf"] = [_JOB_MARGIN_RULE, *_JOB_CANDIDATES_RULES]
     schema["$defs"]["Escalate"]["allOf"] = _ESCALATE_RULES
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",

@@ -80,13 +80,19 @@ VALID: dict[type, dict[str, Any]] = {
     jobs_module.ChatMessage: {"role": "user", "content": "hi"},
     # at the thresholds' extremes, so that either bound alone is valid (Review.__post_init__)
     jobs_module.Review: {"publish_above": 0.0, "review_below": -20.0},
+    jobs_module.Candidates: {"n": 2},
 }
 # The api rules (``Job.__post_init__``) decide null, absence and the api itself for these: by hand.
 BY_HAND = {"api", "input", "messages"}
 # Escalate's parameters go with their signal (``Escalate.__post_init__``): their cases name it.
 ESCALATE_WITH = {"q": {"signal": "quantile"}, "window": {"signal": "window_min"}}
 # ``margin`` needs params.top_logprobs (``Job.__post_init__``), which the generated jobs do not set.
-LITERAL_CODES: dict[tuple[str, object], str] = {("escalate.signal", "margin"): "invalid_job"}
+# ``agreement`` needs candidates.n >= 2, ``candidates.rank_by: margin`` params.top_logprobs likewise.
+LITERAL_CODES: dict[tuple[str, object], str] = {
+    ("escalate.signal", "margin"): "invalid_job",
+    ("escalate.signal", "agreement"): "invalid_job",
+    ("candidates.rank_by", "margin"): "invalid_job",
+}
 
 Place = Callable[[Any], Any]
 """Puts an object where the struct being walked sits, and returns the whole job."""
@@ -330,6 +336,31 @@ STRUCTURAL += [
         None,
     ),
     Case("margin with top_logprobs 2 (chat)", _json(MARGIN_CHAT), None),
+    Case(
+        "agreement with 3 candidates",
+        _json({**NATIVE, "candidates": {"n": 3}, "escalate": {**ESCALATE, "signal": "agreement"}}),
+        None,
+    ),
+    Case(
+        "agreement with 1 candidate",
+        _json({**NATIVE, "candidates": {"n": 1}, "escalate": {**ESCALATE, "signal": "agreement"}}),
+        "invalid_job",
+    ),
+    Case(
+        "agreement without candidates",
+        _json({**NATIVE, "escalate": {**ESCALATE, "signal": "agreement"}}),
+        "invalid_job",
+    ),
+    Case(
+        "candidates ranked by margin without top_logprobs",
+        _json({**NATIVE, "candidates": {"n": 2, "rank_by": "margin"}}),
+        "invalid_job",
+    ),
+    Case(
+        "candidates ranked by margin with top_logprobs 2",
+        _json({**NATIVE, "params": {"top_logprobs": 2}, "candidates": {"n": 2, "rank_by": "margin"}}),
+        None,
+    ),
     Case("margin with top_logprobs 1", _json({**MARGIN_CHAT, "params": {"top_logprobs": 1}}), "invalid_job"),
     Case(
         "margin with top_logprobs null",
@@ -542,7 +573,7 @@ def test_the_table_meets_every_rule_of_the_job() -> None:
                     for p in parts
                 )
             )
-    assert len(rules) == 5
+    assert len(rules) == 7
     reasons = [worker_verdict(c)[1] for c in STRUCTURAL if c.code is not None]
     for rule in rules:
         assert any(re.search(rule, r) for r in reasons), f"no case meets {rule!r}"

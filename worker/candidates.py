@@ -1,0 +1,359 @@
+"""Several candidates on one stream (issue 16 §2): ``n`` generations of one job, ranked.
+
+A job with ``candidates`` (``n`` of 2 or more) runs as one attempt, :class:`CandidatesAttempt`,
+whose candidates are :class:`CandidateLane` attempts run concurrently: candidate ``k`` is the job
+with its seed varied (``params.seed + k``, or ``k`` when the job has no seed), a request of its own
+bounded by the same limits and deadline as a single job. Every event of a candidate (its tokens,
+its segments with ``review``) carries ``candidate: k``; its ``index`` and offsets count within the
+candidate, whose running confidence, spans and segments are its own. Ids come from the attempt's
+one sequence, so they increase strictly across interleaved candidates. A ``candidate_done`` closes
+each candidate (with its error when it failed); the ``done`` is the winner's (rank 1 by
+``rank_by``, ties to the lower index) with ``candidates`` and ``agreement``.
+
+One candidate failing does not fail the job while another answers; when all fail, the job ends
+with one ``error`` (retried as a new attempt first when every failure was retryable). A cancel
+cancels every candidate's task; a takeover restarts the whole job as a new attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+
+import msgspec
+
+from .admit import Admitted
+from .attempt import Attempt, AttemptContext
+from .events import (
+    CandidateDone,
+    CandidateError,
+    CandidateResult,
+    Done,
+    Error,
+    Summary,
+    Usage,
+    encode_event,
+)
+from .jobs import Candidates, Job
+from .outcome import Escalate, Failed, Fenced, Finished, WriteFailed
+from .routing import judge
+from .upstream.base import UpstreamError
+
+__all__ = [
+    "CandidateLane",
+    "CandidatesAttempt",
+    "agreement",
+    "attempt_for",
+    "candidate_job",
+    "normalise",
+    "rank",
+    "score_of",
+]
+
+_SPACE = re.compile(r"\s+")
+
+LaneOutcome = Finished | Failed | Escalate | Fenced | WriteFailed
+
+
+def normalise(text: str, agree_on: str = "text") -> str:
+    """The answer as agreement compares it: whitespace runs folded to one space, case folded, ends
+    stripped; ``first_line``: only the first non-empty line (a classification's label)."""
+    if agree_on == "first_line":
+        text = next((line for line in text.splitlines() if line.strip()), "")
+    return _SPACE.sub(" ", text).strip().casefold()
+
+
+def agreement(texts: list[str], winner: str, agree_on: str = "text") -> float:
+    """The share of ``texts`` (the answered candidates) whose normalised answer equals ``winner``'s."""
+    if not texts:
+        return 0.0
+    target = normalise(winner, agree_on)
+    return sum(normalise(t, agree_on) == target for t in texts) / len(texts)
+
+
+def score_of(done: Done, rank_by: str) -> float | None:
+    """``done``'s value of ``rank_by`` (higher is better); None when unknown (nothing scored)."""
+    summary = done.summary
+    value: float | None
+    if rank_by == "mean_logprob":
+        value = summary.mean_logprob
+    elif rank_by == "cum_logprob":
+        value = summary.cum_logprob if summary.n_scored else None
+    elif rank_by == "confidence":
+        value = done.confidence
+    elif rank_by == "quantile":
+        value = summary.quantile
+    elif rank_by == "window_min":
+        value = summary.window_min
+    else:
+        value = summary.mean_margin
+    return value if value is not None and math.isfinite(value) else None
+
+
+def rank(scores: list[tuple[int, float | None]]) -> list[int]:
+    """Candidate numbers best first: higher score first, unknown scores last, ties to the lower
+    number."""
+    return [k for k, _ in sorted(scores, key=lambda e: (e[1] is None, -(e[1] or 0.0), e[0]))]
+
+
+def candidate_job(job: Job, k: int) -> Job:
+    """Candidate ``k``'s job: the seed varied (``seed + k``, or ``k`` without one), no escalation
+    of its own (the candidates' attempt judges the winner), one candidate."""
+    seed = job.params.seed
+    varied = k if seed is None else (seed + k) % 2**63
+    params = msgspec.structs.replace(job.params, seed=varied)
+    return msgspec.structs.replace(job, params=params, candidates=None, escalate=None)
+
+
+def attempt_for(ctx: AttemptContext, admitted: Admitted, number: int, deadline: float) -> Attempt:
+    """The attempt a job runs: several candidates when it asks for 2 or more, else one stream."""
+    wanted = admitted.job.candidates
+    if wanted is None or wanted.n < 2:
+        return Attempt(ctx, admitted, number, deadline)
+    return CandidatesAttempt(ctx, admitted, number, deadline)
+
+
+class CandidateLane(Attempt):
+    """One candidate: an attempt of its own job that publishes on its parent's sink, with ids
+    from its parent's sequence and ``candidate`` on its events."""
+
+    def __init__(self, parent: CandidatesAttempt, k: int) -> None:
+        admitted = msgspec.structs.replace(parent.admitted, job=candidate_job(parent.job, k), stronger=None)
+        super().__init__(parent.ctx, admitted, parent.attempt, parent.deadline)
+        self.parent = parent
+        self.candidate = k
+        self.sink = parent.sink
+        self.allowance = parent.allowance
+
+    def _event_id(self) -> bytes:
+        return self.parent.next_id()
+
+
+class CandidatesAttempt(Attempt):
+    """A job's attempt with ``n`` candidates: their events on the job's stream, the winner's done."""
+
+    def __init__(self, ctx: AttemptContext, admitted: Admitted, attempt: int, deadline: float) -> None:
+        super().__init__(ctx, admitted, attempt, deadline)
+        wanted = self.job.candidates
+        assert wanted is not None
+        self.wanted: Candidates = wanted
+        self.lanes: list[CandidateLane] = []
+
+    def next_id(self) -> bytes:
+        """The next event id of this attempt: every candidate's events share one sequence."""
+        self.seq += 1
+        return b"%d-%d" % (self.attempt, self.seq)
+
+    def usage(self) -> tuple[int | None, int, bool]:
+        """Every candidate's request: prompts and outputs summed (each request is billed)."""
+        inputs: int | None = None
+        output, reported = 0, bool(self.lanes)
+        for lane in self.lanes:
+            lane_in, lane_out, lane_reported = lane.usage()
+            if lane_in is not None:
+                inputs = (inputs or 0) + lane_in
+            output += lane_out
+            reported = reported and lane_reported
+        return inputs, output, reported
+
+    async def run(self) -> LaneOutcome:
+        self.lanes = [CandidateLane(self, k) for k in range(self.wanted.n)]
+        outcomes: list[LaneOutcome | None] = [None] * len(self.lanes)
+
+        async def one(lane: CandidateLane) -> None:
+            outcome = await lane.run()
+            k = lane.candidate
+            assert isinstance(k, int)
+            outcomes[k] = outcome
+            if not isinstance(outcome, Fenced | WriteFailed):
+                self._close(lane, outcome)
+
+        async with asyncio.TaskGroup() as group:
+            for lane in self.lanes:
+                group.create_task(one(lane))
+        self.fallback = next((lane.fallback for lane in self.lanes if lane.fallback is not None), None)
+        await self.ctx.publisher.drained(self.sink)
+        if self.sink.fenced or any(isinstance(o, Fenced) for o in outcomes):
+            return Fenced()
+        if self.sink.error is not None:
+            return WriteFailed(self.sink.error)
+        failed = next((o for o in outcomes if isinstance(o, WriteFailed)), None)
+        if failed is not None:
+            return failed
+        return self._result(outcomes)
+
+    def _close(self, lane: CandidateLane, outcome: LaneOutcome) -> None:
+        """Publish the candidate's ``candidate_done``."""
+        k = lane.candidate
+        assert isinstance(k, int)
+        job_id, attempt = self.admitted.job_id, self.attempt
+        if isinstance(outcome, Finished) and isinstance(outcome.terminal, Done):
+            done = outcome.terminal
+            event = CandidateDone(
+                job_id=job_id,
+                attempt=attempt,
+                candidate=k,
+                finish_reason=done.finish_reason,
+                text=done.text,
+                confidence=done.confidence,
+                summary=done.summary,
+                verdict=done.verdict,
+            )
+        else:
+            event = CandidateDone(job_id=job_id, attempt=attempt, candidate=k, error=_error_of(outcome))
+        self.ctx.publisher.emit(self.sink, self.next_id(), encode_event(_bounded(event, self)))
+
+    def _result(self, outcomes: list[LaneOutcome | None]) -> Finished | Failed | Escalate:
+        answered: dict[int, Done] = {}
+        errors: dict[int, CandidateError] = {}
+        failures: list[UpstreamError] = []
+        for k, outcome in enumerate(outcomes):
+            if isinstance(outcome, Finished) and isinstance(outcome.terminal, Done):
+                answered[k] = outcome.terminal
+            else:
+                errors[k] = _error_of(outcome)
+                if isinstance(outcome, Failed):
+                    failures.append(outcome.error)
+        if not answered:
+            return self._all_failed(errors, failures)
+        rank_by = self.wanted.rank_by
+        scores = {k: score_of(done, rank_by) for k, done in answered.items()}
+        order = rank(list(scores.items()))
+        best = order[0]
+        winner = answered[best]
+        agree = agreement([answered[k].text for k in sorted(answered)], winner.text, self.wanted.agree_on)
+        results = []
+        for k in range(len(outcomes)):
+            done = answered.get(k)
+            if done is None:
+                results.append(
+                    CandidateResult(
+                        index=k, rank=None, score=None, finish_reason=None, text="", error=errors[k]
+                    )
+                )
+                continue
+            results.append(
+                CandidateResult(
+                    index=k,
+                    rank=order.index(k) + 1,
+                    score=scores[k],
+                    finish_reason=done.finish_reason,
+                    text=done.text,
+                    confidence=done.confidence,
+                    summary=done.summary,
+                    verdict=done.verdict,
+                )
+            )
+        lane = self.lanes[best]
+        self.segments = lane.segments  # the winner's segments go on review (runner._review)
+        self.tracker = lane.tracker
+        self.n_content = lane.n_content
+        inputs, output, _ = self.usage()
+        done = msgspec.structs.replace(
+            winner,
+            attempt=self.attempt,
+            usage=Usage(input_tokens=inputs, output_tokens=output),
+            metadata=self.job.metadata,
+            candidates=_bounded_results(results, self),
+            agreement=agree,
+        )
+        reason = self._judge_candidates(agree, winner)
+        if reason is not None:
+            return self._escalation(reason)
+        return Finished(done, self.seq, self.seq)
+
+    def _judge_candidates(self, agree: float, winner: Done) -> str | None:
+        """Why the job should escalate, judged on the candidates at the end, or None."""
+        esc = self.job.escalate
+        if esc is None or self.admitted.stronger is None:
+            return None
+        if esc.signal == "agreement":
+            if agree >= esc.below:
+                return None
+            n = len(self.lanes)
+            return f"agreement {agree:.4f} < {esc.below} over {n} candidates of {self.job.model}"
+        return judge(self.tracker, esc, f"at the end of the winner ({self.n_content} tokens)", self.job.model)
+
+    def _all_failed(
+        self, errors: dict[int, CandidateError], failures: list[UpstreamError]
+    ) -> Finished | Failed:
+        detail = "; ".join(f"candidate {k}: {e.code}: {e.message}" for k, e in sorted(errors.items()))
+        message = f"all {len(errors)} candidates failed ({detail})"
+        first = next(iter(sorted(errors.items())))[1]
+        if failures and len(failures) == len(errors) and all(f.retryable for f in failures):
+            waits = [f.retry_after for f in failures if f.retry_after is not None]
+            return Failed(
+                UpstreamError(
+                    failures[0].code,
+                    message,
+                    status=failures[0].status,
+                    retryable=True,
+                    retry_after=max(waits) if waits else None,
+                )
+            )
+        return self.end_with_error(first.code, message)
+
+
+def _error_of(outcome: LaneOutcome | None) -> CandidateError:
+    if isinstance(outcome, Failed):
+        return CandidateError(code=outcome.error.code, message=outcome.error.message)
+    if isinstance(outcome, Finished) and isinstance(outcome.terminal, Error):
+        return CandidateError(code=outcome.terminal.code, message=outcome.terminal.message)
+    return CandidateError(
+        code="candidate_failed", message=f"the candidate ended without an answer: {outcome!r}"
+    )
+
+
+def _bounded(event: CandidateDone, attempt: Attempt) -> CandidateDone:
+    """``event`` within the worker's ``max_event_bytes``: its summary's low spans, then its text cut."""
+    limit = attempt.ctx.settings.max_event_bytes
+    if len(encode_event(event)) <= limit:
+        return event
+    summary = event.summary
+    if summary is not None and summary.low_spans:
+        event = msgspec.structs.replace(event, summary=_no_spans(summary))
+    room = limit - len(encode_event(msgspec.structs.replace(event, text="", text_truncated=True)))
+    return msgspec.structs.replace(event, text=_cut(event.text, room), text_truncated=True)
+
+
+def _bounded_results(results: list[CandidateResult], attempt: Attempt) -> list[CandidateResult]:
+    """The candidates of a ``done`` in at most half of ``max_event_bytes`` (the winner's own text and
+    summary take the rest): low spans dropped, then each text cut to an equal share."""
+    budget = attempt.ctx.settings.max_event_bytes // 2
+    encoder = msgspec.json.Encoder()
+    if len(encoder.encode(results)) <= budget:
+        return results
+    results = [
+        r
+        if r.summary is None or not r.summary.low_spans
+        else msgspec.structs.replace(r, summary=_no_spans(r.summary))
+        for r in results
+    ]
+    bare = [msgspec.structs.replace(r, text="", text_truncated=bool(r.text)) for r in results]
+    share = max(0, (budget - len(encoder.encode(bare))) // max(1, len(results)))
+    return [
+        r
+        if len(encoder.encode(r.text)) - 2 <= share
+        else msgspec.structs.replace(r, text=_cut(r.text, share), text_truncated=True)
+        for r in results
+    ]
+
+
+def _no_spans(summary: Summary) -> Summary:
+    return msgspec.structs.replace(summary, low_spans=[], low_spans_truncated=True)
+
+
+def _cut(text: str, room: int) -> str:
+    """The longest prefix of ``text`` whose JSON string takes at most ``room`` bytes more than ``""``."""
+    encoder = msgspec.json.Encoder()
+    low, high = 0, len(text)
+    if len(encoder.encode(text)) - 2 <= room:
+        return text
+    while high - low > 1:
+        mid = (low + high) // 2
+        if len(encoder.encode(text[:mid])) - 2 <= room:
+            low = mid
+        else:
+            high = mid
+    return text[:low]
