@@ -13,7 +13,8 @@ import pytest
 
 from worker import Client
 from worker.calibrate import calibrate
-from worker.feedback import FeedbackError, latest_per_job, read_feedback
+from worker.events import Verdict
+from worker.feedback import FeedbackError, latest_per_job, read_feedback, signals_for
 from worker.sim.labelled import expected_auroc, truth
 
 from .conftest import RunningWorker
@@ -100,3 +101,30 @@ async def test_feedback_refusals_and_expired_jobs(start_worker: StartWorker, cli
         "done",
     )
     assert latest_per_job([("1-0", first), ("2-0", second)]) == [second]
+
+
+async def test_an_expired_reviewed_job_is_judged_from_its_review_entry(
+    start_worker: StartWorker, client: Client
+) -> None:
+    """The worker puts a job whose verdict says review on {P}:review with its signals; once the
+    job's keys expire, feedback records exactly the signals its done gave while it lived."""
+    await start_worker()
+    job_id = await client.enqueue(
+        id="reviewed", model=MODEL, input="a reviewed question", review={"min_confidence": 0.999}
+    )
+    done = await client.result(job_id, timeout=30)
+    assert isinstance(done.verdict, Verdict) and done.verdict.decision == "review"
+
+    async def on_review() -> None:
+        while not await client.redis.exists(client.keys.review_marker(job_id)):
+            await asyncio.sleep(0.02)
+
+    await asyncio.wait_for(on_review(), timeout=10)  # written right after the done
+    live = await signals_for(client.redis, client.keys, job_id)
+    assert live[2] == "done" and live[1].lowest_segment_mean is not None
+    await client.redis.delete(client.keys.state(job_id), client.keys.events(job_id))
+    expired = await signals_for(client.redis, client.keys, job_id)
+    assert expired == (live[0], live[1], "review")
+    await client.feedback(job_id, True, "checked by hand")
+    (entry,) = [fb async for _, fb in read_feedback(client.redis, client.keys)]
+    assert (entry.source, entry.signals, entry.model) == ("review", live[1], live[0])
