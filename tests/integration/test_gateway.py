@@ -204,6 +204,18 @@ async def test_resume_after_last_event_id_or_after_gets_exactly_the_rest(
     assert rest.retry == "1000"
 
 
+async def test_a_resume_id_past_a_finished_jobs_end_closes_at_once(
+    gateway: Callable[..., Awaitable[RunningGateway]], http: httpx.AsyncClient
+) -> None:
+    gw = await gateway(gateway_heartbeat_seconds=60.0)
+    await post(http, gw, job("p-1"))
+    url = f"{gw.url}/v1/jobs/p-1/events"
+    full = await read_sse(http, url, headers=bearer("acme"))
+    for after in (full.ids[-1], "99999999999999-0"):  # its terminal id, an id of some other stream
+        rest = await read_sse(http, url, headers={**bearer("acme"), "Last-Event-ID": after}, timeout=10)
+        assert rest.events == [] and rest.comments[-1].startswith("the job has ended; no event follows")
+
+
 @pytest.mark.parametrize(
     "bad", ["banana", "1-", "-1", "1-2-3", "99999999999999999999999-0", "$", "+", "1 -2", "0x1-0", "١-٠"]
 )

@@ -380,6 +380,9 @@ class Gateway:
         last, ended = await self._replay(response, key, after, None)
         if ended:
             return
+        if await self._ended_before(internal, last):  # resumed at or past its terminal event
+            await response.write(comment(f"the job has ended; no event follows {last}"))
+            return
         watch, position = self.hub.attach(internal, last, self.settings.gateway_buffer_bytes)
         self._watches.add(watch)
         self.metrics.watched_jobs.set(len(self.hub.feeds))
@@ -395,6 +398,12 @@ class Gateway:
             self._watches.discard(watch)
             self.hub.detach(watch)
             self.metrics.watched_jobs.set(len(self.hub.feeds))
+
+    async def _ended_before(self, internal: str, last: str) -> bool:
+        """Whether the job ended with a terminal event at or before ``last`` (a resume id past the
+        end, e.g. of another job): nothing will ever follow, so the stream must not wait."""
+        terminal = await self.redis.hget(self.keys.state(internal), "terminal_id")
+        return terminal is not None and stream_key(as_text(terminal)) <= stream_key(last)
 
     async def _live(
         self, request: web.Request, response: web.StreamResponse, watch: Watch, last: str
