@@ -14,9 +14,10 @@ probable, with overlap:
   10th-percentile probability (``exp(1.5·L)``) vary with it too.
 
 ``confidence``, ``mean_logprob``, ``min_prob``, ``p10_prob`` and the routing signals ``quantile``
-and ``window_min`` are then increasing functions of ``x`` (for answers of one length), and their AUROC over the population is ``P(x_correct > x_wrong) = Φ(D/√2)``
-(:func:`expected_auroc`), since ``x_correct − x_wrong ~ N(D, 2)``. The text is the simulator's
-usual text; only the log-probabilities change.
+and ``window_min`` are then increasing functions of ``x`` (for answers of one length), and their
+AUROC over the population is ``P(x_correct > x_wrong) = Φ(D/√2)`` (:func:`expected_auroc`), since
+``x_correct − x_wrong ~ N(D, 2)``. The text is the simulator's usual text; only the
+log-probabilities change.
 """
 
 from __future__ import annotations
