@@ -112,6 +112,7 @@ class GatewayVariant:
     description: str
     command: Callable[[GatewaySetup], Command]
     bearer: bool  # the clients send the tenant key
+    baseline: bool = False  # the naive one: connections it cannot hold are a result, not a failed run
 
 
 def _base_env() -> dict[str, str]:
@@ -153,7 +154,7 @@ def _naive_gateway(setup: GatewaySetup) -> Command:
 
 GATEWAY_VARIANTS: tuple[GatewayVariant, ...] = (
     GatewayVariant(
-        "naive-gateway", "aiohttp, one blocking XREAD per client (the tutorial's)", _naive_gateway, False
+        "naive-gateway", "aiohttp, one blocking XREAD per client", _naive_gateway, False, baseline=True
     ),
     GatewayVariant("gateway", "tokenwire gateway, as users run it", _tokenwire_gateway, True),
 )
@@ -344,18 +345,26 @@ class GatewayRun:
         ours = sum(v for role, v in cpu.items() if role != "machine")
         row.other_cpu_pct = max(0.0, 100 * (cpu["machine"] - ours) / seconds)
         row.streams_active = int(counters["open_at_stop"])
-        if row.streams_active < self.scenario.clients:
+        lost = self.scenario.clients - row.streams_active
+        if lost > 0 and self.variant.baseline:
+            # the baseline failing to hold every connection is a result (its design: a Redis
+            # connection and a file descriptor pair per client), shown as not kept up
+            print(f"   {self.variant.name}: {lost} connections lost ({counters['statuses']})", flush=True)
+        elif lost > 0:
             row.error = (
-                f"{self.scenario.clients - row.streams_active} of {self.scenario.clients} connections "
-                f"were not open at the end (statuses {counters['statuses']})"
+                f"{lost} of {self.scenario.clients} connections were not open at the end "
+                f"(statuses {counters['statuses']})"
             )
         offered = self.scenario.offered
         if offered is not None:
             row.kept_up = (
-                row.events >= KEPT_UP_SHARE * offered * seconds
+                lost <= 0
+                and row.events >= KEPT_UP_SHARE * offered * seconds
                 and row.p99_ms is not None
                 and row.p99_ms <= P99_BOUND_MS
             )
+        elif lost > 0:
+            row.kept_up = False
 
     def _stop(self) -> None:
         try:
