@@ -20,8 +20,8 @@ from .calibrate_cli import COMMANDS as _CALIBRATION_COMMANDS
 from .calibrate_cli import add_commands as _add_calibration_commands
 from .client import Client, JobNotFound, SubscriptionTimeout
 from .connect import http_client, redis_client
-from .events import Cancelled, Done, Error, Segment, Start, Token
-from .jobs import API_NAMES, ChatMessage, Escalate, InvalidJob, Job, Params
+from .events import Cancelled, CandidateDone, Done, Error, Segment, Start, Token
+from .jobs import API_NAMES, Candidates, ChatMessage, Escalate, InvalidJob, Job, Params
 from .logging import configure_logging
 from .render import TerminalView
 from .review_cli import add_command as _add_review_command
@@ -169,7 +169,8 @@ def _job_from_args(args: argparse.Namespace) -> Job:
         fields["messages"] = messages
     if args.low_prob is not None:
         fields["low_prob"] = args.low_prob
-    for name, kind in (("review", Any), ("escalate", Escalate)):  # JSON; checked with the job below
+    json_options = (("review", Any), ("escalate", Escalate), ("candidates", Candidates))
+    for name, kind in json_options:  # JSON; checked with the job below
         value = getattr(args, name)
         if value is not None:
             fields[name] = _json_option(f"--{name}", value, kind)
@@ -208,7 +209,7 @@ async def _tail(args: argparse.Namespace, settings: Settings) -> int:
 
 
 _TERMINAL_EXIT: dict[type, int] = {Done: EXIT_OK, Error: EXIT_FAILED, Cancelled: EXIT_CANCELLED}
-_SHOWN = (Start, Token, Done, Error, Cancelled)
+_SHOWN = (Start, Token, CandidateDone, Done, Error, Cancelled)
 
 
 async def _follow(client: Client, job_id: str, *, as_json: bool, timeout: float | None) -> int:
@@ -489,6 +490,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--escalate",
         metavar="JSON",
         help='route to a stronger model: \'{"model":"big","below":0.3,"signal":"window_min","window":8}\'',
+    )
+    enq.add_argument(
+        "--candidates",
+        metavar="JSON",
+        help='several answers, ranked: \'{"n":3,"rank_by":"mean_logprob","agree_on":"first_line"}\'',
     )
     enq.add_argument("--follow", action="store_true", help="then print the events as `tail` does")
     enq.add_argument("--json", action="store_true", help="with --follow: one event per line")

@@ -4,9 +4,13 @@ then a summary with the low-confidence spans."""
 from __future__ import annotations
 
 import math
+import shutil
 from typing import TextIO
 
-from .events import Cancelled, Done, Error, Event, Start, Token, UnknownEvent
+import msgspec
+
+from .candidates_view import CandidatesView
+from .events import Cancelled, CandidateDone, Done, Error, Event, Start, Token, UnknownEvent
 
 __all__ = ["TerminalView", "shade"]
 
@@ -31,14 +35,26 @@ def _prob(token: Token) -> float | None:
 class TerminalView:
     """Writes events to ``out`` as a person reads them; ``color=False`` for plain text."""
 
-    def __init__(self, out: TextIO, *, color: bool = True) -> None:
+    def __init__(self, out: TextIO, *, color: bool = True, width: int | None = None) -> None:
         self.out = out
         self.color = color
+        self.width = width
+        self.candidates: CandidatesView | None = None  # a job with several (worker/candidates_view.py)
+
+    def _candidates(self) -> CandidatesView:
+        if self.candidates is None:
+            width = self.width if self.width is not None else shutil.get_terminal_size((100, 24)).columns
+            self.candidates = CandidatesView(width)
+        return self.candidates
 
     def show(self, event: Event | UnknownEvent) -> None:
         """Show ``event``; an event of a type this version does not know shows nothing."""
         if isinstance(event, Start):
             self._start(event)
+        elif isinstance(event, Token) and event.candidate is not msgspec.UNSET:
+            self._candidates().token(event)  # candidates interleave: shown together at the end
+        elif isinstance(event, CandidateDone):
+            self._line(self._candidates().closed(event))
         elif isinstance(event, Token):
             self._token(event)
         elif isinstance(event, Done):
@@ -84,6 +100,8 @@ class TerminalView:
                 )
         else:
             lines.append("  no low-confidence spans")
+        if isinstance(event.candidates, list):
+            lines.append(self._candidates().board(event))
         self._line("\n".join(lines))
 
     def _line(self, text: str) -> None:
