@@ -123,8 +123,9 @@ lock: $(UV)
 	  -c requirements/dev.txt -o requirements/demo.txt
 	$(UV) pip compile pyproject.toml $(LOCK_FLAGS) -c requirements/dev.txt -o requirements/runtime.txt
 
-# make bench: tokenwire against a naive worker and the floor (bench/results/latest.json);
-# make bench QUICK=1: a subset in under two minutes. Then the short-job scenario (bench/shortjobs.py:
+# make bench: tokenwire against a naive worker and the floor, the gateway against a naive gateway
+# (bench/results/latest.json);
+# make bench QUICK=1: a subset (about four minutes with the gateway scenario gw-watch). Then the short-job scenario (bench/shortjobs.py:
 # tokenwire, the naive worker and arq, in its own environment bench/.arq-venv; bench/results/shortjobs.json).
 # Last, what a job's `review` (segments) adds per token (bench/segments.py).
 bench: $(DEV_STAMP) redis-server
