@@ -76,5 +76,7 @@ def test_a_failing_candidate_and_refusals(env: dict[str, str], worker_proc: subp
     assert "failed [" in out.stdout and "★ candidate" in out.stdout
     bad = run(env, "enqueue", "--model", "m", "--input", "q", "--candidates", '{"n":9}')
     assert bad.returncode == 2 and "n" in bad.stderr
-    unknown = run(env, "enqueue", "--model", "m", "--input", "q", "--candidates", '{"n":2,"rank_by":"length"}')
+    unknown = run(
+        env, "enqueue", "--model", "m", "--input", "q", "--candidates", '{"n":2,"rank_by":"length"}'
+    )
     assert unknown.returncode == 2 and "rank_by" in unknown.stderr
