@@ -433,7 +433,7 @@ def render_all() -> dict[str, str]:
 def _gateway_openapi() -> str:
     from .gateway.openapi import render_openapi  # the gateway's HTTP API (issue 14)
 
-    return render_openapi()
+    return render_openapi(job_schema())
 
 
 def write_all(directory: Path) -> list[Path]:

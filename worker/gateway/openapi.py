@@ -1,8 +1,9 @@
 """``schemas/gateway.openapi.yaml``: the gateway's HTTP API as OpenAPI 3.1, generated from the code.
 
 The bodies come from :mod:`worker.gateway.models` and the job schema (:func:`worker.schema.job_schema`,
-the same one ``schemas/job.schema.json`` is), the id and resume-id patterns from
-:mod:`worker.gateway.ids`, the settings' defaults from :class:`worker.settings.Settings`.
+the same one ``schemas/job.schema.json`` is, handed in by :mod:`worker.schema`, which imports this),
+the id and resume-id patterns from :mod:`worker.gateway.ids`, the settings' defaults from
+:class:`worker.settings.Settings`.
 ``tokenwire schema`` writes it with the other contract files; a test fails when it drifts, another
 validates it (openapi-spec-validator) and drives the gateway from it (schemathesis).
 """
@@ -24,10 +25,8 @@ __all__ = ["openapi", "render_openapi"]
 _REF = "#/components/schemas/"
 
 
-def _schemas() -> dict[str, Any]:
-    from ..schema import job_schema
-
-    job = copy.deepcopy(job_schema())
+def _schemas(job_schema: dict[str, Any]) -> dict[str, Any]:
+    job = copy.deepcopy(job_schema)
     defs: dict[str, Any] = dict(job.get("$defs", {}))
     _, components = msgspec.json.schema_components(
         [Created, JobState, CancelBody, Cancelled, ErrorBody], ref_template=_REF + "{name}"
@@ -73,7 +72,8 @@ _COMMON = {
 }
 
 
-def openapi() -> dict[str, Any]:
+def openapi(job_schema: dict[str, Any]) -> dict[str, Any]:
+    """The document, with ``job_schema`` (:func:`worker.schema.job_schema`) as the body of a job."""
     defaults = Settings()
     heartbeat = defaults.gateway_heartbeat_seconds
     events = {
@@ -185,7 +185,7 @@ def openapi() -> dict[str, Any]:
             },
         },
         "components": {
-            "schemas": _schemas(),
+            "schemas": _schemas(job_schema),
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer", "description": "a tenant's key"},
                 "readToken": {
@@ -199,5 +199,5 @@ def openapi() -> dict[str, Any]:
     }
 
 
-def render_openapi() -> str:
-    return yaml.safe_dump(openapi(), sort_keys=True, allow_unicode=True, width=100)
+def render_openapi(job_schema: dict[str, Any]) -> str:
+    return yaml.safe_dump(openapi(job_schema), sort_keys=True, allow_unicode=True, width=100)
