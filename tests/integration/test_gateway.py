@@ -572,3 +572,28 @@ async def test_metrics_count_streams_events_resumes_failures(
 
 def test_key_sha256_is_what_tenants_configure() -> None:
     assert hashlib.sha256(KEYS["acme"].encode()).hexdigest() == tenants()["acme"].key_sha256
+
+
+async def test_metrics_healthz_and_readyz_are_served_as_the_workers_are(
+    gateway: Callable[..., Awaitable[RunningGateway]], http: httpx.AsyncClient
+) -> None:
+    from worker.redisproc import free_port
+
+    port = free_port()
+    gw = await gateway(metrics_port=port)
+    await post(http, gw, job("mx-1", "m;tokens=3"))
+    await read_sse(http, f"{gw.url}/v1/jobs/mx-1/events", headers=bearer("acme"))
+    base = f"http://127.0.0.1:{port}"
+    text = (await http.get(f"{base}/metrics")).text
+    for name in (
+        "tokenwire_gateway_open_streams",
+        "tokenwire_gateway_events_sent_total",
+        "tokenwire_gateway_resumes_total",
+        "tokenwire_gateway_auth_failures_total",
+        "tokenwire_gateway_dropped_streams_total",
+        "tokenwire_gateway_redis_reads_total",
+    ):
+        assert name in text, name
+    assert (await http.get(f"{base}/healthz")).status_code == 200
+    assert (await http.get(f"{base}/readyz")).text == "ready\n"
+    assert (await http.get(f"{gw.url}/metrics")).status_code == 404, "not on the public port"
