@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoPermissionError, RedisClusterException, ResponseError
 
 from . import scripts
+from .coalesce import Coalescer
 from .keys import GROUP, Keys, as_text
 
 __all__ = ["Delivery", "JobQueue", "NotPermitted"]
@@ -53,9 +54,12 @@ class JobQueue:
         *,
         dead_maxlen: int,
         check_permissions: bool = True,
+        coalescer: Coalescer | None = None,
     ) -> None:
-        """``check_permissions``: the first :meth:`ensure_group` checks the user's permissions."""
+        """``check_permissions``: the first :meth:`ensure_group` checks the user's permissions.
+        ``coalescer``: acks go out batched with other calls of the same loop turn (:mod:`worker.coalesce`)."""
         self.redis = redis
+        self.coalescer = coalescer
         self.reader = reader
         self.keys = keys
         self.consumer = consumer
@@ -161,7 +165,10 @@ class JobQueue:
 
     async def ack(self, entry_id: str) -> None:
         """Acknowledge and delete the entry (one round trip, atomically)."""
-        await self._ack(keys=[self.keys.jobs], args=[GROUP, entry_id])
+        if self.coalescer is None:
+            await self._ack(keys=[self.keys.jobs], args=[GROUP, entry_id])
+        else:
+            await self.coalescer.run(self._ack, [self.keys.jobs], [GROUP, entry_id])
 
     async def dead_letter(
         self, entry_id: str, payload: bytes | None, reason: str, *, job_id: str | None, code: str

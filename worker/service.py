@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from .backoff import REDIS, Backoff
+from .coalesce import Coalescer
 from .fastpath import startup as fast_paths
 from .jobs import job_id_of
 from .keys import GROUP, Keys, read_cancel_message
@@ -82,13 +83,17 @@ class Worker:
         self.redis = redis
         self.keys = Keys(settings.prefix)
         self.consumer = consumer or settings.consumer_name or default_consumer_name()
-        self.queue = JobQueue(redis, reader, self.keys, self.consumer, dead_maxlen=settings.dead_maxlen)
+        self.coalescer = coalescer = Coalescer(redis)  # the jobs' begin/finish/ack, batched across jobs
+        self.queue = JobQueue(
+            redis, reader, self.keys, self.consumer, dead_maxlen=settings.dead_maxlen, coalescer=coalescer
+        )
         self.store = JobStore(
             redis,
             self.keys,
             output_ttl_seconds=settings.output_ttl_seconds,
             running_ttl_seconds=settings.running_ttl_seconds,
             events_maxlen=settings.events_maxlen,
+            coalescer=coalescer,
         )
         self.metrics = Metrics()
         self.publisher = Publisher(redis, maxlen=settings.events_maxlen, on_batch=self.metrics.batch_written)
@@ -156,6 +161,7 @@ class Worker:
             with contextlib.suppress(TimeoutError):  # free this worker's provider slots now, not in a lease
                 await asyncio.wait_for(self.budgets.settled(), timeout=5.0)
             await self.publisher.aclose()
+            await self.coalescer.aclose()
             if endpoints is not None:
                 await endpoints.cleanup()
         log.info("worker stopped", consumer=self.consumer)

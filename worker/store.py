@@ -13,8 +13,10 @@ from typing import Any, Literal
 
 import msgspec
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 
 from . import scripts
+from .coalesce import Coalescer
 from .events import Cancelled, Error, Event, Start, encode_event
 from .jobs import Job
 from .keys import Keys, as_text
@@ -92,8 +94,12 @@ class JobStore:
         output_ttl_seconds: int = 3600,
         running_ttl_seconds: int = 86400,
         events_maxlen: int = 100_000,
+        coalescer: Coalescer | None = None,
     ) -> None:
+        """``coalescer``: the script calls of begin, finish and fail go out batched with the other
+        jobs' calls of the same loop turn (:mod:`worker.coalesce`); without one, each on its own."""
         self.redis = redis
+        self.coalescer = coalescer
         self.keys = keys
         self.output_ttl_ms = output_ttl_seconds * 1000
         self.running_ttl_ms = running_ttl_seconds * 1000
@@ -140,9 +146,10 @@ class JobStore:
         """
         replaced, _, token = (replaces or "").partition(" ")
         head, tail = split_on_attempt(start)
-        reply = await self._begin(
-            keys=[self.keys.state(job_id), self.keys.events(job_id)],
-            args=[
+        reply = await self._run(
+            self._begin,
+            [self.keys.state(job_id), self.keys.events(job_id)],
+            [
                 entry_id,
                 consumer,
                 now_ms(),
@@ -194,9 +201,8 @@ class JobStore:
         ]
         for field, value in record.items():
             args += [field, value]
-        reply = as_text(
-            await self._finish(keys=[self.keys.state(job_id), self.keys.events(job_id)], args=args)
-        )
+        keys = [self.keys.state(job_id), self.keys.events(job_id)]
+        reply = as_text(await self._run(self._finish, keys, args))
         if reply not in ("ok", "dup", "fenced"):  # pragma: no cover - the script returns only these
             raise AssertionError(reply)
         return reply  # type: ignore[return-value]
@@ -219,9 +225,10 @@ class JobStore:
         else:
             event = Error(job_id=job_id, attempt=0, code=code, message=message, metadata=metadata)
         head, tail = split_on_attempt(event)
-        reply = await self._fail(
-            keys=[self.keys.state(job_id), self.keys.events(job_id)],
-            args=[
+        reply = await self._run(
+            self._fail,
+            [self.keys.state(job_id), self.keys.events(job_id)],
+            [
                 entry_id or "",
                 head,
                 tail,
@@ -233,6 +240,11 @@ class JobStore:
             ],
         )
         return as_text(reply)
+
+    async def _run(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
+        if self.coalescer is None:
+            return await script(keys=keys, args=args)
+        return await self.coalescer.run(script, keys, args)
 
     async def cancel(self, job_id: str, reason: str) -> str:
         """Cancel: ``cancelled`` (it was queued and is now over), ``requested`` (its worker is
