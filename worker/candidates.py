@@ -18,13 +18,14 @@ cancels every candidate's task; a takeover restarts the whole job as a new attem
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import re
 
 import msgspec
 
 from .admit import Admitted
-from .attempt import Attempt, AttemptContext
+from .attempt import YIELD_EVERY, Attempt, AttemptContext
 from .events import (
     CandidateDone,
     CandidateError,
@@ -35,10 +36,15 @@ from .events import (
     Usage,
     encode_event,
 )
+from .fallback import LogprobsFallback
 from .jobs import Candidates, Job
 from .outcome import Escalate, Failed, Fenced, Finished, WriteFailed
+from .ratelimit import Budgets
+from .redact import check_api_key
 from .routing import judge
-from .upstream.base import UpstreamError
+from .tracing import traced
+from .upstream.base import Parsed, UpstreamError
+from .upstream.choices import parse_choices
 
 __all__ = [
     "CandidateLane",
@@ -54,6 +60,10 @@ __all__ = [
 _SPACE = re.compile(r"\s+")
 
 LaneOutcome = Finished | Failed | Escalate | Fenced | WriteFailed
+
+SHARED_APIS = frozenset({"chat"})
+"""APIs whose provider returns ``n`` choices for one request (OpenAI-compatible chat completions,
+choices by ``index``): their candidates share one request; every other API opens ``n`` requests."""
 
 
 def normalise(text: str, agree_on: str = "text") -> str:
@@ -129,6 +139,14 @@ class CandidateLane(Attempt):
     def _event_id(self) -> bytes:
         return self.parent.next_id()
 
+    def feed(self, parsed: Parsed) -> None:
+        """This candidate's part of one payload of a request for every candidate."""
+        if self.holdback is not None:  # secrets configured: as Attempt._stream reads its own
+            parsed = self._holding(lambda _data: parsed)("")
+        self._publish(parsed)
+        if parsed.end is not None:
+            self.end = parsed.end
+
 
 class CandidatesAttempt(Attempt):
     """A job's attempt with ``n`` candidates: their events on the job's stream, the winner's done."""
@@ -139,6 +157,7 @@ class CandidatesAttempt(Attempt):
         assert wanted is not None
         self.wanted: Candidates = wanted
         self.lanes: list[CandidateLane] = []
+        self.shared = False  # one request for every candidate (SHARED_APIS)
 
     def next_id(self) -> bytes:
         """The next event id of this attempt: every candidate's events share one sequence."""
@@ -146,7 +165,13 @@ class CandidatesAttempt(Attempt):
         return b"%d-%d" % (self.attempt, self.seq)
 
     def usage(self) -> tuple[int | None, int, bool]:
-        """Every candidate's request: prompts and outputs summed (each request is billed)."""
+        """Every candidate's request: prompts and outputs summed (each request is billed); one
+        request for all: its prompt once, its output (at least the tokens received)."""
+        if self.shared:
+            received = sum(lane.seq for lane in self.lanes)
+            if self.usage_out is None or self.usage_out < received:
+                return self.usage_in, received, False
+            return self.usage_in, self.usage_out, True
         inputs: int | None = None
         output, reported = 0, bool(self.lanes)
         for lane in self.lanes:
@@ -160,18 +185,25 @@ class CandidatesAttempt(Attempt):
     async def run(self) -> LaneOutcome:
         self.lanes = [CandidateLane(self, k) for k in range(self.wanted.n)]
         outcomes: list[LaneOutcome | None] = [None] * len(self.lanes)
+        if self.job.api in SHARED_APIS:
+            self.shared = True
+            for k, outcome in enumerate(await self._one_request()):
+                outcomes[k] = outcome
+                if not isinstance(outcome, Fenced | WriteFailed):
+                    self._close(self.lanes[k], outcome)
+        else:
 
-        async def one(lane: CandidateLane) -> None:
-            outcome = await lane.run()
-            k = lane.candidate
-            assert isinstance(k, int)
-            outcomes[k] = outcome
-            if not isinstance(outcome, Fenced | WriteFailed):
-                self._close(lane, outcome)
+            async def one(lane: CandidateLane) -> None:
+                outcome = await lane.run()
+                k = lane.candidate
+                assert isinstance(k, int)
+                outcomes[k] = outcome
+                if not isinstance(outcome, Fenced | WriteFailed):
+                    self._close(lane, outcome)
 
-        async with asyncio.TaskGroup() as group:
-            for lane in self.lanes:
-                group.create_task(one(lane))
+            async with asyncio.TaskGroup() as group:
+                for lane in self.lanes:
+                    group.create_task(one(lane))
         self.fallback = next((lane.fallback for lane in self.lanes if lane.fallback is not None), None)
         await self.ctx.publisher.drained(self.sink)
         if self.sink.fenced or any(isinstance(o, Fenced) for o in outcomes):
@@ -182,6 +214,86 @@ class CandidatesAttempt(Attempt):
         if failed is not None:
             return failed
         return self._result(outcomes)
+
+    async def _one_request(self) -> list[LaneOutcome]:
+        """Every candidate from one request for ``n`` choices (:data:`SHARED_APIS`): each choice
+        fed to its lane; a failure of the request fails every candidate, a choice that never
+        finishes fails its own."""
+        n = len(self.lanes)
+        try:
+            async with asyncio.timeout_at(self.deadline):
+                try:
+                    failed = await self._read_choices(n)
+                finally:  # whichever way the stream stopped, no token held back is lost
+                    for lane in self.lanes:
+                        with contextlib.suppress(UpstreamError):
+                            lane._release()
+        except UpstreamError as exc:
+            return [Failed(exc)] * n
+        except TimeoutError:
+            limit = self.ctx.settings.job_deadline_seconds
+            message = f"job did not finish within job_deadline_seconds={limit}"
+            return [self.end_with_error("deadline_exceeded", message)] * n
+        if failed is not None:
+            return [failed] * n
+        outcomes: list[LaneOutcome] = []
+        for lane in self.lanes:
+            try:
+                ended = lane._ended()
+            except UpstreamError as exc:
+                outcomes.append(Failed(exc))
+                continue
+            outcomes.append(
+                WriteFailed(self.sink.error or RuntimeError("sink failed")) if ended is None else ended
+            )
+        return outcomes
+
+    async def _read_choices(self, n: int) -> Finished | None:
+        """Read the one stream into the lanes; a ``Finished`` error when it could not begin."""
+        ctx, admitted = self.ctx, self.admitted
+        key = admitted.provider.api_key(ctx.environ)
+        if admitted.provider.api_key_env is not None:
+            problem = (
+                "is not set on this worker"
+                if key is None
+                else check_api_key(admitted.provider.api_key_env, key)
+            )
+            if problem is not None:
+                code = "missing_api_key" if key is None else "invalid_api_key"
+                return self.end_with_error(
+                    code, f"provider {admitted.provider_name!r}: {admitted.provider.api_key_env} {problem}"
+                )
+        fallback = self.fallback = LogprobsFallback(
+            admitted,
+            ctx.adapters[self.job.api],
+            http=ctx.http,
+            settings=ctx.settings,
+            limits=ctx.limits,
+            memo=ctx.memo,
+            key=key,
+        )
+        await fallback.check()
+        budgets = ctx.budgets or Budgets(None, ctx.keys, ctx.settings)
+        opener = traced(fallback.open, self.job.api, self.job.model, admitted.url)
+        opened = budgets.request(admitted, self.deadline, opener, self.tokens_used)
+        publisher, lanes = ctx.publisher, self.lanes
+        async with opened as events:
+            async for data in events:
+                parsed = parse_choices(data, n)
+                if parsed.usage_input_tokens is not None:
+                    self.usage_in = parsed.usage_input_tokens
+                if parsed.usage_output_tokens is not None:
+                    self.usage_out = parsed.usage_output_tokens
+                for k, part in parsed.by_choice.items():
+                    lanes[k].feed(part)
+                if publisher.full:
+                    await publisher.room()
+                elif self.seq >= self._next_yield:
+                    self._next_yield = self.seq + YIELD_EVERY
+                    await asyncio.sleep(0)
+                if parsed.closed or not self.sink.ok:
+                    break
+        return None
 
     def _close(self, lane: CandidateLane, outcome: LaneOutcome) -> None:
         """Publish the candidate's ``candidate_done``."""

@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import httpx
 import msgspec
 import pytest
 from redis.asyncio import Redis
@@ -113,7 +114,56 @@ async def test_rank_by_cum_logprob_and_seedless_job(
     assert best.rank == 1 and done.text == best.text
 
 
-@pytest.mark.parametrize("api", ["native", "chat"])
+async def test_chat_candidates_are_one_request_for_n_choices(
+    start_worker: Starter, client: Client, redis: Redis, prefix: str, sim_url: str
+) -> None:
+    await start_worker()
+    async with httpx.AsyncClient() as http:
+        before = (await http.get(f"{sim_url}/stats")).json()["streams_started"]
+        job_id = await client.enqueue(
+            model="m", api="chat", params={"max_tokens": 10}, candidates={"n": 4}, **prompt_for("chat")
+        )
+        await client.result(job_id, timeout=60)
+        after = (await http.get(f"{sim_url}/stats")).json()["streams_started"]
+    assert after - before == 1  # one request carried every candidate
+    done = check_candidates(await stream(redis, prefix, job_id), 4)
+    assert not isinstance(done.candidates, msgspec.UnsetType)
+    assert len({c.text for c in done.candidates}) > 1 and all(c.error is None for c in done.candidates)
+    # usage: the request's one prompt, and every choice's tokens
+    assert done.usage.output_tokens >= sum(
+        1 for _, e in await stream(redis, prefix, job_id) if isinstance(e, Token)
+    )
+
+
+async def test_a_chat_choice_breaking_off_fails_only_its_candidate(
+    start_worker: Starter, client: Client, redis: Redis, prefix: str
+) -> None:
+    await start_worker()
+    model = "m;drop_choice=1;after=3;tokens=8"  # choice 1 stops after 3 tokens without a finish
+    job_id = await client.enqueue(model=model, api="chat", candidates={"n": 3}, **prompt_for("chat"))
+    await client.result(job_id, timeout=60)
+    done = check_candidates(await stream(redis, prefix, job_id), 3)
+    assert not isinstance(done.candidates, msgspec.UnsetType)
+    broken = done.candidates[1]
+    assert broken.error is not None and broken.error.code == "upstream_incomplete" and broken.rank is None
+    assert sorted(c.rank for c in done.candidates if c.rank is not None) == [1, 2]
+
+
+async def test_a_chat_request_failing_fails_every_candidate(
+    start_worker: Starter, client: Client, redis: Redis, prefix: str
+) -> None:
+    await start_worker()
+    job_id = await client.enqueue(
+        model="m;fault=status;status=400", api="chat", candidates={"n": 3}, **prompt_for("chat")
+    )
+    with pytest.raises(JobFailed, match="all 3 candidates failed"):
+        await client.result(job_id, timeout=60)
+    events = await stream(redis, prefix, job_id)
+    assert sum(isinstance(e, Done | Error | Cancelled) for _, e in events) == 1
+    assert [e.candidate for _, e in events if isinstance(e, CandidateDone)] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("api", ["native", "completions"])
 async def test_a_failing_candidate_does_not_fail_the_job(
     start_worker: Starter, client: Client, redis: Redis, prefix: str, api: str
 ) -> None:

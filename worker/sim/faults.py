@@ -106,6 +106,9 @@ class Directives(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     # generated text (echo_key_pieces: small tokens after `after` tokens, then the stream goes on)
     echo: Literal["error", "malformed", "status", "header", "tokens"] = "error"
     rst: bool = False  # disconnect with a TCP reset instead of a FIN
+    # chat with `n` choices: this choice stops after `after` tokens without a finish_reason (the
+    # others go on), as a provider's choice that breaks off
+    drop_choice: NonNegInt | None = None
     done: bool = False  # append "data: [DONE]" after the final event
     nospace: bool = False  # "data:{...}" without the space
     crlf: bool = False  # CRLF line endings
@@ -129,15 +132,15 @@ class Directives(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     split_top: bool = False  # gemini: a chunk's topCandidates arrive on the next chunk
     incremental: bool = False  # sglang: incremental_streaming_output (default: cumulative events)
     reasoning: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 0  # responses, gemini: reasoning pieces first
+    # worker.sim.labelled: answers right or wrong by construction (separation D), for calibration
+    labelled: Annotated[float, msgspec.Meta(ge=0.0, le=10.0)] | None = None
+    correct_rate: Annotated[float, msgspec.Meta(gt=0.0, lt=1.0)] = 0.7  # with labelled
     # a provider's rate limit (worker.sim.limits): at most `limit` streams at once and `limit_rps`
     # requests a second, per base model or over the server; 429 beyond, asking to wait `limit_retry_after`
     limit: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = None
     limit_rps: Annotated[float, msgspec.Meta(gt=0.0, le=1_000_000.0)] | None = None
     limit_scope: Literal["model", "server"] = "model"
     limit_retry_after: Annotated[float, msgspec.Meta(ge=0.0, le=3600.0)] = 0.5
-    # worker.sim.labelled: answers right or wrong by construction (separation D), for calibration
-    labelled: Annotated[float, msgspec.Meta(ge=0.0, le=10.0)] | None = None
-    correct_rate: Annotated[float, msgspec.Meta(gt=0.0, lt=1.0)] = 0.7  # with labelled
 
 
 DIRECTIVE_NAMES: frozenset[str] = frozenset(Directives.__struct_fields__)
@@ -171,6 +174,7 @@ class SimRequest(msgspec.Struct, frozen=True, kw_only=True):
     stop: tuple[str, ...] = ()
     top_n: int = 0
     refusal: StatusReply | None = None  # answered instead of a stream (the nologprobs directive)
+    choices: int = 1  # chat's `n`: that many choices in one stream (server._Stream._generate_choices)
 
 
 def _pairs(text: str) -> dict[str, str]:

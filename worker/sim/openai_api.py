@@ -75,7 +75,7 @@ class _Common(msgspec.Struct, kw_only=True):
     seed: int | None = None
     stop: str | list[str] | None = None
     stream_options: _StreamOptions | None = None
-    n: Annotated[int, msgspec.Meta(ge=1, le=1)] = 1
+    n: Annotated[int, msgspec.Meta(ge=1, le=8)] = 1  # choices: chat only (completions refuses n > 1)
     sim: dict[str, Any] | None = None
 
 
@@ -252,6 +252,8 @@ class ChatCompletions:
         request = _request(parsed, base, directives, prompt, max_tokens, top_n if logprobs else 0)
         if directives.nologprobs and logprobs:  # the model refuses logprobs, as Groq's do
             request = msgspec.structs.replace(request, refusal=_logprobs_refusal())
+        if parsed.n > 1:  # n choices in one stream, each with its index
+            request = msgspec.structs.replace(request, choices=parsed.n)
         return request, chat_encoder(info)
 
     def status_reply(self, directives: Directives) -> StatusReply:
@@ -265,6 +267,9 @@ class Completions:
 
     def parse(self, body: bytes, model: str | None, default: str | None) -> tuple[SimRequest, ChunkEncoder]:
         parsed = _decode(body, _CompletionBody)
+        if parsed.n > 1:
+            message = "the simulator's completions route serves n=1 only"
+            raise _openai_error(400, message, "invalid_request_error", "n")
         base, directives = _resolve(parsed, default)
         prompt = parsed.prompt if isinstance(parsed.prompt, str) else "".join(parsed.prompt)
         logprobs = parsed.logprobs

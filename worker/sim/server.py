@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import functools
 import socket
 import struct
@@ -195,6 +196,14 @@ class _State:
 _STATE = web.AppKey("tokenwire_sim_state", _State)
 
 
+def _relabel(payloads: Sequence[bytes], k: int) -> list[bytes]:
+    """Choice 0's chunks as choice ``k``'s (its ``"index":0`` made ``k``); for ``k > 0`` a chunk
+    without a choice (the usage chunk) is left out: the stream carries one."""
+    if k == 0:
+        return list(payloads)
+    return [p.replace(b'"index":0', b'"index":%d' % k, 1) for p in payloads if b'"index":0' in p]
+
+
 def _lengths(request: SimRequest, directives: Directives, default_max: int) -> tuple[int, bool]:
     """Content tokens to generate, and whether an EOS token follows them.
 
@@ -271,6 +280,9 @@ class _Stream:
 
     async def _generate(self) -> None:
         sim, d = self.sim, self.directives
+        if sim.choices > 1:
+            await self._generate_choices()
+            return
         await self._send_all(self.encoder.start())
         source = TokenSource(
             stream_seed(self.config.seed, sim.model, sim.prompt, sim.seed),
@@ -308,6 +320,66 @@ class _Stream:
                 generated_tokens=self.sent,
             )
             await self._send_all(finals)
+        self.stats.streams_completed += 1
+        if d.done or self.encoder.done_by_default:
+            await self._send(b"[DONE]")
+
+    async def _generate_choices(self) -> None:
+        """Chat's ``n`` choices in one stream: choice ``k`` from its own source (the request's seed
+        plus ``k``, or ``k`` without one, as the worker varies the seeds of separate candidates),
+        one token of each in turn, each chunk with its choice's ``index``; the usage (choice 0's
+        encoder counts its own tokens) and ``[DONE]`` once. ``drop_choice`` breaks one off after
+        ``after`` tokens without a finish reason. In-stream faults do not apply."""
+        sim, d = self.sim, self.directives
+        n_content, eos = _lengths(sim, d, self.config.default_max_tokens)
+        sources, encoders, streams = [], [], []
+        for k in range(sim.choices):
+            request_seed = k if sim.seed is None else sim.seed + k
+            source = TokenSource(
+                stream_seed(self.config.seed, sim.model, sim.prompt, request_seed),
+                force_utf8_split=d.utf8split,
+                lang=d.lang,
+                fixed_logprob=d.lp,
+                low_at=d.low_at,
+                low_run=d.low_run,
+                low_logprob=d.low_lp,
+            )
+            sources.append(source)
+            encoders.append(self.encoder if k == 0 else copy.deepcopy(self.encoder))
+            streams.append(iter(source.events(n_content, eos=eos, stop=sim.stop)))
+        for k, encoder in enumerate(encoders):
+            await self._send_all(_relabel(encoder.start(), k))
+        parts: list[list[str]] = [[] for _ in encoders]
+        sent = [0] * len(encoders)
+        active = list(range(len(encoders)))
+        while active:
+            for k in list(active):
+                item = next(streams[k], None)
+                if item is None or (d.drop_choice == k and sent[k] >= d.after):
+                    active.remove(k)
+                    continue
+                token, reason = item
+                await self._pace()
+                top = sources[k].alternatives(token, sim.top_n) if sim.top_n else None
+                self.sent += 1
+                sent[k] += 1
+                if not token.special:
+                    parts[k].append(token.text)
+                encoder = encoders[k]
+                if reason is None:
+                    payload = encoder.token(token, top)
+                    if payload is not None:
+                        await self._send_all(_relabel((payload,), k))
+                    continue
+                finals = encoder.final(
+                    token,
+                    top,
+                    finish_reason=reason,
+                    generated_text="".join(parts[k]),
+                    generated_tokens=sent[k],
+                )
+                await self._send_all(_relabel(finals, k))
+                active.remove(k)
         self.stats.streams_completed += 1
         if d.done or self.encoder.done_by_default:
             await self._send(b"[DONE]")

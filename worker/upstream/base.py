@@ -45,6 +45,7 @@ class TokenRecord(msgspec.Struct, frozen=True):
     bytes: bytes | None = None
     top: list[Candidate] | None = None
     channel: str = "content"
+    choice: int = 0  # its choice's ``index`` in a request for several (chat ``n``: upstream/choices.py)
 
 
 class StreamEnd(msgspec.Struct, frozen=True):

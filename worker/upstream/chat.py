@@ -1,6 +1,7 @@
 """OpenAI-compatible chat completions (``/v1/chat/completions``): OpenAI, vLLM, Together, llama.cpp.
 
-Only choice index 0 is read (``n > 1`` is never requested). One chunk carries 0..n tokens:
+Only choice index 0 is read here; a job with ``candidates`` asks for ``n`` choices and reads them all
+through :mod:`worker.upstream.choices`. One chunk carries 0..n tokens:
 
 * OpenAI/vLLM ``choices[0].logprobs.content[]`` → one record per entry (``bytes`` kept,
   ``top_logprobs`` as candidates, ``[]`` meaning none). These entries say nothing of special tokens
@@ -86,6 +87,8 @@ class ChatAdapter:
             if top > 0:
                 body["top_logprobs"] = top
         body["stream_options"] = {"include_usage": True}
+        if job.candidates is not None and job.candidates.n > 1:  # one request, n choices (choices.py)
+            body["n"] = job.candidates.n
         return with_model(model_url, job.model), _ENCODER.encode(body)
 
     def headers(self, key: str | None) -> dict[str, str]:
