@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import functools
 import html
 import math
 import re
@@ -122,12 +123,14 @@ async def open_sse(
     """
     secrets = _secrets(client.headers.items(), headers.items())
     request_headers = {"Accept-Encoding": "identity", **headers, "Content-Type": "application/json"}
-    host = _host(url)
+    parsed = _parsed(url)  # parsed once per URL (provider and model), not once per request
+    host = "(invalid URL)" if parsed is None else parsed.host or "(no host)"
+    target: Any = url if parsed is None else parsed  # aconnect_sse hands it to client.stream (str | URL)
     async with contextlib.AsyncExitStack() as stack:
         guard = await stack.enter_async_context(StallGuard(limits.stall_seconds, host).watching())
         try:
             source = await stack.enter_async_context(
-                aconnect_sse(client, "POST", url, content=body, headers=request_headers)
+                aconnect_sse(client, "POST", target, content=body, headers=request_headers)
             )
             await _check_response(source.response)
         except UpstreamError as exc:
@@ -535,11 +538,14 @@ def _read_timeout(exc: httpx.HTTPError) -> float | None:
     return float(value) if isinstance(value, int | float) else None
 
 
-def _host(url: str) -> str:
+@functools.lru_cache(maxsize=1024)
+def _parsed(url: str) -> httpx.URL | None:
+    """``url`` parsed (httpx's URL is immutable, so one parse serves every request to it), or None
+    when httpx refuses it (the request then raises httpx's own error, classified as before)."""
     try:
-        return httpx.URL(url).host or "(no host)"
+        return httpx.URL(url)
     except httpx.InvalidURL:
-        return "(invalid URL)"
+        return None
 
 
 def _secrets(*header_sets: Iterable[tuple[str, str]]) -> tuple[str, ...]:
