@@ -328,13 +328,18 @@ class Gateway:
                 **self._cors(request, who.tenant),
             }
             response = web.StreamResponse(status=200, headers=headers)
-            await response.prepare(request)
+            try:
+                await response.prepare(request)
+            except ConnectionError:  # gone before its headers were sent
+                return response
             self.metrics.open_streams.inc()
             if after != "0-0":
                 self.metrics.resumes.inc()
             try:
                 await response.write(b"retry: 1000\n\n")
                 await self._follow(request, response, internal, after)
+            except ConnectionError:  # the client went away (or was cut for falling behind): nothing to say
+                return response
             except RedisError as exc:  # the stream has begun: say so in it, the client resumes by id
                 log.warning("gateway stream's Redis read failed", error=type(exc).__name__)
                 with contextlib.suppress(ConnectionError, RuntimeError):
