@@ -289,3 +289,19 @@ async def test_agreement_escalates(start_worker: Starter, client: Client, redis:
     starts = [e for _, e in events if isinstance(e, Start)]
     assert [s.model for s in starts] == ["weak", "strong"]
     assert not isinstance(done.candidates, msgspec.UnsetType) and len(done.candidates) == 3
+
+
+async def test_subscribe_exposes_candidate(start_worker: Starter, client: Client) -> None:
+    await start_worker()
+    job_id = await client.enqueue(model="m", input="hi", params={"max_tokens": 6}, candidates={"n": 2})
+    seen: dict[int, list[int]] = {0: [], 1: []}
+    closed = []
+    async for item in client.subscribe(job_id, timeout=60):
+        event = item.event
+        if isinstance(event, Token):
+            assert isinstance(event.candidate, int)
+            seen[event.candidate].append(event.index)
+        elif isinstance(event, CandidateDone):
+            closed.append(event.candidate)
+    assert all(indexes == list(range(len(indexes))) and indexes for indexes in seen.values())
+    assert sorted(closed) == [0, 1]
