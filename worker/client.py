@@ -305,11 +305,13 @@ class Client:
         return await self._reviews().items(count, include_resolved=include_resolved)
 
     async def take_reviews(
-        self, consumer: str, count: int = 1, *, block_ms: int | None = None
+        self, consumer: str, count: int = 1, *, block_ms: int | None = None, claim_idle_ms: int | None = None
     ) -> list[ReviewEntry]:
         """Take up to ``count`` new review entries for ``consumer`` through the consumer group
-        ``reviewers`` (created on demand), as workers take jobs; ``block_ms``: wait for one."""
-        return await self._reviews().take(consumer, count, block_ms=block_ms)
+        ``reviewers`` (created on demand), as workers take jobs; ``block_ms``: wait for one;
+        ``claim_idle_ms``: first take over entries another reviewer left unresolved that long."""
+        reviews = self._reviews()
+        return await reviews.take(consumer, count, block_ms=block_ms, claim_idle_ms=claim_idle_ms)
 
     async def resolve(self, job_id: str, correct: bool, note: str | None = None) -> str:
         """Resolve the review entry of ``job_id``: record the judgement (:meth:`feedback`'s stream,

@@ -235,26 +235,40 @@ class ReviewQueue:
             start = "(" + as_text(page[-1][0])
         return out
 
-    async def take(self, consumer: str, count: int = 1, *, block_ms: int | None = None) -> list[ReviewEntry]:
-        """Up to ``count`` new entries for ``consumer`` through the group ``reviewers``; entries
-        already resolved (by id, without taking them) are acknowledged and skipped. ``block_ms``:
-        wait that long for one when there is none."""
+    async def take(
+        self, consumer: str, count: int = 1, *, block_ms: int | None = None, claim_idle_ms: int | None = None
+    ) -> list[ReviewEntry]:
+        """Up to ``count`` entries for ``consumer`` through the group ``reviewers``: with
+        ``claim_idle_ms``, first those another reviewer took and left unresolved that long
+        (``XAUTOCLAIM``), then new ones. Entries already resolved (by id, without taking them) are
+        acknowledged and skipped. ``block_ms``: wait that long for a new one when there is none."""
         await self.ensure_group()
         out: list[ReviewEntry] = []
+        if claim_idle_ms is not None:
+            reply: Any = await self.redis.xautoclaim(
+                self.keys.review, REVIEW_GROUP, consumer, claim_idle_ms, "0-0", count=count
+            )
+            await self._keep(reply[1], consumer, out)
         for _ in range(8):  # bounded: each round either yields or skips resolved entries
-            reply: Any = await self.redis.xreadgroup(
+            if len(out) >= count:
+                break
+            reply = await self.redis.xreadgroup(
                 REVIEW_GROUP, consumer, {self.keys.review: ">"}, count=count - len(out), block=block_ms
             )
             entries = reply[0][1] if reply else []
-            for entry_id, fields in entries:
-                entry = await self._entry(as_text(entry_id), fields, {})
-                if entry is None or entry.resolved is not None:
-                    await self.redis.xack(self.keys.review, REVIEW_GROUP, entry_id)
-                    continue
-                out.append(msgspec.structs.replace(entry, taken_by=consumer))
-            if not entries or len(out) >= count:
+            await self._keep(entries, consumer, out)
+            if not entries:
                 break
         return out
+
+    async def _keep(self, entries: Any, consumer: str, out: list[ReviewEntry]) -> None:
+        """The unresolved ``entries`` (now ``consumer``'s) appended to ``out``; the others acked."""
+        for entry_id, fields in entries:
+            entry = None if fields is None else await self._entry(as_text(entry_id), fields, {})
+            if entry is None or entry.resolved is not None:  # unreadable or trimmed, or resolved
+                await self.redis.xack(self.keys.review, REVIEW_GROUP, entry_id)
+                continue
+            out.append(msgspec.structs.replace(entry, taken_by=consumer))
 
     async def resolve(
         self, job_id: str, correct: bool, note: str | None = None, *, feedback_maxlen: int = FEEDBACK_MAXLEN

@@ -47,6 +47,12 @@ def add_command(command: Callable[[str, str], argparse.ArgumentParser]) -> None:
     )
     review.add_argument("--consumer", metavar="NAME", help="take: who takes them (default USER@HOST)")
     review.add_argument("--block", type=float, metavar="S", help="take: wait up to S seconds for one")
+    review.add_argument(
+        "--claim-idle",
+        type=float,
+        metavar="S",
+        help="take: first take over entries another reviewer took and left unresolved for S seconds",
+    )
     review.add_argument("--all", action="store_true", help="list: the resolved ones too")
     review.add_argument("--json", action="store_true", help="list, take: one JSON object per line")
 
@@ -63,12 +69,15 @@ async def run(args: argparse.Namespace, client: Client, out: TextIO = sys.stdout
         verdict = "correct" if args.correct else "incorrect"
         print(f"{args.job_id}: resolved as {verdict} (feedback {feedback})", file=out)
         return 0
+    if args.claim_idle is not None and args.action != "take":
+        raise ValueError("--claim-idle is for review take")
     if args.job_id is not None or args.correct is not None or args.note is not None:
         raise ValueError(f"review {args.action} takes no job id, --correct, --incorrect or --note")
     if args.action == "take":
         block = None if args.block is None else max(1, int(args.block * 1000))
         consumer = args.consumer or default_consumer()
-        entries = await client.take_reviews(consumer, count or 1, block_ms=block)
+        idle = None if args.claim_idle is None else max(0, int(args.claim_idle * 1000))
+        entries = await client.take_reviews(consumer, count or 1, block_ms=block, claim_idle_ms=idle)
         empty = "nothing to review"
     else:
         entries = await client.review_items(count or 100, include_resolved=args.all)

@@ -220,6 +220,7 @@ ROLES: Final[dict[str, Role]] = {
                 Command("xpending", "list: who took each entry"),
                 Command("xgroup|create", "take and resolve create the group `reviewers` on demand"),
                 Command("xreadgroup", "take reads new entries through the group"),
+                Command("xautoclaim", "take --claim-idle takes over entries a reviewer left unresolved"),
                 Command("xack", "take acknowledges entries resolved before they were taken; REVIEW_RESOLVE"),
                 Command("hget", "list and take read a job's marker (resolved?); resolve its entry id"),
                 Command("exists", "REVIEW_RESOLVE: whether the job's marker expired"),

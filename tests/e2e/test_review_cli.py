@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 
-from .clikit import run
+from .clikit import run, wait_until
 
 MODEL = "tokenwire/sim;tokens=40"
 ALL_LOW = json.dumps({"unit": "sentence", "publish_above": 0.0, "review_below": -0.01})
@@ -36,6 +36,8 @@ def test_review_list_take_and_resolve(env: dict[str, str], worker_proc: subproce
         done = events[-1]
         assert done["type"] == "done" and segments and "".join(s["text"] for s in segments) == done["text"]
         assert done["verdict"]["decision"] == "review" and done["verdict"]["n_low"] >= 1
+    # the review entry follows the done (it is written before the job's entry is acknowledged)
+    wait_until(lambda: len(run(env, "review", "list", "--json").stdout.splitlines()) == 2, 30, "2 on review")
     pretty = run(env, "tail", "r1", "--timeout", "10")  # segments are known: nothing is "skipped"
     assert pretty.returncode == 0 and "skipping" not in pretty.stderr and "✓ done" in pretty.stdout
     listed = run(env, "review", "list", "--json")
@@ -49,6 +51,8 @@ def test_review_list_take_and_resolve(env: dict[str, str], worker_proc: subproce
     assert "low segment" in taken.stdout and "segment 0 chars [0," in taken.stdout
     shown = run(env, "review", "list")
     assert shown.returncode == 0 and "taken by ana" in shown.stdout.splitlines()[0]
+    claimed = run(env, "review", "take", "--consumer", "cy", "--claim-idle", "0")  # ana left it
+    assert claimed.returncode == 0 and claimed.stdout.startswith("r1  ") and "taken by cy" in claimed.stdout
     resolved = run(env, "review", "resolve", "r1", "--incorrect", "--note", "wrong year")
     assert resolved.returncode == 0, resolved.stderr
     assert resolved.stdout.startswith("r1: resolved as incorrect (feedback ")
@@ -68,6 +72,8 @@ def test_review_refusals(env: dict[str, str], worker_proc: subprocess.Popen[str]
     assert no_verdict.returncode == 2 and "--correct or --incorrect" in no_verdict.stderr
     stray = run(env, "review", "list", "x")
     assert stray.returncode == 2 and "takes no job id" in stray.stderr
+    idle = run(env, "review", "list", "--claim-idle", "5")
+    assert idle.returncode == 2 and "--claim-idle is for review take" in idle.stderr
     count = run(env, "review", "take", "--count", "0")
     assert count.returncode == 2 and "--count 0" in count.stderr
     bad = run(env, "enqueue", "--model", MODEL, "--input", "q", "--review", '{"review_below": -0.1}')

@@ -234,6 +234,9 @@ async def reviewer_operations(r: Redis, admin: Redis, prefix: str) -> None:
     await admin.delete(keys.review_marker("r2"))
     await reviews.resolve("r2", False)
     assert await reviews.take("bo", 5) == []
+    await ReviewQueue(admin, keys).add(review_item_of("r3"))
+    assert [e.item.job_id for e in await reviews.take("cy", 1)] == ["r3"]
+    assert [e.taken_by for e in await reviews.take("di", 1, claim_idle_ms=0)] == ["di"]  # cy left it
     assert await admin.xlen(keys.feedback) == 2
     await health_check(r)
 

@@ -42,6 +42,15 @@ async def review_job(client: Client, job_id: str | None = None, **review: Any) -
     )
 
 
+async def settled(redis: Redis, prefix: str) -> None:
+    """Every job entry acknowledged: a job's review entry is written after its done and before its
+    ack, so once the ack is there, so is the review entry (``result`` returns at the done)."""
+    jobs = Keys(prefix).jobs
+    async with asyncio.timeout(30):
+        while (await redis.xpending(jobs, "workers"))["pending"]:
+            await asyncio.sleep(0.02)
+
+
 async def entries(redis: Redis, prefix: str) -> list[tuple[str, dict[bytes, bytes]]]:
     found: Any = await redis.xrange(Keys(prefix).review)
     return [(e.decode(), f) for e, f in found]
@@ -53,6 +62,7 @@ async def test_a_job_to_review_is_put_on_the_stream_once_with_its_low_segments_a
     await start_worker()
     job_id = await review_job(client)
     done = await client.result(job_id, timeout=60)
+    await settled(redis, prefix)
     assert isinstance(done.verdict, msgspec.Struct) and done.verdict.decision == "review"
     keys = Keys(prefix)
     (entry_id, fields), *more = await entries(redis, prefix)
@@ -84,6 +94,7 @@ async def test_a_job_that_needs_no_review_is_not_put_on_the_stream(
     plain = await client.enqueue(model="m", input="hi", params={"max_tokens": 20})
     done = await client.result(published, timeout=60)
     await client.result(plain, timeout=60)
+    await settled(redis, prefix)
     assert not isinstance(done.verdict, msgspec.UnsetType) and done.verdict.decision == "publish"
     assert await entries(redis, prefix) == []
     assert await ReviewQueue(redis, Keys(prefix)).add_from_events(published) is None
@@ -134,6 +145,7 @@ async def test_a_retried_job_is_put_on_the_stream_once_with_the_last_attempts_se
     model = "tokenwire/sim;tokens=80;fault=disconnect;after=30;fail_first=1"
     job_id = await client.enqueue(model=model, input="retry me", review=ALL_LOW)
     done = await client.result(job_id, timeout=60)
+    await settled(redis, prefix)
     assert done.attempt == 2
     keys = Keys(prefix)
     events: Any = await redis.xrange(keys.events(job_id))
@@ -156,6 +168,7 @@ async def test_reviewers_take_list_and_resolve_entries(
     for n in range(3):  # one after the other: the stream's order is theirs
         jobs.append(await review_job(client, f"rev-{n}"))
         await client.result(jobs[-1], timeout=60)
+        await settled(redis, prefix)
     listed = await client.review_items()
     assert [e.item.job_id for e in listed] == jobs and all(e.taken_by is None for e in listed)
     first = await client.take_reviews("ana", count=2)
@@ -174,6 +187,9 @@ async def test_reviewers_take_list_and_resolve_entries(
     pending: Any = await redis.xpending_range(keys.review, REVIEW_GROUP, min="-", max="+", count=10)
     assert [p["message_id"].decode() for p in pending] == [first[1].id]
     assert await client.take_reviews("bo", count=5) == []  # jobs[2] was resolved: skipped, acked
+    claimed = await client.take_reviews("cy", count=5, claim_idle_ms=0)  # what ana left unresolved
+    assert [(e.item.job_id, e.taken_by) for e in claimed] == [(jobs[1], "cy")]
+    assert [(e.item.job_id, e.taken_by) for e in await client.review_items()] == [(jobs[1], "cy")]
     judged = [f async for _, f in read_feedback(redis, keys)]
     assert [(f.job_id, f.correct, f.label, f.source) for f in judged] == [
         (jobs[0], True, "checked the year", "review"),
@@ -194,6 +210,7 @@ async def test_an_entry_is_resolved_after_the_jobs_keys_expired(
     await start_worker()
     job_id = await review_job(client)
     await client.result(job_id, timeout=60)
+    await settled(redis, prefix)
     keys = Keys(prefix)
     (_, fields), *_ = await entries(redis, prefix)
     await redis.delete(keys.state(job_id), keys.events(job_id))  # as if they expired
