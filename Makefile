@@ -127,12 +127,14 @@ lock: $(UV)
 # (bench/results/latest.json);
 # make bench QUICK=1: a subset (about four minutes with the gateway scenario gw-watch). Then the short-job scenario (bench/shortjobs.py:
 # tokenwire, the naive worker and arq, in its own environment bench/.arq-venv; bench/results/shortjobs.json).
-# Last, what a job's `review` (segments) adds per token (bench/segments.py).
+# Then what a job's `review` (segments) adds per token (bench/segments.py); last, n=4 candidates
+# against 4 separate jobs (bench/candidates.py; bench/results/candidates.json).
 bench: $(DEV_STAMP) redis-server
 	$(BIN)/python -m bench.run $(if $(QUICK),--quick,)
 	$(if $(QUICK),,$(BIN)/python -m bench.run --scaling)
 	$(BIN)/python -m bench.shortjobs $(if $(QUICK),--quick,)
 	$(BIN)/python -m bench.segments $(if $(QUICK),--tokens 50000 --repeat 3,)
+	$(BIN)/python -m bench.candidates $(if $(QUICK),--quick,)
 
 clean:
 	rm -rf $(VENV) $(LATEST) bench/.arq-venv dist build .mypy_cache .ruff_cache .pytest_cache .coverage
