@@ -434,7 +434,8 @@ class Gateway:
             if entries:
                 writing[0] = True
                 try:
-                    if await _bounded(self._write(response, entries), request):
+                    size = sum(len(e.wire) for e in entries)
+                    if await _bounded(self._write(response, entries), request, size):
                         return
                 finally:
                     writing[0] = False
@@ -507,8 +508,16 @@ class Gateway:
         return _json(refusal.status, body, headers)
 
 
-async def _bounded(write: Awaitable[Any], request: web.Request) -> Any:
-    """A write that a client not reading at all cannot hold forever: the connection is cut."""
+_LOW_WATER: Final = 16_384
+
+
+async def _bounded(write: Awaitable[Any], request: web.Request, size: int = 64) -> Any:
+    """A write that a client not reading at all cannot hold forever: the connection is cut. A
+    client keeping up writes ``size`` bytes more without a timer (they cannot reach aiohttp's
+    high-water mark, so the write returns at once): the common case costs none."""
+    transport = request.transport
+    if transport is not None and transport.get_write_buffer_size() + size < _LOW_WATER:
+        return await write
     try:
         async with asyncio.timeout(WRITE_TIMEOUT):
             return await write
