@@ -19,7 +19,7 @@ from worker import Client
 from worker.candidates import agreement, score_of
 from worker.client import JobFailed
 from worker.events import Cancelled, CandidateDone, Done, Error, Segment, Start, Token, decode_event
-from worker.keys import Keys
+from worker.keys import GROUP, Keys
 
 from .conftest import RunningWorker
 
@@ -305,3 +305,27 @@ async def test_subscribe_exposes_candidate(start_worker: Starter, client: Client
             closed.append(event.candidate)
     assert all(indexes == list(range(len(indexes))) and indexes for indexes in seen.values())
     assert sorted(closed) == [0, 1]
+
+
+async def test_a_takeover_restarts_every_candidate_as_a_new_attempt(
+    start_worker: Starter, client: Client, redis: Redis, prefix: str
+) -> None:
+    keys = Keys(prefix)
+    fast = {"lease_seconds": 1.0, "reclaim_interval_seconds": 0.2}
+    await start_worker(**fast)
+    job_id = await client.enqueue(model="m;tokens=60;tps=40", input="steal me", candidates={"n": 3})
+    async with asyncio.timeout(20):
+        async for item in client.subscribe(job_id):
+            if isinstance(item.event, Token) and item.event.index >= 3:
+                break
+    status = await client.status(job_id)
+    assert status is not None and status.entry is not None
+    await redis.xclaim(keys.jobs, GROUP, "thief", 0, [status.entry])  # a peer took it over
+    await client.result(job_id, timeout=60)
+    events = await stream(redis, prefix, job_id)
+    starts = [i for i, (_, e) in enumerate(events) if isinstance(e, Start)]
+    assert [events[i][1].attempt for i in starts] == [1, 2]
+    second = events[starts[1] :]
+    assert all(e.attempt == 2 for _, e in second)  # nothing of attempt 1's candidates after it
+    check_candidates(second, 3)  # attempt 2 ran every candidate from the start
+    assert sum(isinstance(e, Done | Error | Cancelled) for _, e in events) == 1
