@@ -17,7 +17,7 @@ from typing import Any, TextIO
 import msgspec
 import structlog
 
-from .redact import log_processor, redact
+from .redact import installed, redact
 from .term import use_color
 
 __all__ = ["configure_logging"]
@@ -44,7 +44,7 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info if use_json else _identity,
-            log_processor,
+            RedactFields(),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
@@ -69,6 +69,49 @@ def _redacted_traceback(sio: TextIO, exc_info: Any) -> None:
     text = io.StringIO()
     structlog.dev.plain_traceback(text, exc_info)
     sio.write(redact(text.getvalue()))
+
+
+class RedactFields:
+    """A structlog processor: :func:`worker.redact.log_processor`'s redaction (every string of every
+    field, nested, through the process's Redactor; ``exc_info`` left to the renderer), with the
+    result for short strings remembered: the event names, models and reasons every job's lines
+    repeat are redacted once, not once a line. The Redactor is pure, and the memo is dropped
+    whenever another one is installed. ``timestamp`` and ``level`` are the processors' own output
+    (they overwrite any caller's), so they are not scanned."""
+
+    __slots__ = ("_for", "_memo")
+
+    MAX_LENGTH = 256  # longer strings are redacted every time (ids, messages)
+    MAX_ENTRIES = 4096  # the memo is cleared when it holds this many
+
+    def __init__(self) -> None:
+        self._for: object = None
+        self._memo: dict[str, str] = {}
+
+    def __call__(self, logger: Any, method: str, event_dict: Any) -> dict[str, Any]:
+        redactor = installed()
+        if redactor is not self._for:
+            self._for, self._memo = redactor, {}
+        memo = self._memo
+        out: dict[str, Any] = {}
+        for key, value in event_dict.items():
+            if key in _OWN:
+                out[key] = value
+            elif isinstance(value, str):
+                done = memo.get(value)
+                if done is None:
+                    done = redactor.redact(value)
+                    if len(value) <= self.MAX_LENGTH:
+                        if len(memo) >= self.MAX_ENTRIES:
+                            memo.clear()
+                        memo[value] = done
+                out[key] = done
+            else:
+                out[key] = redactor.redact_value(value)
+        return out
+
+
+_OWN = frozenset({"exc_info", "timestamp", "level"})
 
 
 def _identity(logger: Any, method: str, event_dict: Any) -> Any:
