@@ -14,7 +14,8 @@ For every job it is given, it reads the job's event stream with ``XRANGE`` and a
 4. nothing is left pending in the consumer group ``workers`` of ``{P}:jobs`` (polled for a bounded
    time: acknowledgements follow terminal events);
 5. every key of an ended job (``P:job:{ID}``, ``P:job:{ID}:events``) has a TTL;
-   :func:`prefix_ttl_problems` extends that to every key under the prefix but ``{P}:jobs`` and ``{P}:dead``;
+   :func:`prefix_ttl_problems` extends that to every key under the prefix but the streams
+   ``{P}:jobs``, ``{P}:dead`` and ``{P}:review``;
 6. :func:`secret_problems`: no secret (whole, or its first 12 characters) in any event, state hash,
    dead letter or log.
 
@@ -294,10 +295,11 @@ def _joined(values: Iterable[Any]) -> bytes:
 
 
 async def prefix_ttl_problems(redis: Redis, keys: Keys, *, limit: int = 100_000) -> list[str]:
-    """A TTL on every key under the prefix but the two long-lived streams (``{P}:jobs``,
-    ``{P}:dead``): no key of any job, however it ended (or was written by a stale writer after its
-    keys expired), lives forever. Scans at most ``limit`` keys."""
-    lasting = {keys.jobs, keys.dead}
+    """A TTL on every key under the prefix but the long-lived streams (``{P}:jobs``, ``{P}:dead``,
+    the capped ``{P}:review``): no key of any job, however it ended (or was written by a stale
+    writer after its keys expired), lives forever; nor does a review marker. Scans at most
+    ``limit`` keys."""
+    lasting = {keys.jobs, keys.dead, keys.review}
     problems: list[str] = []
     seen = 0
     for pattern in (f"{keys.prefix}:*", f"{{{keys.prefix}}}:*"):

@@ -22,6 +22,7 @@ from worker.keys import REVIEW_GROUP, Keys
 from worker.review import ReviewItem, ReviewNotFound, ReviewQueue
 from worker.signals import decode_signals
 
+from ..faults.invariants import prefix_ttl_problems
 from .conftest import RunningWorker
 
 pytestmark = pytest.mark.integration
@@ -84,6 +85,7 @@ async def test_a_job_to_review_is_put_on_the_stream_once_with_its_low_segments_a
     assert await reviews.add(item) == entry_id  # a second write adds nothing
     assert await reviews.add_from_events(job_id) == entry_id
     assert len(await entries(redis, prefix)) == 1
+    assert await prefix_ttl_problems(redis, keys) == []  # the marker has its TTL; the stream is capped
 
 
 async def test_a_job_that_needs_no_review_is_not_put_on_the_stream(
