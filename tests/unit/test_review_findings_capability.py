@@ -27,9 +27,15 @@ SETTINGS = Settings(
 )
 LIMITS = StreamLimits(max_event_bytes=65536, max_stream_bytes=1 << 20, max_tokens=64, stall_seconds=5.0)
 # OpenAI's answer to a top_logprobs over a model's maximum (a property of the request, not the model).
-TOO_MANY = {"error": {"message": "Invalid 'top_logprobs': integer above maximum value. Expected a value <= 5, "
-                                 "but got 10 instead.", "type": "invalid_request_error",
-                      "param": "top_logprobs", "code": "integer_above_max_value"}}  # fmt: skip
+MESSAGE = "Invalid 'top_logprobs': integer above maximum value. Expected a value <= 5, but got 10 instead."
+TOO_MANY = {
+    "error": {
+        "message": MESSAGE,
+        "type": "invalid_request_error",
+        "param": "top_logprobs",
+        "code": "integer_above_max_value",
+    }
+}
 STREAM = (
     b'event: response.completed\ndata: {"type":"response.completed","sequence_number":1,'
     b'"response":{"status":"completed","usage":{"input_tokens":3,"output_tokens":0}}}\n\n'
