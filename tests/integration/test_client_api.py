@@ -123,7 +123,7 @@ async def test_a_consumer_that_skips_unknown_types_follows_a_live_stream(
     stream: list[tuple[str, bytes]] = [
         ("1-0", encode_event(Start(job_id=job_id, attempt=1, model=MODEL, provider="sim", api="native"))),
         ("1-1", encode_event(tokens[0])),
-        ("1-2", b'{"type":"candidate_done","job_id":"%s","attempt":1,"rank":1}' % job_id.encode()),
+        ("1-2", b'{"type":"rerank_hint","job_id":"%s","attempt":1,"rank":1}' % job_id.encode()),
         ("1-3", encode_event(tokens[1])),
         ("1-4", segment),
         ("1-5", b'{"type":"cancelled","job_id":"%s","attempt":1,"reason":"demo"}' % job_id.encode()),
@@ -145,7 +145,7 @@ async def test_a_consumer_that_skips_unknown_types_follows_a_live_stream(
         elif isinstance(item.event, UnknownEvent):
             skipped.append(item.type)
     await task
-    assert texts == ["a", "b"] and skipped == ["candidate_done", "claim"]
+    assert texts == ["a", "b"] and skipped == ["rerank_hint", "claim"]
     assert raws == dict(stream)  # every entry byte for byte as stored
 
 
