@@ -13,6 +13,11 @@ from earlier reads when a new read arrives has fallen behind and is dropped (:at
 its connection closes with a comment saying so (or is cut, when its client reads nothing at all),
 and the client resumes by id. A slow client therefore never delays the hub nor another client.
 
+A job first watched while the hub's ``XREAD`` is blocked joins the next read, at most ``block_ms``
+(100 ms) later: its client has everything up to then from its own replay, so only an idle gateway's
+first live events of a new job can wait that long; while any watched job streams, reads return at
+once and new jobs join within a read.
+
 A connection replays a job's history itself (``XRANGE``, written as it is read, so a long history
 waits on that client alone), then attaches here at the id it reached (:meth:`Hub.attach`).
 """
