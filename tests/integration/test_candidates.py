@@ -329,3 +329,17 @@ async def test_a_takeover_restarts_every_candidate_as_a_new_attempt(
     assert all(e.attempt == 2 for _, e in second)  # nothing of attempt 1's candidates after it
     check_candidates(second, 3)  # attempt 2 ran every candidate from the start
     assert sum(isinstance(e, Done | Error | Cancelled) for _, e in events) == 1
+
+
+async def test_a_stalled_candidate_fails_alone(
+    start_worker: Starter, client: Client, redis: Redis, prefix: str
+) -> None:
+    await start_worker(stall_timeout_seconds=0.5)
+    model = "m;fault=stall;after=2;fail_first=1;tokens=6"  # the first request stalls after 2 tokens
+    job_id = await client.enqueue(model=model, input="hi", candidates={"n": 3})
+    await client.result(job_id, timeout=60)
+    done = check_candidates(await stream(redis, prefix, job_id), 3)
+    assert not isinstance(done.candidates, msgspec.UnsetType)
+    stalled = [c for c in done.candidates if c.error is not None]
+    assert len(stalled) == 1 and "stall" in stalled[0].error.code + stalled[0].error.message  # type: ignore[union-attr]
+    assert sorted(c.rank for c in done.candidates if c.rank is not None) == [1, 2]

@@ -3,6 +3,8 @@ candidates' jobs (seeds varied), the job field's validation, the events' shapes.
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 import pytest
 from hypothesis import given
@@ -150,3 +152,43 @@ def test_events_shapes() -> None:
     assert decode_event(raw) == close and event_type(close) == "candidate_done"
     plain = done()
     assert b"candidates" not in encode_event(plain) and b"agreement" not in encode_event(plain)
+
+
+class _Ctx:
+    def __init__(self, max_event_bytes: int) -> None:
+        self.settings = type("S", (), {"max_event_bytes": max_event_bytes})()
+
+
+class _Attempt:
+    def __init__(self, max_event_bytes: int) -> None:
+        self.ctx = _Ctx(max_event_bytes)
+
+
+def test_long_candidates_are_cut_to_fit_the_event_bound() -> None:
+    from worker.candidates import _bounded, _bounded_results
+    from worker.events import CandidateResult, LowSpan
+
+    span = LowSpan(
+        start_token=0, end_token=1, char_start=0, char_end=1, byte_start=0, byte_end=1,
+        text="x", min_prob=0.1, min_index=0, n_tokens=1, mean_logprob=-2.3,
+    )  # fmt: skip
+    spanned = summary(low_spans=[span] * 50)
+    results = [
+        CandidateResult(
+            index=k, rank=k + 1, score=-0.1, finish_reason="length", text="é" * 5000, summary=spanned
+        )
+        for k in range(4)
+    ]
+    results = [msgspec.structs.replace(r, summary=spanned) for r in results]
+    fake: Any = _Attempt(8192)
+    cut = _bounded_results(results, fake)
+    assert len(msgspec.json.encode(cut)) <= 4096
+    assert all(c.text_truncated and c.text and results[0].text.startswith(c.text) for c in cut)
+    assert all(c.summary is not None and c.summary.low_spans_truncated for c in cut)
+    small = [msgspec.structs.replace(r, text="ok", summary=None) for r in results]
+    assert _bounded_results(small, fake) == small  # what fits is left alone
+    close = CandidateDone(job_id="j", attempt=1, candidate=0, text="é" * 9000, summary=spanned)
+    bounded = _bounded(close, fake)
+    assert (
+        len(encode_event(bounded)) <= 8192 and bounded.text_truncated and close.text.startswith(bounded.text)
+    )
