@@ -150,7 +150,11 @@ def openapi(job_schema: dict[str, Any]) -> dict[str, Any]:
                         "403": _COMMON["403"],
                         "409": _error("the id names a different job of this tenant"),
                         "413": _error("the body is over max_payload_bytes"),
-                        "422": _error("an invalid job: the reason the worker would give"),
+                        "422": _error(
+                            "an invalid job: the reason the worker would give; or an `id` the gateway "
+                            "cannot scope to the tenant (one with a '/', or longer than 127 characters "
+                            "less the tenant name's length)"
+                        ),
                         "429": _error("the tenant has max_inflight_jobs jobs in flight", retry_after=True),
                         "503": _COMMON["503"],
                     },
