@@ -6,7 +6,8 @@ keys per call (``BLOCK`` a short while, chunks of :data:`KEYS_PER_READ` keys rea
 hands each entry to every :class:`Watch` of its feed. On Redis Cluster one ``XREAD`` cannot span hash
 slots, and each job's keys have their own: the feeds are read by a non-blocking pipeline of one
 ``XREAD`` per key (redis-py's cluster pipeline groups the commands by node, one round trip per node,
-nodes in parallel), polled every :data:`CLUSTER_POLL_SECONDS` while nothing arrives.
+nodes in parallel), polled every :data:`CLUSTER_POLL_SECONDS` while entries flow, and less often
+(doubling up to :data:`CLUSTER_IDLE_SECONDS`) while none arrive, so idle watchers cost little.
 
 A watch buffers the entries not yet written to its client: one still holding over its ``limit`` bytes
 from earlier reads when a new read arrives has fallen behind and is dropped (:attr:`Watch.dropped`):
@@ -39,11 +40,20 @@ from ..keys import Keys
 from .ids import parse_stream_id
 from .sse import Entry, entry_of
 
-__all__ = ["CLUSTER_POLL_SECONDS", "KEYS_PER_READ", "Feed", "Hub", "Watch", "stream_key"]
+__all__ = [
+    "CLUSTER_IDLE_SECONDS",
+    "CLUSTER_POLL_SECONDS",
+    "KEYS_PER_READ",
+    "Feed",
+    "Hub",
+    "Watch",
+    "stream_key",
+]
 
 KEYS_PER_READ: Final = 1000
 READ_COUNT: Final = 256
 CLUSTER_POLL_SECONDS: Final = 0.02
+CLUSTER_IDLE_SECONDS: Final = 0.08
 
 log = structlog.get_logger("tokenwire.gateway")
 
@@ -187,6 +197,7 @@ class Hub:
         backoff = Backoff(REDIS)
         loop = asyncio.get_running_loop()
         next_sweep = loop.time() + self.sweep_seconds
+        poll = CLUSTER_POLL_SECONDS
         while not stop.is_set():
             feeds = [f for f in self.feeds.values() if not f.done]
             try:
@@ -206,10 +217,13 @@ class Hub:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=delay)
                 continue
-            if not got and self.cluster:
-                self._changed.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), timeout=CLUSTER_POLL_SECONDS)
+            if self.cluster:
+                # while entries flow, poll every CLUSTER_POLL_SECONDS; idle, back off to CLUSTER_IDLE_SECONDS
+                poll = CLUSTER_POLL_SECONDS if got else min(poll * 2, CLUSTER_IDLE_SECONDS)
+                if not got:
+                    self._changed.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._changed.wait(), timeout=poll)
 
     async def read_once(self, feeds: list[Feed]) -> int:
         """One read of ``feeds`` (blocking up to ``block_ms`` on a single server); entries handed over."""
