@@ -6,7 +6,7 @@ HTTP client) echoes the request's API key as generated tokens it marks ``special
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import httpx
@@ -44,7 +44,7 @@ def _upstream(request: httpx.Request) -> httpx.Response:
 
 
 @pytest.fixture
-def known_key(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
+def known_key(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("TW_REVIEW_KEY", KEY)
     before = redact_module.installed()
     redact_module.install(Redactor([KEY]))  # what the worker's entry point installs from its settings
