@@ -82,13 +82,14 @@ def add_commands(command: Callable[[str, str], argparse.ArgumentParser]) -> None
 
 
 def _cli_error(message: str, code: int) -> Exception:
-    from .cli import CliError
+    from .clibase import CliError
 
     return CliError(message, code)
 
 
 async def _feedback(args: argparse.Namespace, settings: Settings) -> int:
-    from .cli import EXIT_FAILED, EXIT_NOT_FOUND, EXIT_USAGE, _client
+    from .clibase import EXIT_FAILED, EXIT_NOT_FOUND, EXIT_USAGE
+    from .clibase import client_for as _client
     from .feedback import FeedbackError
 
     codes = {"unknown_job": EXIT_NOT_FOUND, "invalid": EXIT_USAGE}
@@ -104,7 +105,7 @@ async def _feedback(args: argparse.Namespace, settings: Settings) -> int:
 
 async def _calibrate(args: argparse.Namespace, settings: Settings) -> int:
     from .calibrate import calibrate, format_report
-    from .cli import EXIT_USAGE
+    from .clibase import EXIT_USAGE
     from .connect import redis_client
     from .feedback import latest_per_job, read_feedback
     from .keys import Keys

@@ -18,6 +18,20 @@ from redis.exceptions import RedisError
 
 from .calibrate_cli import COMMANDS as _CALIBRATION_COMMANDS
 from .calibrate_cli import add_commands as _add_calibration_commands
+from .clibase import (  # re-exported: the exit codes are part of the CLI's contract
+    EXIT_BROKEN_PIPE,
+    EXIT_CANCELLED,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_TIMEOUT,
+    EXIT_USAGE,
+    CliError,
+)
+from .clibase import (
+    client_for as _client,
+)
 from .client import Client, JobNotFound, SubscriptionTimeout
 from .connect import http_client, redis_client
 from .events import Cancelled, CandidateDone, Done, Error, Segment, Start, Token
@@ -31,15 +45,6 @@ from .term import use_color
 __all__ = ["main"]
 
 # Exit codes (README "Exit codes"): `tail` and `enqueue --follow` end by the job's terminal event.
-EXIT_OK = 0  # done (and every command that succeeded)
-EXIT_FAILED = 1  # the job ended in `error`, or the command failed (Redis unreachable, ...)
-EXIT_USAGE = 2  # bad arguments or settings; nothing was done
-EXIT_TIMEOUT = 3  # --timeout passed before the job ended
-EXIT_NOT_FOUND = 4  # no such job (never enqueued, or expired)
-EXIT_CANCELLED = 5  # the job ended in `cancelled`
-EXIT_BROKEN_PIPE = 141  # the reader of our output went away (128 + SIGPIPE, as a shell reports it)
-EXIT_INTERRUPTED = 130  # a second Ctrl-C: stopped without draining
-
 EXIT_CODES_HELP = """exit codes:
   0    success; for tail and enqueue --follow: the job ended in `done`
   1    the job ended in `error`, or the command failed (e.g. Redis unreachable)
@@ -52,12 +57,6 @@ EXIT_CODES_HELP = """exit codes:
 
 settings: flag > TOKENWIRE_* variable > TOML file (--config or TOKENWIRE_CONFIG).
 """
-
-
-class CliError(Exception):
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def _stop_on_signals(stop: asyncio.Event, on_first: Callable[[], None] | None = None) -> None:
@@ -381,14 +380,6 @@ def _schema(args: argparse.Namespace) -> int:
     for path in write_all(directory):
         print(path)
     return 0
-
-
-def _client(settings: Settings) -> Client:
-    """A client whose blocking reads (2 s) stay under its socket timeout; use as ``async with``."""
-    return Client(
-        redis_client(settings.redis_url, block_seconds=2.0, cluster=settings.redis_cluster),
-        prefix=settings.prefix,
-    )
 
 
 # ---------------------------------------------------------------------------------------- parser
