@@ -44,7 +44,7 @@ from .redact import check_api_key
 from .routing import judge
 from .tracing import traced
 from .upstream.base import Parsed, UpstreamError
-from .upstream.choices import parse_choices
+from .upstream.choices import TOKENS_OF, parse_choices
 
 __all__ = [
     "CandidateLane",
@@ -61,9 +61,10 @@ _SPACE = re.compile(r"\s+")
 
 LaneOutcome = Finished | Failed | Escalate | Fenced | WriteFailed
 
-SHARED_APIS = frozenset({"chat"})
-"""APIs whose provider returns ``n`` choices for one request (OpenAI-compatible chat completions,
-choices by ``index``): their candidates share one request; every other API opens ``n`` requests."""
+SHARED_APIS = frozenset(TOKENS_OF)
+"""APIs whose provider returns ``n`` choices for one request (OpenAI-compatible chat and legacy
+completions, choices by ``index``): their candidates share one request; every other API (native,
+responses, gemini, sglang) opens ``n`` requests."""
 
 
 def normalise(text: str, agree_on: str = "text") -> str:
@@ -279,7 +280,7 @@ class CandidatesAttempt(Attempt):
         publisher, lanes = ctx.publisher, self.lanes
         async with opened as events:
             async for data in events:
-                parsed = parse_choices(data, n)
+                parsed = parse_choices(data, n, self.job.api)
                 if parsed.usage_input_tokens is not None:
                     self.usage_in = parsed.usage_input_tokens
                 if parsed.usage_output_tokens is not None:

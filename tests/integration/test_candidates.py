@@ -64,7 +64,8 @@ def check_candidates(events: list[tuple[tuple[int, int], Any]], n: int) -> Done:
         for t in content:
             if "\\x" not in t.text:  # a chat token may carry bytes as "\\xe2\\x80"
                 assert text[t.char_start : t.char_end] == t.text
-        assert content[-1].char_end == len(text)
+        if not any("\\x" in t.text for t in content):  # offsets count the token strings as sent
+            assert content[-1].char_end == len(text)
         # the candidate's own running confidence: its last token's equals its summary's
         assert tokens[-1].confidence == pytest.approx(result.confidence)
         assert closes[k].summary == result.summary
@@ -114,14 +115,15 @@ async def test_rank_by_cum_logprob_and_seedless_job(
     assert best.rank == 1 and done.text == best.text
 
 
+@pytest.mark.parametrize("api", ["chat", "completions"])
 async def test_chat_candidates_are_one_request_for_n_choices(
-    start_worker: Starter, client: Client, redis: Redis, prefix: str, sim_url: str
+    start_worker: Starter, client: Client, redis: Redis, prefix: str, sim_url: str, api: str
 ) -> None:
     await start_worker()
     async with httpx.AsyncClient() as http:
         before = (await http.get(f"{sim_url}/stats")).json()["streams_started"]
         job_id = await client.enqueue(
-            model="m", api="chat", params={"max_tokens": 10}, candidates={"n": 4}, **prompt_for("chat")
+            model="m", api=api, params={"max_tokens": 10}, candidates={"n": 4}, **prompt_for(api)
         )
         await client.result(job_id, timeout=60)
         after = (await http.get(f"{sim_url}/stats")).json()["streams_started"]
@@ -135,12 +137,13 @@ async def test_chat_candidates_are_one_request_for_n_choices(
     )
 
 
+@pytest.mark.parametrize("api", ["chat", "completions"])
 async def test_a_chat_choice_breaking_off_fails_only_its_candidate(
-    start_worker: Starter, client: Client, redis: Redis, prefix: str
+    start_worker: Starter, client: Client, redis: Redis, prefix: str, api: str
 ) -> None:
     await start_worker()
     model = "m;drop_choice=1;after=3;tokens=8"  # choice 1 stops after 3 tokens without a finish
-    job_id = await client.enqueue(model=model, api="chat", candidates={"n": 3}, **prompt_for("chat"))
+    job_id = await client.enqueue(model=model, api=api, candidates={"n": 3}, **prompt_for(api))
     await client.result(job_id, timeout=60)
     done = check_candidates(await stream(redis, prefix, job_id), 3)
     assert not isinstance(done.candidates, msgspec.UnsetType)
@@ -163,7 +166,7 @@ async def test_a_chat_request_failing_fails_every_candidate(
     assert [e.candidate for _, e in events if isinstance(e, CandidateDone)] == [0, 1, 2]
 
 
-@pytest.mark.parametrize("api", ["native", "completions"])
+@pytest.mark.parametrize("api", ["native"])
 async def test_a_failing_candidate_does_not_fail_the_job(
     start_worker: Starter, client: Client, redis: Redis, prefix: str, api: str
 ) -> None:

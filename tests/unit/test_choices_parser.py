@@ -87,3 +87,18 @@ def test_hostile_choice_lists(choices: list[dict[str, object]]) -> None:
         assert any(not 0 <= c["index"] < 4 for c in choices)  # type: ignore[operator]
         return
     assert set(parsed.by_choice) == {c["index"] for c in choices}
+
+
+def test_completions_choices() -> None:
+    legacy = {"tokens": [" b"], "token_logprobs": [-0.3], "top_logprobs": None, "text_offset": [0]}
+    data = json.dumps(
+        {
+            "object": "text_completion",
+            "choices": [{"index": 1, "text": " b", "logprobs": legacy, "finish_reason": "length"}],
+        }
+    )
+    parsed = parse_choices(data, 2, "completions")
+    (only,) = parsed.by_choice.values()
+    assert list(parsed.by_choice) == [1] and only.text == " b"
+    assert [(r.text, r.logprob, r.choice) for r in only.tokens] == [(" b", -0.3, 1)]
+    assert only.end is not None and only.end.finish_reason == "length"

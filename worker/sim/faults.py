@@ -106,7 +106,7 @@ class Directives(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     # generated text (echo_key_pieces: small tokens after `after` tokens, then the stream goes on)
     echo: Literal["error", "malformed", "status", "header", "tokens"] = "error"
     rst: bool = False  # disconnect with a TCP reset instead of a FIN
-    # chat with `n` choices: this choice stops after `after` tokens without a finish_reason (the
+    # chat/completions with `n` choices: this choice stops after `after` tokens without a finish_reason (the
     # others go on), as a provider's choice that breaks off
     drop_choice: NonNegInt | None = None
     done: bool = False  # append "data: [DONE]" after the final event
@@ -174,7 +174,7 @@ class SimRequest(msgspec.Struct, frozen=True, kw_only=True):
     stop: tuple[str, ...] = ()
     top_n: int = 0
     refusal: StatusReply | None = None  # answered instead of a stream (the nologprobs directive)
-    choices: int = 1  # chat's `n`: that many choices in one stream (server._Stream._generate_choices)
+    choices: int = 1  # chat/completions `n`: that many choices in one stream (server._generate_choices)
 
 
 def _pairs(text: str) -> dict[str, str]:

@@ -75,7 +75,7 @@ class _Common(msgspec.Struct, kw_only=True):
     seed: int | None = None
     stop: str | list[str] | None = None
     stream_options: _StreamOptions | None = None
-    n: Annotated[int, msgspec.Meta(ge=1, le=8)] = 1  # choices: chat only (completions refuses n > 1)
+    n: Annotated[int, msgspec.Meta(ge=1, le=8)] = 1  # choices in one stream (server._generate_choices)
     sim: dict[str, Any] | None = None
 
 
@@ -267,14 +267,13 @@ class Completions:
 
     def parse(self, body: bytes, model: str | None, default: str | None) -> tuple[SimRequest, ChunkEncoder]:
         parsed = _decode(body, _CompletionBody)
-        if parsed.n > 1:
-            message = "the simulator's completions route serves n=1 only"
-            raise _openai_error(400, message, "invalid_request_error", "n")
         base, directives = _resolve(parsed, default)
         prompt = parsed.prompt if isinstance(parsed.prompt, str) else "".join(parsed.prompt)
         logprobs = parsed.logprobs
         info = _info(parsed, base, directives, prompt, chat=False, logprobs=logprobs is not None)
         request = _request(parsed, base, directives, prompt, parsed.max_tokens, logprobs or 0)
+        if parsed.n > 1:  # n choices in one stream, each with its index
+            request = msgspec.structs.replace(request, choices=parsed.n)
         return request, completions_encoder(info)
 
     def status_reply(self, directives: Directives) -> StatusReply:

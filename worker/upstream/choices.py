@@ -1,7 +1,9 @@
-"""Every choice of an OpenAI-compatible chat stream asked for ``n`` of them (a job's ``candidates``).
+"""Every choice of an OpenAI-compatible chat or completions stream asked for ``n`` of them (a
+job's ``candidates``).
 
-A chunk's ``choices[]`` entries each carry their ``index``; each is read as the chat adapter reads
-choice 0 (:func:`worker.upstream.chat._chat_tokens`), its records tagged with ``choice``. A finish
+A chunk's ``choices[]`` entries each carry their ``index``; each is read as its adapter reads
+choice 0 (:data:`TOKENS_OF`: the chat and the completions readers), its records tagged with
+``choice``. A finish
 reason ends its own choice only; usage (one count for the whole request) and ``[DONE]`` belong to
 the stream. An index outside ``0..n-1`` is the upstream's error, never a key into the worker's
 state. Pure, no I/O.
@@ -13,9 +15,13 @@ import msgspec
 
 from worker.upstream.base import Parsed, StreamEnd, UpstreamError
 from worker.upstream.chat import _chat_tokens
-from worker.upstream.openai_compat import decode_chunk
+from worker.upstream.completions import _completion_tokens
+from worker.upstream.openai_compat import TokensOf, decode_chunk
 
-__all__ = ["ChoicesParsed", "parse_choices"]
+__all__ = ["TOKENS_OF", "ChoicesParsed", "parse_choices"]
+
+TOKENS_OF: dict[str, TokensOf] = {"chat": _chat_tokens, "completions": _completion_tokens}
+"""The APIs whose one request carries ``n`` choices, and how each reads a choice."""
 
 
 class ChoicesParsed(msgspec.Struct):
@@ -28,14 +34,15 @@ class ChoicesParsed(msgspec.Struct):
     closed: bool = False
 
 
-def parse_choices(data: str, n: int) -> ChoicesParsed:
-    """One SSE data payload of an ``n``-choice chat stream; raises :class:`UpstreamError` on error
+def parse_choices(data: str, n: int, api: str = "chat") -> ChoicesParsed:
+    """One SSE data payload of an ``n``-choice stream of ``api``; raises :class:`UpstreamError` on error
     events, malformed JSON and a choice index outside ``0..n-1``."""
     if data == "[DONE]":
         return ChoicesParsed(closed=True)
     chunk = decode_chunk(data)
     if chunk is None:
         return ChoicesParsed(closed=True)
+    tokens_of = TOKENS_OF[api]
     out = ChoicesParsed()
     usage = chunk.usage
     if usage is not None:
@@ -48,7 +55,7 @@ def parse_choices(data: str, n: int) -> ChoicesParsed:
                 "upstream_malformed_event",
                 f"upstream sent choice index {k!r}, outside the {n} choices asked for",
             )
-        records, text = _chat_tokens(choice, chunk.token)
+        records, text = tokens_of(choice, chunk.token)
         if k:
             records = [msgspec.structs.replace(r, choice=k) for r in records]
         parsed = out.by_choice.get(k)

@@ -4,7 +4,8 @@ The request sends ``logprobs: k`` with k = the job's ``top_logprobs`` clamped to
 maximum for completions; "up to k+1" alternatives may come back, as the sampled token is always
 included), else 0: with ``logprobs: 0`` the sampled token's logprob is still returned.
 
-Only choice index 0 is read. ``choices[0].text`` is ``Parsed.text``; ``choices[0].logprobs`` is
+Only choice index 0 is read here (a job with ``candidates`` asks ``n`` and reads every choice through
+:mod:`worker.upstream.choices`). ``choices[0].text`` is ``Parsed.text``; ``choices[0].logprobs`` is
 ``{tokens, token_logprobs, top_logprobs, text_offset}`` (OpenAI, vLLM; Together adds
 ``token_ids`` and sends ``top_logprobs`` as one map per token), one record per ``tokens`` entry,
 each ``{token: logprob}`` map as candidates (a map keyed by text has already merged alternatives
@@ -63,6 +64,8 @@ class CompletionsAdapter:
         if logprobs:
             body["logprobs"] = max(0, min(job.params.top_logprobs or 0, MAX_LOGPROBS))
         body["stream_options"] = {"include_usage": True}
+        if job.candidates is not None and job.candidates.n > 1:  # one request, n choices (choices.py)
+            body["n"] = job.candidates.n
         return with_model(model_url, job.model), _ENCODER.encode(body)
 
     def headers(self, key: str | None) -> dict[str, str]:
