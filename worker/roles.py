@@ -187,6 +187,7 @@ ROLES: Final[dict[str, Role]] = {
                 _PING,
                 Command("xadd", "enqueue; CANCEL script writes a queued job's `cancelled` event"),
                 Command("xrange", "a stream's history, replayed to each client from its resume id"),
+                Command("xrevrange", "a stream's last id, where a job's shared feed starts"),
                 Command("xread", "the hub's reads of many jobs' new events at once"),
                 Command("exists", "whether a silent job's keys still exist (else its streams end)"),
                 Command("hget", "ENQUEUE and CANCEL scripts; a job's `created` (its read token) and state"),

@@ -377,6 +377,7 @@ async def gateway_operations(r: Redis, admin: Redis, prefix: str) -> None:
         "t/g2", entry, "c", Start(job_id="t/g2", attempt=0, model=MODEL, provider="sim", api="native")
     )
     assert await r.xrange(keys.events(await gateway.resolve(who, "g2")))  # a replay
+    assert await gateway.stream_end(keys.events("t/g2")) != "0-0"  # where a new feed starts
     watch, _ = gateway.hub.attach("t/g2", "0-0", 1 << 20)
     assert await gateway.hub.read_once(list(gateway.hub.feeds.values())) == 1  # the live read
     await gateway.hub.sweep()

@@ -55,11 +55,6 @@ async def _until(check: Callable[[], bool], timeout: float = 10.0) -> None:
             await asyncio.sleep(0.01)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hub.attach seeds a new Feed's shared position with the first watcher's Last-Event-ID: "
-    "a resume id beyond the stream's end starves every later watcher of the job in this process",
-)
 async def test_a_future_resume_id_does_not_starve_other_watchers_of_the_job(
     gateway: Callable[..., Awaitable[RunningGateway]], web: httpx.AsyncClient
 ) -> None:
@@ -111,11 +106,6 @@ async def test_an_unscoped_id_with_a_slash_does_not_collide_with_a_tenants_job(
     assert events.status == 200 and events.types[-1] == "done"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a read token names the job id, not the job: its expiry (created + running_ttl + "
-    "output_ttl) outlives a finished job's keys, so it reads the next job the tenant posts under that id",
-)
 async def test_a_read_token_does_not_read_a_later_job_reusing_the_id(
     gateway: Callable[..., Awaitable[RunningGateway]], web: httpx.AsyncClient, redis: Any, prefix: str
 ) -> None:

@@ -121,6 +121,9 @@ def test_tokens_are_bound_to_tenant_job_and_expiry() -> None:
         "another tenant or job needs another mac"
     )
     assert signer.mint("a", "a/job-1", int(now) + 60) == token, "deterministic"
+    bound = signer.mint("a", "a/job-1", int(now) + 60, "1796591340254")
+    grant = signer.check(bound, now=now)
+    assert grant is not None and grant.created == "1796591340254", "bound to the job's creation"
     assert SECRET.decode() not in repr(signer)
 
 

@@ -193,10 +193,14 @@ class Gateway:
         if candidates:
             pipe: Any = self.redis.pipeline(transaction=False)
             for internal, _ in candidates:
-                pipe.hmget(self.keys.state(internal), "state", "tenant")
-            for (internal, owner), (state, tenant) in zip(candidates, await pipe.execute(), strict=True):
-                if state is not None and (None if tenant is None else as_text(tenant)) == owner:
-                    return internal
+                pipe.hmget(self.keys.state(internal), "state", "tenant", "created")
+            replies = await pipe.execute()
+            for (internal, owner), (state, tenant, created) in zip(candidates, replies, strict=True):
+                if state is None or (None if tenant is None else as_text(tenant)) != owner:
+                    continue
+                if who.grant is not None and who.grant.created != as_text(created or b""):
+                    continue  # the token's job ended and expired; this is a later job under its id
+                return internal
         raise Refused(404, "not_found", f"no job {job_id[:200]!r}: never enqueued, or expired")
 
     def public_id(self, who: Principal, internal: str) -> str:
@@ -204,13 +208,10 @@ class Gateway:
         return internal[len(scope) :] if internal.startswith(scope) else internal
 
     async def read_token(self, who: Principal, internal: str) -> str:
-        created = await self.redis.hget(self.keys.state(internal), "created")
-        base = (
-            int(as_text(created)) // 1000
-            if created is not None and as_text(created).isdigit()
-            else int(time.time())
-        )
-        return self.signer.mint(who.name, internal, base + self.token_seconds)
+        raw = await self.redis.hget(self.keys.state(internal), "created")
+        created = "" if raw is None else as_text(raw)
+        base = int(created) // 1000 if created.isdigit() else int(time.time())
+        return self.signer.mint(who.name, internal, base + self.token_seconds, created)
 
     # ------------------------------------------------------------------------------- handlers
 
@@ -388,7 +389,11 @@ class Gateway:
         if await self._ended_before(internal, last):  # resumed at or past its terminal event
             await response.write(comment(f"the job has ended; no event follows {last}"))
             return
-        watch, position = self.hub.attach(internal, last, self.settings.gateway_buffer_bytes)
+        # A job's feed is shared: it starts where the stream really is, never at a client's claim (a
+        # resume id past the end, kept from another stream, would starve every later watcher)
+        real = last != after or after == "0-0"  # an entry was read, or it starts at the beginning
+        start = last if real else min(last, await self.stream_end(key), key=stream_key)
+        watch, position = self.hub.attach(internal, last, self.settings.gateway_buffer_bytes, start=start)
         self._watches.add(watch)
         self.metrics.watched_jobs.set(len(self.hub.feeds))
         try:
@@ -403,6 +408,11 @@ class Gateway:
             self._watches.discard(watch)
             self.hub.detach(watch)
             self.metrics.watched_jobs.set(len(self.hub.feeds))
+
+    async def stream_end(self, key: str) -> str:
+        """The id of the stream's last entry (``0-0`` when it has none)."""
+        top: Any = await self.redis.xrevrange(key, count=1)
+        return as_text(top[0][0]) if top else "0-0"
 
     async def _ended_before(self, internal: str, last: str) -> bool:
         """Whether the job ended with a terminal event at or before ``last`` (a resume id past the
@@ -423,7 +433,7 @@ class Gateway:
 
         watch.on_drop = cut
         while True:
-            if not watch.queue and not (watch.dropped or watch.gone or self.closing):
+            if not watch.queue and not (watch.dropped or watch.gone or watch.finished or self.closing):
                 try:
                     async with asyncio.timeout(heartbeat):
                         await watch.wake.wait()
@@ -447,6 +457,8 @@ class Gateway:
 
     def _close_note(self, watch: Watch, last: str) -> str | None:
         """Why a stream ends before its job does (the comment it ends with), or None."""
+        if watch.finished:
+            return f"the job has ended; no event follows {last}"
         if watch.dropped:
             limit = self.settings.gateway_buffer_bytes
             return f"dropped: this client fell behind by over {limit} bytes; resume after {last}"

@@ -4,7 +4,8 @@ A key is never stored: a tenant is configured with the SHA-256 of its key (``key
 presented key's digest is compared with every tenant's in constant time (:func:`hmac.compare_digest`,
 all of them, whichever matches). A read token lets a browser read one job's events without the key::
 
-    base64url("<tenant>\\n<internal job id>\\n<expiry, Unix seconds>") "." base64url(HMAC-SHA256)
+    base64url("<tenant>\\n<internal job id>\\n<expiry, Unix seconds>\\n<the job's created, ms>")
+    "." base64url(HMAC-SHA256)
 
 signed with the secret in the variable named by ``gateway_secret_env`` (shared by every gateway
 process, so a token minted by one is good on all). Tokens are deterministic: the expiry is the job's
@@ -85,11 +86,14 @@ def tenant_for_key(key: str, tenants: Mapping[str, Tenant]) -> str | None:
 
 
 class ReadGrant(msgspec.Struct, frozen=True):
-    """What a valid read token grants: reading ``job`` (an internal id) as ``tenant`` until ``expires``."""
+    """What a valid read token grants: reading ``job`` (an internal id) as ``tenant`` until
+    ``expires``, while that id names the job created at ``created`` (its state hash's ``created``,
+    Unix ms): a later job reusing the id, once this one's keys expired, is another job."""
 
     tenant: str
     job: str
     expires: int
+    created: str
 
 
 def _b64(data: bytes) -> str:
@@ -117,8 +121,8 @@ class TokenSigner:
     def _mac(self, payload: bytes) -> bytes:
         return hmac.new(self._secret, _CONTEXT + payload, hashlib.sha256).digest()
 
-    def mint(self, tenant: str, job: str, expires: int) -> str:
-        payload = f"{tenant}\n{job}\n{expires}".encode()
+    def mint(self, tenant: str, job: str, expires: int, created: str = "") -> str:
+        payload = f"{tenant}\n{job}\n{expires}\n{created}".encode()
         return f"{_b64(payload)}.{_b64(self._mac(payload))}"
 
     def check(self, token: str, *, now: float | None = None) -> ReadGrant | None:
@@ -130,9 +134,9 @@ class TokenSigner:
         if payload is None or mac is None or not hmac.compare_digest(mac, self._mac(payload)):
             return None
         parts = payload.decode("utf-8", "replace").split("\n")
-        if len(parts) != 3 or not parts[2].isdigit() or len(parts[2]) > 12:
+        if len(parts) != 4 or not parts[2].isdigit() or len(parts[2]) > 12:
             return None
-        grant = ReadGrant(parts[0], parts[1], int(parts[2]))
+        grant = ReadGrant(parts[0], parts[1], int(parts[2]), parts[3])
         if grant.expires <= (time.time() if now is None else now):
             return None
         return grant

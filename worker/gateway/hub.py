@@ -66,7 +66,19 @@ def stream_key(text: str) -> tuple[int, int]:
 class Watch:
     """One connection's view of a feed: entries newer than it has, up to ``limit`` bytes of them."""
 
-    __slots__ = ("_batch", "_size", "dropped", "feed", "gone", "last", "limit", "on_drop", "queue", "wake")
+    __slots__ = (
+        "_batch",
+        "_size",
+        "dropped",
+        "feed",
+        "finished",
+        "gone",
+        "last",
+        "limit",
+        "on_drop",
+        "queue",
+        "wake",
+    )
 
     def __init__(self, feed: Feed, last: tuple[int, int], limit: int) -> None:
         self.feed = feed
@@ -78,6 +90,7 @@ class Watch:
         self.wake = asyncio.Event()
         self.dropped = False
         self.gone = False
+        self.finished = False  # the job's terminal event passed at or before ``last``
         self.on_drop: Callable[[], None] | None = None  # called when it is dropped
 
     def offer(self, entry: Entry, key: tuple[int, int] | None = None) -> None:
@@ -85,6 +98,9 @@ class Watch:
             return
         key = key or stream_key(entry.id)
         if key <= self.last:
+            if entry.terminal:  # resumed past the end: nothing will ever follow
+                self.finished = True
+                self.wake.set()
             return
         self.last = key
         self.queue.append(entry)
@@ -175,12 +191,13 @@ class Hub:
         """End an idle wait now (a new feed, or stopping)."""
         self._changed.set()
 
-    def attach(self, job_id: str, last: str, limit: int) -> tuple[Watch, str]:
+    def attach(self, job_id: str, last: str, limit: int, *, start: str | None = None) -> tuple[Watch, str]:
         """Watch ``job_id`` from after ``last``; returns the watch and the feed's position then: the
-        caller reads ``(last, position]`` itself (``XRANGE``), the watch gets everything after."""
+        caller reads ``(last, position]`` itself (``XRANGE``), the watch gets everything after.
+        ``start``: where a new feed begins (a real position of the stream; default ``last``)."""
         feed = self.feeds.get(job_id)
         if feed is None:
-            feed = self.feeds[job_id] = Feed(job_id, self.keys.events(job_id), last)
+            feed = self.feeds[job_id] = Feed(job_id, self.keys.events(job_id), start or last)
             self._changed.set()
         position = feed.position
         watch = Watch(feed, max(stream_key(last), stream_key(position)), limit)
