@@ -47,11 +47,16 @@ everything that attempt wrote; no other writer of that attempt exists.)"""
 # under the same id. (No digest kept, e.g. a job a worker created from a raw XADD: no comparison.)
 # KEYS: state. ARGV: now_ms, ttl_ms, model, api, provider, digest ('' to keep none), tenant (the
 # gateway's tenant that enqueued it, recorded as `tenant`; '' or absent for none).
-# Returns {"new", "queued", ""} | {"exists", state, entry} | {"conflict", state, entry}.
+# Returns {"new", "queued", ""} | {"exists", state, entry} | {"conflict", state, entry}, or, for a
+# tenant's job whose id names a job that is not that tenant's (one enqueued outside the gateway),
+# {"foreign", state, entry}.
 ENQUEUE: Final = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if state then
   local entry = redis.call('HGET', KEYS[1], 'entry') or ''
+  if ARGV[7] and ARGV[7] ~= '' and redis.call('HGET', KEYS[1], 'tenant') ~= ARGV[7] then
+    return {'foreign', state, entry}
+  end
   local digest = redis.call('HGET', KEYS[1], 'job_sha256')
   if digest and ARGV[6] ~= '' and digest ~= ARGV[6] then return {'conflict', state, entry} end
   return {'exists', state, entry}

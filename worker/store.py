@@ -114,19 +114,20 @@ class JobStore:
 
     async def create(
         self, job_id: str, model: str, api: str, provider: str, *, digest: str = "", tenant: str = ""
-    ) -> tuple[Literal["new", "exists", "conflict"], str, str]:
+    ) -> tuple[Literal["new", "exists", "conflict", "foreign"], str, str]:
         """Create the state hash unless it exists: (outcome, state, entry).
 
         ``digest`` (:func:`job_digest`) is kept on a new job; an existing job whose kept digest
         differs is a ``conflict`` (checked atomically with the creation). ``tenant``: the gateway
-        tenant enqueueing it, recorded on a new job's hash as ``tenant``.
+        tenant enqueueing it, recorded on a new job's hash as ``tenant``; an existing job that is not
+        that tenant's is ``foreign`` (never a conflict nor the same job).
         """
         reply = await self._enqueue(
             keys=[self.keys.state(job_id)],
             args=[now_ms(), self.running_ttl_ms, model, api, provider, digest, tenant],
         )
         outcome = as_text(reply[0])
-        if outcome not in ("new", "exists", "conflict"):  # pragma: no cover - the script returns only these
+        if outcome not in ("new", "exists", "conflict", "foreign"):  # pragma: no cover - the script's only
             raise AssertionError(outcome)
         return outcome, as_text(reply[1]), as_text(reply[2])  # type: ignore[return-value]
 

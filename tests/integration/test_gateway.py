@@ -110,7 +110,7 @@ async def test_post_answers_201_then_200_with_the_same_body_and_409_for_another(
             "max_tokens_cap",
         ),
         ({"model": "m", "input": "x", "id": "a/b"}, "invalid_job", "no '/'"),
-        ({"model": "m", "input": "x", "id": "x" * 125}, "invalid_job", "at most 123 characters"),
+        ({"model": "m", "input": "x", "id": "x" * 125}, "invalid_job", "at most 121 characters"),
         ("not json at all", "invalid_job", "not valid JSON"),
     ],
 )

@@ -86,11 +86,6 @@ async def test_a_future_resume_id_does_not_starve_other_watchers_of_the_job(
             await poisoner
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an unscoped job id 'acme/x' (JobId allows '/') is the internal id of tenant acme's 'x': "
-    "the tenant's POST answers 200/409 for a job it does not own (an existence oracle) and cannot use its id",
-)
 async def test_an_unscoped_id_with_a_slash_does_not_collide_with_a_tenants_job(
     gateway: Callable[..., Awaitable[RunningGateway]], web: httpx.AsyncClient, client: Client
 ) -> None:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from worker.gateway.auth import MAX_CREDENTIAL, TokenSigner, bearer_key, gateway_secret, tenant_for_key
 from worker.gateway.hub import Feed, Watch
-from worker.gateway.ids import after_stream_id, id_problem, parse_stream_id, scoped_id
+from worker.gateway.ids import after_stream_id, id_problem, parse_stream_id, scoped_id, scoped_ids
 from worker.gateway.sse import Entry, comment, entry_of, frame
 from worker.settings import Settings, SettingsError, Tenant
 
@@ -63,14 +63,17 @@ def test_a_scoped_id_is_a_valid_job_id_whenever_the_id_is_accepted(tenant: str, 
 
     if id_problem(tenant, job_id) is None:
         internal = scoped_id(tenant, job_id)
-        assert msgspec.convert(internal, JobId) == internal
         assert internal.split("/", 1) == [tenant, job_id]
+        ids = scoped_ids(tenant, job_id)
+        assert ids[0] == internal and len(set(ids)) == len(ids)
+        for one in ids:
+            assert msgspec.convert(one, JobId) == one
 
 
 def test_a_slash_or_a_long_id_is_refused_by_name() -> None:
     assert "no '/'" in (id_problem("acme", "a/b") or "")
-    assert "at most 123 characters for tenant 'acme'" in (id_problem("acme", "x" * 124) or "")
-    assert id_problem("acme", "x" * 123) is None
+    assert "at most 121 characters for tenant 'acme'" in (id_problem("acme", "x" * 122) or "")
+    assert id_problem("acme", "x" * 121) is None
 
 
 # -------------------------------------------------------------------------------- keys, tokens

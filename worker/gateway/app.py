@@ -32,7 +32,7 @@ from ..settings import Settings, Tenant
 from ..store import JobStore, job_digest, now_ms
 from .auth import ReadGrant, TokenSigner, bearer_key, tenant_for_key
 from .hub import Hub, Watch, stream_key
-from .ids import MAX_JOB_ID, PUBLIC_ID, after_stream_id, id_problem, scoped_id
+from .ids import MAX_JOB_ID, PUBLIC_ID, after_stream_id, id_problem, scoped_ids
 from .limits import InflightLimiter, StreamCounter
 from .metrics import GatewayMetrics
 from .models import CancelBody, Cancelled, Created, ErrorBody, ErrorDetail, JobState
@@ -185,7 +185,7 @@ class Gateway:
         enqueued, expired, another tenant's, or a read token for another job)."""
         candidates: list[tuple[str, str | None]] = []
         if PUBLIC_ID.fullmatch(job_id) and id_problem(who.name, job_id) is None:
-            candidates.append((scoped_id(who.name, job_id), who.name))
+            candidates += [(internal, who.name) for internal in scoped_ids(who.name, job_id)]
         if who.tenant.read_unscoped and _unscoped_id(job_id):
             candidates.append((job_id, None))
         if who.grant is not None:
@@ -240,20 +240,27 @@ class Gateway:
         if problem is not None:
             self.metrics.jobs.labels("invalid").inc()
             raise Refused(422, "invalid_job", f"invalid job: {problem}")
-        internal = scoped_id(who.name, public)
-        job = msgspec.structs.replace(job, id=internal)
-        added = await self.limiter.admit(who.name, internal, who.tenant.max_inflight_jobs, now_ms())
-        if not added:
-            self.metrics.refused.labels("inflight").inc()
-            raise Refused(
-                429,
-                "too_many_jobs",
-                f"tenant {who.name!r} has max_inflight_jobs={who.tenant.max_inflight_jobs} jobs in flight",
-                {"Retry-After": RETRY_AFTER_INFLIGHT},
+        limit = who.tenant.max_inflight_jobs
+        for internal in scoped_ids(who.name, public):
+            job = msgspec.structs.replace(job, id=internal)
+            added = await self.limiter.admit(who.name, internal, limit, now_ms())
+            if not added:
+                self.metrics.refused.labels("inflight").inc()
+                raise Refused(
+                    429,
+                    "too_many_jobs",
+                    f"tenant {who.name!r} has max_inflight_jobs={limit} jobs in flight",
+                    {"Retry-After": RETRY_AFTER_INFLIGHT},
+                )
+            outcome, state, entry = await self.store.create(
+                internal, job.model, job.api, job.provider or "", digest=job_digest(job), tenant=who.name
             )
-        outcome, state, entry = await self.store.create(
-            internal, job.model, job.api, job.provider or "", digest=job_digest(job), tenant=who.name
-        )
+            if outcome != "foreign":
+                break
+            if added == "new":  # a job enqueued outside the gateway holds this id: try the next
+                await self.limiter.release(who.name, internal)
+        else:
+            raise Refused(409, "conflict", f"job id {public!r} cannot be used: choose another id")
         if outcome == "conflict":
             if added == "new":
                 await self.limiter.release(who.name, internal)

@@ -5,7 +5,10 @@ A job a tenant enqueues through the gateway runs under the *internal* id ``<tena
 names it by its own ``id``. So two tenants posting the same id make two jobs, and nothing one does
 can name, read or cancel the other's. A gateway id holds no ``/`` (a URL path segment, and the
 separator), so an internal id is unambiguous. Jobs enqueued outside the gateway keep their own id
-(no tenant on the state hash); only a ``read_unscoped`` tenant reads them, by that id.
+(no tenant on the state hash); only a ``read_unscoped`` tenant reads them, by that id. Such a job may
+hold an id of the form ``<tenant>/<id>``; the tenant's own job ``<id>`` then runs as
+``<tenant>/<id>/1`` (or ``/2``): every lookup checks the state hash's ``tenant``
+(:func:`scoped_ids`), so the two never meet and the tenant learns nothing of the other.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import re
 from typing import Final
 
 __all__ = [
+    "ALTERNATES",
     "MAX_JOB_ID",
     "PUBLIC_ID",
     "STREAM_ID",
@@ -21,6 +25,7 @@ __all__ = [
     "id_problem",
     "parse_stream_id",
     "scoped_id",
+    "scoped_ids",
 ]
 
 MAX_JOB_ID: Final = 128
@@ -35,16 +40,28 @@ STREAM_ID: Final = re.compile(r"(0|[1-9][0-9]{0,19})-(0|[1-9][0-9]{0,19})")
 _U64: Final = 2**64
 
 
+ALTERNATES: Final = 2
+"""How many other internal ids a tenant's job may take when ``<tenant>/<id>`` is already a job
+enqueued outside the gateway (a raw id may hold a ``/``): ``<tenant>/<id>/1``, ``<tenant>/<id>/2``."""
+
+
 def scoped_id(tenant: str, job_id: str) -> str:
-    """The internal id of ``tenant``'s job ``job_id``."""
+    """The internal id of ``tenant``'s job ``job_id`` (unless that id was taken outside the gateway)."""
     return f"{tenant}/{job_id}"
+
+
+def scoped_ids(tenant: str, job_id: str) -> list[str]:
+    """Every internal id ``tenant``'s job ``job_id`` may run under, in the order they are tried: the
+    first that is free or already this tenant's (its state hash's ``tenant``) is the job's."""
+    first = scoped_id(tenant, job_id)
+    return [first, *(f"{first}/{n}" for n in range(1, ALTERNATES + 1))]
 
 
 def id_problem(tenant: str, job_id: str) -> str | None:
     """Why ``job_id`` cannot be a gateway job id of ``tenant``, or None."""
     if PUBLIC_ID.fullmatch(job_id) is None:
         return "`id`: 1-128 letters, digits or ._:@+=- (no '/', no spaces)"
-    room = MAX_JOB_ID - len(tenant) - 1
+    room = MAX_JOB_ID - len(tenant) - 3  # "<tenant>/<id>/<n>" is a job id too
     if len(job_id) > room:
         return f"`id`: at most {room} characters for tenant {tenant!r} (the gateway scopes ids by tenant)"
     return None

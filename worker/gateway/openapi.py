@@ -152,7 +152,7 @@ def openapi(job_schema: dict[str, Any]) -> dict[str, Any]:
                         "413": _error("the body is over max_payload_bytes"),
                         "422": _error(
                             "an invalid job: the reason the worker would give; or an `id` the gateway "
-                            "cannot scope to the tenant (one with a '/', or longer than 127 characters "
+                            "cannot scope to the tenant (one with a '/', or longer than 125 characters "
                             "less the tenant name's length)"
                         ),
                         "429": _error("the tenant has max_inflight_jobs jobs in flight", retry_after=True),
