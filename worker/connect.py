@@ -52,6 +52,8 @@ def http_client(settings: Settings) -> httpx.AsyncClient:
     :mod:`worker.upstream.stall` (``stall_timeout_seconds``), which costs no timer per chunk."""
     import httpx
 
+    from .upstream.http import UpstreamClient  # keeps no cookies
+
     timeout = httpx.Timeout(
         connect=settings.connect_timeout_seconds,
         read=None,
@@ -65,8 +67,8 @@ def http_client(settings: Settings) -> httpx.AsyncClient:
     if settings.upstream_transport == "aiohttp":
         # httpx's API and httpx-sse on aiohttp's HTTP parser (far cheaper per small chunk)
         transport = _aiohttp_transport(limits)
-        return httpx.AsyncClient(timeout=timeout, transport=transport, follow_redirects=False)
-    return httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False)
+        return UpstreamClient(timeout=timeout, transport=transport, follow_redirects=False)
+    return UpstreamClient(timeout=timeout, limits=limits, follow_redirects=False)
 
 
 READ_BUFSIZE = 64 * 1024

@@ -1,6 +1,6 @@
 """open_sse() parses each upstream URL once (the parse is remembered per URL string): the requests
 still go to exactly that URL, a URL httpx refuses still fails as "bad upstream URL" naming no secret, and the
-memo is bounded."""
+memo is bounded; the worker's client keeps no cookie between requests."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from worker.upstream.base import UpstreamError
-from worker.upstream.http import StreamLimits, _parsed, open_sse
+from worker.upstream.http import StreamLimits, UpstreamClient, _parsed, open_sse
 
 API_KEY = "sk-test-0123456789abcdef"
 HEADERS = {"Authorization": f"Bearer {API_KEY}"}
@@ -50,3 +50,27 @@ async def test_a_bad_url_fails_as_before(url: str) -> None:
 
 def test_the_memo_is_bounded() -> None:
     assert _parsed.cache_info().maxsize == 1024
+
+
+async def test_the_upstream_client_keeps_no_cookie_between_requests() -> None:
+    sent: list[str | None] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request.headers.get("cookie"))
+        headers = {"content-type": "text/event-stream", "set-cookie": "session=tenant-a; Path=/"}
+        return httpx.Response(200, headers=headers, content=b'data: {"a":1}\n\n')
+
+    async with UpstreamClient(transport=httpx.MockTransport(handler)) as client:
+        for _ in range(2):  # another tenant's job to the same upstream: no cookie of the first
+            async with open_sse(client, "https://a.test/v1/m", b"{}", HEADERS, LIMITS) as events:
+                assert [data async for data in events] == ['{"a":1}']
+        assert len(client.cookies) == 0
+    assert sent == [None, None]
+
+
+def test_the_worker_http_client_is_the_cookieless_one() -> None:
+    from worker.connect import http_client
+    from worker.settings import Settings
+
+    for transport in ("aiohttp", "httpx"):
+        assert isinstance(http_client(Settings(upstream_transport=transport)), UpstreamClient)

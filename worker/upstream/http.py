@@ -42,6 +42,7 @@ from worker.upstream.stall import StallGuard
 
 __all__ = [
     "StreamLimits",
+    "UpstreamClient",
     "error_from_response",
     "message_from_body",
     "open_sse",
@@ -536,6 +537,30 @@ def _read_timeout(exc: httpx.HTTPError) -> float | None:
         return None
     value = timeout.get("read") if isinstance(timeout, dict) else None
     return float(value) if isinstance(value, int | float) else None
+
+
+class _NoCookies(httpx.Cookies):
+    """An always-empty cookie store: a response's ``Set-Cookie`` is dropped, not kept."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return None
+
+
+class UpstreamClient(httpx.AsyncClient):
+    """httpx's client keeping no cookies: one tenant's request never carries a cookie an upstream
+    set on another's, and no response pays for cookie parsing (~3 % of a short job's samples).
+    Providers' APIs authenticate by header; nothing tokenwire sends relies on cookies."""
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return _NO_COOKIES
+
+    @cookies.setter
+    def cookies(self, cookies: Any) -> None:
+        return None
+
+
+_NO_COOKIES = _NoCookies()
 
 
 @functools.lru_cache(maxsize=1024)
