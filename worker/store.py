@@ -9,17 +9,19 @@ import hashlib
 import secrets
 import time
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from . import scripts
-from .coalesce import Coalescer
 from .events import Cancelled, Error, Event, Start, encode_event
 from .jobs import Job
 from .keys import Keys, as_text
+
+if TYPE_CHECKING:  # a producer's import (Client) stays free of the worker's logging
+    from .coalesce import Coalescer
 
 __all__ = ["BeginResult", "JobStore", "job_digest", "split_on_attempt"]
 
