@@ -21,7 +21,8 @@ def test_every_variant_and_load_is_measured_with_ratios(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "short.json"
-    assert shortjobs.main([*SHORT, "--out", str(out)]) == 0
+    variants = ["--variant", "naive", "--variant", "tokenwire", "--variant", "arq"]
+    assert shortjobs.main([*SHORT, *variants, "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     rows = {(r["variant"], r["load"]): r for r in result["rows"]}
     assert set(rows) == {(v, ld) for v in ("naive", "tokenwire", "arq") for ld in ("flat", "paced")}
