@@ -153,6 +153,10 @@ class JobSpend:
 
     def after(self, attempt: Attempt, *, escalation: bool) -> None:
         input_tokens, output_tokens, reported = attempt.usage()
+        # the adapters bound usage (worker/upstream/base.py prompt_count); never trust it here
+        # either: a negative count would make a Prometheus counter raise, a NaN cost poison a sum
+        input_tokens = None if input_tokens is None else max(0, input_tokens)
+        output_tokens = max(0, output_tokens)
         if input_tokens is None and output_tokens == 0 and attempt.fallback is None:
             return  # it never sent a request (refused before it)
         admitted = attempt.admitted
@@ -170,7 +174,7 @@ class JobSpend:
         if input_tokens:
             self.metrics.usage_tokens.labels(label, "input").inc(input_tokens)
         self.metrics.usage_tokens.labels(label, "output").inc(output_tokens)
-        if usage.cost:
+        if usage.cost and math.isfinite(usage.cost) and usage.cost > 0:
             self.metrics.cost.labels(label).inc(usage.cost)
 
     def done(self, outcome: Outcome) -> Outcome:

@@ -265,10 +265,11 @@ class Budgets:
                 KEY_TTL_MS,
             ],
         )
-        self._observe(scope, as_text(reply[3]), float(as_text(reply[8])))
+        self._observe(scope, as_text(reply[3]), _number(reply[8], 1.0, MIN_FACTOR, 1.0))
         if int(reply[0]) != 1:
-            return None, int(as_text(reply[1])), as_text(reply[2])
-        permit = Permit(scope, ticket, int(reply[6]), float(as_text(reply[7])))
+            hint = int(_number(reply[1], 0.0, 0.0, MAX_RETRY_AFTER * 1000))
+            return None, hint, as_text(reply[2])
+        permit = Permit(scope, ticket, int(reply[6]), _number(reply[7], 0.0, 0.0, float(cost)))
         self._held[ticket] = permit
         return permit, 0, "granted"
 
@@ -341,7 +342,12 @@ class Budgets:
         if permit is None:
             return
         self._held.pop(permit.ticket, None)
-        refund = permit.reserved - used if permit.scope.tokens_per_minute else 0.0
+        refund = 0.0
+        if permit.scope.tokens_per_minute:
+            # ``used`` counts what a provider reported (bounded by the adapters): never more than
+            # a minute's budget is taken back (the script floors the bucket at empty anyway)
+            taken = min(max(0.0, float(used)), permit.reserved + permit.scope.tokens_per_minute)
+            refund = permit.reserved - taken
         self._spawn(self.release(permit.scope, permit.ticket, "ok" if ok else "fail", refund))
         self._wake(permit.scope)
 
@@ -372,7 +378,7 @@ class Budgets:
                 RATE_STEP,
             ],
         )
-        self._observe(scope, as_text(reply[0]), float(as_text(reply[3])))
+        self._observe(scope, as_text(reply[0]), _number(reply[3], 1.0, MIN_FACTOR, 1.0))
 
     async def throttle(self, permit: Permit, retry_after_ms: int) -> None:
         """``permit``'s request got a 429: free its slot, cut the budget, pause for Retry-After."""
@@ -479,3 +485,15 @@ async def collect_budgets(redis: Redis, keys: Keys) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def _number(raw: Any, default: float, low: float, high: float) -> float:
+    """A number from a script's reply, parsed defensively (Lua may render a float as
+    ``9.99e+14``): ``default`` when it is not a finite number, else clamped to ``low..high``."""
+    try:
+        value = float(as_text(raw))
+    except (TypeError, ValueError):
+        return default
+    if not math.isfinite(value):
+        return default
+    return min(max(value, low), high)

@@ -299,14 +299,28 @@ return id
 # ms). Time is Redis's own (TIME), so workers' clocks never disagree. Buckets hold one sixth of the
 # per-minute amount (ten seconds' worth) and refill continuously; both and the concurrency limit
 # scale with the AIMD state. Numbers travel as strings (Lua floats would be truncated in replies).
+# A token bucket lies in 0..cap: `clamp` floors it (a settle that used more than it reserved empties
+# the bucket, never overdraws it, so no report makes anyone wait longer than a refill of the whole
+# bucket, ten seconds) and takes a stored value that is no number (NaN, garbage) as full. Wait
+# hints are rendered by `ms` as integers (`%d` of a bounded value: never `9.9e+14`).
 _BUDGET_PRELUDE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local function level(value, ts, cap, rate)
-  if not value then return cap end
-  local l = tonumber(value) + (now - tonumber(ts)) * rate
-  if l > cap then l = cap end
+local function clamp(l, cap)
+  if l ~= l then return cap end
+  if l > cap then return cap end
+  if l < 0 then return 0 end
   return l
+end
+local function level(value, ts, cap, rate)
+  local v, at = tonumber(value), tonumber(ts)
+  if not v or not at then return cap end
+  return clamp(v + math.max(0, now - at) * rate, cap)
+end
+local function ms(wait)
+  if wait ~= wait or wait < 0 then return '0' end
+  if wait > 3600000 then wait = 3600000 end
+  return string.format('%d', math.ceil(wait))
 end
 local function expire(ttl)
   for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ttl) end
@@ -349,7 +363,7 @@ local shown = limit and tostring(limit) or ''
 local ttl = tonumber(ARGV[8])
 local function refuse(wait, why)
   expire(ttl)
-  return {0, tostring(math.ceil(wait)), why, shown, inuse, waiting, now, '0', tostring(factor)}
+  return {0, ms(wait), why, shown, inuse, waiting, now, '0', tostring(factor)}
 end
 local blocked = tonumber(f[3]) or 0
 if blocked > now then return refuse(blocked - now, 'retry_after') end
@@ -393,16 +407,17 @@ return {1, '0', 'granted', shown, inuse + 1, waiting - 1, now, tostring(cost), t
 )
 
 # Settle a request: free its slot (or its place in the queue, when it stops waiting), give back
-# the tokens it reserved but did not use (a negative refund takes more), and on success grow the
-# budget additively (the concurrency limit by 1/limit per success, about one per round of the
-# limit; the rate factor by RATE_STEP), up to the configured limit (where the AIMD state is
-# dropped: back to the setting).
+# the tokens it reserved but did not use (a negative refund takes more, down to an empty bucket),
+# and on success grow the budget additively (the concurrency limit by 1/limit per success, about
+# one per round of the limit; the rate factor by RATE_STEP), up to the configured limit (where the
+# AIMD state is dropped: back to the setting).
 # KEYS: state, slots, queue, waiters. ARGV: ticket, outcome (ok | fail), refund, max_concurrency,
 # tokens_per_minute, key_ttl_ms, rate step. Returns {limit ('' unbounded), in_use, waiting, factor}.
 BUDGET_RELEASE: Final = (
     _BUDGET_PRELUDE
     + """
-local maxc, tpm, refund = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[3])
+local maxc, tpm, refund = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[3]) or 0
+if refund ~= refund then refund = 0 end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('HDEL', KEYS[4], ARGV[1])
@@ -410,8 +425,7 @@ local f = redis.call('HMGET', KEYS[1], 'limit', 'factor', 'tl', 'tts')
 local factor = tonumber(f[2]) or 1
 if tpm > 0 and refund ~= 0 then
   local cap, rate = math.max(1, tpm * factor / 6), tpm * factor / 60000
-  local tl = level(f[3], f[4], cap, rate) + refund
-  if tl > cap then tl = cap end
+  local tl = clamp(level(f[3], f[4], cap, rate) + refund, cap)
   redis.call('HSET', KEYS[1], 'tl', tostring(tl), 'tts', now)
 end
 local limit = tonumber(f[1])
@@ -473,11 +487,11 @@ if tonumber(ARGV[2]) > (tonumber(f[3]) or 0) then
   redis.call('HSET', KEYS[1], 'limit', tostring(limit), 'factor', tostring(factor), 'cut', now)
   cut = 1
 end
-local refund = tonumber(ARGV[6])
+local refund = tonumber(ARGV[6]) or 0
+if refund ~= refund then refund = 0 end
 if tpm > 0 and refund ~= 0 then
   local cap, rate = math.max(1, tpm * factor / 6), tpm * factor / 60000
-  local tl = level(f[5], f[6], cap, rate) + refund
-  if tl > cap then tl = cap end
+  local tl = clamp(level(f[5], f[6], cap, rate) + refund, cap)
   redis.call('HSET', KEYS[1], 'tl', tostring(tl), 'tts', now)
 end
 expire(tonumber(ARGV[7]))

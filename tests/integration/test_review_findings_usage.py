@@ -29,12 +29,6 @@ def _upstream(request: httpx.Request) -> httpx.Response:
     return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=STREAM)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="JobSpend.after increments Prometheus counters by the provider's usage counts: a "
-    "negative count raises ValueError out of the runner (an unmapped crash after the whole answer "
-    "streamed), so the job is re-run to max_deliveries instead of ending done",
-)
 async def test_a_negative_usage_count_from_upstream_does_not_crash_the_delivery(
     start_worker: Callable[..., Awaitable[Any]], client: Client
 ) -> None:

@@ -8,11 +8,73 @@ provider JSON.
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import msgspec
 
 from worker.redact import redact
 
-__all__ = ["Candidate", "Parsed", "StreamEnd", "TokenRecord", "UpstreamError"]
+__all__ = [
+    "MAX_OUTPUT_TOKENS",
+    "MAX_PROMPT_TOKENS",
+    "Candidate",
+    "Parsed",
+    "StreamEnd",
+    "TokenRecord",
+    "UpstreamError",
+    "finite",
+    "output_count",
+    "prompt_count",
+    "token_id",
+]
+
+MAX_PROMPT_TOKENS = 10_000_000
+"""The largest prompt count believed from a provider (ten times the longest context any model
+has): a count above it, negative, or not an integer is taken as not reported."""
+
+MAX_OUTPUT_TOKENS = 1_000_000
+"""The largest output count believed from a provider (``max_tokens_cap`` bounds what is asked for;
+the attempt's own cap then bounds the count again, :meth:`worker.attempt.Attempt.usage`)."""
+
+MAX_TOKEN_ID = 2**31 - 1
+"""Token ids are vocabulary indices: a value outside ``0..2**31-1`` is not one."""
+
+
+def _count(value: Any, bound: int) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value if 0 <= value <= bound else None
+
+
+def prompt_count(value: Any) -> int | None:
+    """A provider's prompt (input) token count, or ``None`` (not reported) when it is not a
+    non-negative int up to :data:`MAX_PROMPT_TOKENS`. Every usage count of every dialect comes in
+    through this function or :func:`output_count` (the structs that carry usage call them)."""
+    return _count(value, MAX_PROMPT_TOKENS)
+
+
+def output_count(value: Any) -> int | None:
+    """A provider's output token count, or ``None`` when not a non-negative int up to
+    :data:`MAX_OUTPUT_TOKENS`."""
+    return _count(value, MAX_OUTPUT_TOKENS)
+
+
+def token_id(value: Any) -> int | None:
+    """A token id, or ``None`` when the value is not an int in ``0..MAX_TOKEN_ID``."""
+    return _count(value, MAX_TOKEN_ID)
+
+
+def finite(value: Any) -> float | None:
+    """A JSON number as a finite float, or ``None`` (a bool, a string, an int too large for a
+    float, NaN or an infinity are not numbers a logprob can be)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an int of hundreds of digits
+        return None
+    return number if math.isfinite(number) else None
 
 
 class Candidate(msgspec.Struct, frozen=True):
@@ -56,6 +118,10 @@ class StreamEnd(msgspec.Struct, frozen=True):
     input_tokens: int | None = None
     output_tokens: int | None = None
 
+    def __post_init__(self) -> None:  # the bound of every usage count (an adapter may build one)
+        msgspec.structs.force_setattr(self, "input_tokens", prompt_count(self.input_tokens))
+        msgspec.structs.force_setattr(self, "output_tokens", output_count(self.output_tokens))
+
 
 class Parsed(msgspec.Struct):
     """What one SSE data payload said.
@@ -74,6 +140,18 @@ class Parsed(msgspec.Struct):
     usage_output_tokens: int | None = None
     closed: bool = False
     text: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.usage_input_tokens is not None:
+            self.usage_input_tokens = prompt_count(self.usage_input_tokens)
+        if self.usage_output_tokens is not None:
+            self.usage_output_tokens = output_count(self.usage_output_tokens)
+
+    def set_usage(self, input_tokens: Any, output_tokens: Any) -> None:
+        """Take a provider's usage counts, each bounded (:func:`prompt_count`,
+        :func:`output_count`; nonsense is not reported). Adapters set usage only through this."""
+        self.usage_input_tokens = prompt_count(input_tokens)
+        self.usage_output_tokens = output_count(output_tokens)
 
 
 class UpstreamError(Exception):

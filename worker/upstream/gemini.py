@@ -181,8 +181,7 @@ class GeminiParser:
         parsed = Parsed()
         usage = chunk.usageMetadata
         if usage is not None:
-            parsed.usage_input_tokens = usage.promptTokenCount
-            parsed.usage_output_tokens = usage.candidatesTokenCount
+            parsed.set_usage(usage.promptTokenCount, usage.candidatesTokenCount)
         candidate = _candidate0(chunk.candidates)
         if candidate is None:
             feedback = chunk.promptFeedback

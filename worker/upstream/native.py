@@ -8,13 +8,22 @@ EOF after the final event is the end. Errors arrive in the stream at HTTP 200 as
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
 
 from worker.jobs import Job
 from worker.settings import Provider, Settings
-from worker.upstream.base import Candidate, Parsed, StreamEnd, TokenRecord, UpstreamError
+from worker.upstream.base import (
+    Candidate,
+    Parsed,
+    StreamEnd,
+    TokenRecord,
+    UpstreamError,
+    output_count,
+    prompt_count,
+)
 from worker.upstream.errors import malformed_event, stream_error
 from worker.upstream.request import bearer, max_tokens, model_path, sampling, with_model
 
@@ -145,13 +154,14 @@ def _final(event: _Event, tokens: list[TokenRecord]) -> Parsed:
     details = event.details or _Details()
     status = event.inference_status or _Status()
     input_tokens = _first(
+        prompt_count,
         details.input_length,
         details.input_tokens,
         details.prompt_tokens,
         event.num_input_tokens,
         status.tokens_input,
     )
-    output_tokens = _first(details.generated_tokens, event.num_tokens, status.tokens_generated)
+    output_tokens = _first(output_count, details.generated_tokens, event.num_tokens, status.tokens_generated)
     reason = details.finish_reason
     if not reason:
         reason = "eos_token" if tokens and tokens[-1].special is True else "unknown"
@@ -159,8 +169,9 @@ def _final(event: _Event, tokens: list[TokenRecord]) -> Parsed:
     return Parsed(tokens, end, input_tokens, output_tokens, closed=True)
 
 
-def _first(*values: int | None) -> int | None:
-    return next((v for v in values if v is not None), None)
+def _first(bound: Callable[[Any], int | None], *values: int | None) -> int | None:
+    """The first of ``values`` that is a plausible count (``bound``: nonsense is not reported)."""
+    return next((n for n in map(bound, values) if n is not None), None)
 
 
 def _has_error(event: _Event) -> bool:

@@ -14,7 +14,14 @@ from typing import Any
 
 import msgspec
 
-from worker.upstream.base import Candidate, Parsed, StreamEnd, TokenRecord
+from worker.upstream.base import (
+    Candidate,
+    Parsed,
+    StreamEnd,
+    TokenRecord,
+    output_count,
+    prompt_count,
+)
 from worker.upstream.errors import malformed_event, stream_error
 
 __all__ = [
@@ -84,8 +91,15 @@ class Choice(msgspec.Struct, gc=False):
 
 
 class _Usage(msgspec.Struct, gc=False):
+    """Usage, bounded as it is decoded (:func:`worker.upstream.base.prompt_count`): every reader of
+    the chunk (one choice or ``n``, :mod:`worker.upstream.choices`) sees only plausible counts."""
+
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        self.prompt_tokens = prompt_count(self.prompt_tokens)
+        self.completion_tokens = output_count(self.completion_tokens)
 
 
 class LegacyToken(msgspec.Struct, gc=False):
@@ -140,8 +154,7 @@ def to_parsed(chunk: Chunk, tokens_of: TokensOf) -> Parsed:
     parsed = Parsed()
     usage = chunk.usage
     if usage is not None:
-        parsed.usage_input_tokens = usage.prompt_tokens
-        parsed.usage_output_tokens = usage.completion_tokens
+        parsed.set_usage(usage.prompt_tokens, usage.completion_tokens)
     choice = _choice0(chunk.choices)
     reason = chunk.finish_reason
     if choice is not None:

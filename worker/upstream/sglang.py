@@ -35,7 +35,17 @@ import msgspec
 
 from worker.jobs import Job
 from worker.settings import Provider, Settings
-from worker.upstream.base import Candidate, Parsed, StreamEnd, TokenRecord, UpstreamError
+from worker.upstream.base import (
+    Candidate,
+    Parsed,
+    StreamEnd,
+    TokenRecord,
+    UpstreamError,
+    finite,
+    output_count,
+    prompt_count,
+    token_id,
+)
 from worker.upstream.errors import malformed_event, stream_error
 from worker.upstream.request import bearer, max_tokens, with_model
 
@@ -61,6 +71,10 @@ class _Meta(msgspec.Struct, gc=False):
     completion_tokens: int | None = None
     output_token_logprobs: list[list[Any]] | None = None
     output_top_logprobs: list[list[list[Any]] | None] | None = None
+
+    def __post_init__(self) -> None:  # usage bounded as it comes in (worker/upstream/base.py)
+        self.prompt_tokens = prompt_count(self.prompt_tokens)
+        self.completion_tokens = output_count(self.completion_tokens)
 
 
 class _Event(msgspec.Struct, gc=False):
@@ -158,8 +172,7 @@ class SGLangParser:
             text = self._new_text(event.text)
             records = [TokenRecord(text, None, special=False)] if text else []
         parsed = Parsed(records, text=text or None)
-        parsed.usage_input_tokens = meta.prompt_tokens
-        parsed.usage_output_tokens = meta.completion_tokens
+        parsed.set_usage(meta.prompt_tokens, meta.completion_tokens)
         reason = meta.finish_reason
         if reason is not None:
             parsed.end = self._end(reason, parsed)
@@ -214,17 +227,12 @@ class SGLangParser:
 
 
 def _tuple(item: list[Any]) -> _Tuple:
-    """``[logprob, token_id, text]`` (text optional); other shapes keep what fits."""
-    logprob = item[0] if item and _is_number(item[0]) else None
-    token_id = (
-        item[1] if len(item) > 1 and isinstance(item[1], int) and not isinstance(item[1], bool) else None
-    )
+    """``[logprob, token_id, text]`` (text optional); other shapes keep what fits: a logprob that
+    is no finite float (an int too large for one) or an id outside a vocabulary's range is ``None``."""
+    logprob = finite(item[0]) if item else None
+    tid = token_id(item[1]) if len(item) > 1 else None
     text = item[2] if len(item) > 2 and isinstance(item[2], str) else None
-    return (float(logprob) if logprob is not None else None, token_id, text)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    return (logprob, tid, text)
 
 
 def _record(entry: _Tuple, top: list[list[Any]] | None) -> TokenRecord:
