@@ -108,6 +108,13 @@ def wants_review(done: Done) -> bool:
     return isinstance(verdict, Verdict) and verdict.decision == "review"
 
 
+def _winner(done: Done) -> int | msgspec.UnsetType:
+    """The ``candidate`` of the winner's events (rank 1), or unset for a job without candidates."""
+    if isinstance(done.candidates, list):
+        return next((c.index for c in done.candidates if c.rank == 1), -1)
+    return msgspec.UNSET
+
+
 def review_item(
     done: Done,
     *,
@@ -185,6 +192,7 @@ class ReviewQueue:
         if not isinstance(done, Done) or not wants_review(done):
             return None
         model, low, means = "", [], []
+        ours = (done.attempt, _winner(done))  # with candidates: the winner's (offsets in done.text)
         start = f"{done.attempt}-0"
         while True:
             page: Any = await self.redis.xrange(key, min=start, max=f"({done_id}", count=_PAGE)
@@ -192,10 +200,10 @@ class ReviewQueue:
                 event = _decoded(fields, job_id)
                 if isinstance(event, Start) and event.attempt == done.attempt:
                     model = event.model
-                elif isinstance(event, Segment) and event.attempt == done.attempt:
+                elif isinstance(event, Segment) and (event.attempt, event.candidate) == ours:
                     means.append(event.mean_logprob)
                     if event.band == "low":
-                        low.append(event)
+                        low.append(msgspec.structs.replace(event, candidate=msgspec.UNSET))
             if len(page) < _PAGE:
                 break
             start = "(" + as_text(page[-1][0])

@@ -20,6 +20,7 @@ from worker.candidates import agreement, score_of
 from worker.client import JobFailed
 from worker.events import Cancelled, CandidateDone, Done, Error, Segment, Start, Token, decode_event
 from worker.keys import GROUP, Keys
+from worker.review import ReviewItem, ReviewQueue
 
 from .conftest import RunningWorker
 
@@ -346,3 +347,40 @@ async def test_a_stalled_candidate_fails_alone(
     stalled = [c for c in done.candidates if c.error is not None]
     assert len(stalled) == 1 and "stall" in stalled[0].error.code + stalled[0].error.message  # type: ignore[union-attr]
     assert sorted(c.rank for c in done.candidates if c.rank is not None) == [1, 2]
+
+
+async def test_review_of_a_job_with_candidates_holds_the_winners_low_segments(
+    start_worker: Starter, client: Client, redis: Redis, prefix: str
+) -> None:
+    """The review item has the winner's low segments (its offsets in done.text), whether the worker
+    writes it at once or a takeover rebuilds it from the events."""
+    await start_worker()
+    keys = Keys(prefix)
+    review = {"unit": "sentence", "publish_above": 0.0, "review_below": -0.01}  # every segment low
+    job_id = await client.enqueue(
+        model="m", input="hi", params={"max_tokens": 60}, review=review, candidates={"n": 3}
+    )
+    done = await client.result(job_id, timeout=60)
+    async with asyncio.timeout(30):
+        while (await redis.xpending(keys.jobs, GROUP))["pending"]:
+            await asyncio.sleep(0.02)
+    assert not isinstance(done.candidates, msgspec.UnsetType)
+    winner = next(c.index for c in done.candidates if c.rank == 1)
+    events = await stream(redis, prefix, job_id)
+    low = [
+        msgspec.structs.replace(e, candidate=msgspec.UNSET)
+        for _, e in events
+        if isinstance(e, Segment) and e.candidate == winner and e.band == "low"
+    ]
+    assert low and all(done.text[s.char_start : s.char_end] == s.text for s in low)
+
+    async def item() -> ReviewItem:
+        found: Any = await redis.xrange(keys.review)
+        (_, fields), *more = found
+        assert not more
+        return msgspec.json.decode(fields[b"item"], type=ReviewItem)
+
+    assert (await item()).low_segments == low  # written by the worker after the done
+    await redis.delete(keys.review, keys.review_marker(job_id))  # as if it died before the entry
+    assert await ReviewQueue(redis, keys).add_from_events(job_id) is not None
+    assert (await item()).low_segments == low  # rebuilt from the events: the same, the winner's
