@@ -43,6 +43,7 @@ __all__ = [
     "encode_event",
     "event_type",
     "is_terminal",
+    "winner_of",
 ]
 
 
@@ -500,6 +501,14 @@ def decode_event(
         raise MalformedEvent(f"bad {kind!r} event: {exc}", event_id=event_id, job_id=job_id) from None
     data = raw.encode() if isinstance(raw, str) else bytes(raw)
     return UnknownEvent(type=kind, job_id=opaque.job_id, attempt=opaque.attempt, raw=data)
+
+
+def winner_of(done: Done) -> int | msgspec.UnsetType:
+    """The ``candidate`` of the winner's events (rank 1) of a ``done`` with ``candidates``; unset
+    (what the events of a job without candidates carry) otherwise; -1 when none ranked."""
+    if isinstance(done.candidates, list):
+        return next((c.index for c in done.candidates if c.rank == 1), -1)
+    return msgspec.UNSET
 
 
 def event_type(event: Event | UnknownEvent) -> str:

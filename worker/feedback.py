@@ -30,7 +30,7 @@ from typing import Annotated, Any, Final, Literal
 import msgspec
 from redis.asyncio import Redis
 
-from .events import Done, Start, Token, UnknownEvent, decode_event, is_terminal
+from .events import Done, Segment, Start, Token, UnknownEvent, decode_event, is_terminal, winner_of
 from .jobs import JobId, ModelName
 from .keys import Keys, as_text
 from .signals import Signals, checked_signals, decode_signals, signals_of
@@ -215,7 +215,7 @@ async def _from_events(redis: Redis, keys: Keys, job_id: str) -> tuple[str, Sign
         kind = type(last).__name__.lower()
         raise FeedbackError("no_answer", f"job {job_id!r} ended with `{kind}`: it has no answer to judge")
     need_tokens = last.summary.p10_prob is None  # a worker before p10_prob, or nothing scored
-    model, segments, logprobs = await _scan_attempt(redis, key, job_id, last.attempt)
+    model, segments, logprobs = await _scan_attempt(redis, key, job_id, last.attempt, winner_of(last))
     if not model:  # the attempt's start was trimmed off the stream: the state hash names the model
         state = await redis.hgetall(keys.state(job_id))
         model = as_text(state.get(b"model", b"")) or "unknown"
@@ -224,9 +224,10 @@ async def _from_events(redis: Redis, keys: Keys, job_id: str) -> tuple[str, Sign
 
 
 async def _scan_attempt(
-    redis: Redis, key: str, job_id: str, attempt: int
+    redis: Redis, key: str, job_id: str, attempt: int, candidate: int | msgspec.UnsetType = msgspec.UNSET
 ) -> tuple[str, list[float | None], list[float | None]]:
-    """The model of ``attempt`` (its ``start``), its segments' means and its answer tokens' logprobs."""
+    """The model of ``attempt`` (its ``start``), its segments' means and its answer tokens' logprobs
+    (with candidates, the winning ``candidate``'s only)."""
     model, segments, logprobs = "", [], []
     start = "-"
     while True:
@@ -235,6 +236,8 @@ async def _scan_attempt(
             event = _decoded(job_id, entry)
             if event is None or event.attempt != attempt:
                 continue
+            if isinstance(event, Token | Segment) and event.candidate != candidate:
+                continue  # another candidate's
             if isinstance(event, Start):
                 model = event.model
             elif isinstance(event, Token):

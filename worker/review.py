@@ -35,7 +35,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from . import scripts
-from .events import Done, Segment, Start, Verdict, decode_event
+from .events import Done, Segment, Start, Verdict, decode_event, winner_of
 from .feedback import FEEDBACK_MAXLEN, record_feedback
 from .jobs import JobId
 from .keys import REVIEW_GROUP, Keys, as_text
@@ -106,13 +106,6 @@ def wants_review(done: Done) -> bool:
     """Whether ``done`` goes on the review stream (its verdict says ``review``)."""
     verdict = done.verdict
     return isinstance(verdict, Verdict) and verdict.decision == "review"
-
-
-def _winner(done: Done) -> int | msgspec.UnsetType:
-    """The ``candidate`` of the winner's events (rank 1), or unset for a job without candidates."""
-    if isinstance(done.candidates, list):
-        return next((c.index for c in done.candidates if c.rank == 1), -1)
-    return msgspec.UNSET
 
 
 def review_item(
@@ -192,7 +185,7 @@ class ReviewQueue:
         if not isinstance(done, Done) or not wants_review(done):
             return None
         model, low, means = "", [], []
-        ours = (done.attempt, _winner(done))  # with candidates: the winner's (offsets in done.text)
+        ours = (done.attempt, winner_of(done))  # with candidates: the winner's (offsets in done.text)
         start = f"{done.attempt}-0"
         while True:
             page: Any = await self.redis.xrange(key, min=start, max=f"({done_id}", count=_PAGE)

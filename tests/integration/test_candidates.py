@@ -19,6 +19,7 @@ from worker import Client
 from worker.candidates import agreement, score_of
 from worker.client import JobFailed
 from worker.events import Cancelled, CandidateDone, Done, Error, Segment, Start, Token, decode_event
+from worker.feedback import signals_for
 from worker.keys import GROUP, Keys
 from worker.review import ReviewItem, ReviewQueue
 
@@ -384,3 +385,8 @@ async def test_review_of_a_job_with_candidates_holds_the_winners_low_segments(
     await redis.delete(keys.review, keys.review_marker(job_id))  # as if it died before the entry
     assert await ReviewQueue(redis, keys).add_from_events(job_id) is not None
     assert (await item()).low_segments == low  # rebuilt from the events: the same, the winner's
+    # feedback's signals (what the item records too) are the winner's: its segments, not the others'
+    _, signals, _ = await signals_for(redis, keys, job_id)
+    means = [e.mean_logprob for _, e in events if isinstance(e, Segment) and e.candidate == winner]
+    assert signals.lowest_segment_mean == min(m for m in means if m is not None)
+    assert (await item()).signals == signals
