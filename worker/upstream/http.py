@@ -37,7 +37,12 @@ from worker.fastpath.httpx_sse import Event, decoders
 from worker.redact import MIN_SECRET, Redactor
 from worker.settings import Settings
 from worker.upstream.base import UpstreamError
-from worker.upstream.classify import LOGPROBS_UNSUPPORTED, classify_status, refuses_logprobs
+from worker.upstream.classify import (
+    LOGPROBS_UNSUPPORTED,
+    classify_status,
+    logprobs_value_error,
+    refuses_logprobs,
+)
 from worker.upstream.stall import StallGuard
 
 __all__ = [
@@ -365,16 +370,21 @@ async def _read_bounded(response: httpx.Response, limit: int = ERROR_BODY_LIMIT)
 
 def error_from_response(status: int, headers: httpx.Headers, body: bytes) -> UpstreamError:
     """The error for a non-2xx response, e.g. ``HTTP 404 from upstream: Model not found``; a
-    refusal of logprobs is ``logprobs_unsupported`` (:mod:`worker.upstream.classify`)."""
+    refusal of logprobs is ``logprobs_unsupported``, a logprobs parameter's value the model does not
+    allow a ``bad_request`` that says so (:mod:`worker.upstream.classify`)."""
     code, retryable = classify_status(status)
+    about = ""
     if refuses_logprobs(status, body):
         code, retryable = LOGPROBS_UNSUPPORTED, False
+    elif logprobs_value_error(status, body):
+        code, retryable = "bad_request", False
+        about = "the job's params.top_logprobs is outside what this model allows (lower it): "
     detail = message_from_body(body, headers.get("content-type", ""))
     if not detail:
         detail = httpx.codes.get_reason_phrase(status) or "(empty body)"
     return UpstreamError(
         code,
-        f"HTTP {status} from upstream: {detail}",
+        f"HTTP {status} from upstream: {about}{detail}",
         status=status,
         retryable=retryable,
         retry_after=parse_retry_after(headers),
