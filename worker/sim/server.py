@@ -327,9 +327,10 @@ class _Stream:
     async def _generate_choices(self) -> None:
         """Chat's or completions' ``n`` choices in one stream: choice ``k`` from its own source
         (the request's seed plus ``k``, or ``k`` without one, as the worker varies the seeds of
-        separate candidates), one token of each in turn, each chunk with its choice's ``index``; the usage (choice 0's
-        encoder counts its own tokens) and ``[DONE]`` once. ``drop_choice`` breaks one off after
-        ``after`` tokens without a finish reason. In-stream faults do not apply."""
+        separate candidates), one token of each in turn, each chunk with its choice's ``index``;
+        the usage (choice 0's encoder counts its own tokens) and ``[DONE]`` once. ``drop_choice``
+        breaks one off after ``after`` tokens without a finish reason. In-stream faults do not
+        apply."""
         sim, d = self.sim, self.directives
         n_content, eos = _lengths(sim, d, self.config.default_max_tokens)
         sources, encoders, streams = [], [], []
