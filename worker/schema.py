@@ -208,8 +208,7 @@ def job_schema() -> dict[str, Any]:
             "A generation job: the JSON held in the `job` field of an entry on the job stream "
             "(channel `jobs` of asyncapi.yaml). Api `native` (the default), `completions` and `sglang` "
             "take `input` and no `messages`; `chat`, `responses` and `gemini` take `messages` and no "
-            "`input` (null counts as absent). "
-            + _WORKER_ALONE
+            "`input` (null counts as absent). " + _WORKER_ALONE
         ),
         **schema,
     }

@@ -81,7 +81,6 @@ class Provider(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             and self.tokens_per_minute is None
         )
 
-
     def url_for(self, api: str) -> str | None:
         """The ``<api>_url`` setting (every api in ``worker.jobs.API_NAMES`` has one)."""
         url = getattr(self, f"{api}_url", None) if api.isidentifier() else None

@@ -335,9 +335,7 @@ async def test_a_consumer_that_skips_unknown_types_follows_a_stream_with_new_one
     await client.redis.xadd(key, {"event": encode_event(start)}, id="1-0")
     await client.redis.xadd(key, {"event": encode_event(_token(job_id, 1, 0))}, id="1-1")
     await client.redis.xadd(key, {"event": segment}, id="1-2")
-    await client.redis.xadd(
-        key, {"event": b'{"type":"rerank_hint","job_id":"newer","attempt":1}'}, id="1-3"
-    )
+    await client.redis.xadd(key, {"event": b'{"type":"rerank_hint","job_id":"newer","attempt":1}'}, id="1-3")
     await client.redis.xadd(key, {"event": _cancelled(job_id, 1)}, id="1-4")
     items = [i async for i in client.subscribe(job_id, timeout=5)]
     assert [i.type for i in items] == ["start", "token", "claim", "rerank_hint", "cancelled"]
