@@ -176,6 +176,10 @@ class Attempt:
         self._release()
         return self._ended()
 
+    def requests(self, answers: int) -> int:
+        """Upstream requests this attempt makes for ``answers`` answers (one: its own stream)."""
+        return 1
+
     def _over(self, cap: int) -> UpstreamError:
         if cap == self.allowance:
             return UpstreamError(

@@ -135,7 +135,8 @@ class CandidateLane(Attempt):
         self.parent = parent
         self.candidate = k
         self.sink = parent.sink
-        self.allowance = parent.allowance
+        # the job's budget allows the attempt's output tokens: each candidate gets its share
+        self.allowance = None if parent.allowance is None else parent.allowance // parent.wanted.n
 
     def _event_id(self) -> bytes:
         return self.parent.next_id()
@@ -159,6 +160,10 @@ class CandidatesAttempt(Attempt):
         self.wanted: Candidates = wanted
         self.lanes: list[CandidateLane] = []
         self.shared = False  # one request for every candidate (SHARED_APIS)
+
+    def requests(self, answers: int) -> int:
+        """One request for every candidate on :data:`SHARED_APIS`, else one each."""
+        return 1 if self.job.api in SHARED_APIS else answers
 
     def next_id(self) -> bytes:
         """The next event id of this attempt: every candidate's events share one sequence."""

@@ -141,14 +141,17 @@ class JobSpend:
         price = price_for(admitted.provider, admitted.job.model)
         assert price is not None, "admission refuses a budget without a price"
         prompt, completion = estimate_tokens(admitted, self.settings)
-        worst = self.ledger.worst_case(price, prompt, completion)
+        answers = 1 if admitted.job.candidates is None else admitted.job.candidates.n
+        prompts = prompt * attempt.requests(answers)  # candidates: n answers, on 1 or n requests
+        worst = self.ledger.worst_case(price, prompts, completion * answers)
         if worst > budget:
+            of = "" if answers == 1 else f" of {answers} candidates"
             return (
-                f"the job's budget={budget} does not cover this request's worst case {worst:.6g} "
+                f"the job's budget={budget} does not cover this request's worst case{of} {worst:.6g} "
                 f"({self.ledger.spent:.6g} spent, ~{prompt} prompt tokens and max_tokens={completion} "
                 f"on {admitted.job.model!r}): lower params.max_tokens or raise the budget"
             )
-        attempt.allowance = self.ledger.allowance(price, budget, prompt)
+        attempt.allowance = self.ledger.allowance(price, budget, prompts)
         return None
 
     def after(self, attempt: Attempt, *, escalation: bool) -> None:

@@ -22,6 +22,7 @@ from worker.events import Cancelled, CandidateDone, Done, Error, Segment, Start,
 from worker.feedback import signals_for
 from worker.keys import GROUP, Keys
 from worker.review import ReviewItem, ReviewQueue
+from worker.settings import Price, Provider
 
 from .conftest import RunningWorker
 
@@ -390,3 +391,31 @@ async def test_review_of_a_job_with_candidates_holds_the_winners_low_segments(
     means = [e.mean_logprob for _, e in events if isinstance(e, Segment) and e.candidate == winner]
     assert signals.lowest_segment_mean == min(m for m in means if m is not None)
     assert (await item()).signals == signals
+
+
+def _priced(sim_url: str) -> dict[str, Provider]:
+    return {
+        "sim": Provider(
+            native_url=f"{sim_url}/v1/inference/{{model}}", prices={"*": Price(input=3.0, output=15.0)}
+        )
+    }
+
+
+async def test_a_budget_covers_every_candidate(
+    start_worker: Starter, client: Client, redis: Redis, prefix: str, sim_url: str
+) -> None:
+    await start_worker(providers=_priced(sim_url))
+    # 100 output tokens at 15 per million: 0.0015 a candidate, 0.0045 for three (prompts aside)
+    fields: dict[str, Any] = {"input": "x", "params": {"max_tokens": 100}, "candidates": {"n": 3}}
+    refused = await client.enqueue(model="m;tokens=10", budget=0.003, **fields)
+    with pytest.raises(JobFailed) as failed:
+        await client.result(refused, timeout=60)
+    assert "budget=0.003" in str(failed.value) and "of 3 candidates" in str(failed.value)
+    covered = await client.enqueue(model="m;tokens=10", budget=0.005, **fields)
+    done = await client.result(covered, timeout=60)
+    assert not isinstance(done.candidates, msgspec.UnsetType) and all(
+        c.error is None for c in done.candidates
+    )
+    assert isinstance(done.usage.cost, float) and 0 < done.usage.cost <= 0.005
+    # every candidate's request was paid: 3 prompts and 3 x 11 tokens (10 and the stop token)
+    assert done.usage.output_tokens == 33
