@@ -518,13 +518,12 @@ async def test_a_client_that_stops_reading_is_dropped_and_resumes_by_id(
             break
         data += chunk
     sock.close()
-    text = data.decode("utf-8", "replace")
-    body = text.split("\r\n\r\n", 1)[1] if "\r\n\r\n" in text else ""
+    body = data.split(b"\r\n\r\n", 1)[1] if b"\r\n\r\n" in data else b""
     from .gatewaykit import Sse, parse_sse
 
     got = Sse(200, httpx.Headers())
     parse_sse(_dechunk(body), got)
-    assert "event: done" not in body, "it was dropped before the end"
+    assert b"event: done" not in body, "it was dropped before the end"
     metrics = await _gateway_metrics(gw)
     assert metrics.get("tokenwire_gateway_dropped_streams_total{reason=behind}", 0) >= 1
     last = got.ids[-1] if got.ids else "0-0"
@@ -533,22 +532,23 @@ async def test_a_client_that_stops_reading_is_dropped_and_resumes_by_id(
     assert got.ids + rest.ids == rows, "resumed by id: exactly the rest"
 
 
-def _dechunk(body: str) -> str:
-    """The payload of an HTTP/1.1 chunked body (as text; may end mid-chunk)."""
+def _dechunk(body: bytes) -> str:
+    """The payload of an HTTP/1.1 chunked body, as text (may end mid-chunk). Chunk sizes count
+    bytes, so it is cut as bytes and decoded after (a token's text may be any code point)."""
     out, rest = [], body
     while rest:
-        size_line, sep, rest = rest.partition("\r\n")
+        size_line, sep, rest = rest.partition(b"\r\n")
         if not sep:
             break
         try:
-            size = int(size_line.split(";")[0], 16)
+            size = int(size_line.split(b";")[0], 16)
         except ValueError:
             break
         if size == 0:
             break
         out.append(rest[:size])
         rest = rest[size + 2 :]
-    return "".join(out)
+    return b"".join(out).decode("utf-8", "replace")
 
 
 async def test_metrics_count_streams_events_resumes_failures(

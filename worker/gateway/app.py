@@ -111,6 +111,7 @@ class Gateway:
             cluster=settings.redis_cluster,
             sweep_seconds=settings.gateway_heartbeat_seconds,
             on_read=self.metrics.redis_reads.inc,
+            on_sent=self.metrics.events_sent.inc,
         )
         self.limiter = InflightLimiter(
             redis, self.keys, ttl_seconds=settings.running_ttl_seconds + settings.output_ttl_seconds
@@ -439,14 +440,26 @@ class Gateway:
                 request.transport.abort()
 
         watch.on_drop = cut
+        # While it waits with nothing queued, the hub writes each entry straight to the transport
+        # (the frame's bytes shared by every watcher; no task woken, no await per event); entries
+        # meeting unsent bytes queue instead, and this task writes them, bounded
+        transport = request.transport
+        watch.chunked = response.headers.get("Transfer-Encoding", "").lower() == "chunked"
         while True:
-            if not watch.queue and not (watch.dropped or watch.gone or watch.finished or self.closing):
+            if not watch.queue and not (
+                watch.dropped or watch.gone or watch.finished or watch.ended or self.closing
+            ):
+                watch.sink = transport
                 try:
                     async with asyncio.timeout(heartbeat):
                         await watch.wake.wait()
                 except TimeoutError:
+                    last = _sunk(watch, last)
                     await _bounded(response.write(comment("keep-alive")), request)
                     continue
+                last = _sunk(watch, last)
+            if watch.ended:  # the terminal event went out through the transport
+                return
             entries = watch.take()
             if entries:
                 writing[0] = True
@@ -528,6 +541,13 @@ class Gateway:
 
 
 _LOW_WATER: Final = 16_384
+
+
+def _sunk(watch: Watch, last: str) -> str:
+    """Stop writing straight to ``watch``'s transport; the last id it got that way, else ``last``."""
+    watch.sink = None
+    last, watch.last_id = watch.last_id or last, ""
+    return last
 
 
 async def _bounded(write: Awaitable[Any], request: web.Request, size: int = 64) -> Any:

@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import structlog
 from redis.asyncio import Redis
@@ -43,15 +43,18 @@ from .sse import Entry, entry_of
 __all__ = [
     "CLUSTER_IDLE_SECONDS",
     "CLUSTER_POLL_SECONDS",
+    "DIRECT_BELOW",
     "KEYS_PER_READ",
     "Feed",
     "Hub",
+    "Sink",
     "Watch",
     "stream_key",
 ]
 
 KEYS_PER_READ: Final = 1000
 READ_COUNT: Final = 256
+DIRECT_BELOW: Final = 16_384  # unsent bytes under which an entry goes straight to an idle connection
 CLUSTER_POLL_SECONDS: Final = 0.02
 CLUSTER_IDLE_SECONDS: Final = 0.08
 
@@ -69,14 +72,19 @@ class Watch:
     __slots__ = (
         "_batch",
         "_size",
+        "chunked",
         "dropped",
+        "ended",
         "feed",
         "finished",
         "gone",
         "last",
+        "last_id",
         "limit",
         "on_drop",
         "queue",
+        "sent",
+        "sink",
         "wake",
     )
 
@@ -92,6 +100,13 @@ class Watch:
         self.gone = False
         self.finished = False  # the job's terminal event passed at or before ``last``
         self.on_drop: Callable[[], None] | None = None  # called when it is dropped
+        # While its connection waits with nothing queued: the transport an entry is written to at
+        # once (no task woken, no await), as long as little is unsent; ``chunked``: HTTP/1.1 framing
+        self.sink: Sink | None = None
+        self.chunked = True
+        self.last_id = ""  # the id of the last entry written through ``sink``
+        self.sent = 0  # events written through ``sink`` (the hub counts them once per read)
+        self.ended = False  # the terminal entry was written through ``sink``
 
     def offer(self, entry: Entry, key: tuple[int, int] | None = None) -> None:
         if self.dropped:
@@ -103,15 +118,33 @@ class Watch:
                 self.wake.set()
             return
         self.last = key
+        sink = self.sink
+        if (
+            sink is not None
+            and not self.queue
+            and not sink.is_closing()
+            and sink.get_write_buffer_size() < DIRECT_BELOW
+        ):
+            sink.write(entry.chunk if self.chunked else entry.wire)
+            self.last_id = entry.id
+            if entry.data is not None:
+                self.sent += 1
+            if entry.terminal:
+                self.ended = True
+                self.sink = None
+                self.wake.set()
+            return
         self.queue.append(entry)
         cost = len(entry.data or b"") + 64
         self._size += cost
         self._batch += cost
         self.wake.set()
 
-    def settle(self) -> None:
+    def settle(self) -> int:
         """After a read's entries were offered: a watch still holding over ``limit`` bytes from
-        earlier reads (its client has not taken them) has fallen behind and is dropped."""
+        earlier reads (its client has not taken them) has fallen behind and is dropped. Returns
+        the events written through ``sink`` since the last call."""
+        sent, self.sent = self.sent, 0
         if self._size - self._batch > self.limit:
             self.dropped = True
             self.queue.clear()
@@ -120,6 +153,7 @@ class Watch:
             if self.on_drop is not None:
                 self.on_drop()
         self._batch = 0
+        return sent
 
     def take(self) -> list[Entry]:
         items = list(self.queue)
@@ -132,6 +166,16 @@ class Watch:
     def expire(self) -> None:
         self.gone = True
         self.wake.set()
+
+
+class Sink(Protocol):
+    """What :attr:`Watch.sink` writes to (an asyncio transport)."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def is_closing(self) -> bool: ...
+
+    def get_write_buffer_size(self) -> int: ...
 
 
 class Feed:
@@ -147,7 +191,8 @@ class Feed:
         self.done = False
         self.active = False  # an entry arrived since the last expiry sweep
 
-    def deliver(self, entries: Iterable[Entry]) -> None:
+    def deliver(self, entries: Iterable[Entry]) -> int:
+        """Hand ``entries`` to every watch; returns the events written straight to connections."""
         watches = tuple(self.watches)
         position = stream_key(self.position)
         for entry in entries:
@@ -161,8 +206,7 @@ class Feed:
             if entry.terminal:
                 self.done = True
                 break
-        for watch in watches:
-            watch.settle()
+        return sum([watch.settle() for watch in watches])
 
 
 class Hub:
@@ -177,6 +221,7 @@ class Hub:
         block_ms: int = 100,
         sweep_seconds: float = 15.0,
         on_read: Any = None,
+        on_sent: Callable[[int], None] | None = None,
     ) -> None:
         self.reader = reader
         self.keys = keys
@@ -186,6 +231,7 @@ class Hub:
         self.feeds: dict[str, Feed] = {}
         self._changed = asyncio.Event()
         self._on_read = on_read
+        self._on_sent = on_sent  # events written straight to connections, once per read
 
     def wake(self) -> None:
         """End an idle wait now (a new feed, or stopping)."""
@@ -205,6 +251,7 @@ class Hub:
         return watch, position
 
     def detach(self, watch: Watch) -> None:
+        watch.sink = None
         feed = watch.feed
         feed.watches.discard(watch)
         if not feed.watches and self.feeds.get(feed.job_id) is feed:
@@ -274,13 +321,15 @@ class Hub:
         return total
 
     def _deliver(self, by_key: dict[str, Feed], streams: list[tuple[str, list[Any]]]) -> int:
-        count = 0
+        count = sent = 0
         for key, items in streams:
             feed = by_key.get(key)
             if feed is None or self.feeds.get(feed.job_id) is not feed:
                 continue  # no longer watched (or watched anew from another position)
-            feed.deliver(entry_of(entry_id, fields) for entry_id, fields in items)
+            sent += feed.deliver(entry_of(entry_id, fields) for entry_id, fields in items)
             count += len(items)
+        if sent and self._on_sent is not None:
+            self._on_sent(sent)
         return count
 
     async def sweep(self) -> None:

@@ -16,7 +16,7 @@ import msgspec
 
 from ..events import TERMINAL_TYPES
 
-__all__ = ["Entry", "comment", "entry_of", "frame"]
+__all__ = ["Entry", "chunked", "comment", "entry_of", "frame"]
 
 _TYPE: Final = re.compile(rb"[A-Za-z0-9_.-]{1,64}")
 _LINES: Final = re.compile(rb"\r\n|\r|\n")
@@ -31,12 +31,14 @@ _TYPED: Final = msgspec.json.Decoder(_Typed)
 
 class Entry(msgspec.Struct, frozen=True):
     """One event stream entry: its id, its event type, its JSON as stored (None: no ``event`` field).
-    :attr:`wire` is its SSE frame, made once however many clients it is written to."""
+    :attr:`wire` is its SSE frame and :attr:`chunk` that frame as one HTTP/1.1 chunk, each made once
+    however many clients it is written to."""
 
     id: str
     type: str
     data: bytes | None
     wire: bytes = b""
+    chunk: bytes = b""
 
     @property
     def terminal(self) -> bool:
@@ -51,8 +53,7 @@ def entry_of(entry_id: object, fields: object) -> Entry:
     """An :class:`Entry` from a raw XREAD/XRANGE item; total over whatever Redis holds."""
     raw = fields.get(b"event") if isinstance(fields, dict) else None
     if not isinstance(raw, bytes):
-        entry = Entry(_text(entry_id), "unknown", None)
-        return msgspec.structs.replace(entry, wire=frame(entry))
+        return _framed(Entry(_text(entry_id), "unknown", None))
     try:
         kind = _TYPED.decode(raw).type
     except (msgspec.DecodeError, RecursionError):
@@ -61,8 +62,17 @@ def entry_of(entry_id: object, fields: object) -> Entry:
         kind = "unknown"
     if _TYPE.fullmatch(kind.encode("utf-8", "replace")) is None:
         kind = "unknown"
-    entry = Entry(_text(entry_id), kind, raw)
-    return msgspec.structs.replace(entry, wire=frame(entry))
+    return _framed(Entry(_text(entry_id), kind, raw))
+
+
+def _framed(entry: Entry) -> Entry:
+    wire = frame(entry)
+    return msgspec.structs.replace(entry, wire=wire, chunk=chunked(wire))
+
+
+def chunked(data: bytes) -> bytes:
+    """``data`` as one chunk of an HTTP/1.1 chunked body (what aiohttp writes for a streamed response)."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
 
 
 def frame(entry: Entry) -> bytes:
