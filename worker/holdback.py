@@ -20,9 +20,17 @@ empty (``""``), the last one keeps its free suffix, and the concatenation of the
 the redacted text. A changed record gets ``bytes=None`` (its text is the truth), an explicit
 ``special=False`` when the provider said nothing (an emptied token stays a scored token: its
 logprob counts as before, with zero-width offsets), and its chosen top-k candidate renamed with it.
-Records are never dropped, merged or reordered: token count and logprobs are preserved. Special
-(control) tokens are not part of the channel's text (the confidence tracker excludes them too); their
-text is redacted on its own.
+Records are never dropped, merged or reordered: token count and logprobs are preserved.
+
+Special (control) tokens: the upstream chooses both the ``special`` flag and where the text is cut,
+so a secret may be spelled by special tokens, or by ordinary ones followed by special ones. A reader
+may show the channel's text with its special tokens or without them (the confidence tracker skips
+them), so both are redacted: each channel has a *plain* view (its ordinary tokens, as above) and,
+from its first special token on, a *full* view (every token; it starts as a copy of the plain view,
+whose positions it shares until then). A special token feeds the full view only, an ordinary one
+both; a record is released when neither view holds it, and a character is dropped when a run of
+either view covers it (the marker where a run begins in its token). A channel without special
+tokens has no full view and costs what it did.
 
 Cost: with no secret configured there is no Holdback at all (:func:`holdback_for` is ``None``).
 With secrets, a token that cannot begin or continue one (it holds none of the forms' first two
@@ -58,6 +66,30 @@ class _Channel:
         self.released = 0  # characters released in tokens
         self.spans: list[list[int]] = []  # redacted runs [start, end) not yet wholly released
 
+    def copy(self) -> _Channel:
+        twin = _Channel()
+        twin.n, twin.hold, twin.tail, twin.released = self.n, self.hold, self.tail, self.released
+        twin.spans = [list(s) for s in self.spans]
+        return twin
+
+
+class _Lane:
+    """One output channel's views: ``plain`` (ordinary tokens) and ``full`` (every token, from the
+    channel's first special token on; ``None`` until then, when it would equal ``plain``)."""
+
+    __slots__ = ("full", "plain")
+
+    def __init__(self) -> None:
+        self.plain = _Channel()
+        self.full: _Channel | None = None
+
+    def views(self) -> tuple[_Channel, ...]:
+        return (self.plain,) if self.full is None else (self.plain, self.full)
+
+
+# a queued record: its lane, its [start, end) in the plain view, then in the full view
+_Entry = tuple[TokenRecord, _Lane, int, int, int, int]
+
 
 class Holdback:
     """Holds one attempt's token records while their text may begin a known secret (module doc)."""
@@ -72,8 +104,8 @@ class Holdback:
         self._shortest = len(self._forms[-1])
         self._specs = tuple((f, len(f), f[0]) for f in self._forms)
         self._limit = limit
-        self._channels: dict[str, _Channel] = {}
-        self._queue: deque[tuple[TokenRecord, _Channel | None, int, int]] = deque()
+        self._channels: dict[str, _Lane] = {}
+        self._queue: deque[_Entry] = deque()
         # nothing held and no redacted run left open: a token that cannot begin a secret passes
         # without touching any state (positions only matter inside a held window)
         self._clean = True
@@ -119,10 +151,11 @@ class Holdback:
     def flush(self) -> list[TokenRecord]:
         """Every held record, redacted: the stream ended (a secret's prefix of four characters or
         more left at a channel's end is redacted too)."""
-        for ch in self._channels.values():
-            if len(ch.tail) >= _MIN_CUT:
-                _add_span(ch.spans, ch.hold, ch.n)
-            ch.hold, ch.tail = ch.n, ""
+        for lane in self._channels.values():
+            for ch in lane.views():
+                if len(ch.tail) >= _MIN_CUT:
+                    _add_span(ch.spans, ch.hold, ch.n)
+                ch.hold, ch.tail = ch.n, ""
         out: list[TokenRecord] = []
         self._release(out)
         return out
@@ -146,11 +179,11 @@ class Holdback:
                 return True
         return False
 
-    def _channel(self, name: str) -> _Channel:
-        ch = self._channels.get(name)
-        if ch is None:
-            ch = self._channels[name] = _Channel()
-        return ch
+    def _lane(self, name: str) -> _Lane:
+        lane = self._channels.get(name)
+        if lane is None:
+            lane = self._channels[name] = _Lane()
+        return lane
 
     def _contains(self, text: str) -> bool:
         return any(form in text for form in self._forms)
@@ -163,14 +196,22 @@ class Holdback:
         return any(len(c.token) >= shortest and self._contains(c.token) for c in top)
 
     def _enqueue(self, record: TokenRecord) -> None:
+        lane = self._lane(record.channel)
+        plain, full, text = lane.plain, lane.full, record.text
+        ps = plain.n
         if record.special is True:
-            self._queue.append((record, None, 0, 0))
+            if full is None:  # the channel's first special token: the full view parts from plain
+                full = lane.full = plain.copy()
+        elif text:
+            self._feed(plain, text)
+        pe = plain.n
+        if full is None:
+            self._queue.append((record, lane, ps, pe, ps, pe))
             return
-        ch = self._channel(record.channel)
-        start = ch.n
-        if record.text:
-            self._feed(ch, record.text)
-        self._queue.append((record, ch, start, ch.n))
+        fs = full.n
+        if text:
+            self._feed(full, text)
+        self._queue.append((record, lane, ps, pe, fs, full.n))
 
     def _feed(self, ch: _Channel, piece: str) -> None:
         """Append ``piece`` to the channel: record the secrets it completes, move the hold point."""
@@ -207,37 +248,39 @@ class Holdback:
         """Move every decided record at the queue's front to ``out``, redacted."""
         queue = self._queue
         while queue:
-            record, ch, start, end = queue[0]
-            if ch is None:
-                out.append(self._special(record))
-            elif end <= ch.hold:
-                out.append(self._rendered(record, ch, start, end))
-            else:
+            record, lane, ps, pe, fs, fe = queue[0]
+            full = lane.full
+            if pe > lane.plain.hold or (full is not None and fe > full.hold):
                 break
+            out.append(self._rendered(record, lane, ps, pe, fs, fe))
             queue.popleft()
         if queue:
             self._clean = False
             return
-        for ch in self._channels.values():
-            if ch.spans:
+        for lane in self._channels.values():
+            if lane.plain.spans or (lane.full is not None and lane.full.spans):
                 self._clean = False
                 return
         self._clean = True
 
-    def _special(self, record: TokenRecord) -> TokenRecord:
-        text = self.redact(record.text) if self._contains(record.text) else record.text
-        top = self._top(record.top, record.text, text)
-        if text == record.text and top is record.top:
-            return record
-        return msgspec.structs.replace(record, text=text, bytes=None, top=top)
-
-    def _rendered(self, record: TokenRecord, ch: _Channel, start: int, end: int) -> TokenRecord:
+    def _rendered(self, record: TokenRecord, lane: _Lane, ps: int, pe: int, fs: int, fe: int) -> TokenRecord:
+        ch, full = lane.plain, lane.full
         spans = ch.spans
         text = record.text
-        if spans:
-            text = _render(text, start, spans)
-            ch.spans = [s for s in spans if s[1] >= end]
-        ch.released = end
+        if full is None:
+            if spans:
+                text = _render(text, ps, spans)
+                ch.spans = [s for s in spans if s[1] >= pe]
+            ch.released = pe
+        elif spans or full.spans:  # the runs of both views, in the record's own positions
+            local: list[tuple[int, int]] = []
+            for view, start, end in ((ch, ps, pe), (full, fs, fe)):
+                if end > start:  # (a special token has no characters in the plain view)
+                    local += [(a - start, b - start) for a, b in view.spans if a < end and b > start]
+                view.spans = [s for s in view.spans if s[1] >= end]
+                view.released = end
+            if local:
+                text = _render_views(text, local)
         top = self._top(record.top, record.text, text)
         if text == record.text and top is record.top:
             return record
@@ -296,6 +339,35 @@ def _render(text: str, start: int, spans: list[list[int]]) -> str:
     if pos == start and not out:
         return text  # no run covers a character of it
     out.append(text[pos - start :])
+    return "".join(out)
+
+
+def _render_views(text: str, runs: list[tuple[int, int]]) -> str:
+    """``text`` with every character a run covers dropped (runs of both views, in the text's own
+    positions; a run may begin before it) and one marker per stretch of dropped characters in
+    which a run begins: what a reader of either view sees is that view's redaction (a stretch the
+    other view extends keeps its marker), the characters either view redacts never shown."""
+    size = len(text)
+    dropped = [False] * size
+    begins = [False] * size
+    for a, b in runs:
+        for i in range(max(a, 0), min(b, size)):
+            dropped[i] = True
+        if 0 <= a < size:
+            begins[a] = True
+    out: list[str] = []
+    i = 0
+    while i < size:
+        if not dropped[i]:
+            out.append(text[i])
+            i += 1
+            continue
+        j = i
+        while j < size and dropped[j]:
+            j += 1
+        if any(begins[i:j]):
+            out.append(REDACTED)
+        i = j
     return "".join(out)
 
 
