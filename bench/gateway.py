@@ -3,7 +3,8 @@
 
 Each run (one scenario, one variant) gets a fresh ``redis-server``, the producer (bench/gwproducer.py:
 jobs enqueued as ``Client.enqueue`` does, then paced token events as a worker writes them), the
-gateway under test and the clients (bench/sseload.py: every SSE connection in one process), all on
+gateway under test and the clients (bench/sseload.py: the SSE connections split between
+:data:`CLIENT_PROCESSES` processes, the same for both variants), all on
 127.0.0.1. Once every client has its response headers, a warm-up passes, then a window is measured:
 token events delivered to the clients per second, Redis-visible → client-received p50/p99 (the
 entry id's clock against the arrival), the gateway's CPU (``/proc``) and peak RSS. Every wait is
@@ -27,6 +28,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +39,7 @@ from bench.names import find
 from bench.procs import Child, ProcessSet, cpu_seconds, machine_busy_seconds, peak_rss_bytes, wait_until
 from bench.report import Row
 from bench.scenarios import Timing
-from bench.window import load_seen
+from bench.window import Seen
 from worker.redisproc import RedisServer, free_port
 
 __all__ = [
@@ -62,6 +64,7 @@ SLACK_SECONDS = 30.0
 KEPT_UP_SHARE = 0.97
 P99_BOUND_MS = 1000.0
 BENCH_KEY = "bench-tenant-key"  # the tenant key the clients send (a private, throwaway Redis)
+CLIENT_PROCESSES = 2  # the SSE clients are split between this many processes (both variants alike)
 REDIS_MAXCLIENTS = 16_000  # the naive gateway holds one Redis connection per client
 
 
@@ -225,7 +228,7 @@ class GatewayRun:
         self.redis = RedisServer(directory=work / "redis", extra_args=["--maxclients", str(REDIS_MAXCLIENTS)])
         self.gateway: Child | None = None
         self.producer: Child | None = None
-        self.clients: Child | None = None
+        self.clients: list[Child] = []
         self.quota: CpuQuota | None = None
         self.roles: dict[str, list[int]] = {}
         self.out = work / "clients"
@@ -285,27 +288,50 @@ class GatewayRun:
             "gateway": [self.gateway.pid],
             "producer": [self.producer.pid],
             "redis": [self.redis.process.pid] if self.redis.process else [],
-            "clients": [self.clients.pid] if self.clients else [],
+            "clients": [clients.pid for clients in self.clients],
         }
 
     def _start_clients(self, base: str) -> None:
-        jobs = self.work / "jobs.txt"
-        jobs.write_text("".join(f"gw-{i}\n" for i in range(self.scenario.jobs)))
-        ready = self.work / "clients.ready"
-        argv = [sys.executable, "-m", "bench.sseload", "--base", base, "--jobs-file", str(jobs)]
-        argv += ["--watchers", str(self.scenario.watchers), "--out", str(self.out)]
-        argv += ["--ready-file", str(ready), "--max-seconds", f"{self.budget:.0f}"]
-        if self.variant.bearer:
-            key = self.work / "bearer"
-            key.write_text(BENCH_KEY)
-            argv += ["--bearer-file", str(key)]
-        self.clients = self.procs.start("clients", argv)
-        wait_until(ready.exists, OPEN_TIMEOUT, "the clients' connections", interval=0.2)
-        opened = json.loads(ready.read_text())
-        if opened["opened"] == 0:
-            raise RuntimeError(
-                f"no client connected ({opened['failed']} failed): see {self.variant.name}'s log"
-            )
+        """:data:`CLIENT_PROCESSES` client processes, the jobs dealt out between them (one process
+        holding 2,000 busy connections was what limited the run: its loop's lag was the latency)."""
+        readies = []
+        for n in range(CLIENT_PROCESSES):
+            jobs = self.work / f"jobs-{n}.txt"
+            mine = range(n, self.scenario.jobs, CLIENT_PROCESSES)
+            jobs.write_text("".join(f"gw-{i}\n" for i in mine))
+            ready = self.work / f"clients-{n}.ready"
+            argv = [sys.executable, "-m", "bench.sseload", "--base", base, "--jobs-file", str(jobs)]
+            argv += ["--watchers", str(self.scenario.watchers), "--out", str(self._out(n))]
+            argv += ["--ready-file", str(ready), "--max-seconds", f"{self.budget:.0f}"]
+            if self.variant.bearer:
+                key = self.work / "bearer"
+                key.write_text(BENCH_KEY)
+                argv += ["--bearer-file", str(key)]
+            self.clients.append(self.procs.start(f"clients-{n}", argv))
+            readies.append(ready)
+        for ready in readies:
+            wait_until(ready.exists, OPEN_TIMEOUT, "the clients' connections", interval=0.2)
+        opened = [json.loads(ready.read_text()) for ready in readies]
+        if sum(o["opened"] for o in opened) == 0:
+            failed = sum(o["failed"] for o in opened)
+            raise RuntimeError(f"no client connected ({failed} failed): see {self.variant.name}'s log")
+
+    def _out(self, n: int) -> Path:
+        return self.out.with_name(f"{self.out.name}-{n}")
+
+    def _seen(self) -> tuple[dict[str, Any], Seen]:
+        """Every client process's counters (summed) and events (together)."""
+        counters: dict[str, Any] = {"open_at_stop": 0, "statuses": {}}
+        recv, lat = array("q"), array("q")
+        for n in range(CLIENT_PROCESSES):
+            out = self._out(n)
+            part = json.loads(out.with_suffix(".json").read_text())
+            counters["open_at_stop"] += int(part["open_at_stop"])
+            for status, count in part["statuses"].items():
+                counters["statuses"][status] = counters["statuses"].get(status, 0) + count
+            recv.frombytes(out.with_suffix(".recv").read_bytes())
+            lat.frombytes(out.with_suffix(".lat").read_bytes())
+        return counters, Seen(recv, lat)
 
     def _sleep(self, seconds: float) -> None:
         end = time.monotonic() + seconds
@@ -322,12 +348,13 @@ class GatewayRun:
         t0, cpu0 = time.time_ns() // 1000, self._cpu()
         self._sleep(self.timing.window)
         t1, cpu1 = time.time_ns() // 1000, self._cpu()
-        assert self.gateway is not None and self.clients is not None
+        assert self.gateway is not None and self.clients
         row.rss_mb = peak_rss_bytes(self.gateway.pid) / 2**20
-        self.clients.signal(2)  # SIGINT: write what was seen, then exit
-        self.clients.process.wait(timeout=STOP_TIMEOUT)
-        counters: dict[str, Any] = json.loads(self.out.with_suffix(".json").read_text())
-        seen = load_seen(self.out)
+        for clients in self.clients:
+            clients.signal(2)  # SIGINT: write what was seen, then exit
+        for clients in self.clients:
+            clients.process.wait(timeout=STOP_TIMEOUT)
+        counters, seen = self._seen()
         seconds = (t1 - t0) / 1e6
         row.window_s = round(seconds, 3)
         window = seen.window(t0, t1)
