@@ -40,7 +40,7 @@ from bench.procs import Child, ProcessSet, cpu_seconds, machine_busy_seconds, pe
 from bench.report import Row
 from bench.scenarios import Timing
 from bench.window import Seen
-from worker.redisproc import RedisServer, free_port
+from worker.redisproc import RedisClusterServers, RedisServer, free_port
 
 __all__ = [
     "DEFAULT_GATEWAY_VARIANTS",
@@ -116,6 +116,7 @@ class GatewayVariant:
     command: Callable[[GatewaySetup], Command]
     bearer: bool  # the clients send the tenant key
     baseline: bool = False  # the naive one: connections it cannot hold are a result, not a failed run
+    cluster: bool = False  # on a 3-node Redis Cluster instead of a single server
 
 
 def _base_env() -> dict[str, str]:
@@ -149,6 +150,11 @@ def _tokenwire_gateway(setup: GatewaySetup) -> Command:
     return argv, env
 
 
+def _tokenwire_gateway_cluster(setup: GatewaySetup) -> Command:
+    argv, env = _tokenwire_gateway(setup)
+    return argv, {**env, "TOKENWIRE_REDIS_CLUSTER": "true"}
+
+
 def _naive_gateway(setup: GatewaySetup) -> Command:
     argv = [sys.executable, "-m", "bench.naive_gateway", "--port", str(setup.port)]
     argv += ["--redis-url", setup.redis_url, "--prefix", PREFIX, "--max-seconds", f"{setup.max_seconds:.0f}"]
@@ -160,6 +166,13 @@ GATEWAY_VARIANTS: tuple[GatewayVariant, ...] = (
         "naive-gateway", "aiohttp, one blocking XREAD per client", _naive_gateway, False, baseline=True
     ),
     GatewayVariant("gateway", "tokenwire gateway, as users run it", _tokenwire_gateway, True),
+    GatewayVariant(
+        "gateway-cluster",
+        "tokenwire gateway on a 3-node Redis Cluster (reads pipelined per node)",
+        _tokenwire_gateway_cluster,
+        True,
+        cluster=True,
+    ),
 )
 DEFAULT_GATEWAY_VARIANTS: tuple[str, ...] = ("naive-gateway", "gateway")
 
@@ -225,7 +238,11 @@ class GatewayRun:
         self.cpus = cpus
         self.procs = ProcessSet(work)
         (work / "redis").mkdir()
-        self.redis = RedisServer(directory=work / "redis", extra_args=["--maxclients", str(REDIS_MAXCLIENTS)])
+        self.redis: RedisServer | RedisClusterServers = (
+            RedisClusterServers()
+            if variant.cluster
+            else RedisServer(directory=work / "redis", extra_args=["--maxclients", str(REDIS_MAXCLIENTS)])
+        )
         self.gateway: Child | None = None
         self.producer: Child | None = None
         self.clients: list[Child] = []
@@ -259,6 +276,7 @@ class GatewayRun:
         ready = self.work / "producer.ready"
         argv_p = [sys.executable, "-m", "bench.gwproducer", "--url", self.redis.url, "--prefix", PREFIX]
         argv_p += ["--jobs", str(self.scenario.jobs), "--tps", f"{self.scenario.tps:g}"]
+        argv_p += ["--cluster"] if self.variant.cluster else []
         argv_p += [
             "--ready-file",
             str(ready),
@@ -287,7 +305,7 @@ class GatewayRun:
         self.roles = {
             "gateway": [self.gateway.pid],
             "producer": [self.producer.pid],
-            "redis": [self.redis.process.pid] if self.redis.process else [],
+            "redis": _redis_pids(self.redis),
             "clients": [clients.pid for clients in self.clients],
         }
 
@@ -400,6 +418,11 @@ class GatewayRun:
             if self.quota is not None:
                 self.quota.remove()
             self.redis.stop()
+
+
+def _redis_pids(redis: RedisServer | RedisClusterServers) -> list[int]:
+    nodes = redis.nodes if isinstance(redis, RedisClusterServers) else [redis]
+    return [node.process.pid for node in nodes if node.process is not None]
 
 
 def _port_open(port: int) -> bool:

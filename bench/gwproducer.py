@@ -27,6 +27,7 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from worker.client import Client
+from worker.connect import redis_client
 from worker.events import Start, Token, encode_event
 from worker.keys import Keys
 
@@ -105,7 +106,7 @@ async def _main(args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, stop.set)
     go = asyncio.Event()
     loop.add_signal_handler(signal.SIGUSR1, go.set)
-    redis = Redis.from_url(args.url)
+    redis = redis_client(args.url, cluster=True) if args.cluster else Redis.from_url(args.url)
     try:
         ids = await _enqueue(redis, args.prefix, args.jobs)
         args.ready_file.write_text("ready\n")
@@ -132,6 +133,7 @@ def main() -> None:
     parser.add_argument("--ready-file", type=Path, required=True)
     parser.add_argument("--wait-go", action="store_true", help="write no token before SIGUSR1")
     parser.add_argument("--max-seconds", type=float, default=120.0)
+    parser.add_argument("--cluster", action="store_true", help="--url names a node of a Redis Cluster")
     asyncio.run(_main(parser.parse_args()))
 
 
