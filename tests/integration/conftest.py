@@ -15,6 +15,8 @@ from worker import Client, Provider, Settings, Worker
 from worker.connect import http_client, redis_client
 from worker.sim import SimConfig, serve
 
+from .gatewaykit import RunningGateway, start_gateway, tenants
+
 pytestmark = pytest.mark.integration
 
 
@@ -141,3 +143,25 @@ async def client(redis_url: str, backend: str, prefix: str) -> AsyncIterator[Cli
     )
     yield c
     await c.aclose()
+
+
+@pytest.fixture
+async def gateway(
+    settings_for: Callable[..., Settings], start_worker: Callable[..., Awaitable[Any]]
+) -> AsyncIterator[Callable[..., Awaitable[RunningGateway]]]:
+    """Start a worker and return a factory of gateways (settings overrides as keywords): the
+    gateway tests' (test_gateway*.py, test_review_findings_gateway.py)."""
+    await start_worker()
+    running: list[RunningGateway] = []
+
+    async def start(**overrides: Any) -> RunningGateway:
+        base: dict[str, Any] = {"tenants": tenants(), "gateway_port": 0, "gateway_heartbeat_seconds": 15.0}
+        base.update(overrides)
+        gw = await start_gateway(settings_for(**base))
+        running.append(gw)
+        return gw
+
+    yield start
+    for gw in running:
+        if not gw.task.done():
+            await gw.shutdown()

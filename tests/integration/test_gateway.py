@@ -13,7 +13,7 @@ import msgspec
 import pytest
 from redis.asyncio import Redis
 
-from worker import Client, Settings
+from worker import Client
 from worker.gateway.ids import scoped_id
 from worker.keys import Keys
 
@@ -24,34 +24,12 @@ from .gatewaykit import (
     RunningGateway,
     bearer,
     read_sse,
-    start_gateway,
     tenants,
 )
 
 pytestmark = pytest.mark.integration
 
 SLOW = "m;tps=40;tokens=30"  # a job that streams for about 0.75 s
-
-
-@pytest.fixture
-async def gateway(
-    settings_for: Callable[..., Settings], start_worker: Callable[..., Awaitable[Any]]
-) -> AsyncIterator[Callable[..., Awaitable[RunningGateway]]]:
-    """Start a worker and return a factory of gateways (settings overrides as keywords)."""
-    await start_worker()
-    running: list[RunningGateway] = []
-
-    async def start(**overrides: Any) -> RunningGateway:
-        base: dict[str, Any] = {"tenants": tenants(), "gateway_port": 0, "gateway_heartbeat_seconds": 15.0}
-        base.update(overrides)
-        gw = await start_gateway(settings_for(**base))
-        running.append(gw)
-        return gw
-
-    yield start
-    for gw in running:
-        if not gw.task.done():
-            await gw.shutdown()
 
 
 @pytest.fixture

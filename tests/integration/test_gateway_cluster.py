@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 
 from .test_gateway import (  # noqa: F401 (fixtures and tests collected again, on the cluster)
-    gateway,
     http,
     test_events_are_the_stored_entries_exactly_then_the_stream_closes,
     test_many_watchers_of_one_job_share_one_read,

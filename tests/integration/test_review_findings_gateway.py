@@ -15,32 +15,12 @@ from typing import Any
 import httpx
 import pytest
 
-from worker import Client, Settings
+from worker import Client
 from worker.gateway.ids import scoped_id
 
-from .gatewaykit import RunningGateway, bearer, read_sse, start_gateway, tenants
+from .gatewaykit import RunningGateway, bearer, read_sse
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def gateway(
-    settings_for: Callable[..., Settings], start_worker: Callable[..., Awaitable[Any]]
-) -> AsyncIterator[Callable[..., Awaitable[RunningGateway]]]:
-    await start_worker()
-    running: list[RunningGateway] = []
-
-    async def start(**overrides: Any) -> RunningGateway:
-        base: dict[str, Any] = {"tenants": tenants(), "gateway_port": 0, "gateway_heartbeat_seconds": 15.0}
-        base.update(overrides)
-        gw = await start_gateway(settings_for(**base))
-        running.append(gw)
-        return gw
-
-    yield start
-    for gw in running:
-        if not gw.task.done():
-            await gw.shutdown()
 
 
 @pytest.fixture
