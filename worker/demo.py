@@ -21,6 +21,7 @@ from .redisproc import RedisServer, redis_server_available
 from .render import TerminalView
 from .service import Worker
 from .settings import Provider, Settings
+from .supervise import cancel_and_wait
 from .term import use_color
 
 __all__ = ["DemoUnavailable", "run_demo"]
@@ -102,10 +103,14 @@ async def _run(settings: Settings, connect: RedisFactory, prompt: str, stop: asy
             ok = await _follow(client, job_id, stop)
         finally:
             worker_stop.set()
-            await worker_task
-            await client.aclose()
-            await reader.aclose()
-            await redis.aclose()
+            if _forced():  # a second Ctrl-C already landed: no drain, whatever the grace says
+                worker_task.cancel()
+            try:
+                await worker_task  # a second Ctrl-C while it drains cancels the worker through here
+            finally:
+                await client.aclose()
+                await reader.aclose()
+                await redis.aclose()
     _say("stopped the worker, the simulator and Redis")
     return 0 if ok or stop.is_set() else 1  # stopped by the user: a clean stop
 
@@ -115,6 +120,8 @@ async def _follow(client: Client, job_id: str, stop: asyncio.Event) -> bool:
 
     async def follow() -> bool:
         async for item in client.subscribe(job_id, timeout=120):
+            if stop.is_set():  # a cancel can be lost in redis-py's read (seen under load): look too
+                return False
             view.show(item.event)
             if isinstance(item.event, Done):
                 return True
@@ -122,11 +129,16 @@ async def _follow(client: Client, job_id: str, stop: asyncio.Event) -> bool:
 
     task = asyncio.create_task(follow())
     stopping = asyncio.create_task(stop.wait())
-    await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    stopping.cancel()
-    if not task.done():
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        return False
-    return task.result()
+    try:
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:  # also when a second Ctrl-C cancels this wait: neither task outlives it
+        stopping.cancel()
+        if not task.done():
+            await cancel_and_wait(task)
+    return not task.cancelled() and task.result()
+
+
+def _forced() -> bool:
+    """Whether this task has been cancelled: the CLI's forced stop (a second Ctrl-C)."""
+    current = asyncio.current_task()
+    return current is not None and current.cancelling() > 0

@@ -38,7 +38,7 @@ from .runner import Control, Runner
 from .settings import Settings
 from .stats import collect_stats
 from .store import JobStore
-from .supervise import Supervisor
+from .supervise import Supervisor, cancel_and_wait
 from .upstream.adapters import Adapter, default_adapters
 
 __all__ = ["Worker", "default_consumer_name"]
@@ -150,6 +150,7 @@ class Worker:
             await self.supervisor.run("serve", lambda: self._serve(stop))
             await self._drain()
         finally:
+            await self._stop_jobs()  # none left after a drain; a forced stop leaves them running
             self._closing.set()  # the cancel listener stops by itself; the other helpers are cancelled
             for task in helpers:
                 task.cancel()
@@ -232,9 +233,7 @@ class Worker:
         await asyncio.wait({read, stopping}, return_when=asyncio.FIRST_COMPLETED)
         if read.done():
             return read.result()
-        read.cancel()
-        with contextlib.suppress(asyncio.CancelledError, RedisError):
-            await read
+        await cancel_and_wait(read, RedisError)
         await self.queue.reset_reader()
         return []
 
@@ -394,9 +393,18 @@ class Worker:
         grace = self.settings.drain_grace_seconds
         log.info("draining", inflight=len(self.jobs), grace=grace)
         _, pending = await asyncio.wait(self.inflight, timeout=grace)
-        if not pending:
+        if pending:
+            await self._stop_jobs()
+
+    async def _stop_jobs(self) -> None:
+        """Cancel every job still running here, wait at most :attr:`abandon_after` for them to stop
+        and hand each back for a peer: after the drain grace, and when the worker itself is cancelled
+        (a forced stop), which must not leave its jobs running on without it. A job already stopped
+        so (and abandoned, if it ignored that) is not handed back twice."""
+        left = [job for job in self.jobs.values() if not job.task.done() and job.control.kind != "drain"]
+        if not left:
             return
-        left = [job for job in self.jobs.values() if job.task in pending]
+        pending = {job.task for job in left}
         for job in left:
             job.control.set("drain")
             job.task.cancel()

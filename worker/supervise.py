@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import structlog
 from prometheus_client import Counter
@@ -17,9 +18,25 @@ from prometheus_client import Counter
 from .backoff import REDIS, Backoff, RetryPolicy
 from .redact import redact
 
-__all__ = ["Supervisor"]
+__all__ = ["Supervisor", "cancel_and_wait"]
 
 log = structlog.get_logger("tokenwire.worker")
+
+
+async def cancel_and_wait(task: asyncio.Future[Any], *also: type[BaseException]) -> None:
+    """Cancel ``task`` and wait until it has stopped, swallowing its own ``CancelledError`` (and the
+    ``also`` exceptions it may end with), but never the caller's: a caller cancelled while it waits
+    (a second Ctrl-C, a drain's cancel) is still cancelled. ``contextlib.suppress(CancelledError)``
+    around ``await task`` cannot tell the two apart and would swallow the caller's cancel too."""
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
+    except also:
+        pass
 
 
 class Supervisor:

@@ -119,3 +119,33 @@ async def test_jobs_that_stop_when_cancelled_are_handed_back_without_the_wait(
         await first.shutdown(timeout=30.0)
     assert not any(r["event"] == "job did not stop when cancelled; abandoning it" for r in logs)
     assert any(r["event"] == "handed a job back for a peer" for r in logs)
+
+
+async def test_a_forced_stop_cancels_the_jobs_and_hands_them_back(
+    start_worker: StartWorker, client: Client
+) -> None:
+    """A second Ctrl-C cancels the worker's task while it drains (a 60 s grace here): its jobs must
+    not run on without it (the demo's forced stop waited for its job to finish), and each is
+    handed back, so a peer finishes it as a new attempt at once, not after the lease."""
+    first = await start_worker(drain_grace_seconds=60.0, **SLOW_LEASE)
+    job_id = await client.enqueue(model="tokenwire/sim;tokens=400;tps=20", input="slow")
+    async with asyncio.timeout(10):
+        async for item in client.subscribe(job_id):
+            if isinstance(item.event, Token):
+                break
+    [job_task] = first.worker.inflight
+    with structlog.testing.capture_logs() as logs:
+        first.stop.set()  # the graceful stop: the drain now waits up to 60 s for the job
+        async with asyncio.timeout(10):
+            while not any(r["event"] == "draining" for r in logs):
+                await asyncio.sleep(0.01)
+        first.task.cancel()  # the forced stop
+        with contextlib.suppress(asyncio.CancelledError):
+            async with asyncio.timeout(10):  # 400 tokens at 20/s would take 20 s
+                await first.task
+    assert job_task.done(), "the job ran on after its worker was stopped"
+    assert any(r["event"] == "handed a job back for a peer" for r in logs)
+    await start_worker(**SLOW_LEASE)
+    items = [item async for item in client.subscribe(job_id, timeout=60)]
+    starts = [i.event.attempt for i in items if isinstance(i.event, Start)]
+    assert starts == [1, 2] and isinstance(items[-1].event, Done)

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, Counter
 from worker import Provider, Settings, Worker
 from worker.backoff import RetryPolicy
 from worker.redact import Redactor, install, installed
-from worker.supervise import Supervisor
+from worker.supervise import Supervisor, cancel_and_wait
 
 BOUND = 10.0
 SLOW = RetryPolicy(base=1.0, cap=1.0)
@@ -193,3 +193,56 @@ async def test_each_helper_is_restarted_and_readiness_fails_while_it_is_down(
     crashed = [entry for entry in logs if entry["event"] == "worker task crashed; restarting it"]
     assert [(entry["task"], entry["exc_info"]) for entry in crashed] == [(task, flaky.error)]
     assert worker.metrics.registry.get_sample_value("tokenwire_task_restarts_total", {"task": task}) == 1
+
+
+# -- cancel_and_wait: a child's cancel is swallowed, the caller's never --------------------------
+
+
+async def test_cancel_and_wait_stops_the_task_and_swallows_its_cancel() -> None:
+    child = asyncio.create_task(asyncio.sleep(60))
+    await asyncio.sleep(0)
+    await cancel_and_wait(child)
+    assert child.cancelled()
+
+
+async def test_a_caller_cancelled_while_it_waits_stays_cancelled() -> None:
+    """The demo's second Ctrl-C arrived while it waited for its cancelled follower: swallowed, the
+    stop then waited the whole drain grace. The child here takes its time to stop, so the caller's
+    cancel lands while it waits."""
+    cancelled_seen = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow_to_stop() -> None:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled_seen.set()
+            await release.wait()
+            raise
+
+    child = asyncio.create_task(slow_to_stop())
+    await asyncio.sleep(0)
+    caller = asyncio.create_task(cancel_and_wait(child))
+    async with asyncio.timeout(BOUND):
+        await cancelled_seen.wait()
+    caller.cancel()  # the caller's own cancel, while the child is still stopping
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert child.cancelled()
+
+
+async def test_cancel_and_wait_swallows_only_the_errors_it_is_told_of() -> None:
+    async def fails_when_cancelled(exc: BaseException) -> None:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            raise exc from None
+
+    quiet = asyncio.create_task(fails_when_cancelled(ConnectionError("gone")))
+    await asyncio.sleep(0)
+    await cancel_and_wait(quiet, ConnectionError)
+    loud = asyncio.create_task(fails_when_cancelled(ValueError("a bug")))
+    await asyncio.sleep(0)
+    with pytest.raises(ValueError, match="a bug"):
+        await cancel_and_wait(loud, ConnectionError)

@@ -23,6 +23,7 @@ from aiohttp.web_protocol import RequestHandler
 from ..connect import redis_client
 from ..metrics import serve_metrics
 from ..settings import Settings
+from ..supervise import cancel_and_wait
 from .app import Gateway, build_app
 from .auth import TokenSigner, gateway_secret
 from .metrics import GatewayMetrics
@@ -157,8 +158,7 @@ async def serve_gateway(
         await runner.cleanup()
         hub_stop.set()
         gateway.hub.wake()
-        with contextlib.suppress(asyncio.CancelledError):
-            await hub
+        await cancel_and_wait(hub)
         beat.cancel()
         if metrics_runner is not None:
             await metrics_runner.cleanup()
