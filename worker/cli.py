@@ -37,7 +37,7 @@ from .connect import http_client, redis_client
 from .events import Cancelled, CandidateDone, Done, Error, Segment, Start, Token
 from .jobs import API_NAMES, Candidates, ChatMessage, Escalate, InvalidJob, Job, Params
 from .logging import configure_logging
-from .render import TerminalView
+from .render import TerminalView, can_redraw
 from .review_cli import add_command as _add_review_command
 from .settings import CONFIG_ENV, Provider, Settings, SettingsError, load_settings, log_ignored_service_links
 from .term import use_color
@@ -213,7 +213,7 @@ _SHOWN = (Start, Token, CandidateDone, Done, Error, Cancelled)
 
 async def _follow(client: Client, job_id: str, *, as_json: bool, timeout: float | None) -> int:
     """Print the job's events until its terminal one; the exit code says how it ended."""
-    view = TerminalView(sys.stdout, color=use_color(sys.stdout))
+    view = TerminalView(sys.stdout, color=use_color(sys.stdout), live=can_redraw(sys.stdout))
     out = sys.stdout.buffer
     skipped: set[str] = set()
     code = EXIT_FAILED
@@ -237,6 +237,9 @@ async def _follow(client: Client, job_id: str, *, as_json: bool, timeout: float 
         raise CliError(str(exc), EXIT_TIMEOUT) from None
     except JobNotFound as exc:
         raise CliError(str(exc), EXIT_NOT_FOUND) from None
+    finally:
+        if not as_json:
+            view.close()  # a live region of candidates stays as it stands
     return code
 
 
