@@ -10,6 +10,14 @@ one sequence, so they increase strictly across interleaved candidates. A ``candi
 each candidate (with its error when it failed); the ``done`` is the winner's (rank 1 by
 ``rank_by``, ties to the lower index) with ``candidates`` and ``agreement``.
 
+On chat and completions (:data:`SHARED_APIS`) one request asks for all ``n`` choices, as the
+provider's ``n_choices`` setting says: ``one_request``; ``separate`` (one request each, as on every
+other API); ``auto``, the default: one request, and when its stream ends with every choice it sent
+finished but some choice index never seen, the provider ignored ``n``: the missing candidates are
+asked for on requests of their own (seed varied, as separate candidates are) within the same
+attempt and deadline, and the provider+model is remembered (:meth:`LogprobsMemo.remember_ignores_n`,
+``P:no_n:*``) so that its next jobs with candidates ask for each separately at once.
+
 One candidate failing does not fail the job while another answers; when all fail, the job ends
 with one ``error`` (retried as a new attempt first when every failure was retryable). A cancel
 cancels every candidate's task; a takeover restarts the whole job as a new attempt.
@@ -23,6 +31,7 @@ import math
 import re
 
 import msgspec
+import structlog
 
 from .admit import Admitted
 from .attempt import YIELD_EVERY, Attempt, AttemptContext
@@ -60,6 +69,8 @@ __all__ = [
 _SPACE = re.compile(r"\s+")
 
 LaneOutcome = Finished | Failed | Escalate | Fenced | WriteFailed
+
+log = structlog.get_logger("tokenwire.candidates")
 
 SHARED_APIS = frozenset(TOKENS_OF)
 """APIs whose provider returns ``n`` choices for one request (OpenAI-compatible chat and legacy
@@ -160,10 +171,17 @@ class CandidatesAttempt(Attempt):
         self.wanted: Candidates = wanted
         self.lanes: list[CandidateLane] = []
         self.shared = False  # one request for every candidate (SHARED_APIS)
+        self.separate: list[CandidateLane] = []  # the candidates asked for on requests of their own
+        self._seen: set[int] = set()  # the choice indices the shared request's stream sent
+        self.ignored: str | None = None  # what the request for all sent, when it ignored `n`
 
     def requests(self, answers: int) -> int:
-        """One request for every candidate on :data:`SHARED_APIS`, else one each."""
-        return 1 if self.job.api in SHARED_APIS else answers
+        """One request for every candidate on :data:`SHARED_APIS` with ``n_choices =
+        "one_request"``, else one each (``auto``: the worst case, a provider ignoring ``n``, is one
+        request for the first candidate and one for each other)."""
+        if self.job.api in SHARED_APIS and self.admitted.provider.n_choices == "one_request":
+            return 1
+        return answers
 
     def next_id(self) -> bytes:
         """The next event id of this attempt: every candidate's events share one sequence."""
@@ -172,15 +190,12 @@ class CandidatesAttempt(Attempt):
 
     def usage(self) -> tuple[int | None, int, bool]:
         """Every candidate's request: prompts and outputs summed (each request is billed); one
-        request for all: its prompt once, its output (at least the tokens received)."""
-        if self.shared:
-            received = sum(lane.seq for lane in self.lanes)
-            if self.usage_out is None or self.usage_out < received:
-                return self.usage_in, received, False
-            return self.usage_in, self.usage_out, True
+        request for several: its prompt once, its output (at least the tokens received)."""
         inputs: int | None = None
         output, reported = 0, bool(self.lanes)
-        for lane in self.lanes:
+        if self.shared:
+            inputs, output, reported = self._shared_usage()
+        for lane in self.separate:
             lane_in, lane_out, lane_reported = lane.usage()
             if lane_in is not None:
                 inputs = (inputs or 0) + lane_in
@@ -188,29 +203,30 @@ class CandidatesAttempt(Attempt):
             reported = reported and lane_reported
         return inputs, output, reported
 
+    def _shared_usage(self) -> tuple[int | None, int, bool]:
+        """The one request for several candidates: its prompt, its output (the provider's count,
+        at least the tokens received for them)."""
+        received = sum(lane.seq for lane in self.lanes if lane not in self.separate)
+        if self.usage_out is None or self.usage_out < received:
+            return self.usage_in, received, False
+        return self.usage_in, self.usage_out, True
+
     async def run(self) -> LaneOutcome:
         self.lanes = [CandidateLane(self, k) for k in range(self.wanted.n)]
         outcomes: list[LaneOutcome | None] = [None] * len(self.lanes)
-        if self.job.api in SHARED_APIS:
+        separate = self.lanes
+        if self.job.api in SHARED_APIS and await self._one_request_for_all():
             self.shared = True
-            for k, outcome in enumerate(await self._one_request()):
-                outcomes[k] = outcome
-                if not isinstance(outcome, Fenced | WriteFailed):
-                    self._close(self.lanes[k], outcome)
-        else:
-
-            async def one(lane: CandidateLane) -> None:
-                outcome = await lane.run()
-                k = lane.candidate
-                assert isinstance(k, int)
-                outcomes[k] = outcome
-                if not isinstance(outcome, Fenced | WriteFailed):
-                    self._close(lane, outcome)
-
-            async with asyncio.TaskGroup() as group:
-                for lane in self.lanes:
-                    group.create_task(one(lane))
-        self.fallback = next((lane.fallback for lane in self.lanes if lane.fallback is not None), None)
+            shared = await self._one_request()
+            separate = [lane for lane, outcome in zip(self.lanes, shared, strict=True) if outcome is None]
+            for k, outcome in enumerate(shared):
+                if outcome is not None:
+                    self._ended_as(outcomes, self.lanes[k], outcome)
+        self.separate = separate
+        if separate and self.sink.ok:
+            await self._separately(separate, outcomes)
+        if self.fallback is None:
+            self.fallback = next((lane.fallback for lane in self.lanes if lane.fallback is not None), None)
         await self.ctx.publisher.drained(self.sink)
         if self.sink.fenced or any(isinstance(o, Fenced) for o in outcomes):
             return Fenced()
@@ -221,10 +237,65 @@ class CandidatesAttempt(Attempt):
             return failed
         return self._result(outcomes)
 
-    async def _one_request(self) -> list[LaneOutcome]:
+    async def _separately(self, lanes: list[CandidateLane], outcomes: list[LaneOutcome | None]) -> None:
+        """Each of ``lanes`` on a request of its own, concurrently."""
+
+        async def one(lane: CandidateLane) -> None:
+            self._ended_as(outcomes, lane, await lane.run())
+
+        async with asyncio.TaskGroup() as group:
+            for lane in lanes:
+                group.create_task(one(lane))
+
+    def _ended_as(
+        self, outcomes: list[LaneOutcome | None], lane: CandidateLane, outcome: LaneOutcome
+    ) -> None:
+        """``lane`` ended as ``outcome``: kept, and its ``candidate_done`` published."""
+        k = lane.candidate
+        assert isinstance(k, int)
+        outcomes[k] = outcome
+        if not isinstance(outcome, Fenced | WriteFailed):
+            self._close(lane, outcome)
+
+    async def _one_request_for_all(self) -> bool:
+        """Whether one request asks for every candidate: the provider's ``n_choices``; ``auto``:
+        unless its model was seen to ignore ``n``."""
+        setting = self.admitted.provider.n_choices
+        if setting != "auto":
+            return setting == "one_request"
+        memo = self.ctx.memo
+        return memo is None or await memo.ignores_n(self.admitted.provider_name, self.job.model) is None
+
+    async def _ignored_n(self) -> bool:
+        """Whether the request for all ignored ``n``: its stream ended with every choice it sent
+        finished and some never sent. With ``n_choices = "auto"`` it is remembered (the missing
+        candidates are then asked for on requests of their own)."""
+        n = len(self.lanes)
+        sent = [lane for lane in self.lanes if lane.candidate in self._seen]
+        if not sent or len(sent) == n or any(lane.end is None for lane in sent):
+            return False
+        provider, model = self.admitted.provider_name, self.job.model
+        self.ignored = f"asked for n={n} choices, {provider!r} sent only index {sorted(self._seen)}"
+        if self.admitted.provider.n_choices != "auto":
+            return True
+        log.warning(
+            "the provider ignores n: the missing candidates get requests of their own",
+            provider=provider,
+            model=model,
+            job_id=self.admitted.job_id,
+            sent=sorted(self._seen),
+            asked=n,
+        )
+        if self.ctx.memo is not None:
+            await self.ctx.memo.remember_ignores_n(provider, model, self.ignored)
+        return True
+
+    async def _one_request(self) -> list[LaneOutcome | None]:
         """Every candidate from one request for ``n`` choices (:data:`SHARED_APIS`): each choice
         fed to its lane; a failure of the request fails every candidate, a choice that never
-        finishes fails its own."""
+        finishes fails its own. When the provider ignored ``n`` (:meth:`_ignored_n`) a choice it
+        never sent is None with ``n_choices = "auto"`` (to be asked for on its own request), else
+        fails saying so."""
         n = len(self.lanes)
         try:
             async with asyncio.timeout_at(self.deadline):
@@ -242,8 +313,13 @@ class CandidatesAttempt(Attempt):
             return [self.end_with_error("deadline_exceeded", message)] * n
         if failed is not None:
             return [failed] * n
-        outcomes: list[LaneOutcome] = []
+        ignored = self.sink.ok and await self._ignored_n()
+        again = self.admitted.provider.n_choices == "auto"
+        outcomes: list[LaneOutcome | None] = []
         for lane in self.lanes:
+            if ignored and lane.candidate not in self._seen:
+                outcomes.append(None if again else Failed(self._never_sent(lane)))
+                continue
             try:
                 ended = lane._ended()
             except UpstreamError as exc:
@@ -279,10 +355,12 @@ class CandidatesAttempt(Attempt):
             key=key,
         )
         await fallback.check()
+        for lane in self.lanes:  # their done says whether logprobs were dropped
+            lane.fallback = fallback
         budgets = ctx.budgets or Budgets(None, ctx.keys, ctx.settings)
         opener = traced(fallback.open, self.job.api, self.job.model, admitted.url)
         opened = budgets.request(admitted, self.deadline, opener, self.tokens_used)
-        publisher, lanes = ctx.publisher, self.lanes
+        publisher, lanes, seen = ctx.publisher, self.lanes, self._seen
         async with opened as events:
             async for data in events:
                 parsed = parse_choices(data, n, self.job.api)
@@ -291,6 +369,7 @@ class CandidatesAttempt(Attempt):
                 if parsed.usage_output_tokens is not None:
                     self.usage_out = parsed.usage_output_tokens
                 for k, part in parsed.by_choice.items():
+                    seen.add(k)
                     lanes[k].feed(part)
                 if publisher.full:
                     await publisher.room()
@@ -300,6 +379,15 @@ class CandidatesAttempt(Attempt):
                 if parsed.closed or not self.sink.ok:
                     break
         return None
+
+    def _never_sent(self, lane: CandidateLane) -> UpstreamError:
+        """The failure of a candidate whose choice the request for all never sent (``n``
+        ignored, with ``n_choices = "one_request"``)."""
+        return UpstreamError(
+            "upstream_incomplete",
+            f"the stream ended without choice {lane.candidate} ({self.ignored}): the provider "
+            f'ignores `n`; set n_choices = "auto" or "separate" on [providers.{self.admitted.provider_name}]',
+        )
 
     def _close(self, lane: CandidateLane, outcome: LaneOutcome) -> None:
         """Publish the candidate's ``candidate_done``."""

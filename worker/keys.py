@@ -15,6 +15,9 @@
 - ``P:job:{ID}``: a job's state hash; ``P:job:{ID}:events``: its event stream (same slot as each other).
 - ``P:nolp:{provider}:{digest}``: a provider+model that refused logprobs, remembered for
   ``logprobs_refusal_ttl_seconds`` so that other jobs (on every worker) skip the failed request.
+- ``P:no_n:{provider}:{digest}``: a provider+model seen to ignore chat's or completions' ``n`` (it
+  answered fewer choices than asked), remembered as long, so that jobs with candidates ask for
+  each on its own request at once (worker/candidates.py).
 - ``P:budget:{SCOPE}:state|slots|queue|waiters``: a provider's shared budget (:mod:`worker.ratelimit`;
   ``SCOPE`` is the provider's name, or ``name/model`` with per-model limits), one slot per scope.
 - ``P:budgets``: the budget scopes workers have used (a hash: scope -> provider; ``tokenwire stats``).
@@ -69,6 +72,12 @@ class Keys:
         the key's hash tag."""
         digest = hashlib.sha256(model.encode("utf-8", "surrogatepass")).hexdigest()[:32]
         return f"{self.prefix}:nolp:{provider}:{digest}"
+
+    def no_n(self, provider: str, model: str) -> str:
+        """``P:no_n:{provider}:{sha256(model)[:32]}``: a provider+model ignores ``n`` (a string
+        saying what it answered, with a TTL); digested as :meth:`no_logprobs`."""
+        digest = hashlib.sha256(model.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+        return f"{self.prefix}:no_n:{provider}:{digest}"
 
     def budget(self, scope: str) -> tuple[str, str, str, str]:
         """A budget scope's keys (state, slots, queue, waiters), all in the slot of ``{scope}``."""

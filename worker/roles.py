@@ -78,6 +78,7 @@ ROLES: Final[dict[str, Role]] = {
                 _STATE,
                 KeyPattern("{P}:review*", "rw", "jobs to review go on {P}:review once (REVIEW_ADD, markers)"),
                 KeyPattern("P:nolp:*", "rw", "provider+model pairs that refused logprobs (a TTL'd memo)"),
+                KeyPattern("P:no_n:*", "rw", "provider+model pairs that ignore chat's `n` (a TTL'd memo)"),
                 KeyPattern("P:budget*", "rw", "provider budgets (BUDGET_* scripts), the scopes in use"),
             ),
             channels=(Channel("P:cancel", "the cancel listener subscribes to cancellation requests"),),
@@ -119,8 +120,10 @@ ROLES: Final[dict[str, Role]] = {
                 _EVALSHA,
                 _SCRIPT_LOAD,
                 Command("subscribe", "the cancel listener"),
-                Command("get", "whether a provider+model refused logprobs (P:nolp:*)"),
-                Command("set", "remembers a provider+model that refused logprobs (SET ... PX)"),
+                Command(
+                    "get", "whether a provider+model refused logprobs (P:nolp:*), ignores `n` (P:no_n:*)"
+                ),
+                Command("set", "remembers a provider+model that refused logprobs, ignores `n` (SET ... PX)"),
             ),
         ),
         Role(

@@ -61,6 +61,11 @@ class Provider(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     api_key_env: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$(?!\n)")] | None = None
     supports_top_n_tokens: bool = False
     max_top_n_tokens: Annotated[int, msgspec.Meta(ge=0, le=20)] = 5
+    # How a job's candidates (worker/candidates.py) ask chat and completions for their answers:
+    # "one_request" (`n` choices in one request), "separate" (one request each, the seed varied),
+    # "auto" (one request; a provider that answers fewer choices than asked is remembered as
+    # ignoring `n` and the missing candidates are asked for separately)
+    n_choices: Literal["auto", "one_request", "separate"] = "auto"
     # Shared budgets, enforced across every worker through Redis (worker.ratelimit); none set: no
     # shared budget (a 429 still waits instead of spending attempts). ``limits_per = "model"`` gives
     # each of the provider's models its own budget of these sizes.

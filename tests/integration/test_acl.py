@@ -183,6 +183,11 @@ async def worker_operations(r: Redis, admin: Redis, prefix: str) -> None:
     memo = LogprobsMemo(r, keys, 60.0, clock=iter(range(0, 10**6, 100)).__next__)  # no local hits
     await memo.remember("sim", MODEL, "refused again")
     assert await memo.refusal("sim", MODEL) == "refused again"
+    no_n = keys.no_n("sim", MODEL)  # a provider ignoring chat's `n` (worker.candidates), alike
+    await r.set(no_n, "only choice 0", px=60_000)
+    assert await r.get(no_n) == b"only choice 0"
+    await memo.remember_ignores_n("sim", MODEL, "only choice 0 again")
+    assert await memo.ignores_n("sim", MODEL) == "only choice 0 again"
     await review_add_operations(r, admin, prefix)
     await health_check(r)
 

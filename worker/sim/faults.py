@@ -109,6 +109,9 @@ class Directives(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     # chat/completions with `n` choices: this choice stops after `after` tokens without a finish_reason (the
     # others go on), as a provider's choice that breaks off
     drop_choice: NonNegInt | None = None
+    # chat/completions: ignore the request's `n` and stream one choice (index 0), as an
+    # OpenAI-compatible server without `n` support does (counted as the fault "ignore_n")
+    ignore_n: bool = False
     done: bool = False  # append "data: [DONE]" after the final event
     nospace: bool = False  # "data:{...}" without the space
     crlf: bool = False  # CRLF line endings
@@ -175,6 +178,7 @@ class SimRequest(msgspec.Struct, frozen=True, kw_only=True):
     top_n: int = 0
     refusal: StatusReply | None = None  # answered instead of a stream (the nologprobs directive)
     choices: int = 1  # chat/completions `n`: that many choices in one stream (server._generate_choices)
+    ignored_n: bool = False  # `n` > 1 was asked for and ignored (the ignore_n directive)
 
 
 def _pairs(text: str) -> dict[str, str]:

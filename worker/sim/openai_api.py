@@ -231,6 +231,14 @@ def _logprobs_refusal() -> StatusReply:
     return StatusReply(400, "application/json", _ENC.encode({"error": error}), {})
 
 
+def _with_choices(request: SimRequest, n: int) -> SimRequest:
+    """``request`` asking for ``n`` choices: that many in one stream, or one when the model
+    ignores ``n`` (the ignore_n directive)."""
+    if request.directives.ignore_n:
+        return msgspec.structs.replace(request, ignored_n=True)
+    return msgspec.structs.replace(request, choices=n)
+
+
 class ChatCompletions:
     """``POST /v1/openai/chat/completions`` (and ``/v1/chat/completions``)."""
 
@@ -252,8 +260,8 @@ class ChatCompletions:
         request = _request(parsed, base, directives, prompt, max_tokens, top_n if logprobs else 0)
         if directives.nologprobs and logprobs:  # the model refuses logprobs, as Groq's do
             request = msgspec.structs.replace(request, refusal=_logprobs_refusal())
-        if parsed.n > 1:  # n choices in one stream, each with its index
-            request = msgspec.structs.replace(request, choices=parsed.n)
+        if parsed.n > 1:  # n choices in one stream, each with its index (or one: ignore_n)
+            request = _with_choices(request, parsed.n)
         return request, chat_encoder(info)
 
     def status_reply(self, directives: Directives) -> StatusReply:
@@ -272,8 +280,8 @@ class Completions:
         logprobs = parsed.logprobs
         info = _info(parsed, base, directives, prompt, chat=False, logprobs=logprobs is not None)
         request = _request(parsed, base, directives, prompt, parsed.max_tokens, logprobs or 0)
-        if parsed.n > 1:  # n choices in one stream, each with its index
-            request = msgspec.structs.replace(request, choices=parsed.n)
+        if parsed.n > 1:  # n choices in one stream, each with its index (or one: ignore_n)
+            request = _with_choices(request, parsed.n)
         return request, completions_encoder(info)
 
     def status_reply(self, directives: Directives) -> StatusReply:

@@ -578,6 +578,8 @@ async def _serve(
         reply = sim.refusal
         headers = {**reply.headers, "Content-Type": reply.content_type}
         return web.Response(status=reply.status, body=reply.body, headers=headers)
+    if sim.ignored_n:  # `n` asked for and ignored: one choice streams (the ignore_n directive)
+        stats.faults["ignore_n"] = stats.faults.get("ignore_n", 0) + 1
     fault = sim.directives.fault if fault_applies(sim.directives, n) else None
     if fault is not None:
         stats.faults[fault] = stats.faults.get(fault, 0) + 1
