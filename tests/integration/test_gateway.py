@@ -246,6 +246,42 @@ async def test_many_watchers_of_one_job_share_one_read(
     # where one blocking read per watcher would need 20 x 21)
     assert metrics["tokenwire_gateway_events_sent_total"] >= 20 * len(rows)
     assert metrics["tokenwire_gateway_redis_reads_total"] < 5 * len(rows)
+    assert gw.gateway.hub.xread.raw is True, "read on the kept connection, the reply raw from hiredis"
+
+
+async def _xread_clients(redis: Redis) -> list[str]:
+    """The ids of the connections whose last command was XREAD (the hub's: the worker reads its
+    group with XREADGROUP, the gateway's other client replays with XRANGE)."""
+    listing: Any = await redis.client_list()
+    return [str(c["id"]) for c in listing if c.get("cmd") == "xread"]
+
+
+async def test_the_hubs_read_connection_killed_mid_stream_is_replaced_without_a_gap(
+    gateway: Callable[..., Awaitable[RunningGateway]], http: httpx.AsyncClient, redis: Redis, prefix: str
+) -> None:
+    gw = await gateway()
+    await post(http, gw, job("kc-1", "m;tps=20;tokens=40"))
+    some = asyncio.Event()
+    reading = asyncio.create_task(
+        read_sse(
+            http,
+            f"{gw.url}/v1/jobs/kc-1/events",
+            headers=bearer("acme"),
+            on_event=lambda sse: some.set() if len(sse.events) >= 5 else None,
+        )
+    )
+    async with asyncio.timeout(10):
+        await some.wait()
+        while not (before := await _xread_clients(redis)):
+            await asyncio.sleep(0.01)
+    assert await redis.client_kill_filter(_id=before[0]) == 1
+    sse = await reading
+    rows = await stored(redis, prefix, scoped_id("acme", "kc-1"))
+    assert sse.ids == [i for i, _ in rows] and sse.types[-1] == "done", "no gap, no duplicate"
+    await post(http, gw, job("kc-2", "m;tps=20;tokens=10"))  # the hub reads on a new connection
+    again = await read_sse(http, f"{gw.url}/v1/jobs/kc-2/events", headers=bearer("acme"))
+    assert again.types[-1] == "done"
+    assert before[0] not in await _xread_clients(redis)
 
 
 async def _gateway_metrics(gw: RunningGateway) -> dict[str, float]:

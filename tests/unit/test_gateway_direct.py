@@ -1,5 +1,6 @@
-"""The hub's direct path: an entry goes straight to an idle connection's transport (its shared chunk
-bytes), and queues for the connection's own task once unsent bytes pile up."""
+"""The hub's direct path: a read's new entries of a job go straight to an idle connection's transport
+(their chunks joined once, shared by every watcher, one write), and queue for the connection's own
+task once unsent bytes pile up."""
 
 from __future__ import annotations
 
@@ -41,14 +42,17 @@ def _watched(*, watchers: int = 1) -> tuple[Feed, list[Watch], list[_Transport]]
     return feed, watches, sinks
 
 
-def test_an_idle_watch_gets_each_entry_written_at_once_as_one_shared_chunk() -> None:
+def test_an_idle_watch_gets_a_reads_entries_in_one_write_of_shared_bytes() -> None:
     feed, watches, sinks = _watched(watchers=3)
     entries = [_token(1), _token(2)]
     sent = feed.deliver(entries)
     assert sent == 6  # counted once per read, for the metrics
     for watch, sink in zip(watches, sinks, strict=True):
-        assert sink.written == [e.chunk for e in entries] and not watch.queue
+        assert sink.written == [entries[0].chunk + entries[1].chunk] and not watch.queue
         assert watch.last_id == "1-2" and not watch.wake.is_set()
+    third = _token(3)
+    feed.deliver([third])  # a read with one entry: that entry's own chunk, no copy
+    assert all(sink.written[1] is third.chunk for sink in sinks)
     assert entries[0].chunk == chunked(entries[0].wire)
     assert entries[0].chunk.startswith(b"%x\r\n" % len(entries[0].wire)) and entries[0].chunk.endswith(
         b"\n\n\r\n"
@@ -82,12 +86,28 @@ def test_a_terminal_entry_written_directly_ends_the_watch_and_wakes_its_task() -
     feed, (watch,), (sink,) = _watched()
     done = entry_of(b"1-2", {b"event": b'{"type":"done"}'})
     feed.deliver([_token(1), done, _token(3)])
-    assert sink.written == [_token(1).chunk, done.chunk]
+    assert sink.written == [_token(1).chunk + done.chunk]
     assert watch.ended and watch.wake.is_set() and watch.sink is None and feed.done
 
 
 def test_an_http_1_0_connection_gets_the_bare_frame() -> None:
     feed, (watch,), (sink,) = _watched()
     watch.chunked = False
+    feed.deliver([_token(1), _token(2)])
+    assert sink.written == [_token(1).wire + _token(2).wire]
+
+
+def test_a_batch_that_would_pile_up_unsent_bytes_queues_instead() -> None:
+    feed, (watch,), (sink,) = _watched()
+    sink.unsent = DIRECT_BELOW - len(_token(1).chunk) + 1  # room for less than the entry
     feed.deliver([_token(1)])
-    assert sink.written == [_token(1).wire]
+    assert sink.written == [] and [e.id for e in watch.take()] == ["1-1"]
+
+
+def test_a_watch_resumed_ahead_of_the_feed_gets_only_the_entries_after_its_id() -> None:
+    feed = Feed("a/j", "k", "1-0")
+    watch, sink = Watch(feed, (1, 2), limit=100_000), _Transport()  # its client had up to 1-2
+    watch.sink = sink
+    feed.watches.add(watch)
+    feed.deliver([_token(1), _token(2), _token(3)])
+    assert sink.written == [] and [e.id for e in watch.take()] == ["1-3"]

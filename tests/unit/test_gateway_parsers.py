@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from worker.gateway.auth import MAX_CREDENTIAL, TokenSigner, bearer_key, gateway_secret, tenant_for_key
-from worker.gateway.hub import Feed, Watch
+from worker.gateway.hub import Feed, Watch, streams_of
 from worker.gateway.ids import after_stream_id, id_problem, parse_stream_id, scoped_id, scoped_ids
 from worker.gateway.sse import Entry, comment, entry_of, frame
 from worker.settings import Settings, SettingsError, Tenant
@@ -205,6 +205,31 @@ def test_frames_of_real_events_are_the_stored_json_verbatim() -> None:
     assert frame(Entry("1-4", "unknown", None)).startswith(b": ")
     assert entry_of(b"1-5", {b"event": b'{"type":"evil\\nid: 9-9"}'}).type == "unknown"
     assert comment("a\nb\rc") == b": a b c\n\n"
+
+
+def test_an_entry_reads_the_same_from_hiredis_lists_as_from_redis_pys_dicts() -> None:
+    raw = b'{"type":"token","text":"a"}'
+    pairs = [
+        ([b"event", raw], {b"event": raw}),
+        ([b"other", b"x", b"event", b"{}", b"event", raw], {b"other": b"x", b"event": raw}),  # last wins
+        ([b"other", b"x"], {b"other": b"x"}),
+        ([b"event"], {}),  # an odd list (never from Redis): no event
+        ([b"event", 7], {b"event": 7}),
+    ]
+    for flat, mapping in pairs:
+        assert entry_of(b"1-2", flat) == entry_of(b"1-2", mapping), flat
+    assert entry_of(b"1-2", [b"event", raw]).type == "token"
+    assert entry_of(b"1-2", None).data is None
+
+
+def test_xread_replies_of_every_shape_give_the_same_streams() -> None:
+    entry = [b"1-1", [b"event", b"{}"]]
+    expected = [("k", [entry])]
+    assert streams_of([[b"k", [entry]]]) == expected  # RESP2 (hiredis and redis-py alike)
+    assert streams_of({b"k": [entry]}) == expected  # hiredis, RESP3
+    assert streams_of({b"k": [[entry]]}) == expected  # redis-py, RESP3 (entries wrapped once)
+    assert streams_of({b"k": [[(b"1-1", {b"event": b"{}"})]]}) == [("k", [(b"1-1", {b"event": b"{}"})])]
+    assert streams_of(None) == [] and streams_of([]) == [] and streams_of({}) == []
 
 
 # -------------------------------------------------------------------------------- watches

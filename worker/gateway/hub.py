@@ -2,8 +2,12 @@
 
 Each job watched by at least one connection of this process is a :class:`Feed` with a position (the
 last entry id the hub has read). The hub reads every feed's new entries with one ``XREAD`` of many
-keys per call (``BLOCK`` a short while, chunks of :data:`KEYS_PER_READ` keys read concurrently), and
-hands each entry to every :class:`Watch` of its feed. On Redis Cluster one ``XREAD`` cannot span hash
+keys per call (``BLOCK`` a short while, chunks of :data:`KEYS_PER_READ` keys read concurrently, each
+on a connection kept for it, the reply taken raw from hiredis: :mod:`worker.gateway.xread`), and
+hands each feed's new entries to every :class:`Watch` of it as one :class:`Batch`: a watch whose
+connection waits with nothing unsent gets the batch's bytes (its frames joined, built once for all
+watchers) in one write to its transport, so a read that brings a job several entries costs each of
+its clients one send, however many. On Redis Cluster one ``XREAD`` cannot span hash
 slots, and each job's keys have their own: the feeds are read by a non-blocking pipeline of one
 ``XREAD`` per key (redis-py's cluster pipeline groups the commands by node, one round trip per node,
 nodes in parallel), polled every :data:`CLUSTER_POLL_SECONDS` while entries flow, and less often
@@ -39,6 +43,7 @@ from ..backoff import REDIS, Backoff
 from ..keys import Keys
 from .ids import parse_stream_id
 from .sse import Entry, entry_of
+from .xread import XReader
 
 __all__ = [
     "CLUSTER_IDLE_SECONDS",
@@ -66,11 +71,31 @@ def stream_key(text: str) -> tuple[int, int]:
     return parse_stream_id(text) or (0, 0)
 
 
+class Batch:
+    """A feed's new entries from one read, with the bytes an idle watcher gets: their SSE frames
+    joined (:attr:`wire`) and as HTTP/1.1 chunks (:attr:`chunk`), built once for every watcher, so
+    a read bringing several entries of a job costs each of its connections one write."""
+
+    __slots__ = ("chunk", "entries", "events", "first", "keys", "last", "last_id", "terminal", "wire")
+
+    def __init__(self, entries: list[Entry], keys: list[tuple[int, int]]) -> None:
+        self.entries = entries
+        self.keys = keys
+        self.first, self.last = keys[0], keys[-1]
+        self.last_id = entries[-1].id
+        self.terminal = entries[-1].terminal
+        self.events = sum([e.data is not None for e in entries])
+        if len(entries) == 1:
+            self.wire, self.chunk = entries[0].wire, entries[0].chunk
+        else:
+            self.wire = b"".join([e.wire for e in entries])
+            self.chunk = b"".join([e.chunk for e in entries])
+
+
 class Watch:
     """One connection's view of a feed: entries newer than it has, up to ``limit`` bytes of them."""
 
     __slots__ = (
-        "_batch",
         "_size",
         "chunked",
         "dropped",
@@ -83,7 +108,6 @@ class Watch:
         "limit",
         "on_drop",
         "queue",
-        "sent",
         "sink",
         "wake",
     )
@@ -94,72 +118,67 @@ class Watch:
         self.limit = limit
         self.queue: deque[Entry] = deque()
         self._size = 0
-        self._batch = 0
         self.wake = asyncio.Event()
         self.dropped = False
         self.gone = False
         self.finished = False  # the job's terminal event passed at or before ``last``
         self.on_drop: Callable[[], None] | None = None  # called when it is dropped
-        # While its connection waits with nothing queued: the transport an entry is written to at
-        # once (no task woken, no await), as long as little is unsent; ``chunked``: HTTP/1.1 framing
+        # While its connection waits with nothing queued: the transport a read's entries are
+        # written to at once (no task woken, no await), as long as little is unsent; ``chunked``:
+        # HTTP/1.1 framing
         self.sink: Sink | None = None
         self.chunked = True
         self.last_id = ""  # the id of the last entry written through ``sink``
-        self.sent = 0  # events written through ``sink`` (the hub counts them once per read)
         self.ended = False  # the terminal entry was written through ``sink``
 
-    def offer(self, entry: Entry, key: tuple[int, int] | None = None) -> None:
+    def offer(self, batch: Batch) -> int:
+        """Take one read's new entries of the feed (called once per read); returns the events
+        written straight to the transport. A watch still holding over ``limit`` bytes from earlier
+        reads (its client has not taken them) has fallen behind and is dropped."""
         if self.dropped:
-            return
-        key = key or stream_key(entry.id)
+            return 0
+        if self._size > self.limit:
+            self._drop()
+            return 0
+        sink = self.sink
+        if sink is not None and batch.first > self.last and not self.queue and not sink.is_closing():
+            data = batch.chunk if self.chunked else batch.wire
+            if sink.get_write_buffer_size() + len(data) <= DIRECT_BELOW:
+                sink.write(data)
+                self.last = batch.last
+                self.last_id = batch.last_id
+                if batch.terminal:
+                    self.ended = True
+                    self.sink = None
+                    self.wake.set()
+                return batch.events
+        for entry, key in zip(batch.entries, batch.keys, strict=True):
+            self._add(entry, key)
+        return 0
+
+    def _add(self, entry: Entry, key: tuple[int, int]) -> None:
         if key <= self.last:
             if entry.terminal:  # resumed past the end: nothing will ever follow
                 self.finished = True
                 self.wake.set()
             return
         self.last = key
-        sink = self.sink
-        if (
-            sink is not None
-            and not self.queue
-            and not sink.is_closing()
-            and sink.get_write_buffer_size() < DIRECT_BELOW
-        ):
-            sink.write(entry.chunk if self.chunked else entry.wire)
-            self.last_id = entry.id
-            if entry.data is not None:
-                self.sent += 1
-            if entry.terminal:
-                self.ended = True
-                self.sink = None
-                self.wake.set()
-            return
         self.queue.append(entry)
-        cost = len(entry.data or b"") + 64
-        self._size += cost
-        self._batch += cost
+        self._size += len(entry.data or b"") + 64
         self.wake.set()
 
-    def settle(self) -> int:
-        """After a read's entries were offered: a watch still holding over ``limit`` bytes from
-        earlier reads (its client has not taken them) has fallen behind and is dropped. Returns
-        the events written through ``sink`` since the last call."""
-        sent, self.sent = self.sent, 0
-        if self._size - self._batch > self.limit:
-            self.dropped = True
-            self.queue.clear()
-            self._size = 0
-            self.wake.set()
-            if self.on_drop is not None:
-                self.on_drop()
-        self._batch = 0
-        return sent
+    def _drop(self) -> None:
+        self.dropped = True
+        self.queue.clear()
+        self._size = 0
+        self.wake.set()
+        if self.on_drop is not None:
+            self.on_drop()
 
     def take(self) -> list[Entry]:
         items = list(self.queue)
         self.queue.clear()
         self._size = 0
-        self._batch = 0
         self.wake.clear()
         return items
 
@@ -192,21 +211,27 @@ class Feed:
         self.active = False  # an entry arrived since the last expiry sweep
 
     def deliver(self, entries: Iterable[Entry]) -> int:
-        """Hand ``entries`` to every watch; returns the events written straight to connections."""
-        watches = tuple(self.watches)
+        """Hand one read's ``entries`` to every watch; returns the events written straight to
+        connections."""
         position = stream_key(self.position)
+        fresh: list[Entry] = []
+        keys: list[tuple[int, int]] = []
         for entry in entries:
             key = stream_key(entry.id)  # parsed once, for every watch
             if key <= position:
                 continue
-            self.position, position = entry.id, key
-            self.active = True
-            for watch in watches:
-                watch.offer(entry, key)
+            position = key
+            fresh.append(entry)
+            keys.append(key)
             if entry.terminal:
                 self.done = True
                 break
-        return sum([watch.settle() for watch in watches])
+        if not fresh:
+            return 0
+        self.position = fresh[-1].id
+        self.active = True
+        batch = Batch(fresh, keys)
+        return sum([watch.offer(batch) for watch in tuple(self.watches)])
 
 
 class Hub:
@@ -224,6 +249,7 @@ class Hub:
         on_sent: Callable[[int], None] | None = None,
     ) -> None:
         self.reader = reader
+        self.xread = XReader(reader)
         self.keys = keys
         self.cluster = cluster
         self.block_ms = block_ms
@@ -258,6 +284,12 @@ class Hub:
             del self.feeds[feed.job_id]
 
     async def run(self, stop: asyncio.Event) -> None:
+        try:
+            await self._run(stop)
+        finally:
+            await self.xread.aclose()
+
+    async def _run(self, stop: asyncio.Event) -> None:
         backoff = Backoff(REDIS)
         loop = asyncio.get_running_loop()
         next_sweep = loop.time() + self.sweep_seconds
@@ -295,17 +327,23 @@ class Hub:
 
     async def _read(self, feeds: list[Feed]) -> int:
         chunks = [feeds[i : i + KEYS_PER_READ] for i in range(0, len(feeds), KEYS_PER_READ)]
-        counts = await asyncio.gather(*(self._read_chunk(chunk) for chunk in chunks))
+        if len(chunks) == 1:
+            return await self._read_chunk(chunks[0], 0)
+        counts = await asyncio.gather(*(self._read_chunk(chunk, n) for n, chunk in enumerate(chunks)))
         return sum(counts)
 
-    async def _read_chunk(self, feeds: list[Feed]) -> int:
+    async def _read_chunk(self, feeds: list[Feed], lane: int) -> int:
         by_key = {f.key: f for f in feeds}
-        reply: Any = await self.reader.xread(
-            {f.key: f.position for f in feeds}, count=READ_COUNT, block=self.block_ms
+        reply = await self.xread.read(
+            [f.key for f in feeds],
+            [f.position for f in feeds],
+            count=READ_COUNT,
+            block_ms=self.block_ms,
+            lane=lane,
         )
         if self._on_read is not None:
             self._on_read()
-        return self._deliver(by_key, _streams(reply))
+        return self._deliver(by_key, streams_of(reply))
 
     async def _read_cluster(self, feeds: list[Feed]) -> int:
         pipe: Any = self.reader.pipeline(transaction=False)
@@ -317,7 +355,7 @@ class Hub:
         by_key = {f.key: f for f in feeds}
         total = 0
         for reply in replies:
-            total += self._deliver(by_key, _streams(reply))
+            total += self._deliver(by_key, streams_of(reply))
         return total
 
     def _deliver(self, by_key: dict[str, Feed], streams: list[tuple[str, list[Any]]]) -> int:
@@ -326,7 +364,7 @@ class Hub:
             feed = by_key.get(key)
             if feed is None or self.feeds.get(feed.job_id) is not feed:
                 continue  # no longer watched (or watched anew from another position)
-            sent += feed.deliver(entry_of(entry_id, fields) for entry_id, fields in items)
+            sent += feed.deliver([entry_of(entry_id, fields) for entry_id, fields in items])
             count += len(items)
         if sent and self._on_sent is not None:
             self._on_sent(sent)
@@ -354,10 +392,19 @@ def _text(value: object) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-def _streams(reply: Any) -> list[tuple[str, list[Any]]]:
-    """``[(key, [(id, fields), ...]), ...]`` of an XREAD reply (RESP2 list or RESP3 map)."""
+def streams_of(reply: Any) -> list[tuple[str, list[Any]]]:
+    """``[(key, [(id, fields), ...]), ...]`` of an XREAD reply: redis-py's (RESP2 list, or a RESP3
+    map of one-element lists) or hiredis's own (lists, or a RESP3 map), fields a ``dict`` or a flat
+    list."""
     if not reply:
         return []
     if isinstance(reply, dict):
-        return [(_text(k), list(v[0] if v and isinstance(v[0], list) else v)) for k, v in reply.items()]
+        return [(_text(k), _entries(v)) for k, v in reply.items()]
     return [(_text(k), list(items)) for k, items in reply]
+
+
+def _entries(value: Any) -> list[Any]:
+    """A RESP3 map's value: the entries, or redis-py's one-element list holding them."""
+    if value and isinstance(value[0], list) and (not value[0] or isinstance(value[0][0], list | tuple)):
+        return list(value[0])
+    return list(value)

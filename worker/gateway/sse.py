@@ -50,10 +50,11 @@ def _text(value: object) -> str:
 
 
 def entry_of(entry_id: object, fields: object) -> Entry:
-    """An :class:`Entry` from a raw XREAD/XRANGE item; total over whatever Redis holds."""
-    raw = fields.get(b"event") if isinstance(fields, dict) else None
-    if not isinstance(raw, bytes):
-        return _framed(Entry(_text(entry_id), "unknown", None))
+    """An :class:`Entry` from a raw XREAD/XRANGE item (its fields a ``dict``, or hiredis's flat
+    ``[name, value, ...]`` list); total over whatever Redis holds."""
+    raw = _event_field(fields)
+    if raw is None:
+        return _framed(_text(entry_id), "unknown", None)
     try:
         kind = _TYPED.decode(raw).type
     except (msgspec.DecodeError, RecursionError):
@@ -62,12 +63,25 @@ def entry_of(entry_id: object, fields: object) -> Entry:
         kind = "unknown"
     if _TYPE.fullmatch(kind.encode("utf-8", "replace")) is None:
         kind = "unknown"
-    return _framed(Entry(_text(entry_id), kind, raw))
+    return _framed(_text(entry_id), kind, raw)
 
 
-def _framed(entry: Entry) -> Entry:
-    wire = frame(entry)
-    return msgspec.structs.replace(entry, wire=wire, chunk=chunked(wire))
+def _event_field(fields: object) -> bytes | None:
+    """The ``event`` field's bytes, or None (no such field, or not bytes). A field named twice
+    (a raw ``XADD`` may) counts by its last value, in both shapes (redis-py's ``dict`` keeps it)."""
+    raw: object = None
+    if isinstance(fields, dict):
+        raw = fields.get(b"event")
+    elif isinstance(fields, list):
+        for i in range(0, len(fields) - 1, 2):
+            if fields[i] == b"event":
+                raw = fields[i + 1]
+    return raw if isinstance(raw, bytes) else None
+
+
+def _framed(entry_id: str, kind: str, data: bytes | None) -> Entry:
+    wire = _frame(entry_id, kind, data)
+    return Entry(entry_id, kind, data, wire, chunked(wire))
 
 
 def chunked(data: bytes) -> bytes:
@@ -77,10 +91,15 @@ def chunked(data: bytes) -> bytes:
 
 def frame(entry: Entry) -> bytes:
     """The SSE bytes of ``entry`` (an entry with no event: a comment naming its id)."""
-    if entry.data is None:
-        return f": entry {entry.id} has no event field\n\n".encode()
-    data = b"\ndata: ".join(_LINES.split(entry.data))
-    return b"id: %s\nevent: %s\ndata: %s\n\n" % (entry.id.encode(), entry.type.encode(), data)
+    return _frame(entry.id, entry.type, entry.data)
+
+
+def _frame(entry_id: str, kind: str, data: bytes | None) -> bytes:
+    if data is None:
+        return f": entry {entry_id} has no event field\n\n".encode()
+    if b"\n" in data or b"\r" in data:
+        data = b"\ndata: ".join(_LINES.split(data))
+    return b"id: %s\nevent: %s\ndata: %s\n\n" % (entry_id.encode(), kind.encode(), data)
 
 
 def comment(text: str) -> bytes:
