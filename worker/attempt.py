@@ -21,7 +21,17 @@ import msgspec
 from .admit import Admitted
 from .capability import LogprobsMemo
 from .confidence import ConfidenceTracker, TokenScore, is_control
-from .events import Cancelled, Done, Error, Escalation, Token, TopkMetrics, TopLogprob, Usage, encode_event
+from .events import (
+    Cancelled,
+    Done,
+    Error,
+    Escalation,
+    TopkMetrics,
+    TopLogprob,
+    Usage,
+    encode_event,
+    encode_token,
+)
 from .fallback import LogprobsFallback
 from .holdback import holdback_for
 from .keys import Keys
@@ -267,25 +277,27 @@ class Attempt:
         cap = self.ctx.limits.max_tokens + 16
         if self.allowance is not None and self.allowance < cap:
             cap = self.allowance
+        emit, sink = self.ctx.publisher.emit, self.sink
         for record in parsed.tokens:
             if self.seq >= cap:
                 raise self._over(cap)
             self.seq += 1
-            event = self._token(record)
-            self.ctx.publisher.emit(self.sink, self._event_id(), encode_event(event))
+            payload, score, special = self._token(record)
+            emit(sink, self._event_id(), payload)
             if self.segments is not None and record.channel == "content":
-                self._segment(record, event)
+                self._segment(record, score, special)
         if self.watch_after is not None and self.n_content >= self.watch_after:
             self.watch_after = None
             self.judge_at_end = False
             self._escalate = self._judge(f"after {self.n_content} tokens")
 
-    def _segment(self, record: TokenRecord, event: Token) -> None:
-        """Feed an answer token to the segmenter; publish the segments it closed after it."""
+    def _segment(self, record: TokenRecord, score: TokenScore, special: bool) -> None:
+        """Feed an answer token (its event just published) to the segmenter; publish the segments
+        it closed after it."""
         segments = self.segments
         assert segments is not None
-        chars = (event.char_start, event.char_end)
-        closed = segments.token(event.index, record.text, record.bytes, event.special, record.logprob, chars)
+        chars = (score.char_start, score.char_end)
+        closed = segments.token(self.seq - 1, record.text, record.bytes, special, record.logprob, chars)
         if closed:
             self._emit_segments(closed)
 
@@ -311,33 +323,33 @@ class Attempt:
             self.reasoning = ConfidenceTracker(self.job.low_prob)
         return self.reasoning
 
-    def _token(self, record: TokenRecord) -> Token:
+    def _token(self, record: TokenRecord) -> tuple[bytes, TokenScore, bool]:
+        """The token event of ``record`` (index ``seq - 1``) as bytes, its score, and whether it
+        is a control token (``special``)."""
         tracker = self._tracker_for(record)
-        score = tracker.add(
-            record.text, record.logprob, special=record.special, raw_bytes=record.bytes, top=record.top
+        text, raw, top = record.text, record.bytes, record.top
+        score = tracker.add(text, record.logprob, special=record.special, raw_bytes=raw, top=top)
+        special = is_control(record.special, text, raw)
+        payload = encode_token(  # the bytes of Token(...) with these fields, in Token's order
+            self.admitted.job_id,
+            self.attempt,
+            self.seq - 1,
+            text,
+            _finite(record.logprob),
+            record.token_id,
+            special,
+            None if top is None else [TopLogprob(token=c.token, logprob=_finite(c.logprob)) for c in top],
+            score.confidence,
+            score.ewma_confidence,
+            score.min_prob,
+            score.low,
+            score.char_start,
+            score.char_end,
+            _topk(score, tracker),
+            record.channel,
+            self.candidate,
         )
-        top = None
-        if record.top is not None:
-            top = [TopLogprob(token=c.token, logprob=_finite(c.logprob)) for c in record.top]
-        return Token(
-            job_id=self.admitted.job_id,
-            attempt=self.attempt,
-            index=self.seq - 1,
-            text=record.text,
-            logprob=_finite(record.logprob),
-            token_id=record.token_id,
-            special=is_control(record.special, record.text, record.bytes),
-            top_logprobs=top,
-            confidence=score.confidence,
-            ewma_confidence=score.ewma_confidence,
-            min_prob=score.min_prob,
-            low=score.low,
-            char_start=score.char_start,
-            char_end=score.char_end,
-            topk=_topk(score, tracker),
-            channel=record.channel,
-            candidate=self.candidate,
-        )
+        return payload, score, special
 
     def _judge(self, when: str) -> str | None:
         """Why this attempt should escalate (its ``escalate.signal`` is under the bar), or None."""

@@ -41,6 +41,7 @@ __all__ = [
     "bound_done",
     "decode_event",
     "encode_event",
+    "encode_token",
     "event_type",
     "is_terminal",
     "winner_of",
@@ -416,6 +417,64 @@ _OPAQUE_DECODER = msgspec.json.Decoder(_Opaque)
 
 
 def encode_event(event: Event) -> bytes:
+    return _ENCODER.encode(event)
+
+
+def _positional_twin(cls: type[msgspec.Struct]) -> Any:
+    """A struct with ``cls``'s fields, in its order, with its defaults and its encoding settings
+    (tag, rename, omit_defaults), built positionally: an instance encodes to exactly the bytes of
+    ``cls`` built with the same values. ``cls`` stays the one definition of the event."""
+    fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
+    for f in msgspec.structs.fields(cls):
+        if f.required:
+            fields.append((f.name, f.type))
+        elif f.default_factory is not msgspec.NODEFAULT:
+            fields.append((f.name, f.type, msgspec.field(default_factory=f.default_factory)))
+        else:
+            fields.append((f.name, f.type, f.default))
+    config = cls.__struct_config__
+    return msgspec.defstruct(
+        f"_{cls.__name__}Positional",
+        fields,
+        tag_field=config.tag_field,
+        tag=config.tag,
+        rename=dict(zip(cls.__struct_fields__, cls.__struct_encode_fields__, strict=True)),
+        omit_defaults=config.omit_defaults,
+        array_like=config.array_like,
+        frozen=True,
+        gc=False,
+    )
+
+
+_TOKEN_POSITIONAL = _positional_twin(Token)
+
+
+def encode_token(
+    job_id: str,
+    attempt: int,
+    index: int,
+    text: str,
+    logprob: float | None,
+    token_id: int | None,
+    special: bool,
+    top_logprobs: list[TopLogprob] | None,
+    confidence: float | None,
+    ewma_confidence: float | None,
+    min_prob: float | None,
+    low: bool,
+    char_start: int,
+    char_end: int,
+    topk: TopkMetrics | None,
+    channel: str,
+    candidate: int | msgspec.UnsetType,
+) -> bytes:
+    """``encode_event(Token(...))`` of these values (every field of :class:`Token`, in its order),
+    byte for byte, without building the keyword-only ``Token``: the hot path, once per token
+    (a 17-keyword ``Token`` costs ~0.6 µs to build, this ~0.1 µs)."""
+    event = _TOKEN_POSITIONAL(
+        job_id, attempt, index, text, logprob, token_id, special, top_logprobs, confidence,
+        ewma_confidence, min_prob, low, char_start, char_end, topk, channel, candidate,
+    )  # fmt: skip
     return _ENCODER.encode(event)
 
 
