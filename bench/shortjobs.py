@@ -13,7 +13,11 @@ a ``finally``.
 arq needs redis<6: its worker and producer run in ``bench/.arq-venv``, built on first use from the
 hash-locked ``bench/arq/requirements.txt`` with the project's ``uv`` (``--no-arq`` leaves it out).
 
-``python -m bench.shortjobs [--quick] [--variant NAME ...] [--load flat|paced ...] [--out PATH]``
+``--profile DIR`` samples the tokenwire worker with py-spy over the window (``DIR/short-LOAD-VARIANT.txt``,
+raw collapsed stacks, summarised by ``bench/profile.py``).
+
+``python -m bench.shortjobs [--quick] [--variant NAME ...] [--load flat|paced ...] [--profile DIR]
+[--out PATH]``
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -31,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench import profile
 from bench.cpulimit import CpuQuota, quota_unavailable
 from bench.procs import Child, ProcessSet, wait_until
 from bench.variants import PREFIX, Setup, _base_env, _bench_module, _tokenwire, _tokenwire_budget
@@ -122,6 +128,11 @@ def _sim_ready(url: str) -> bool:
         return False
 
 
+def _py_spy() -> Path | None:
+    found = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    return Path(found) if Path(found).exists() else None
+
+
 def run(
     variant: ShortVariant,
     load: Load,
@@ -131,8 +142,10 @@ def run(
     seconds: float,
     worker_cpus: float | None = None,
     model: str = "tokenwire/sim",
+    profile_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """One variant under one load, from a fresh Redis to its row."""
+    """One variant under one load, from a fresh Redis to its row (``profile_dir``: py-spy the
+    tokenwire worker over the window)."""
     procs = ProcessSet(work)
     (work / "redis").mkdir()
     redis = RedisServer(directory=work / "redis")
@@ -161,8 +174,17 @@ def run(
         load_argv += ["--worker-pids", str(worker.pid), "--model", model]
         loader = procs.start("load", load_argv, {**_base_env(), "PYTHONPATH": str(ROOT)}, watched=False)
         deadline = time.monotonic() + budget + 30.0
+        spy_at = time.monotonic() + warmup + 1.0  # the loader's start-up, then its warm-up
+        spy = _py_spy() if profile_dir is not None and variant.name.startswith("tokenwire") else None
+        spy_out = None if profile_dir is None else profile_dir / f"short-{load.name}-{variant.name}.txt"
+        spying: Child | None = None
         while loader.alive():
             procs.check_alive()
+            if spy is not None and spy_out is not None and time.monotonic() >= spy_at:
+                argv = [str(spy), "record", "--pid", str(worker.pid), "--duration", f"{max(1, int(seconds))}"]
+                argv += ["--rate", "250", "--format", "raw", "--nonblocking", "--output", str(spy_out)]
+                spying = procs.start("py-spy", argv, watched=False)
+                spy = None
             if time.monotonic() > deadline:
                 raise TimeoutError(
                     f"the load of {variant.name}/{load.name} did not end in {budget + 30:.0f} s"
@@ -172,6 +194,10 @@ def run(
             tail = " | ".join(loader.log_tail(600).strip().splitlines()[-3:])
             raise RuntimeError(f"the load exited {loader.process.returncode}: {tail}")
         row.update(json.loads(out.read_text()))
+        if spying is not None:
+            spying.process.wait(timeout=seconds + 30.0)
+        if spy_out is not None and spy_out.exists():
+            print(profile.summarize(spy_out, 30), flush=True)
         cpu_s = row.get("worker_cpu_s") or 0.0
         row["jobs_per_cpu_s"] = row["done_in_window"] / cpu_s if cpu_s > 0 else None
         if row.get("failed") or row.get("unfinished"):
@@ -224,8 +250,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=float)
     parser.add_argument("--worker-cpus", type=float, help="hold the worker to this many cores (cgroup quota)")
     parser.add_argument("--model", default="tokenwire/sim", help="the simulated model (directives allowed)")
+    parser.add_argument("--profile", type=Path, help="py-spy the tokenwire worker into this directory")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
+    if args.profile is not None:
+        if _py_spy() is None:
+            print("bench: --profile needs py-spy on PATH or beside this Python", file=sys.stderr)
+            return 2
+        args.profile.mkdir(parents=True, exist_ok=True)
     if not redis_server_available():
         print("bench: redis-server is not installed (make redis-server installs it)", file=sys.stderr)
         return 2
@@ -254,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
                     seconds=window,
                     worker_cpus=args.worker_cpus,
                     model=args.model,
+                    profile_dir=args.profile,
                 )
             if row.get("error"):
                 print(f"   FAILED: {row['error']}", flush=True)

@@ -57,3 +57,23 @@ def test_job_lengths_are_one_to_five_tokens_the_same_for_every_variant() -> None
     lengths = [shortload.tokens_of(i) for i in range(1000)]
     assert set(lengths) == {1, 2, 3, 4, 5}
     assert shortload.job_of(7, "a")["model"] == shortload.job_of(7, "b")["model"]
+
+
+def test_profile_samples_the_tokenwire_worker_over_the_window(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if shortjobs._py_spy() is None:
+        pytest.skip("py-spy is not installed here")
+    profiles = tmp_path / "prof"
+    argv = [*SHORT, "--variant", "tokenwire", "--load", "flat", "--profile", str(profiles)]
+    assert shortjobs.main([*argv, "--out", str(tmp_path / "short.json")]) == 0
+    raw = (profiles / "short-flat-tokenwire.txt").read_text()
+    assert "Runner.handle" in raw  # the worker's job path was sampled
+    assert "profile short-flat-tokenwire.txt:" in capsys.readouterr().out  # and summarised
+
+
+def test_profile_without_py_spy_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shortjobs, "_py_spy", lambda: None)
+    argv = [*SHORT, "--variant", "tokenwire", "--profile", str(tmp_path / "p"), "--out", str(tmp_path / "o")]
+    assert shortjobs.main(argv) == 2
+    assert not (tmp_path / "o").exists()
