@@ -22,6 +22,7 @@ def exporter(monkeypatch: pytest.MonkeyPatch) -> InMemorySpanExporter:
     from opentelemetry import trace
 
     monkeypatch.setattr(trace, "get_tracer", provider.get_tracer)
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider)  # as if set for the process
     return exporter
 
 
@@ -71,3 +72,65 @@ async def test_without_the_api_every_function_is_a_no_op(monkeypatch: pytest.Mon
         assert s is None
     with tracing.request_span("chat", "m", "http://h") as s:
         assert s is None
+
+
+def _no_provider(monkeypatch: pytest.MonkeyPatch, provider: object) -> list[str]:
+    """The API with ``provider`` as the process's (the default proxy, or the no-op one); the names of
+    the tracers asked for are recorded."""
+    from opentelemetry import trace
+
+    asked: list[str] = []
+    real = trace.get_tracer
+
+    def get_tracer(name: str, *args: object, **kwargs: object) -> object:
+        asked.append(name)
+        return real(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider)
+    monkeypatch.setattr(trace, "get_tracer", get_tracer)
+    return asked
+
+
+@pytest.mark.parametrize("kind", ["proxy", "noop"])
+async def test_without_a_tracer_provider_no_tracer_is_asked(
+    monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    from opentelemetry import trace
+
+    provider = trace.ProxyTracerProvider() if kind == "proxy" else trace.NoOpTracerProvider()
+    asked = _no_provider(monkeypatch, provider)
+
+    @contextlib.asynccontextmanager
+    async def opener() -> AsyncIterator[int]:
+        yield 7
+
+    assert tracing.traced(opener, "chat", "m", "http://h") is opener
+    with tracing.job_span("j", "m", "p", "native", None, "q") as s:
+        assert s is None
+    with tracing.attempt_span(1, "m", "p", "native") as s:
+        tracing.end_attempt(s, object())
+        assert s is None
+    with tracing.request_span("chat", "m", "http://h") as s:
+        assert s is None
+    assert asked == []
+
+
+def test_without_a_tracer_provider_a_jobs_traceparent_is_still_made_current(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The no-op tracer makes the producer's context current for the job (what an instrumented
+    library in the process would propagate): that stays so without a provider."""
+    from opentelemetry import trace
+
+    asked = _no_provider(monkeypatch, trace.ProxyTracerProvider())
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    with tracing.job_span("j", "m", "p", "native", traceparent, "q") as span:
+        assert span is not None and not span.is_recording()
+        current = trace.get_current_span().get_span_context()
+        assert f"{current.trace_id:032x}" == "0af7651916cd43dd8448eb211c80319c"
+        assert f"{current.span_id:016x}" == "b7ad6b7169203331"
+        with tracing.attempt_span(1, "m", "p", "native") as attempt:
+            assert attempt is None
+            assert trace.get_current_span().get_span_context() == current
+    assert asked == ["tokenwire"]
+    assert not trace.get_current_span().get_span_context().is_valid
