@@ -38,7 +38,10 @@ export type TokenwireJob = {
  * ``exp`` of the lowest mean logprob over any ``window`` (default 8) consecutive scored tokens;
  * ``margin`` the mean top-1 minus top-2 probability, which needs ``params.top_logprobs`` of 2 or
  * more and a provider that sends alternatives. ``q`` goes only with ``quantile``, ``window`` only
- * with ``window_min``.
+ * with ``window_min``. With ``candidates`` each candidate is judged after ``after_tokens`` (or at
+ * its end, when it ends sooner) and the job escalates at once when every one is under ``below``
+ * (:mod:`worker.candidates`); ``agreement`` (judged when every candidate has answered) takes no
+ * ``after_tokens``.
  */
 export type Escalate = Escalate1;
 

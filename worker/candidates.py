@@ -18,6 +18,13 @@ asked for on requests of their own (seed varied, as separate candidates are) wit
 attempt and deadline, and the provider+model is remembered (:meth:`LogprobsMemo.remember_ignores_n`,
 ``P:no_n:*``) so that its next jobs with candidates ask for each separately at once.
 
+With ``escalate.after_tokens`` (and a stronger model) each candidate is judged on its own signal
+after that many answer tokens, or at its end when it ends sooner: once every candidate is judged
+(or has failed) and none is at or above ``below``, every candidate still running is stopped at once
+and the job escalates; when one is, the job goes on and does not escalate, as a single stream whose
+``after_tokens`` check passed. Without ``after_tokens`` the winner is judged at the end
+(``agreement``: the agreement), which admission requires of ``signal: agreement``.
+
 One candidate failing does not fail the job while another answers; when all fail, the job ends
 with one ``error`` (retried as a new attempt first when every failure was retryable). A cancel
 cancels every candidate's task; a takeover restarts the whole job as a new attempt.
@@ -50,7 +57,7 @@ from .jobs import Candidates, Job
 from .outcome import Escalate, Failed, Fenced, Finished, WriteFailed
 from .ratelimit import Budgets
 from .redact import check_api_key
-from .routing import judge
+from .routing import judge, signal_value
 from .tracing import traced
 from .upstream.base import Parsed, UpstreamError
 from .upstream.choices import TOKENS_OF, parse_choices
@@ -148,9 +155,18 @@ class CandidateLane(Attempt):
         self.sink = parent.sink
         # the job's budget allows the attempt's output tokens: each candidate gets its share
         self.allowance = None if parent.allowance is None else parent.allowance // parent.wanted.n
+        if parent.early is not None:  # judged after after_tokens answer tokens, or at its end
+            self.watch_after = parent.early.after_tokens
+            self.judge_at_end = True
 
     def _event_id(self) -> bytes:
         return self.parent.next_id()
+
+    def _judge(self, when: str) -> str | None:
+        """This candidate's signal is judged for its parent (which alone escalates): the candidate
+        goes on either way."""
+        self.parent.judged(self, when)
+        return None
 
     def feed(self, parsed: Parsed) -> None:
         """This candidate's part of one payload of a request for every candidate."""
@@ -159,6 +175,9 @@ class CandidateLane(Attempt):
         self._publish(parsed)
         if parsed.end is not None:
             self.end = parsed.end
+            if self.judge_at_end:  # it ended before after_tokens: judged now, as its stream ended
+                self.judge_at_end = False
+                self._judge(f"at the end ({self.n_content} tokens)")
 
 
 class CandidatesAttempt(Attempt):
@@ -174,6 +193,14 @@ class CandidatesAttempt(Attempt):
         self.separate: list[CandidateLane] = []  # the candidates asked for on requests of their own
         self._seen: set[int] = set()  # the choice indices the shared request's stream sent
         self.ignored: str | None = None  # what the request for all sent, when it ignored `n`
+        esc = self.job.escalate if admitted.stronger is not None else None
+        # each candidate judged after esc.after_tokens (agreement takes none: jobs.Escalate)
+        self.early = esc if esc is not None and esc.after_tokens is not None else None
+        self.verdicts: dict[int, str | None] = {}  # candidate -> why it is under the bar, or None
+        self._outcomes: list[LaneOutcome | None] = []
+        self._tasks: dict[
+            int | msgspec.UnsetType, asyncio.Task[None]
+        ] = {}  # candidates on their own requests
 
     def requests(self, answers: int) -> int:
         """One request for every candidate on :data:`SHARED_APIS` with ``n_choices =
@@ -214,14 +241,17 @@ class CandidatesAttempt(Attempt):
     async def run(self) -> LaneOutcome:
         self.lanes = [CandidateLane(self, k) for k in range(self.wanted.n)]
         outcomes: list[LaneOutcome | None] = [None] * len(self.lanes)
+        self._outcomes = outcomes
         separate = self.lanes
         if self.job.api in SHARED_APIS and await self._one_request_for_all():
             self.shared = True
             shared = await self._one_request()
             separate = [lane for lane, outcome in zip(self.lanes, shared, strict=True) if outcome is None]
             for k, outcome in enumerate(shared):
-                if outcome is not None:
+                if outcome is not None and (self._escalate is None or self.lanes[k].end is not None):
                     self._ended_as(outcomes, self.lanes[k], outcome)
+        if self._escalate is not None:  # those stopped get no candidate_done; none asked for again
+            separate = []
         self.separate = separate
         if separate and self.sink.ok:
             await self._separately(separate, outcomes)
@@ -235,17 +265,19 @@ class CandidatesAttempt(Attempt):
         failed = next((o for o in outcomes if isinstance(o, WriteFailed)), None)
         if failed is not None:
             return failed
+        if self._escalate is not None:  # every candidate under the bar after after_tokens
+            return self._escalation(self._escalate)
         return self._result(outcomes)
 
     async def _separately(self, lanes: list[CandidateLane], outcomes: list[LaneOutcome | None]) -> None:
-        """Each of ``lanes`` on a request of its own, concurrently."""
+        """Each of ``lanes`` on a request of its own, concurrently; a candidate stopped because the
+        job escalates (:meth:`_decide`) ends cancelled, without an outcome."""
 
         async def one(lane: CandidateLane) -> None:
             self._ended_as(outcomes, lane, await lane.run())
 
         async with asyncio.TaskGroup() as group:
-            for lane in lanes:
-                group.create_task(one(lane))
+            self._tasks = {lane.candidate: group.create_task(one(lane)) for lane in lanes}
 
     def _ended_as(
         self, outcomes: list[LaneOutcome | None], lane: CandidateLane, outcome: LaneOutcome
@@ -256,6 +288,37 @@ class CandidatesAttempt(Attempt):
         outcomes[k] = outcome
         if not isinstance(outcome, Fenced | WriteFailed):
             self._close(lane, outcome)
+            self._decide()
+
+    def judged(self, lane: CandidateLane, when: str) -> None:
+        """``lane`` reached ``after_tokens`` answer tokens (or its end): its verdict, then whether
+        the job escalates now."""
+        k = lane.candidate
+        assert isinstance(k, int) and self.early is not None
+        self.verdicts[k] = judge(lane.tracker, self.early, f"{when} of candidate {k}", self.job.model)
+        self._decide()
+
+    def _decide(self) -> None:
+        """Escalate once every candidate is judged or has ended and none passed: the candidates
+        still streaming stop at once, without a ``candidate_done`` (their requests cancelled, or
+        the request for all left); those whose stream had ended close as usual."""
+        esc = self.early
+        if esc is None or self._escalate is not None or not self.verdicts:
+            return
+        if any(why is None for why in self.verdicts.values()):
+            return  # one candidate is confident enough: the job goes on, as a single stream would
+        outcomes = self._outcomes
+        if any(k not in self.verdicts and outcomes[k] is None for k in range(len(self.lanes))):
+            return  # a candidate is still to be judged
+        judged = [self.lanes[k] for k in sorted(self.verdicts)]
+        best = max(judged, key=lambda lane: signal_value(lane.tracker, esc) or -1.0)
+        self.tracker, self.n_content = best.tracker, best.n_content  # the escalation's record
+        reasons = "; ".join(why or "" for _, why in sorted(self.verdicts.items()))
+        self._escalate = f"every candidate is under the bar ({reasons})"
+        for lane in self.lanes:
+            task = self._tasks.get(lane.candidate)
+            if task is not None and not task.done() and lane.end is None:
+                task.cancel()  # the current one at its next wait: it has nothing more to publish
 
     async def _one_request_for_all(self) -> bool:
         """Whether one request asks for every candidate: the provider's ``n_choices``; ``auto``:
@@ -313,22 +376,26 @@ class CandidatesAttempt(Attempt):
             return [self.end_with_error("deadline_exceeded", message)] * n
         if failed is not None:
             return [failed] * n
+        if self._escalate is not None:  # every candidate under the bar: run() escalates
+            stopped = Failed(UpstreamError("escalated", self._escalate))
+            return [stopped if lane.end is None else self._ended_lane(lane) for lane in self.lanes]
         ignored = self.sink.ok and await self._ignored_n()
         again = self.admitted.provider.n_choices == "auto"
         outcomes: list[LaneOutcome | None] = []
         for lane in self.lanes:
             if ignored and lane.candidate not in self._seen:
                 outcomes.append(None if again else Failed(self._never_sent(lane)))
-                continue
-            try:
-                ended = lane._ended()
-            except UpstreamError as exc:
-                outcomes.append(Failed(exc))
-                continue
-            outcomes.append(
-                WriteFailed(self.sink.error or RuntimeError("sink failed")) if ended is None else ended
-            )
+            else:
+                outcomes.append(self._ended_lane(lane))
         return outcomes
+
+    def _ended_lane(self, lane: CandidateLane) -> LaneOutcome:
+        """How ``lane``'s part of the request for all ended."""
+        try:
+            ended = lane._ended()
+        except UpstreamError as exc:
+            return Failed(exc)
+        return WriteFailed(self.sink.error or RuntimeError("sink failed")) if ended is None else ended
 
     async def _read_choices(self, n: int) -> Finished | None:
         """Read the one stream into the lanes; a ``Finished`` error when it could not begin."""
@@ -376,7 +443,7 @@ class CandidatesAttempt(Attempt):
                 elif self.seq >= self._next_yield:
                     self._next_yield = self.seq + YIELD_EVERY
                     await asyncio.sleep(0)
-                if parsed.closed or not self.sink.ok:
+                if parsed.closed or not self.sink.ok or self._escalate is not None:
                     break
         return None
 
@@ -479,6 +546,8 @@ class CandidatesAttempt(Attempt):
                 return None
             n = len(self.lanes)
             return f"agreement {agree:.4f} < {esc.below} over {n} candidates of {self.job.model}"
+        if self.early is not None:
+            return None  # judged after after_tokens as the candidates streamed (_decide)
         return judge(self.tracker, esc, f"at the end of the winner ({self.n_content} tokens)", self.job.model)
 
     def _all_failed(

@@ -91,7 +91,10 @@ class Escalate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     ``exp`` of the lowest mean logprob over any ``window`` (default 8) consecutive scored tokens;
     ``margin`` the mean top-1 minus top-2 probability, which needs ``params.top_logprobs`` of 2 or
     more and a provider that sends alternatives. ``q`` goes only with ``quantile``, ``window`` only
-    with ``window_min``."""
+    with ``window_min``. With ``candidates`` each candidate is judged after ``after_tokens`` (or at
+    its end, when it ends sooner) and the job escalates at once when every one is under ``below``
+    (:mod:`worker.candidates`); ``agreement`` (judged when every candidate has answered) takes no
+    ``after_tokens``."""
 
     model: ModelName
     below: Annotated[float, msgspec.Meta(gt=0.0, le=1.0)]
@@ -111,6 +114,13 @@ class Escalate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             raise ValueError(
                 f"escalate.window is the window of escalate.signal 'window_min'; this job's signal is "
                 f"{self.signal!r}: drop `window` or set signal to 'window_min'"
+            )
+        if self.after_tokens is not None and self.signal == "agreement":
+            raise ValueError(
+                "escalate.after_tokens does not go with escalate.signal 'agreement': the candidates' "
+                "agreement is known only once every one has answered, so it is judged at the end; drop "
+                "`after_tokens`, or route on a per-token signal (each candidate is judged after "
+                "after_tokens tokens)"
             )
 
 

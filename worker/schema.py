@@ -39,14 +39,20 @@ _JOB_API_RULE: dict[str, Any] = {
 }
 
 # What ``Escalate.__post_init__`` and the margin rule of ``Job.__post_init__`` check: ``q`` goes only
-# with signal ``quantile``, ``window`` only with ``window_min``; ``margin`` needs
-# ``params.top_logprobs`` of 2 or more.
+# with signal ``quantile``, ``window`` only with ``window_min``, ``after_tokens`` never with
+# ``agreement``; ``margin`` needs ``params.top_logprobs`` of 2 or more.
 _ESCALATE_RULES: list[dict[str, Any]] = [
+    *(
+        {
+            "if": {"required": [name], "properties": {name: {"not": {"type": "null"}}}},
+            "then": {"required": ["signal"], "properties": {"signal": {"const": signal}}},
+        }
+        for name, signal in (("q", "quantile"), ("window", "window_min"))
+    ),
     {
-        "if": {"required": [name], "properties": {name: {"not": {"type": "null"}}}},
-        "then": {"required": ["signal"], "properties": {"signal": {"const": signal}}},
-    }
-    for name, signal in (("q", "quantile"), ("window", "window_min"))
+        "if": {"required": ["after_tokens"], "properties": {"after_tokens": {"not": {"type": "null"}}}},
+        "then": {"properties": {"signal": {"not": {"const": "agreement"}}}},
+    },
 ]
 _JOB_MARGIN_RULE: dict[str, Any] = {
     "if": {

@@ -342,6 +342,39 @@ STRUCTURAL += [
         None,
     ),
     Case(
+        "agreement with after_tokens",
+        _json(
+            {
+                **NATIVE,
+                "candidates": {"n": 3},
+                "escalate": {**ESCALATE, "signal": "agreement", "after_tokens": 4},
+            }
+        ),
+        "invalid_job",
+    ),
+    Case(
+        "agreement with after_tokens null",
+        _json(
+            {
+                **NATIVE,
+                "candidates": {"n": 3},
+                "escalate": {**ESCALATE, "signal": "agreement", "after_tokens": None},
+            }
+        ),
+        None,
+    ),
+    Case(
+        "after_tokens with candidates and a per-token signal",
+        _json(
+            {
+                **NATIVE,
+                "candidates": {"n": 3},
+                "escalate": {**ESCALATE, "signal": "quantile", "after_tokens": 4},
+            }
+        ),
+        None,
+    ),
+    Case(
         "agreement with 1 candidate",
         _json({**NATIVE, "candidates": {"n": 1}, "escalate": {**ESCALATE, "signal": "agreement"}}),
         "invalid_job",
