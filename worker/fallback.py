@@ -16,8 +16,9 @@ once, ``required`` fails at once.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
 
 import httpx
 
@@ -65,13 +66,15 @@ class LogprobsFallback:
         if reason is not None:
             self._without(f"{reason} (remembered)")
 
-    @contextlib.asynccontextmanager
-    async def open(self) -> AsyncIterator[AsyncIterator[str]]:
+    def open(self) -> AbstractAsyncContextManager[AsyncIterator[str]]:
         """The stream's data events; raises :class:`UpstreamError` as :func:`open_sse` does."""
-        async with contextlib.AsyncExitStack() as stack:
-            yield await self._enter(stack)
+        return _Opened(self)
 
-    async def _enter(self, stack: contextlib.AsyncExitStack) -> AsyncIterator[str]:
+    async def _enter(
+        self,
+    ) -> tuple[AbstractAsyncContextManager[AsyncIterator[str]], AsyncIterator[str]]:
+        """The request's :func:`open_sse`, entered (sent again without logprobs after a refusal),
+        and its data events."""
         while True:
             job, adapter = self.admitted.job, self.adapter
             url, body = adapter.build_request(
@@ -84,7 +87,7 @@ class LogprobsFallback:
             headers = {"Content-Type": "application/json", **adapter.headers(self.key)}
             opened = open_sse(self.http, url, body, headers, self.limits, event_prefix=adapter.event_prefix)
             try:
-                events = await stack.enter_async_context(opened)
+                events = await opened.__aenter__()
             except UpstreamError as exc:
                 if exc.code != LOGPROBS_UNSUPPORTED or not self.want:
                     raise
@@ -97,7 +100,7 @@ class LogprobsFallback:
                 self._without(why)
                 continue
             self.parser = adapter.parser(job, logprobs=self.want)
-            return events
+            return opened, events
 
     def _without(self, reason: str) -> None:
         """Go on without logprobs (``preferred``), or fail (``required``)."""
@@ -108,3 +111,25 @@ class LogprobsFallback:
             )
         self.want = False
         self.reason = reason
+
+
+class _Opened:
+    """:meth:`LogprobsFallback.open`: one request entered, exited as ``async with`` exits it (a
+    class, not an exit stack in a generator: ~2 us less a request)."""
+
+    __slots__ = ("fallback", "request")
+
+    def __init__(self, fallback: LogprobsFallback) -> None:
+        self.fallback = fallback
+        self.request: AbstractAsyncContextManager[AsyncIterator[str]] | None = None
+
+    async def __aenter__(self) -> AsyncIterator[str]:
+        self.request, events = await self.fallback._enter()
+        return events
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        request, self.request = self.request, None
+        assert request is not None, "exited without being entered"
+        return await request.__aexit__(kind, exc, tb)

@@ -208,21 +208,26 @@ class Budgets:
         ``deadline`` (loop time). ``used()``: tokens the request used (settled at its end)."""
         scope = self.scope_for(admitted)
         provider = admitted.provider_name
-        prompt, completion = estimate_tokens(admitted, self.settings)
-        backoff = Backoff(RetryPolicy.upstream(self.settings))
+        cost = 0
+        if scope is not None:
+            prompt, completion = estimate_tokens(admitted, self.settings)
+            cost = prompt + completion
+        backoff: Backoff | None = None  # from the first 429 on
         waiting = _Waiting(self, provider)
         try:
             while True:
                 permit = None
                 if scope is not None:
-                    permit = await self._wait_for_permit(scope, prompt + completion, deadline, waiting)
-                stack = contextlib.AsyncExitStack()
+                    permit = await self._wait_for_permit(scope, cost, deadline, waiting)
+                request = opener()  # entered and exited by hand: an exit stack costs ~2 us a request
                 try:
-                    entered = await stack.enter_async_context(opener())
+                    entered = await request.__aenter__()
                 except UpstreamError as exc:
                     if exc.status != 429 and exc.code != "rate_limited":
                         self._settle(permit, ok=False, used=0)
                         raise
+                    if backoff is None:
+                        backoff = Backoff(RetryPolicy.upstream(self.settings))
                     delay = backoff.failed(_retry_after(exc))
                     self._throttled(provider, permit, exc)
                     log.info(
@@ -242,10 +247,16 @@ class Budgets:
         finally:
             waiting.stop()
         try:
-            async with stack:
+            try:
                 yield entered
+            except BaseException as exc:
+                if not await request.__aexit__(type(exc), exc, exc.__traceback__):
+                    raise
+            else:
+                await request.__aexit__(None, None, None)
         finally:
-            self._settle(permit, ok=True, used=used())
+            if permit is not None:  # without one, nothing to settle: used() is not needed
+                self._settle(permit, ok=True, used=used())
 
     async def acquire_once(
         self, scope: Scope, ticket: str, cost: int, waiter_ttl_ms: int

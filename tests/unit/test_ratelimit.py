@@ -216,6 +216,66 @@ async def test_a_cancelled_wait_leaves_the_queue(redis: Any) -> None:
     assert await redis.zcard(rig.scope.keys[2]) == 0 and rig.budgets.waiting == {"up": 0}
 
 
+class _Request:
+    """An upstream request's context manager that records how it was exited."""
+
+    def __init__(self, suppress: bool = False) -> None:
+        self.suppress = suppress
+        self.exits: list[type[BaseException] | None] = []
+
+    async def __aenter__(self) -> str:
+        return "stream"
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: object, tb: object) -> bool:
+        self.exits.append(kind)
+        return self.suppress
+
+
+@pytest.mark.parametrize("suppress", [False, True])
+async def test_the_request_is_exited_as_async_with_exits_it(suppress: bool) -> None:
+    s = settings()  # no limits: no scope, no permit, nothing settled
+    budgets = Budgets(None, Keys("t"), s)
+    request = _Request(suppress)
+
+    def used() -> int:
+        raise AssertionError("nothing to settle without a permit")
+
+    deadline = asyncio.get_running_loop().time() + BOUND
+    async with budgets.request(job(s), deadline, lambda: request, used) as got:
+        assert got == "stream"
+    assert request.exits == [None]
+    request.exits.clear()
+    with contextlib.ExitStack() as raised:
+        if not suppress:
+            raised.enter_context(pytest.raises(KeyError))
+        async with budgets.request(job(s), deadline, lambda: request, used):
+            raise KeyError("from the body")
+    assert request.exits == [KeyError]  # the body's error reached the request (and it decided)
+
+
+async def test_without_a_scope_a_429_still_waits_and_opens_anew() -> None:
+    s = settings()
+    budgets = Budgets(None, Keys("t"), s, Metrics())
+    answers: list[Exception | None] = [
+        UpstreamError("rate_limited", "429", status=429, retry_after=0.01),
+        None,
+    ]
+
+    @contextlib.asynccontextmanager
+    async def opener() -> AsyncIterator[str]:
+        failure = answers.pop(0)
+        if failure is not None:
+            raise failure
+        yield "stream"
+
+    async with asyncio.timeout(BOUND):
+        async with budgets.request(
+            job(s), asyncio.get_running_loop().time() + BOUND, opener, lambda: 0
+        ) as got:
+            assert got == "stream"
+    assert answers == [] and budgets.metrics.provider_throttled.labels("up")._value.get() == 1
+
+
 async def test_without_redis_or_limits_there_is_no_scope() -> None:
     s = settings(max_concurrency=1)
     assert Budgets(None, Keys("t"), s).scope_for(job(s)) is None
