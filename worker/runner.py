@@ -105,8 +105,13 @@ class Runner:
         if isinstance(verdict, Rejected):
             await self._reject(delivery, verdict)
             return
-        with structlog.contextvars.bound_contextvars(job_id=verdict.job_id):
+        # the job's id on every line its task logs (bound and reset by token: bound_contextvars
+        # copies the whole context twice, ~4 us a job)
+        bound = structlog.contextvars.bind_contextvars(job_id=verdict.job_id)
+        try:
             await _JobRun(self, delivery, verdict, control or Control()).run()
+        finally:
+            structlog.contextvars.reset_contextvars(**bound)
 
     def _exhausted(self, delivery: Delivery) -> Rejected:
         job_id = job_id_of(delivery.payload, delivery.entry_id)

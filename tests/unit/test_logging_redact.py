@@ -94,3 +94,31 @@ def test_configured_json_lines_carry_no_secret(installed: None) -> None:
     finally:
         structlog.reset_defaults()
         logging.getLogger().handlers[:] = handlers
+
+
+class _Writes(io.StringIO):
+    """A stream that records each write it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return super().write(text)
+
+
+def test_each_line_is_one_write_with_its_newline(installed: None) -> None:
+    out = _Writes()
+    handlers = list(logging.getLogger().handlers)
+    configure_logging("info", "json", stream=out)
+    try:
+        log = structlog.get_logger("t")
+        log.info("attempt started", attempt=1)
+        log.info("job done", tokens=3)
+        assert len(out.writes) == 2  # an unbuffered stderr: one syscall a line, not two
+        assert all(w.endswith("}\n") and w.count("\n") == 1 for w in out.writes)
+        assert [json.loads(w)["event"] for w in out.writes] == ["attempt started", "job done"]
+    finally:
+        structlog.reset_defaults()
+        logging.getLogger().handlers[:] = handlers
