@@ -230,6 +230,15 @@ class CandidatesAttempt(Attempt):
             reported = reported and lane_reported
         return inputs, output, reported
 
+    def tokens_used(self) -> int:
+        """Tokens the request for several candidates used, settled on the provider's shared budget
+        (which reserved ``max_tokens`` for each choice it asks for, worker/ratelimit.py): its prompt
+        (the provider's count, else the estimate) and its output (:meth:`_shared_usage`)."""
+        prompt, output, _ = self._shared_usage()
+        if prompt is None:
+            prompt = math.ceil(self.job.prompt_chars / 4)
+        return prompt + output
+
     def _shared_usage(self) -> tuple[int | None, int, bool]:
         """The one request for several candidates: its prompt, its output (the provider's count,
         at least the tokens received for them)."""

@@ -7,8 +7,10 @@ four keys of :meth:`worker.keys.Keys.budget`, all in one hash slot:
 
 - Before each upstream request an attempt asks for a **permit**: a concurrency slot (a lease that
   expires by itself unless its worker renews it, so a crashed worker's slots come back), one request
-  and its worst-case tokens (``max_tokens`` plus the prompt at four characters a token) from two
-  continuously refilled buckets. Two Redis calls a request (acquire, settle), never one a token.
+  and its worst-case tokens (:func:`request_tokens`: ``max_tokens`` for each answer it asks for,
+  ``n`` for a job's candidates on one chat or completions request, plus the prompt at four
+  characters a token) from two continuously refilled buckets. Two Redis calls a request
+  (acquire, settle), never one a token.
 - Requests refused a permit wait in a FIFO queue in Redis: only the first may take a free slot, and
   the first one short of rate budget holds it for itself, so nobody starves. A waiter polls with the
   :data:`WAIT` backoff (woken early when a slot of its scope frees in this process), or sleeps the
@@ -49,6 +51,7 @@ from .keys import Keys, as_text
 from .metrics import Metrics
 from .settings import Settings
 from .upstream.base import UpstreamError
+from .upstream.choices import TOKENS_OF
 
 __all__ = [
     "BETA",
@@ -61,6 +64,7 @@ __all__ = [
     "Scope",
     "collect_budgets",
     "estimate_tokens",
+    "request_tokens",
 ]
 
 T = TypeVar("T")
@@ -137,6 +141,18 @@ def estimate_tokens(admitted: Admitted, settings: Settings) -> tuple[int, int]:
     return math.ceil(job.prompt_chars / 4), completion
 
 
+def request_tokens(admitted: Admitted, settings: Settings) -> int:
+    """The worst-case tokens of one request of ``admitted``: its prompt, and ``max_tokens`` for each
+    answer it asks for: ``n`` when it is the one chat or completions request for a job's
+    ``candidates`` (the adapter sends ``"n"``; worker/candidates.py), else one (a candidate's own
+    request is a job without candidates)."""
+    prompt, completion = estimate_tokens(admitted, settings)
+    job = admitted.job
+    wanted = job.candidates
+    answers = wanted.n if wanted is not None and wanted.n > 1 and job.api in TOKENS_OF else 1
+    return prompt + completion * answers
+
+
 def _retry_after(exc: UpstreamError) -> float | None:
     wait = exc.retry_after
     if wait is None or not math.isfinite(wait):
@@ -208,10 +224,7 @@ class Budgets:
         ``deadline`` (loop time). ``used()``: tokens the request used (settled at its end)."""
         scope = self.scope_for(admitted)
         provider = admitted.provider_name
-        cost = 0
-        if scope is not None:
-            prompt, completion = estimate_tokens(admitted, self.settings)
-            cost = prompt + completion
+        cost = 0 if scope is None else request_tokens(admitted, self.settings)
         backoff: Backoff | None = None  # from the first 429 on
         waiting = _Waiting(self, provider)
         try:
