@@ -198,9 +198,7 @@ class CandidatesAttempt(Attempt):
         self.early = esc if esc is not None and esc.after_tokens is not None else None
         self.verdicts: dict[int, str | None] = {}  # candidate -> why it is under the bar, or None
         self._outcomes: list[LaneOutcome | None] = []
-        self._tasks: dict[
-            int | msgspec.UnsetType, asyncio.Task[None]
-        ] = {}  # candidates on their own requests
+        self._tasks: dict[CandidateLane, asyncio.Task[None]] = {}  # those on requests of their own
 
     def requests(self, answers: int) -> int:
         """One request for every candidate on :data:`SHARED_APIS` with ``n_choices =
@@ -286,7 +284,7 @@ class CandidatesAttempt(Attempt):
             self._ended_as(outcomes, lane, await lane.run())
 
         async with asyncio.TaskGroup() as group:
-            self._tasks = {lane.candidate: group.create_task(one(lane)) for lane in lanes}
+            self._tasks = {lane: group.create_task(one(lane)) for lane in lanes}
 
     def _ended_as(
         self, outcomes: list[LaneOutcome | None], lane: CandidateLane, outcome: LaneOutcome
@@ -325,7 +323,7 @@ class CandidatesAttempt(Attempt):
         reasons = "; ".join(why or "" for _, why in sorted(self.verdicts.items()))
         self._escalate = f"every candidate is under the bar ({reasons})"
         for lane in self.lanes:
-            task = self._tasks.get(lane.candidate)
+            task = self._tasks.get(lane)
             if task is not None and not task.done() and lane.end is None:
                 task.cancel()  # the current one at its next wait: it has nothing more to publish
 
