@@ -1,10 +1,20 @@
 """Tenant limits: jobs in flight across every gateway process (counted in Redis), streams per process.
 
 In-flight jobs of a tenant are the members of the sorted set ``P:gateway:{NAME}:inflight`` (internal
-job ids, scored by enqueue time). :data:`ADMIT` adds one atomically unless the set holds
-``max_inflight_jobs`` already (a job already in it is admitted again: re-posting is never refused).
-Jobs leave the set lazily: when it is full, the members whose state hash says they ended (or whose
-keys are gone) are removed and admission is tried once more. The set's TTL is renewed on every add.
+job ids, scored by when each was added or last checked). :data:`ADMIT` adds one atomically unless
+the set holds ``max_inflight_jobs`` already (a job already in it is admitted again: re-posting is
+never refused). Jobs leave the set lazily, as they end, and a refusal costs Redis constant work
+however big the set (a tenant at its limit may post as often as it likes):
+
+- each refusal checks one member, the one checked longest ago (``ADMIT`` names it and moves it to
+  the back): a job that ended (or whose keys are gone) is removed and admission is tried once more;
+- the whole set is swept of ended jobs at most once every :data:`SWEEP_SECONDS` per tenant, across
+  every gateway process: the refusal that finds the marker ``P:gateway:{NAME}:sweep`` absent sets
+  it (with that TTL) and sweeps, then tries once more.
+
+So a job slot freed by an ended job is found by the next refusal for a small set, and within
+:data:`SWEEP_SECONDS` for any set (the ``Retry-After`` of a refusal is longer). The set's TTL is
+renewed on every add.
 """
 
 from __future__ import annotations
@@ -15,43 +25,72 @@ from redis.asyncio import Redis
 
 from ..keys import Keys, as_text
 
-__all__ = ["ADMIT", "InflightLimiter", "StreamCounter", "inflight_key"]
+__all__ = ["ADMIT", "SWEEP_SECONDS", "InflightLimiter", "StreamCounter", "inflight_key", "sweep_key"]
 
-# KEYS: the tenant's inflight set. ARGV: member, now_ms, max, ttl_ms.
-# Returns 1 (added), 2 (already in it) or 0 (full).
+SWEEP_SECONDS: Final = 1.0
+
+# KEYS: the tenant's inflight set, its sweep marker. ARGV: member, now_ms, max, ttl_ms, sweep_ms
+# (0: do not claim a sweep). Returns {1} (added), {2} (already in it), {3} (full: sweep now, the
+# marker is set) or {0, member checked longest ago} ({0} for an empty set: max is 0).
 ADMIT: Final = """
-if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 2 end
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-return 1
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return {2} end
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
+  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+  return {1}
+end
+if ARGV[5] ~= '0' and redis.call('HSETNX', KEYS[2], 'at', ARGV[2]) == 1 then
+  redis.call('PEXPIRE', KEYS[2], ARGV[5])
+  return {3}
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0)
+if #oldest == 0 then return {0} end
+redis.call('ZADD', KEYS[1], 'XX', ARGV[2], oldest[1])
+return {0, oldest[1]}
 """
 
 _ENDED: Final = frozenset({"done", "error", "cancelled"})
+_ANSWERS: Final[dict[int, Literal["new", "present"]]] = {1: "new", 2: "present"}
 
 
 def inflight_key(keys: Keys, tenant: str) -> str:
     return f"{keys.prefix}:gateway:{{{tenant}}}:inflight"
 
 
+def sweep_key(keys: Keys, tenant: str) -> str:
+    """The marker of a tenant's last full sweep (same hash slot as its set)."""
+    return f"{keys.prefix}:gateway:{{{tenant}}}:sweep"
+
+
 class InflightLimiter:
-    def __init__(self, redis: Redis, keys: Keys, *, ttl_seconds: int) -> None:
+    def __init__(
+        self, redis: Redis, keys: Keys, *, ttl_seconds: int, sweep_seconds: float = SWEEP_SECONDS
+    ) -> None:
         self.redis = redis
         self.keys = keys
         self.ttl_ms = ttl_seconds * 1000
+        self.sweep_ms = max(1, round(sweep_seconds * 1000))
         self._admit = redis.register_script(ADMIT)
 
     async def admit(
         self, tenant: str, job_id: str, limit: int, now_ms: int
     ) -> Literal["new", "present"] | None:
         """Count ``job_id`` in flight for ``tenant``: ``new``, ``present`` (it was), or None (full)."""
-        key = inflight_key(self.keys, tenant)
-        args: list[str | int] = [job_id, now_ms, limit, self.ttl_ms]
-        reply = int(await self._admit(keys=[key], args=args))
-        if reply == 0:
+        keys = [inflight_key(self.keys, tenant), sweep_key(self.keys, tenant)]
+        reply: Any = await self._admit(keys=keys, args=[job_id, now_ms, limit, self.ttl_ms, self.sweep_ms])
+        code = int(reply[0])
+        if code == 3:
             await self.prune(tenant)
-            reply = int(await self._admit(keys=[key], args=args))
-        return {1: "new", 2: "present"}.get(reply)  # type: ignore[return-value]
+        elif code == 0 and len(reply) > 1:
+            checked = as_text(reply[1])
+            state = await self.redis.hget(self.keys.state(checked), "state")
+            if state is not None and as_text(state) not in _ENDED:
+                return None
+            await self.redis.zrem(keys[0], checked)
+        else:
+            return _ANSWERS.get(code)
+        reply = await self._admit(keys=keys, args=[job_id, now_ms, limit, self.ttl_ms, 0])
+        return _ANSWERS.get(int(reply[0]))
 
     async def release(self, tenant: str, job_id: str) -> None:
         await self.redis.zrem(inflight_key(self.keys, tenant), job_id)
