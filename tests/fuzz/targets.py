@@ -9,14 +9,12 @@ exceed their bounds; no data event is longer than an event may be; messages stay
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncGenerator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable
 
 import httpx
 import msgspec
 
 from worker.jobs import ChatMessage, Job, Params
-from worker.upstream import http as upstream_http
 from worker.upstream.base import UpstreamError
 from worker.upstream.chat import ChatAdapter
 from worker.upstream.completions import CompletionsAdapter
@@ -57,26 +55,14 @@ def _check(exc: UpstreamError) -> None:
 
 
 def sse(data: bytes) -> None:
-    """``data[0]`` picks the chunk size (1..256 bytes, or 64 KiB when 0), ``data[1]``'s low bit the
-    reader (httpx-sse's decoders directly, or its public ``EventSource``); the rest is the body."""
+    """``data[0]`` picks the chunk size (1..256 bytes, or 64 KiB when 0); ``data[1]`` is unused (it
+    picked one of two readers once: the committed seeds keep their layout); the rest is the body."""
     if len(data) < 2:
         return
     size = data[0] or 64 * 1024
     body = data[2:]
     chunks = [body[i : i + size] for i in range(0, len(body), size)]
-    with _reader(fallback=bool(data[1] & 1)):
-        asyncio.run(_read(chunks, size))
-
-
-@contextlib.contextmanager
-def _reader(*, fallback: bool) -> Iterator[None]:
-    found = getattr(upstream_http, "decoders")  # noqa: B009 (the module's own import of it)
-    if fallback:
-        setattr(upstream_http, "decoders", lambda: None)  # noqa: B010
-    try:
-        yield
-    finally:
-        setattr(upstream_http, "decoders", found)  # noqa: B010
+    asyncio.run(_read(chunks, size))
 
 
 async def _read(chunks: list[bytes], size: int) -> None:

@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 
 from worker import Client, Done, Token
 from worker.connect import http_client
-from worker.fastpath import httpx_aiohttp, httpx_sse, redis_py
+from worker.fastpath import httpx_aiohttp, redis_py
 from worker.fastpath.redis_py import bulk_reader
 from worker.fastpath.startup import COMPONENTS
 from worker.publisher import Publisher, Sink
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.integration
 
 StartWorker = Callable[..., Awaitable[RunningWorker]]
 BOUND = 30.0
-PRIVATE_MODULES = ("httpx_sse._decoders", "httpx_aiohttp.transport", "redis._parsers.hiredis")
+PRIVATE_MODULES = ("httpx_aiohttp.transport", "redis._parsers.hiredis")
 
 
 @pytest.fixture(autouse=True)
@@ -39,7 +39,7 @@ def _probed_again(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Probes remember their answer: after a test that moved internals, restore and probe again."""
     yield
     monkeypatch.undo()
-    for module in (httpx_sse, httpx_aiohttp, redis_py):
+    for module in (httpx_aiohttp, redis_py):
         assert module.probe().available
 
 
@@ -99,7 +99,6 @@ async def test_with_every_internal_moved_the_worker_serves_the_same_events_on_th
 
     assert await run_job(client) == fast
     # and each component really read through the public API
-    assert httpx_sse.decoders() is None
     assert bulk_reader(running.worker.publisher._conn) is None
     async with (
         http_client(Settings(upstream_transport="aiohttp")) as http,

@@ -21,29 +21,23 @@ from typing import Any, cast
 import fakeredis
 import httpx
 import httpx_aiohttp.transport as aiohttp_transport
-import httpx_sse._decoders as sse_decoders
 import pytest
 import redis._parsers.hiredis as redis_hiredis
 import structlog
-from httpx_sse import ServerSentEvent
 from redis.asyncio import Redis
 
 from worker import Client, Done, Job, Provider, Settings, Worker
 from worker.fastpath import Probe
 from worker.fastpath import httpx_aiohttp as fp_aiohttp
-from worker.fastpath import httpx_sse as fp_sse
 from worker.fastpath import redis_py as fp_redis
 from worker.fastpath.startup import COMPONENTS, probe_all, report
 from worker.metrics import Metrics
-from worker.upstream.base import UpstreamError
-from worker.upstream.http import StreamLimits, open_sse
 
 WORKER = Path(__file__).resolve().parents[2] / "worker"
 FASTPATH = WORKER / "fastpath"
 BOUND = 30.0
 
 PRIVATE = {
-    "httpx-sse's private decoders": r"\b_decoders\b|\bSSE(Line)?Decoder\b",
     "httpx-aiohttp's unexported names": (
         r"httpx_aiohttp\.transport|\bAiohttpResponseStream\b|\bmap_aiohttp_exceptions\b|\b_aiohttp_response\b"
     ),
@@ -56,7 +50,6 @@ PRIVATE = {
     ),
 }
 """What another library keeps to itself, as it may appear in source (attribute, import, getattr)."""
-GONE = "httpx_sse._decoders (import of httpx_sse._decoders halted; None in sys.modules)"
 
 
 def gauges(metrics: Metrics) -> dict[str, float | None]:
@@ -69,7 +62,7 @@ def _probed_again(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     probe again, so the next test (in this process) finds the fast paths."""
     yield
     monkeypatch.undo()
-    for module in (fp_sse, fp_aiohttp, fp_redis):
+    for module in (fp_aiohttp, fp_redis):
         assert module.probe().available
 
 
@@ -103,13 +96,12 @@ async def test_import_worker_survives_every_internal_moving() -> None:
     """Private modules gone (as after a rename) and unexported names deleted: ``import worker``
     and the hot path's modules still import, and every probe reports its fallback."""
     code = """
-import httpx_aiohttp.transport, httpx_sse, redis.asyncio, sys
-for name in ("httpx_sse._decoders", "redis._parsers.hiredis"):
-    sys.modules[name] = None
+import httpx_aiohttp.transport, redis.asyncio, sys
+sys.modules["redis._parsers.hiredis"] = None
 del httpx_aiohttp.transport.AiohttpResponseStream, httpx_aiohttp.transport.map_aiohttp_exceptions
 import worker, worker.service, worker.publisher, worker.upstream.http
-from worker.fastpath import httpx_aiohttp, httpx_sse, redis_py
-for module in (httpx_sse, httpx_aiohttp, redis_py):
+from worker.fastpath import httpx_aiohttp, redis_py
+for module in (httpx_aiohttp, redis_py):
     probe = module.probe()
     assert not probe.available, probe
     print(probe.component, probe.reason)
@@ -117,7 +109,6 @@ for module in (httpx_sse, httpx_aiohttp, redis_py):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [
-        f"sse cannot import {GONE}",
         "aiohttp httpx_aiohttp.transport.AiohttpResponseStream is missing or not an httpx.AsyncByteStream",
         "redis_reply cannot import redis._parsers.hiredis "
         "(import of redis._parsers.hiredis halted; None in sys.modules)",
@@ -128,18 +119,9 @@ for module in (httpx_sse, httpx_aiohttp, redis_py):
 
 
 async def test_every_probe_finds_its_fast_path_with_the_locked_versions() -> None:
-    probes = [fp_sse.probe(), fp_aiohttp.probe(), fp_redis.probe()]
-    assert [p.component for p in probes] == list(COMPONENTS) == ["sse", "aiohttp", "redis_reply"]
+    probes = [fp_aiohttp.probe(), fp_redis.probe()]
+    assert [p.component for p in probes] == list(COMPONENTS) == ["aiohttp", "redis_reply"]
     assert all(p.available and p.path == "fast" for p in probes), probes
-    assert fp_sse.decoders() is not None
-
-
-class _OtherEvents:
-    """An event decoder that means something else: one event per data line."""
-
-    def decode(self, line: str) -> ServerSentEvent | None:
-        field, _, value = line.partition(": ")
-        return ServerSentEvent(data=value) if field == "data" else None
 
 
 class _ForgetfulStream(httpx.AsyncByteStream):
@@ -179,10 +161,6 @@ PARSER = redis_hiredis._AsyncHiredisParser
 @pytest.mark.parametrize(
     ("module", "target", "name", "value", "says"),
     [
-        (fp_sse, sse_decoders, "SSELineDecoder", None, "SSELineDecoder is missing"),
-        (fp_sse, sse_decoders, "SSEDecoder", None, "SSEDecoder is missing"),
-        (fp_sse, sse_decoders, "SSEDecoder", _OtherEvents, "fail the self-test: events"),
-        (fp_sse, sys.modules, "httpx_sse._decoders", ..., "cannot import httpx_sse._decoders"),
         (fp_aiohttp, aiohttp_transport, "AiohttpResponseStream", None, "AiohttpResponseStream is missing"),
         (fp_aiohttp, aiohttp_transport, "AiohttpResponseStream", _ForgetfulStream, "no longer keeps"),
         (fp_aiohttp, aiohttp_transport, "map_aiohttp_exceptions", None, "map_aiohttp_exceptions is missing"),
@@ -215,11 +193,10 @@ async def test_a_moved_internal_makes_the_probe_report_the_fallback_and_why(
 
 async def test_a_moved_internal_turns_every_hot_path_accessor_off(monkeypatch: pytest.MonkeyPatch) -> None:
     """After a probe found nothing, the accessors answer ``None`` whatever they are given."""
-    for name in ("httpx_sse._decoders", "httpx_aiohttp.transport", "redis._parsers.hiredis"):
+    for name in ("httpx_aiohttp.transport", "redis._parsers.hiredis"):
         monkeypatch.setitem(sys.modules, name, None)
-    for module in (fp_sse, fp_aiohttp, fp_redis):
+    for module in (fp_aiohttp, fp_redis):
         assert not module.probe().available
-    assert fp_sse.decoders() is None
     assert fp_aiohttp.aiohttp_content(httpx.Response(200)) is None
     assert isinstance(fp_aiohttp.aiohttp_errors(), contextlib.nullcontext)
 
@@ -245,64 +222,11 @@ async def test_startup_sets_the_gauge_and_logs_every_component_once() -> None:
     await fake.aclose()
     with structlog.testing.capture_logs() as logs:
         report(probes, gauge)
-    assert gauges(metrics) == {"sse": 1.0, "aiohttp": 0.0, "redis_reply": 0.0}
+    assert gauges(metrics) == {"aiohttp": 0.0, "redis_reply": 0.0}
     (line,) = logs
     assert line["log_level"] == "warning" and line["fallback"] == ["aiohttp", "redis_reply"]
-    assert line["sse"].startswith("fast: ")
     assert line["aiohttp"] == "fallback: upstream_transport is 'httpx': bodies are read through httpx"
     assert line["redis_reply"].startswith("fallback: the client's connections (FakeAsyncRedisConnection)")
-
-
-# --------------------------------------------------------------------------- the SSE fallback
-
-
-LIMITS = StreamLimits(max_event_bytes=200, max_stream_bytes=4000, max_tokens=5)
-BODIES = {
-    "plain": b'data: {"a":1}\n\ndata: {"a":2}\n\n',
-    "crlf, comments, multi-line data": (
-        b": hi\r\ndata: x\r\ndata: y\r\n\r\nevent: ping\r\ndata:\r\n\r\ndata: z\r\n\r\n"
-    ),
-    "cr only, utf-8 and a last event left open": "data: é→🚀\r\rdata: ä\r\rdata: open".encode(),
-    "an error event": b'data: 1\n\nevent: error\ndata: {"error": "overloaded"}\n\ndata: 2\n\n',
-    "an event too large": b"data: 1\n\ndata: " + b"x" * 300 + b"\n\n",
-    "a stream too large": b"data: 1\n\n" + b": keep-alive padding\n" * 300,
-    "too many events": b"".join(b"data: %d\n\n" % i for i in range(80)),
-    "bytes that are not utf-8": b"data: \xff\xfe ok\n\n",
-}
-
-
-async def _read(body: bytes, step: int) -> tuple[list[str], str | None]:
-    async def handler(request: httpx.Request) -> httpx.Response:
-        async def chunks() -> AsyncIterator[bytes]:
-            for i in range(0, len(body), step):
-                yield body[i : i + step]
-
-        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=chunks())
-
-    seen: list[str] = []
-    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
-        try:
-            async with (
-                asyncio.timeout(BOUND),
-                open_sse(http, "http://up.test/x", b"{}", {}, LIMITS) as events,
-            ):
-                seen.extend([data async for data in events])
-        except UpstreamError as exc:
-            return seen, exc.code
-    return seen, None
-
-
-@pytest.mark.parametrize("step", [1, 3, 64, 10_000])
-@pytest.mark.parametrize("body", list(BODIES), ids=list(BODIES))
-async def test_the_public_sse_reader_gives_what_the_direct_decoders_give(
-    monkeypatch: pytest.MonkeyPatch, body: str, step: int
-) -> None:
-    direct = await _read(BODIES[body], step)
-    monkeypatch.delattr(sse_decoders, "SSELineDecoder")
-    assert not fp_sse.probe().available and fp_sse.decoders() is None
-    public = await _read(BODIES[body], step)
-    assert public == direct
-    assert direct[0] or direct[1]  # each body gives events or an error
 
 
 # --------------------------------------------------------------------------- a whole worker on the fallbacks
@@ -322,9 +246,8 @@ NATIVE = b"".join(
 async def test_a_worker_whose_internals_moved_completes_a_job_on_the_fallbacks(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """httpx-sse's decoders gone, fakeredis (no hiredis reader) and httpx's transport: every
-    component on its fallback, the gauge reads 0 for each, the log line says why, the job is done."""
-    monkeypatch.setitem(sys.modules, "httpx_sse._decoders", None)
+    """fakeredis (no hiredis reader) and httpx's transport: every component on its fallback, the
+    gauge reads 0 for each, the log line says why, the job is done."""
 
     async def upstream(request: httpx.Request) -> httpx.Response:
         chunks = [NATIVE[i : i + 7] for i in range(0, len(NATIVE), 7)]  # events split across reads
@@ -362,10 +285,10 @@ async def test_a_worker_whose_internals_moved_completes_a_job_on_the_fallbacks(
             await client.aclose()
             await http.aclose()
     assert isinstance(done, Done) and done.text == "Hello" and done.usage.output_tokens == 3
-    assert gauges(worker.metrics) == {"sse": 0.0, "aiohttp": 0.0, "redis_reply": 0.0}
+    assert gauges(worker.metrics) == {"aiohttp": 0.0, "redis_reply": 0.0}
     (line,) = [entry for entry in logs if "fallback" in entry]
-    assert line["fallback"] == ["sse", "aiohttp", "redis_reply"]
-    assert line["sse"] == f"fallback: cannot import {GONE}"
+    assert line["fallback"] == ["aiohttp", "redis_reply"]
+    assert line["aiohttp"] == "fallback: upstream_transport is 'httpx': bodies are read through httpx"
 
 
 async def _aiter(chunks: list[bytes]) -> AsyncIterator[bytes]:

@@ -1,7 +1,6 @@
 """Hostile upstreams: compressed bodies, floods, named events, unmapped parser failures, deep JSON.
 
-Every test runs on both SSE readers (httpx-sse's decoders driven directly, and its public
-``EventSource``, the fallback). The property tests drive the fuzz targets of :mod:`tests.fuzz.targets`.
+The property tests drive the fuzz targets of :mod:`tests.fuzz.targets`.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tests.fuzz import targets
-from worker.upstream import http as upstream_http
 from worker.upstream.base import UpstreamError
 from worker.upstream.chat import ChatAdapter
 from worker.upstream.completions import CompletionsAdapter
@@ -31,13 +29,6 @@ SSE = "text/event-stream"
 LIMITS = StreamLimits(max_event_bytes=64 * 1024, max_stream_bytes=64 * 1024 * 1024, max_tokens=100)
 TOKEN = b'data: {"token": {"text": "a"}}\n\n'
 DEEP = "[" * 5000 + "]" * 5000
-
-
-@pytest.fixture(params=["direct", "fallback"])
-def reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    if request.param == "fallback":
-        monkeypatch.setattr(upstream_http, "decoders", lambda: None)
-    return str(request.param)
 
 
 class Body:
@@ -85,7 +76,6 @@ def blocks(pattern: bytes, total: int, size: int = 64 * 1024) -> Iterable[bytes]
 # --- compressed bodies (item 3) --------------------------------------------------------------------
 
 
-@pytest.mark.usefixtures("reader")
 @pytest.mark.parametrize("coding", ["gzip", "deflate", "br", "zstd", "identity, gzip", "GZIP"])
 async def test_a_compressed_stream_is_refused_before_a_byte_is_read(coding: str) -> None:
     bomb = Body([gzip.compress(b"\n" * 10_000_000)])
@@ -95,7 +85,6 @@ async def test_a_compressed_stream_is_refused_before_a_byte_is_read(coding: str)
     assert bomb.read == 0
 
 
-@pytest.mark.usefixtures("reader")
 async def test_an_encoded_error_body_is_not_decompressed() -> None:
     bomb = Body([zlib.compress(b'{"error": "x"}' + b" " * 10_000_000)])
     transport = reply(
@@ -110,7 +99,6 @@ async def test_an_encoded_error_body_is_not_decompressed() -> None:
     assert bomb.read == 0
 
 
-@pytest.mark.usefixtures("reader")
 @pytest.mark.parametrize("coding", ["identity", ""])
 async def test_an_identity_body_is_read(coding: str) -> None:
     assert await collect(reply(Body([TOKEN]), headers={"content-encoding": coding})) == [
@@ -121,7 +109,6 @@ async def test_an_identity_body_is_read(coding: str) -> None:
 # --- floods (item 3) ---------------------------------------------------------------------------------
 
 
-@pytest.mark.usefixtures("reader")
 @pytest.mark.parametrize(
     "filler",
     [
@@ -142,13 +129,11 @@ async def test_a_flood_without_data_events_ends_at_the_gap_bound(filler: bytes) 
     assert flood.read <= LIMITS.max_event_bytes + GAP_SLACK + 2 * 64 * 1024
 
 
-@pytest.mark.usefixtures("reader")
 async def test_keep_alives_below_the_gap_bound_pass() -> None:
     pings = b": ping\n\n" * ((LIMITS.max_event_bytes + GAP_SLACK) // 8 - 8)
     assert len(await collect(reply(Body([TOKEN, pings, TOKEN, pings, TOKEN])))) == 3
 
 
-@pytest.mark.usefixtures("reader")
 async def test_a_flood_lets_the_event_loop_run() -> None:
     """A fast upstream's blank lines never hold the loop: other jobs keep running while it is read."""
     ticks = 0
@@ -174,7 +159,6 @@ async def test_a_flood_lets_the_event_loop_run() -> None:
 # --- named events (item 10) ----------------------------------------------------------------------------
 
 
-@pytest.mark.usefixtures("reader")
 async def test_only_unnamed_and_message_events_carry_data() -> None:
     wire = [
         b'data: {"n": 1}\n\n',
@@ -188,7 +172,6 @@ async def test_only_unnamed_and_message_events_carry_data() -> None:
     assert await collect(reply(Body(wire))) == ['{"n": 1}', '{"n": 2}', '{"n": 3}', '{"n": 4}']
 
 
-@pytest.mark.usefixtures("reader")
 async def test_an_error_event_still_fails_the_stream() -> None:
     wire = [b'data: {"n": 1}\n\n', b'event: error\ndata: {"error": {"message": "overloaded"}}\n\n']
     err = await fails(reply(Body(wire)))
@@ -202,7 +185,6 @@ class ParserFailure(Exception):
     """Stands for an HTTP library's own error that httpx does not map (aiohttp's, h11's)."""
 
 
-@pytest.mark.usefixtures("reader")
 @pytest.mark.parametrize(
     "exc",
     [ParserFailure("Got more than 8190 bytes when reading"), RecursionError("too deep"), ValueError("x")],
@@ -217,7 +199,6 @@ async def test_a_transport_failure_httpx_does_not_map_is_a_protocol_error(exc: E
     assert type(exc).__name__ in err.message and str(exc) in err.message
 
 
-@pytest.mark.usefixtures("reader")
 async def test_a_body_failure_httpx_does_not_map_is_a_protocol_error() -> None:
     class Broken(Body):
         async def __aiter__(self) -> AsyncIterator[bytes]:
@@ -229,7 +210,6 @@ async def test_a_body_failure_httpx_does_not_map_is_a_protocol_error() -> None:
     assert "ParserFailure: Too many headers received" in err.message
 
 
-@pytest.mark.usefixtures("reader")
 async def test_cancellation_is_not_taken_for_a_failure() -> None:
     class Cancelled(Body):
         async def __aiter__(self) -> AsyncIterator[bytes]:
@@ -398,7 +378,6 @@ async def test_the_aiohttp_session_never_decompresses() -> None:
         await session.close()
 
 
-@pytest.mark.usefixtures("reader")
 async def test_many_small_events_in_one_huge_read_pass() -> None:
     """A transport may hand over megabytes at once: the reader cuts them, so small events read
     together never look like bytes without a data event (nor block the loop for the whole read)."""

@@ -7,7 +7,6 @@ API otherwise. Nothing here is imported from a private module at import time, so
 moves an internal costs speed, never ``import worker``. :mod:`.startup` runs every probe when a
 worker starts, logs which path each component takes and sets ``tokenwire_fast_path``.
 
-- :mod:`.httpx_sse` (component ``sse``): httpx-sse's line and event decoders, run on the body's bytes.
 - :mod:`.httpx_aiohttp` (``aiohttp``): aiohttp's reader behind an httpx-aiohttp response.
 - :mod:`.redis_py` (``redis_reply``): replies taken from redis-py's hiredis reader in bulk.
 """

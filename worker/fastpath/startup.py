@@ -6,11 +6,11 @@ import structlog
 from prometheus_client import Gauge
 from redis.asyncio import Redis
 
-from worker.fastpath import Probe, httpx_aiohttp, httpx_sse, redis_py
+from worker.fastpath import Probe, httpx_aiohttp, redis_py
 
 __all__ = ["COMPONENTS", "probe_all", "report"]
 
-COMPONENTS = (httpx_sse.COMPONENT, httpx_aiohttp.COMPONENT, redis_py.COMPONENT)
+COMPONENTS = (httpx_aiohttp.COMPONENT, redis_py.COMPONENT)
 
 log = structlog.get_logger("tokenwire.fastpath")
 
@@ -18,11 +18,11 @@ log = structlog.get_logger("tokenwire.fastpath")
 def probe_all(*, upstream_transport: str, redis: Redis) -> tuple[Probe, ...]:
     """Run every probe (each remembers its answer for the hot path) and say which path each
     component takes in a worker with this transport and this Redis client."""
-    sse, aiohttp, replies = httpx_sse.probe(), httpx_aiohttp.probe(), redis_py.probe_client(redis)
+    aiohttp, replies = httpx_aiohttp.probe(), redis_py.probe_client(redis)
     if upstream_transport != "aiohttp":
         reason = f"upstream_transport is {upstream_transport!r}: bodies are read through httpx"
         aiohttp = Probe(httpx_aiohttp.COMPONENT, False, reason)
-    return sse, aiohttp, replies
+    return aiohttp, replies
 
 
 def report(probes: tuple[Probe, ...], gauge: Gauge) -> None:

@@ -4,7 +4,7 @@
 failure, before or during the stream, is an :class:`UpstreamError` whose message carries the
 provider's own words and never a request header (header values that look secret are redacted).
 
-Size bounds are enforced on the bytes as they arrive, before httpx-sse buffers a line: an event
+Size bounds are enforced on the bytes as they arrive, before a line is buffered: an event
 (bytes since the last blank line) longer than ``max_event_bytes``, more than ``max_event_bytes``
 (plus :data:`GAP_SLACK`) between two data events (blank lines, comments, skipped named events), or
 a stream longer than ``max_stream_bytes`` fails at once, whatever the chunking. A compressed body
@@ -30,10 +30,9 @@ from typing import Any
 
 import httpx
 import msgspec
-from httpx_sse import EventSource, aconnect_sse
+from httpx_sse import aconnect_sse
 
 from worker.fastpath.httpx_aiohttp import aiohttp_content, aiohttp_errors
-from worker.fastpath.httpx_sse import Event, decoders
 from worker.redact import MIN_SECRET, Redactor
 from worker.settings import Settings
 from worker.upstream.base import UpstreamError
@@ -43,6 +42,7 @@ from worker.upstream.classify import (
     logprobs_value_error,
     refuses_logprobs,
 )
+from worker.upstream.sse import SSEReader
 from worker.upstream.stall import StallGuard
 
 __all__ = [
@@ -159,92 +159,48 @@ async def _data_events(
 ) -> AsyncGenerator[str, None]:
     """The non-empty ``data`` of each event, with every failure as an :class:`UpstreamError`.
 
-    One generator from the body's bytes to the events: httpx-sse's line and event decoders run
-    here directly, over :func:`_chunks` (:mod:`worker.fastpath.httpx_sse`). Its ``EventSource``
-    reads through httpx's ``aiter_text``, seven async generators deep under httpx-aiohttp, each
-    about a microsecond per event: it is the fallback when the decoders cannot be reached.
+    One generator from the body's bytes to the events (:func:`_chunks`), read by
+    :class:`~worker.upstream.sse.SSEReader`: each read is decoded, cut into lines and read into
+    events in one pass, then its events are handed out one by one. While the consumer holds them
+    the stall guard is held: the reader waits for bytes only once they are all taken.
     """
     bounds, take = _Bounds(limits), _DataFilter(limits, event_prefix)
     chunks, mapped_errors = _chunks(response)
-    found = decoders()
+    reader = SSEReader()
     try:
         with mapped_errors:
-            if found is None:
-                fallback = _fallback_events(response, _CountedBody(chunks, bounds, guard), take)
-                async with contextlib.aclosing(fallback) as source:
-                    async for item in source:
-                        bounds.delivered()
-                        guard.hold()
-                        yield item
-                        guard.resume()
-                return
             decode = codecs.getincrementaldecoder("utf-8")("replace").decode  # SSE is UTF-8, always
-            lines, events = found.lines(), found.events().decode
             async for chunk in chunks:
                 if not chunk:
                     continue
                 guard.progress()
                 bounds.count(chunk)
                 text = decode(chunk)
-                batch = lines.decode(text) if text else ()
+                if not text:
+                    continue
+                batch = reader.lines(text)
+                whole = len(batch) <= LINES_PER_TURN
                 for start in range(0, len(batch), LINES_PER_TURN):
                     if start:  # a chunk of many short lines (a flood): let other jobs run
                         await asyncio.sleep(0)
-                    for line in batch[start : start + LINES_PER_TURN]:
-                        if (event := events(line)) is not None and (data := take(event)) is not None:
+                    events = reader.events(batch if whole else batch[start : start + LINES_PER_TURN])
+                    if not events:
+                        continue
+                    guard.hold()
+                    for name, data in events:
+                        if (found := take(name, data)) is not None:
                             bounds.delivered()
-                            guard.hold()
-                            yield data
-                            guard.resume()
+                            yield found
+                    guard.resume()
             guard.hold()  # the body has ended: nothing is awaited from the upstream any more
             tail = decode(b"", True)
-            for line in [*(lines.decode(tail) if tail else ()), *lines.flush()]:
-                if (event := events(line)) is not None and (last := take(event)) is not None:
-                    yield last
+            for name, data in reader.events([*(reader.lines(tail) if tail else ()), *reader.flush()]):
+                if (found := take(name, data)) is not None:
+                    yield found
     except Exception as exc:
         raise _redacted(_classified(exc, host), secrets) from None
     finally:
         await _aclose(chunks)
-
-
-async def _fallback_events(
-    response: httpx.Response, body: _CountedBody, take: _DataFilter
-) -> AsyncGenerator[str, None]:
-    """The data events through httpx-sse's public ``EventSource``, over the bounded bytes."""
-    counted = httpx.Response(
-        response.status_code,
-        headers={"content-type": "text/event-stream; charset=utf-8"},
-        stream=body,
-        request=response.request,
-    )
-    async with contextlib.aclosing(EventSource(counted).aiter_sse()) as source:
-        async for sse in source:
-            if (data := take(sse)) is not None:
-                yield data
-
-
-class _CountedBody(httpx.AsyncByteStream):
-    """The body's bytes for httpx-sse's ``EventSource``, bounded and watched as the direct path
-    bounds and watches them (before any line is buffered)."""
-
-    def __init__(self, chunks: AsyncIterator[bytes], bounds: _Bounds, guard: StallGuard) -> None:
-        self._chunks, self._bounds, self._guard = chunks, bounds, guard
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._chunks:
-            if not chunk:
-                continue
-            self._guard.progress()
-            self._bounds.count(chunk)  # as the direct path counts it: the read (<= MAX_READ) whole
-            if len(chunk) <= LINES_PER_TURN:
-                yield chunk
-                continue
-            # httpx-sse parses each piece whole: pieces of at most LINES_PER_TURN lines, with a
-            # turn of the event loop between them
-            for start in range(0, len(chunk), LINES_PER_TURN):
-                yield chunk[start : start + LINES_PER_TURN]
-                await asyncio.sleep(0)
-        self._guard.hold()  # the body has ended: nothing is awaited from the upstream any more
 
 
 class _DataFilter:
@@ -260,10 +216,9 @@ class _DataFilter:
         self._max_tokens = limits.max_tokens
         self._max_events = limits.max_tokens + EVENT_SLACK
 
-    def __call__(self, event: Event) -> str | None:
-        data = event.data
-        name = event.event
-        if name and name != "message":
+    def __call__(self, name: str, data: str) -> str | None:
+        """``data`` of an event named ``name`` (``"message"`` when unnamed), or None to skip it."""
+        if name != "message":
             prefix = self._prefix
             if prefix is None:
                 if name == "error":
