@@ -4,6 +4,7 @@ simulator (only the port changed), and its TOML tenant table is one the settings
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import subprocess
@@ -14,6 +15,7 @@ import msgspec
 import pytest
 
 from tests.e2e.gatewaykit import running_gateway
+from worker.gateway.models import JobState
 from worker.redisproc import RedisServer
 from worker.settings import Tenant
 
@@ -60,4 +62,7 @@ def test_the_readme_curl_examples_run(redis_server: RedisServer, tmp_path: Path)
     assert '"job_id":"acme/q1"' in first and re.search(r"\nid: 1-5\nevent: token\n", first)
     assert re.search(r"retry: \d+\n\nid: 1-6\nevent: token\n", resumed), resumed[:500]
     assert "\nid: 1-5\n" not in resumed and "event: start" not in resumed  # exactly the rest
-    assert '"state":' in out and '"outcome":"terminal"' in out  # the state, then a cancel of a done job
+    assert '"outcome":"terminal"' in out  # the state, then a cancel of a done job
+    at = out.index('{"id":"q1","events_url":"/v1/jobs/q1/events","state":')
+    state, _ = json.JSONDecoder().raw_decode(out, at)
+    assert state["state"] == "done" and set(state) == set(JobState.__struct_fields__), state

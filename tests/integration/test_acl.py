@@ -375,7 +375,7 @@ async def gateway_operations(r: Redis, admin: Redis, prefix: str) -> None:
         await gateway.submit(who, body.replace(b"g1", b"g2"))
     await admin.hset(keys.state("t/g1"), "state", "done")  # g1 ended: pruned, g2 admitted
     assert (await gateway.submit(who, body.replace(b"g1", b"g2")))[0] == 201
-    assert (await gateway.state_of(who, "g2")).state["tenant"] == "t"
+    assert (await gateway.state_of(who, "g2")).state == "queued"
     store = JobStore(admin, keys)
     entry = as_text(await admin.hget(keys.state("t/g2"), "entry"))
     begun = await store.begin(

@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 
 from worker import Client
 from worker.gateway.ids import scoped_id
-from worker.keys import Keys
+from worker.keys import Keys, as_text
 
 from .gatewaykit import (
     KEYS,
@@ -346,7 +346,7 @@ async def test_unscoped_jobs_are_readable_only_by_a_read_unscoped_tenant(
     sse = await read_sse(http, f"{gw.url}/v1/jobs/raw-1/events", headers=bearer("ops"))
     assert sse.types[-1] == "done"
     status = await http.get(f"{gw.url}/v1/jobs/raw-1", headers=bearer("ops"))
-    assert status.status_code == 200 and "tenant" not in status.json()["state"]
+    assert status.status_code == 200 and status.json()["state"] == "done" and "tenant" not in status.json()
     # a read_unscoped tenant still cannot read another tenant's job through its internal id
     await post(http, gw, job("mine"))
     for path in ("acme/mine", "acme%2Fmine"):
@@ -360,8 +360,7 @@ async def test_status_and_cancel(
     gw = await gateway()
     token = (await post(http, gw, job("c-1", "m;tps=5;tokens=100"))).json()["read_token"]
     status = await http.get(f"{gw.url}/v1/jobs/c-1", params={"token": token})
-    assert status.status_code == 200 and status.json()["state"]["state"] in ("queued", "running")
-    assert "handback" not in status.json()["state"]
+    assert status.status_code == 200 and status.json()["state"] in ("queued", "running")
     cancel = await http.post(
         f"{gw.url}/v1/jobs/c-1/cancel", json={"reason": "user pressed stop"}, headers=bearer("acme")
     )
@@ -372,6 +371,68 @@ async def test_status_and_cancel(
     assert again.json()["outcome"] == "terminal"
     bad = await http.post(f"{gw.url}/v1/jobs/c-1/cancel", content=b"{nope", headers=bearer("acme"))
     assert bad.status_code == 422
+
+
+PUBLIC_STATE = {
+    "id",
+    "events_url",
+    "state",
+    "attempt",
+    "model",
+    "created",
+    "started",
+    "finished",
+    "tokens",
+    "finish_reason",
+    "confidence",
+    "escalated_from",
+    "error_code",
+    "cancel_reason",
+}
+
+
+async def test_a_jobs_state_answers_its_public_fields_and_nothing_internal(
+    gateway: Callable[..., Awaitable[RunningGateway]], http: httpx.AsyncClient, redis: Redis, prefix: str
+) -> None:
+    """Whatever the state hash holds (which worker runs the job, its queue entry, fencing ids,
+    digests, a hand-back, the tenant), a key or token holder gets only the documented fields."""
+    gw = await gateway()
+    keys = Keys(prefix)
+    done_token = (await post(http, gw, job("st-1"))).json()["read_token"]
+    sse = await read_sse(http, f"{gw.url}/v1/jobs/st-1/events", params={"token": done_token})
+    assert sse.types[-1] == "done"
+    running = (await post(http, gw, job("st-2", "m;tps=5;tokens=100"))).json()["read_token"]
+    async with asyncio.timeout(10):
+        while await redis.hget(keys.state(scoped_id("acme", "st-2")), "owner") is None:
+            await asyncio.sleep(0.02)  # until a worker owns it: `owner` (its host) is on the hash
+    await redis.hset(
+        keys.state(scoped_id("acme", "st-2")), mapping={"handback": "f" * 40, "future": "x" * 12}
+    )
+    await http.post(f"{gw.url}/v1/jobs/st-2/cancel", json={"reason": "stop it"}, headers=bearer("acme"))
+    for public, token in (("st-1", done_token), ("st-2", running)):
+        internal = scoped_id("acme", public)
+        hidden = {
+            as_text(k): as_text(v)
+            for k, v in (await redis.hgetall(keys.state(internal))).items()
+            if as_text(k) in ("owner", "entry", "terminal_id", "job_sha256", "handback", "tenant", "future")
+        }
+        assert {"owner", "entry", "job_sha256", "tenant"} <= set(hidden), hidden
+        for how in ({"params": {"token": token}}, {"headers": bearer("acme")}):
+            resp = await http.get(f"{gw.url}/v1/jobs/{public}", **how)
+            assert resp.status_code == 200
+            answer = resp.json()
+            assert set(answer) == PUBLIC_STATE, set(answer) ^ PUBLIC_STATE
+            for field, value in hidden.items():
+                if field != "tenant":  # "acme" is no secret of acme's
+                    assert value not in resp.text, f"{field} leaked"
+    first = (await http.get(f"{gw.url}/v1/jobs/st-1", headers=bearer("acme"))).json()
+    assert first["state"] == "done" and first["attempt"] == 1 and first["finish_reason"]
+    assert first["created"] <= first["started"] <= first["finished"] and first["tokens"] == sse.types.count(
+        "token"
+    )
+    assert first["error_code"] is None and first["cancel_reason"] is None
+    second = (await http.get(f"{gw.url}/v1/jobs/st-2", headers=bearer("acme"))).json()
+    assert second["cancel_reason"] == "stop it" and second["state"] in ("running", "cancelled")
 
 
 async def test_max_streams_per_process(

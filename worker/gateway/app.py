@@ -37,6 +37,7 @@ from .limits import InflightLimiter, StreamCounter
 from .metrics import GatewayMetrics
 from .models import CancelBody, Cancelled, Created, ErrorBody, ErrorDetail, JobState
 from .sse import Entry, comment, entry_of, frame
+from .state import PUBLIC_FIELDS, job_state
 
 __all__ = ["GATEWAY", "Gateway", "Principal", "Refused", "build_app"]
 
@@ -49,7 +50,6 @@ RETRY_AFTER_STREAMS: Final = "1"
 _JOB_PATH: Final = r"{id:.+}"  # any text: the handlers answer 404 for what is no job id
 _CORS_HEADERS: Final = "Authorization, Content-Type, Last-Event-ID"
 _EXPOSED: Final = "Retry-After"
-_HIDDEN_STATE: Final = frozenset({"handback"})  # a drain's hand-back token digest: the worker's alone
 
 
 class Refused(Exception):
@@ -285,12 +285,13 @@ class Gateway:
         return _json(200, answer, self._cors(request, who.tenant))
 
     async def state_of(self, who: Principal, public: str) -> JobState:
+        """The job's public state (:mod:`worker.gateway.state`: its state hash's public fields alone)."""
         internal = await self.resolve(who, public)
-        fields = await self.store.status(internal)
-        if fields is None:
+        values: Any = await self.redis.hmget(self.keys.state(internal), list(PUBLIC_FIELDS))
+        answer = job_state(public, values)
+        if answer is None:
             raise Refused(404, "not_found", f"no job {public!r}: never enqueued, or expired")
-        state = {k: v for k, v in fields.items() if k not in _HIDDEN_STATE}
-        return JobState(id=public, events_url=f"/v1/jobs/{public}/events", state=state)
+        return answer
 
     async def cancel(self, request: web.Request) -> web.Response:
         who = self.principal(request, token_ok=True)
