@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import operator
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -168,7 +169,10 @@ class Publisher:
                     done.set_result(None)
 
     async def _write(self, batch: list[Entry], oldest: float | None) -> None:
-        live = [e for e in batch if e[0].ok]
+        if all(sink.ok for sink in set(map(_SINK, batch))):  # the usual case: a few sinks, all ok
+            live = batch
+        else:
+            live = [e for e in batch if e[0].ok]
         step = self.max_round_trip
         for start in range(0, len(live), step):  # a backlog goes out in bounded round trips
             await self._write_chunk(live[start : start + step], oldest)
@@ -231,7 +235,22 @@ class Publisher:
         pool = getattr(self.redis, "connection_pool", None)
         if pool is None:
             return await self._cluster_pipeline(entries)
-        packed = b"".join([_XADD % (s.head or self._head(s), len(i), i, len(p), p) for s, i, p in entries])
+        pieces: list[bytes] = []
+        extend = pieces.extend
+        for sink, entry_id, payload in entries:  # XADD <head> <id> event <payload>, as RESP
+            size, id_size = len(payload), len(entry_id)
+            extend(
+                (
+                    sink.head or self._head(sink),
+                    _BULK[id_size] if id_size < _BULK_SIZES else b"$%d\r\n" % id_size,
+                    entry_id,
+                    _EVENT_FIELD,
+                    _BULK[size] if size < _BULK_SIZES else b"$%d\r\n" % size,
+                    payload,
+                    b"\r\n",
+                )
+            )
+        packed = b"".join(pieces)
         conn = self._conn
         if conn is None:  # one connection for the publisher's life: the pool costs ~90 µs a checkout
             conn = self._conn = await pool.get_connection()
@@ -274,6 +293,8 @@ class Publisher:
         """Mark each entry's sink by its reply; the entries Redis refused for lack of memory, to be
         retried (a stream's events after its refused one landing in the same round trip is a gap:
         that sink fails)."""
+        if set(map(type, results)) == _IDS_ONLY:  # the usual case: every event written
+            return []
         refused: list[Entry] = []
         holed: set[int] = set()  # the sinks with a refused event in this round trip
         for entry, result in zip(entries, results, strict=True):
@@ -310,8 +331,13 @@ class Publisher:
 
 _pack: Callable[[tuple[Any, ...]], bytes] = hiredis.pack_command  # the stub types one-element tuples
 _NOMK: dict[bool, tuple[str, ...]] = {True: ("NOMKSTREAM",), False: ()}
-# the rest of ``XADD key MAXLEN ~ n <id> event <payload>`` after the sink's head (RESP bulk strings)
-_XADD = b"%b$%d\r\n%b\r\n$5\r\nevent\r\n$%d\r\n%b\r\n"
+# the rest of ``XADD key MAXLEN ~ n <id> event <payload>`` after the sink's head, as RESP bulk
+# strings: each one's length header (``$<n>\r\n``) taken from a table for the usual sizes
+_BULK_SIZES = 4096
+_BULK = [b"$%d\r\n" % n for n in range(_BULK_SIZES)]
+_EVENT_FIELD = b"\r\n$5\r\nevent\r\n"
+_SINK = operator.itemgetter(0)
+_IDS_ONLY = {bytes}  # the reply types of a round trip in which every XADD wrote its entry
 
 
 async def _replies(conn: Any, count: int) -> list[object]:

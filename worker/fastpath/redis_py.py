@@ -60,7 +60,9 @@ class BulkReader:
         append = out.append
         while len(out) < count:
             reply = gets()
-            if reply is nothing:
+            if type(reply) is bytes:  # the usual reply (an XADD's entry id) first
+                append(reply)
+            elif reply is nothing:
                 await self._refill()
             elif isinstance(reply, _PUSH):  # not a reply: handled as read_response handles it
                 await self._push(reply)
