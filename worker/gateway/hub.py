@@ -395,16 +395,17 @@ def _text(value: object) -> str:
 def streams_of(reply: Any) -> list[tuple[str, list[Any]]]:
     """``[(key, [(id, fields), ...]), ...]`` of an XREAD reply: redis-py's (RESP2 list, or a RESP3
     map of one-element lists) or hiredis's own (lists, or a RESP3 map), fields a ``dict`` or a flat
-    list."""
+    list. The entries' lists are the reply's own (not copied)."""
     if not reply:
         return []
     if isinstance(reply, dict):
         return [(_text(k), _entries(v)) for k, v in reply.items()]
-    return [(_text(k), list(items)) for k, items in reply]
+    return [(_text(k), items) for k, items in reply]
 
 
 def _entries(value: Any) -> list[Any]:
     """A RESP3 map's value: the entries, or redis-py's one-element list holding them."""
-    if value and isinstance(value[0], list) and (not value[0] or isinstance(value[0][0], list | tuple)):
-        return list(value[0])
-    return list(value)
+    first = value[0] if value else None
+    if type(first) is list and (not first or type(first[0]) in (list, tuple)):
+        return first
+    return value  # type: ignore[no-any-return]

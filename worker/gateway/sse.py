@@ -27,6 +27,8 @@ class _Typed(msgspec.Struct):
 
 
 _TYPED: Final = msgspec.json.Decoder(_Typed)
+_HEADS: dict[str, bytes] = {}  # an event type's checked name -> its frame's event and data lines
+_MAX_HEADS: Final = 256  # raw XADDs may write any number of types: only so many are remembered
 
 
 class Entry(msgspec.Struct, frozen=True):
@@ -61,8 +63,6 @@ def entry_of(entry_id: object, fields: object) -> Entry:
         kind = "unknown"
     except Exception:  # total: a decoder failure is the entry's fault
         kind = "unknown"
-    if _TYPE.fullmatch(kind.encode("utf-8", "replace")) is None:
-        kind = "unknown"
     return _framed(_text(entry_id), kind, raw)
 
 
@@ -70,17 +70,27 @@ def _event_field(fields: object) -> bytes | None:
     """The ``event`` field's bytes, or None (no such field, or not bytes). A field named twice
     (a raw ``XADD`` may) counts by its last value, in both shapes (redis-py's ``dict`` keeps it)."""
     raw: object = None
-    if isinstance(fields, dict):
+    if isinstance(fields, list):
+        if len(fields) == 2 and fields[0] == b"event":  # every entry the workers write
+            raw = fields[1]
+        else:
+            for i in range(0, len(fields) - 1, 2):
+                if fields[i] == b"event":
+                    raw = fields[i + 1]
+    elif isinstance(fields, dict):
         raw = fields.get(b"event")
-    elif isinstance(fields, list):
-        for i in range(0, len(fields) - 1, 2):
-            if fields[i] == b"event":
-                raw = fields[i + 1]
     return raw if isinstance(raw, bytes) else None
 
 
 def _framed(entry_id: str, kind: str, data: bytes | None) -> Entry:
-    wire = _frame(entry_id, kind, data)
+    head = _HEADS.get(kind)
+    if head is None:  # a type not seen yet: checked once, remembered (a bounded number of them)
+        if _TYPE.fullmatch(kind.encode("utf-8", "replace")) is None:
+            kind = "unknown"
+        head = b"\nevent: %s\ndata: " % kind.encode()
+        if len(_HEADS) < _MAX_HEADS:
+            _HEADS[kind] = head
+    wire = _frame(entry_id, head, data)
     return Entry(entry_id, kind, data, wire, chunked(wire))
 
 
@@ -91,15 +101,16 @@ def chunked(data: bytes) -> bytes:
 
 def frame(entry: Entry) -> bytes:
     """The SSE bytes of ``entry`` (an entry with no event: a comment naming its id)."""
-    return _frame(entry.id, entry.type, entry.data)
+    return _frame(entry.id, b"\nevent: %s\ndata: " % entry.type.encode(), entry.data)
 
 
-def _frame(entry_id: str, kind: str, data: bytes | None) -> bytes:
+def _frame(entry_id: str, head: bytes, data: bytes | None) -> bytes:
+    """``id: <id>`` + ``head`` (the event line and ``data:``) + the data, one ``data:`` line per line."""
     if data is None:
         return f": entry {entry_id} has no event field\n\n".encode()
     if b"\n" in data or b"\r" in data:
         data = b"\ndata: ".join(_LINES.split(data))
-    return b"id: %s\nevent: %s\ndata: %s\n\n" % (entry_id.encode(), kind.encode(), data)
+    return b"id: %s%s%s\n\n" % (entry_id.encode(), head, data)
 
 
 def comment(text: str) -> bytes:
