@@ -1,5 +1,7 @@
 """``make bench``'s gateway scenarios: ``tokenwire gateway`` against the naive gateway
-(bench/naive_gateway.py: one blocking ``XREAD`` per client), side by side in one run.
+(bench/naive_gateway.py: one blocking ``XREAD`` per client) and the gateway's floor
+(bench/floor_gateway.py: its reads and frames alone, one write per client per read), side by side in
+one run.
 
 Each run (one scenario, one variant) gets a fresh ``redis-server``, the producer (bench/gwproducer.py:
 jobs enqueued as ``Client.enqueue`` does, then paced token events as a worker writes them), the
@@ -155,6 +157,12 @@ def _tokenwire_gateway_cluster(setup: GatewaySetup) -> Command:
     return argv, {**env, "TOKENWIRE_REDIS_CLUSTER": "true"}
 
 
+def _floor_gateway(setup: GatewaySetup) -> Command:
+    argv = [sys.executable, "-m", "bench.floor_gateway", "--port", str(setup.port)]
+    argv += ["--redis-url", setup.redis_url, "--prefix", PREFIX, "--max-seconds", f"{setup.max_seconds:.0f}"]
+    return argv, _base_env()
+
+
 def _naive_gateway(setup: GatewaySetup) -> Command:
     argv = [sys.executable, "-m", "bench.naive_gateway", "--port", str(setup.port)]
     argv += ["--redis-url", setup.redis_url, "--prefix", PREFIX, "--max-seconds", f"{setup.max_seconds:.0f}"]
@@ -167,6 +175,12 @@ GATEWAY_VARIANTS: tuple[GatewayVariant, ...] = (
     ),
     GatewayVariant("gateway", "tokenwire gateway, as users run it", _tokenwire_gateway, True),
     GatewayVariant(
+        "floor-gateway",
+        "the gateway's reads and frames alone: one write per client per read, nothing else",
+        _floor_gateway,
+        False,
+    ),
+    GatewayVariant(
         "gateway-cluster",
         "tokenwire gateway on a 3-node Redis Cluster (reads pipelined per node)",
         _tokenwire_gateway_cluster,
@@ -174,14 +188,15 @@ GATEWAY_VARIANTS: tuple[GatewayVariant, ...] = (
         cluster=True,
     ),
 )
-DEFAULT_GATEWAY_VARIANTS: tuple[str, ...] = ("naive-gateway", "gateway")
+DEFAULT_GATEWAY_VARIANTS: tuple[str, ...] = ("naive-gateway", "gateway", "floor-gateway")
 
 
 LEGEND = """\
 gateway rows (gw-*): streams = SSE connections open at the end / wanted; events/s = token events the
 clients received; worker%, CPU us/ev, RSS = the gateway process; sim% = the producer; sub% = the clients;
 p50/p99 = Redis-visible (the entry id's clock) -> received by a client, +-0.5 ms; ev/CPU-s ratio =
-events delivered per CPU-second of the gateway over the naive gateway's (events/s at the same CPU)."""
+events delivered per CPU-second of the gateway over the naive gateway's (events/s at the same CPU);
+floor-gateway = the gateway's reads and frames alone (bench/floor_gateway.py), what the design costs here."""
 
 SCENARIO_NAMES = frozenset(s.name for s in GATEWAY_SCENARIOS)
 VARIANT_NAMES = frozenset(v.name for v in GATEWAY_VARIANTS)

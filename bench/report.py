@@ -20,6 +20,8 @@ PAIRS = (
     ("tokenwire", "tokenwire-httpx"),
     ("tokenwire-x2", "tokenwire"),
     ("gateway", "naive-gateway"),
+    ("gateway", "floor-gateway"),
+    ("floor-gateway", "naive-gateway"),
 )
 NOISY_OTHER_PCT = 25.0
 

@@ -1,5 +1,6 @@
 """``make bench``'s gateway scenarios end to end on small loads and short windows: a real redis-server,
-the producer, ``tokenwire gateway`` and the naive gateway, and the SSE clients in one process.
+the producer, ``tokenwire gateway``, the naive gateway and the floor (bench/floor_gateway.py), and the
+SSE clients.
 
 What is checked is behaviour (every connection open, events delivered and timed, the ratio computed,
 a broken run refused), never a speed: the numbers depend on the machine.
@@ -19,7 +20,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 SHORT = ["--warmup", "0.5", "--window", "1.5"]
 
 
-def test_the_watch_and_idle_scenarios_run_both_gateways_and_report_the_ratio(
+def test_the_watch_and_idle_scenarios_run_every_gateway_and_report_the_ratios(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "latest.json"
@@ -28,7 +29,9 @@ def test_the_watch_and_idle_scenarios_run_both_gateways_and_report_the_ratio(
     data = json.loads(out.read_text())
     rows = {(r["scenario"], r["variant"]): r for r in data["rows"]}
     assert set(rows) == {
-        (s, v) for s in ("gw-watch-small", "gw-idle-small") for v in ("gateway", "naive-gateway")
+        (s, v)
+        for s in ("gw-watch-small", "gw-idle-small")
+        for v in ("gateway", "naive-gateway", "floor-gateway")
     }
     for (scenario, _), row in rows.items():
         expected = gateway.scenario_by_name(scenario)
@@ -36,16 +39,16 @@ def test_the_watch_and_idle_scenarios_run_both_gateways_and_report_the_ratio(
         assert row["streams"] == expected.clients
         assert row["streams_active"] == expected.clients  # every SSE connection held to the end
         assert row["rss_mb"] > 0 and row["worker_cpu_pct"] >= 0
-    for variant in ("gateway", "naive-gateway"):
+    for variant in ("gateway", "naive-gateway", "floor-gateway"):
         watch = rows[("gw-watch-small", variant)]
         assert isinstance(watch["events"], int) and watch["events"] > 0
         assert watch["p50_ms"] is not None and watch["p99_ms"] is not None
         assert watch["p50_ms"] <= watch["p99_ms"]
         assert watch["cpu_us_per_event"] is not None and watch["cpu_us_per_event"] > 0
         assert rows[("gw-idle-small", variant)]["events"] == 0  # idle: heartbeats only
-    (ratio,) = [r for r in data["ratios"] if r["scenario"] == "gw-watch-small"]
-    assert ratio["ratio"] == "gateway/naive-gateway"
-    assert ratio["events_per_cpu_s"] is not None and ratio["events_per_cpu_s"] > 0
+    ratios = {r["ratio"]: r for r in data["ratios"] if r["scenario"] == "gw-watch-small"}
+    assert set(ratios) == {"gateway/naive-gateway", "gateway/floor-gateway", "floor-gateway/naive-gateway"}
+    assert all(r["events_per_cpu_s"] is not None and r["events_per_cpu_s"] > 0 for r in ratios.values())
     printed = capsys.readouterr().out
     assert "gateway/naive-gateway" in printed and "Redis-visible" in printed
 
