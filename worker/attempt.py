@@ -327,9 +327,9 @@ class Attempt:
         """The token event of ``record`` (index ``seq - 1``) as bytes, its score, and whether it
         is a control token (``special``)."""
         tracker = self._tracker_for(record)
-        text, raw, top = record.text, record.bytes, record.top
-        score = tracker.add(text, record.logprob, special=record.special, raw_bytes=raw, top=top)
-        special = is_control(record.special, text, raw)
+        text, flag, raw, top = record.text, record.special, record.bytes, record.top
+        score = tracker.add(text, record.logprob, flag, raw, top)  # (special, raw_bytes, top)
+        special = is_control(flag, text, raw)
         payload = encode_token(  # the bytes of Token(...) with these fields, in Token's order
             self.admitted.job_id,
             self.attempt,
@@ -345,7 +345,7 @@ class Attempt:
             score.low,
             score.char_start,
             score.char_end,
-            _topk(score, tracker),
+            None if score.chosen_rank is None else _topk(score, tracker),
             record.channel,
             self.candidate,
         )

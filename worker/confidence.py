@@ -614,12 +614,12 @@ class ConfidenceTracker:
         self,
         text: str,
         logprob: float | None,
-        *,
         special: bool | None = None,
         raw_bytes: bytes | None = None,
         top: Sequence[TopCandidate] | None = None,
     ) -> TokenScore:
-        """Score one token entry and return the running values after it.
+        """Score one token entry and return the running values after it (the arguments may be
+        given by position: the worker's hot path does, once per token).
 
         The token's bytes are ``raw_bytes`` when non-empty, else the UTF-8 of ``text``. ``special``
         is the provider's flag, tri-state (:func:`is_control`): ``True`` excludes the token,
@@ -658,12 +658,14 @@ class ConfidenceTracker:
             lp = sanitized
             if flags:
                 self._n_clamped += 1
-        # the running metrics (the Neumaier sums inline: this runs once per token)
+        # the running metrics, the Neumaier sums inline (this runs once per token). Every ℓ̂ is in
+        # [F, 0] and every exp(ℓ̂) in [0, 1], so each sum keeps one sign and _Neumaier.add's
+        # |s| >= |x| is s <= ℓ̂ for Σℓ̂ and s >= p for Σp: the same test without abs().
         p = _exp(lp)
         lsum = self._lsum
         s = lsum.s
         t = s + lp
-        lsum.c += (s - t) + lp if abs(s) >= abs(lp) else (lp - t) + s
+        lsum.c += (s - t) + lp if s <= lp else (lp - t) + s
         lsum.s = t
         total = t + lsum.c
         self._lps.append(lp)
@@ -671,7 +673,7 @@ class ConfidenceTracker:
         psum = self._psum
         s = psum.s
         t = s + p
-        psum.c += (s - t) + p if abs(s) >= abs(p) else (p - t) + s
+        psum.c += (s - t) + p if s >= p else (p - t) + s
         psum.s = t
         n = self._n_scored = self._n_scored + 1
         self._n_bytes += n_data

@@ -132,13 +132,9 @@ class NativeAdapter:
 
 
 def _record(token: _Token, top: list[_Token] | None) -> TokenRecord:
-    return TokenRecord(
-        text=token.text or "",
-        logprob=token.logprob,
-        token_id=token.id,
-        special=token.special,
-        top=None if top is None else [_candidate(t) for t in top],
-    )
+    candidates = None if top is None else [_candidate(t) for t in top]
+    # positional (once per token): text, logprob, token_id, special, bytes, top
+    return TokenRecord(token.text or "", token.logprob, token.id, token.special, None, candidates)
 
 
 def _candidate(token: _Token) -> Candidate:
