@@ -117,13 +117,13 @@ class Publisher:
         self._stopping = False
 
     def emit(self, sink: Sink, entry_id: bytes, payload: bytes) -> None:
-        if self._batch is None:
+        if self._batch is None:  # the first event since the flusher took the queue: wake it
             loop = asyncio.get_running_loop()
             self._batch = loop.create_future()
             self._oldest = loop.time()
+            self._wake.set()
         self._pending.append((sink, entry_id, payload))
         sink.batch = self._batch
-        self._wake.set()
 
     @property
     def full(self) -> bool:
