@@ -52,7 +52,7 @@ def http_client(settings: Settings) -> httpx.AsyncClient:
     :mod:`worker.upstream.stall` (``stall_timeout_seconds``), which costs no timer per chunk."""
     import httpx
 
-    from .upstream.http import UpstreamClient  # keeps no cookies
+    from .upstream.client import FastUpstreamClient as UpstreamClient  # no cookies; lean requests
 
     timeout = httpx.Timeout(
         connect=settings.connect_timeout_seconds,
