@@ -134,13 +134,19 @@ class Coalescer:
         try:
             if not conn.is_connected:
                 await conn.connect()
-            encode = conn.encoder.encode
+            encoder = conn.encoder
+            encode = encoder.encode
+            # hiredis packs str (UTF-8), bytes, int and float exactly as redis-py's encoder
+            # writes them (~5 us less a call); anything else, or another encoding, goes through it
+            direct = encoder.encoding == "utf-8" and encoder.encoding_errors == "strict"
             packed: list[bytes] = []
             sent: list[_Call] = []
             for call in batch:
                 try:
                     parts = ("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
-                    packed.append(hiredis.pack_command(tuple(encode(part) for part in parts)))
+                    if not (direct and all(type(part) in _PACKED_AS_ENCODED for part in parts)):
+                        parts = tuple(encode(part) for part in parts)
+                    packed.append(hiredis.pack_command(parts))
                 except Exception as exc:  # a caller's unencodable argument is its own error
                     _settle(call, error=exc)
                 else:
@@ -175,6 +181,10 @@ class Coalescer:
         pool = getattr(self.redis, "connection_pool", None)
         if conn is not None and pool is not None:
             await pool.release(conn)
+
+
+_PACKED_AS_ENCODED = frozenset({str, bytes, int, float})
+"""Exact types (no bool, no subclass) hiredis.pack_command writes as redis-py's Encoder does."""
 
 
 def _settle(call: _Call, *, reply: object = None, error: BaseException | None = None) -> None:

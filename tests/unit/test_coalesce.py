@@ -5,11 +5,12 @@ give the same answers through it as without it."""
 from __future__ import annotations
 
 import asyncio
+import enum
 from typing import Any
 
 import fakeredis
 import pytest
-from redis.exceptions import ResponseError
+from redis.exceptions import DataError, ResponseError
 
 from worker.coalesce import Coalescer
 from worker.events import Error, Start
@@ -78,6 +79,32 @@ async def test_an_unencodable_argument_fails_its_caller_only() -> None:
     good, bad = got
     assert good == b"x"
     assert isinstance(bad, Exception) and "NoneType" in str(bad)
+    await coalescer.aclose()
+
+
+class _Level(enum.IntEnum):
+    HIGH = 7
+
+
+async def test_every_argument_is_sent_as_the_script_call_would_send_it() -> None:
+    """Exact str, bytes, int and float are packed by hiredis, anything else by redis-py's encoder:
+    each value reaches the script as the uncoalesced call sends it, and a bool fails as it does."""
+    redis = fakeredis.FakeAsyncRedis()
+    coalescer = Coalescer(redis)
+    script = redis.register_script(ECHO)
+    values: list[Any] = ["é ü", b"\x00\xff", 0, -12, 10**30, 0.1, 1e20, float("inf"), _Level.HIGH, True]
+    got = await asyncio.gather(
+        *(coalescer.run(script, [f"k{i}"], [v]) for i, v in enumerate(values)), return_exceptions=True
+    )
+    alone = await asyncio.gather(
+        *(script(keys=[f"alone{i}"], args=[v]) for i, v in enumerate(values)), return_exceptions=True
+    )
+    for value, ours, theirs in zip(values, got, alone, strict=True):
+        if isinstance(theirs, Exception):
+            assert type(ours) is type(theirs) and str(ours) == str(theirs), value
+        else:
+            assert ours == theirs, value
+    assert isinstance(got[-1], DataError)  # a bool, as redis-py refuses it
     await coalescer.aclose()
 
 
