@@ -9,6 +9,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .backoff import REDIS
+from .fastpath.redis_cancel import keep_cancels
 from .settings import Settings
 
 if TYPE_CHECKING:  # imported where used: a producer's Client.from_url loads no HTTP client
@@ -26,9 +27,12 @@ def redis_client(
     above it, so a blocking read never trips the timeout while a dead connection still does.
     ``cluster``: ``url`` names any node of a Redis Cluster. Every command and script tokenwire
     sends touches keys of one hash slot, so the cluster client serves the same code unchanged.
+    Its connections keep a cancel that lands while a command is written
+    (:mod:`worker.fastpath.redis_cancel`).
     """
     if cluster:
         client = RedisCluster.from_url(url, socket_timeout=block_seconds + 10.0, socket_connect_timeout=10.0)
+        keep_cancels(client)
         return cast(Redis, client)
     pool = BlockingConnectionPool.from_url(
         url,
@@ -44,7 +48,9 @@ def redis_client(
         retry=REDIS.redis_retry(retries=3),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
-    return Redis.from_pool(pool)
+    redis = Redis.from_pool(pool)
+    keep_cancels(redis)
+    return redis
 
 
 def http_client(settings: Settings) -> httpx.AsyncClient:

@@ -162,7 +162,8 @@ async def serve_metrics(
 
     async def readyz(_: web.Request) -> web.Response:
         try:
-            problem = await asyncio.wait_for(ready(), timeout=2.0)
+            async with asyncio.timeout(2.0):  # wait_for can lose a cancel (fastpath/redis_cancel)
+                problem = await ready()
         except Exception as exc:
             problem = f"{type(exc).__name__}: {exc}"
         if problem is not None:

@@ -160,7 +160,8 @@ class Worker:
                 task.cancel()
             await self.publisher.flush()
             with contextlib.suppress(TimeoutError):  # free this worker's provider slots now, not in a lease
-                await asyncio.wait_for(self.budgets.settled(), timeout=5.0)
+                async with asyncio.timeout(5.0):  # wait_for can lose a cancel (fastpath/redis_cancel)
+                    await self.budgets.settled()
             await self.publisher.aclose()
             await self.coalescer.aclose()
             if endpoints is not None:

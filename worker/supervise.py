@@ -23,20 +23,47 @@ __all__ = ["Supervisor", "cancel_and_wait"]
 log = structlog.get_logger("tokenwire.worker")
 
 
-async def cancel_and_wait(task: asyncio.Future[Any], *also: type[BaseException]) -> None:
+RECANCEL_SECONDS = 1.0
+"""How long :func:`cancel_and_wait` waits for a cancelled task before cancelling it again."""
+
+
+async def cancel_and_wait(
+    task: asyncio.Future[Any], *also: type[BaseException], recancel_after: float = RECANCEL_SECONDS
+) -> None:
     """Cancel ``task`` and wait until it has stopped, swallowing its own ``CancelledError`` (and the
     ``also`` exceptions it may end with), but never the caller's: a caller cancelled while it waits
-    (a second Ctrl-C, a drain's cancel) is still cancelled. ``contextlib.suppress(CancelledError)``
-    around ``await task`` cannot tell the two apart and would swallow the caller's cancel too."""
+    (a second Ctrl-C, a drain's cancel) passes the cancel on to ``task`` and is still cancelled once
+    it has stopped, however it stopped. (``contextlib.suppress(CancelledError)`` around ``await
+    task`` cannot tell the two apart and would swallow the caller's cancel too.)
+
+    A cancel can be lost: Python 3.11's ``asyncio.wait_for`` returns instead of raising when the
+    cancel lands as what it waits for finishes (redis-py writes every command through it, see
+    :mod:`worker.fastpath.redis_cancel`), and the task then runs on as if never cancelled. So a task
+    still running ``recancel_after`` seconds after its cancel is cancelled again (with a warning),
+    and again after as long each time: it stops, it is never left running."""
     task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if current is not None and current.cancelling():
-            raise
-    except also:
-        pass
+    caller_cancelled = False
+    while not task.done():
+        try:
+            await asyncio.wait((task,), timeout=recancel_after)
+        except asyncio.CancelledError:
+            caller_cancelled = True  # the caller's own: passed on, raised once the task has stopped
+            task.cancel()
+            continue
+        if not task.done():
+            name = task.get_name() if isinstance(task, asyncio.Task) else repr(task)
+            log.warning("task still running after its cancel; cancelling it again", task=name)
+            task.cancel()
+    current = asyncio.current_task()
+    if task.cancelled():
+        if caller_cancelled or (current is not None and current.cancelling()):
+            raise asyncio.CancelledError
+        return
+    error = task.exception()
+    if caller_cancelled:
+        raise asyncio.CancelledError from error
+    if error is not None and not isinstance(error, also):
+        raise error
 
 
 class Supervisor:

@@ -9,6 +9,8 @@ worker starts, logs which path each component takes and sets ``tokenwire_fast_pa
 
 - :mod:`.httpx_aiohttp` (``aiohttp``): aiohttp's reader behind an httpx-aiohttp response.
 - :mod:`.redis_py` (``redis_reply``): replies taken from redis-py's hiredis reader in bulk.
+- :mod:`.redis_cancel` (no component: a correctness guard with no slower path): redis-py connections
+  that keep a cancel Python 3.11's ``wait_for`` loses; on a cluster client it sets the nodes' class.
 """
 
 from __future__ import annotations

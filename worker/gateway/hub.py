@@ -303,7 +303,8 @@ class Hub:
                 if not feeds:
                     self._changed.clear()
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._changed.wait(), timeout=1.0)
+                        async with asyncio.timeout(1.0):  # wait_for can lose a cancel (fastpath/redis_cancel)
+                            await self._changed.wait()
                     continue
                 got = await self.read_once(feeds)
                 backoff.succeeded()
@@ -311,7 +312,8 @@ class Hub:
                 delay = backoff.failed()
                 log.warning("gateway read failed; retrying", error=str(exc), retry_in=round(delay, 2))
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=delay)
+                    async with asyncio.timeout(delay):
+                        await stop.wait()
                 continue
             if self.cluster:
                 # while entries flow, poll every CLUSTER_POLL_SECONDS; idle, back off to CLUSTER_IDLE_SECONDS
@@ -319,7 +321,8 @@ class Hub:
                 if not got:
                     self._changed.clear()
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._changed.wait(), timeout=poll)
+                        async with asyncio.timeout(poll):
+                            await self._changed.wait()
 
     async def read_once(self, feeds: list[Feed]) -> int:
         """One read of ``feeds`` (blocking up to ``block_ms`` on a single server); entries handed over."""

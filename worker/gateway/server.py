@@ -170,4 +170,5 @@ async def _beat(metrics: GatewayMetrics, stop: asyncio.Event) -> None:
     while not stop.is_set():
         metrics.beat()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=1.0)
+            async with asyncio.timeout(1.0):  # wait_for can lose a cancel (fastpath/redis_cancel)
+                await stop.wait()
