@@ -120,7 +120,7 @@ async def _follow(client: Client, job_id: str, stop: asyncio.Event) -> bool:
 
     async def follow() -> bool:
         async for item in client.subscribe(job_id, timeout=120):
-            if stop.is_set():  # a cancel can be lost in redis-py's read (seen under load): look too
+            if stop.is_set():  # belt and braces: 3.11's wait_for in redis-py's write lost cancels
                 return False
             view.show(item.event)
             if isinstance(item.event, Done):
