@@ -4,12 +4,15 @@ redis-server (password, AOF with ``appendfsync always``, ``noeviction``) and the
 For ``CHAOS_SECONDS`` jobs are enqueued steadily, a mix of healthy streams and streams whose
 upstream misbehaves through the simulator's directives (a disconnect, a stall, a 429 with
 ``Retry-After``, a malformed event, a gzip bomb and a blank-line flood when the simulator has them,
-an upstream echoing the API key). Meanwhile, at random, a worker is SIGKILLed (and replaced) or
-frozen (SIGSTOP) past its lease and then resumed, Redis is SIGKILLed and restarted on the same port
-(its AOF reloaded), filled to ``maxmemory`` for a few seconds then freed, or has its clients killed
-(``CLIENT KILL TYPE normal``), and a running job is cancelled (one held by a frozen worker when
-there is one: its peer takes it over and finds the cancel while the stale owner sleeps). Then the
-chaos stops, the workers finish (bounded), and the invariant checker runs over every job: exactly one
+an upstream echoing the API key in each place it can). Meanwhile, every 1.5 s on average, a worker
+is SIGKILLed (and replaced) or frozen (SIGSTOP) past its lease and then resumed, Redis is SIGKILLed
+and restarted on the same port (its AOF reloaded), filled to ``maxmemory`` for a few seconds then
+freed, or has its clients killed (``CLIENT KILL TYPE normal``), and a running job is cancelled (one
+held by a frozen worker when there is one: its peer takes it over and finds the cancel while the
+stale owner sleeps). The faults and the hostile upstreams are dealt from shuffled decks
+(:class:`Deck`), so every kind of each comes up in every run: the chaos goes on past
+``CHAOS_SECONDS`` (bounded) until each was dealt, and the run fails if one never was. Then the chaos
+stops, the workers finish (bounded), and the invariant checker runs over every job: exactly one
 terminal event and nothing after it, no event of a superseded attempt after the next one's
 ``start``, nothing left pending, a TTL on every key under the prefix but the queue and the dead
 letters, and no secret (the API key, the Redis password) in any event, state hash, dead letter or
@@ -34,7 +37,8 @@ import os
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import get_args
 
@@ -57,7 +61,9 @@ from worker.sim.faults import Fault
 pytestmark = pytest.mark.faults
 
 SEEDS = [int(os.environ["TOKENWIRE_CHAOS_SEED"])] if os.environ.get("TOKENWIRE_CHAOS_SEED") else [1201, 7919]
-CHAOS_SECONDS = float(os.environ.get("TOKENWIRE_CHAOS_SECONDS", "45"))
+CHAOS_SECONDS = float(os.environ.get("TOKENWIRE_CHAOS_SECONDS", "20"))
+DEAL_SECONDS = 30.0  # past CHAOS_SECONDS, at most, for the deck to deal a fault or an upstream not yet dealt
+FAULT_GAP = (0.75, 2.25)  # seconds between two faults: 1.5 on average
 SETTLE_SECONDS = 90.0  # after the chaos: every job must have ended by then
 API_KEY = "sk-chaos-9d41e7b2c05a3f68"
 REDIS_PASSWORD = "chaos-pw-51c8e0a7d2f4"
@@ -71,24 +77,61 @@ REDIS_FAULTS = (*REDIS_DOWN, ResponseError)
 FAULTS = frozenset(get_args(Fault))
 
 
-def upstream_directives(rng: random.Random) -> tuple[str, str]:
-    """(kind, directives) of one job: healthy half the time, else one hostile upstream."""
-    tokens = rng.randint(20, 120)
-    echo = rng.choice(["error", "malformed", "status", "header", "tokens"])  # tokens: as generated text
-    kinds: list[tuple[str, str]] = [
-        ("disconnect", f"tokens={tokens};tps=50;fault=disconnect;after={rng.randint(1, 10)};fail_first=1"),
-        ("stall", f"tokens={tokens};tps=50;fault=stall;after={rng.randint(0, 5)};fail_first=1"),
-        ("429", f"tokens={tokens};tps=50;fault=status;status=429;retry_after=1;fail_first=1"),
-        ("malformed", f"tokens={tokens};tps=50;fault=malformed;after={rng.randint(1, 5)};fail_first=1"),
-        ("echo_key", f"fault=echo_key;echo={echo};after=2"),
-    ]
-    if "gzipbomb" in FAULTS:
-        kinds.append(("gzipbomb", f"tokens={tokens};tps=50;fault=gzipbomb;size=64000000;fail_first=1"))
-    if "blankflood" in FAULTS:
-        kinds.append(("blankflood", f"tokens={tokens};tps=50;fault=blankflood;size=64000000;fail_first=1"))
-    if rng.random() < 0.5:
-        return "healthy", f"tokens={tokens};tps=50"
-    return rng.choice(kinds)
+ECHOES = ("error", "malformed", "status", "header", "tokens")  # where the key is echoed (tokens: as text)
+HOSTILE = (
+    "disconnect",
+    "stall",
+    "429",
+    "malformed",
+    *(f"echo_key:{echo}" for echo in ECHOES),
+    *(bomb for bomb in ("gzipbomb", "blankflood") if bomb in FAULTS),
+)
+"""The hostile upstreams, one card each in the chaos's deck of upstreams."""
+FAULT_CARDS = ("kill", "kill", "freeze", "freeze", "clients", "cancel", "restart", "fill")
+"""The chaos's deck of faults (a worker is killed or frozen twice as often as the rest)."""
+REDIS_CARDS = frozenset({"restart", "fill"})
+
+
+class Deck:
+    """Cards dealt from a shuffled pack, shuffled anew when it runs out: every card comes up once a
+    pass, so even a short run deals every kind (where ``rng.choice`` could leave one out)."""
+
+    def __init__(self, rng: random.Random, cards: Iterable[str]) -> None:
+        self.rng = rng
+        self.cards = tuple(cards)
+        self.pack: list[str] = []
+
+    def deal(self, playable: Callable[[str], bool] = lambda card: True) -> str | None:
+        """The next card that can be played now (the ones passed over stay in the pack), or None."""
+        if not self.pack:
+            self.pack = list(self.cards)
+            self.rng.shuffle(self.pack)
+        for n, card in enumerate(self.pack):
+            if playable(card):
+                return self.pack.pop(n)
+        return None
+
+    def put_back(self, card: str) -> None:
+        """A card dealt but not played: it comes up next."""
+        self.pack.insert(0, card)
+
+
+def upstream_directives(rng: random.Random, kind: str) -> str:
+    """The directives of one job's upstream: ``healthy`` or a kind of :data:`HOSTILE`."""
+    paced = f"tokens={rng.randint(20, 120)};tps=50"
+    if kind == "healthy":
+        return paced
+    if kind.startswith("echo_key:"):
+        return f"fault=echo_key;echo={kind.removeprefix('echo_key:')};after=2"
+    if kind == "disconnect":
+        return f"{paced};fault=disconnect;after={rng.randint(1, 10)};fail_first=1"
+    if kind == "stall":
+        return f"{paced};fault=stall;after={rng.randint(0, 5)};fail_first=1"
+    if kind == "429":
+        return f"{paced};fault=status;status=429;retry_after=1;fail_first=1"
+    if kind == "malformed":
+        return f"{paced};fault=malformed;after={rng.randint(1, 5)};fail_first=1"
+    return f"{paced};fault={kind};size=64000000;fail_first=1"  # gzipbomb, blankflood
 
 
 class Chaos:
@@ -104,6 +147,8 @@ class Chaos:
         self.log: list[str] = []
         self.redis_faults = 0
         self.jobs: list[str] = []  # every job enqueued, in order
+        self.deck = Deck(rng, FAULT_CARDS)
+        self.injected: Counter[str] = Counter()  # fault kind -> how many were injected
 
     def note(self, what: str) -> None:
         self.log.append(f"{time.monotonic():.1f} {what}")
@@ -111,39 +156,62 @@ class Chaos:
     def _live(self) -> list[WorkerProc]:
         return [w for w in self.h.alive_workers() if w.name not in self.frozen]
 
+    def missing(self) -> set[str]:
+        """The fault kinds not injected yet."""
+        return set(FAULT_CARDS) - set(self.injected)
+
     async def act(self) -> None:
-        """One fault, picked at random (a Redis fault only while Redis is not already filled)."""
-        kinds = ["kill", "kill", "freeze", "freeze", "clients", "cancel"]
-        if not self.fillers and self.redis_faults < MAX_REDIS_FAULTS:
-            kinds += ["restart", "fill"]
-        kind = self.rng.choice(kinds)
+        """One fault, the next of the deck that can be injected now (a worker is killed or frozen
+        only while another is live, Redis faulted only while it is not already filled)."""
         live = self._live()
-        if kind == "kill" and len(live) > 1:
+        redis_ok = not self.fillers and self.redis_faults < MAX_REDIS_FAULTS
+
+        def playable(kind: str) -> bool:
+            if kind in ("kill", "freeze"):
+                return len(live) > 1
+            return redis_ok or kind not in REDIS_CARDS
+
+        kind = self.deck.deal(playable)
+        if kind is None:
+            return
+        try:
+            injected = await self._inject(kind, live)
+        except BaseException:
+            self.deck.put_back(kind)
+            raise
+        if injected:
+            self.injected[kind] += 1
+        else:
+            self.deck.put_back(kind)
+
+    async def _inject(self, kind: str, live: list[WorkerProc]) -> bool:
+        if kind == "kill":
             victim = self.rng.choice(live)
             victim.kill()
             self.h.spawn(**SETTINGS)
             self.note(f"SIGKILL {victim.name}")
-        elif kind == "freeze" and len(live) > 1:
+        elif kind == "freeze":
             victim = self.rng.choice(live)
             victim.stop()
             self.frozen[victim.name] = time.monotonic() + LEASE + self.rng.uniform(0.5, 3.0)
             self.note(f"SIGSTOP {victim.name}")
         elif kind == "cancel":
-            await self.cancel_one()
+            return await self.cancel_one()
         elif kind == "clients":
             self.note(f"CLIENT KILL TYPE normal: {await self.h.kill_clients()} closed")
-        elif kind in ("restart", "fill"):
+        elif kind == "restart":
             self.redis_faults += 1
-        if kind == "restart":
             down = self.rng.uniform(0.2, 1.5)
             self.server = await self.h.restart_redis(self.server, down_for=down)
             self.note(f"redis restarted after {down:.1f}s down")
         elif kind == "fill":
+            self.redis_faults += 1
             self.fillers = await self.h.fill_memory()
             self.free_at = time.monotonic() + self.rng.uniform(3.0, 8.0)  # up to 4 leases
             self.note(f"redis filled to maxmemory ({len(self.fillers)} fillers)")
+        return True
 
-    async def cancel_one(self) -> None:
+    async def cancel_one(self) -> bool:
         """Cancel a running job of the most recent ones, one held by a frozen worker if there is
         one (its peer takes it over and finds the cancel while the stale owner sleeps)."""
         running: list[tuple[str, str]] = []
@@ -152,11 +220,12 @@ class Chaos:
             if state.get("state") == "running":
                 running.append((job_id, state.get("owner", "")))
         if not running:
-            return
+            return False
         held = [job for job, owner in running if owner in self.frozen]
         job_id = self.rng.choice(held or [job for job, _ in running])
         await self.h.cancel(job_id, reason="chaos: cancelled")
         self.note(f"cancel {job_id}{' (its owner is frozen)' if held else ''}")
+        return True
 
     async def heal(self, *, everything: bool = False) -> None:
         """Resume the workers whose freeze is over and free Redis when its time is up (all of it
@@ -208,19 +277,28 @@ async def test_chaos_soak_every_job_ends_once_and_nothing_leaks(
     rng = random.Random(seed)
     chaos = Chaos(h, chaos_redis, rng)
     jobs: dict[str, str] = {}  # job id -> kind
+    upstreams = Deck(rng, HOSTILE)
+
+    def dealt_everything() -> bool:
+        return not chaos.missing() and set(HOSTILE) <= set(jobs.values())
+
     try:
         await h.start_workers(WORKERS)
         t0 = time.monotonic()
-        next_fault = t0 + rng.uniform(1.0, 3.0)
-        while (now := time.monotonic()) - t0 < CHAOS_SECONDS:
+        next_fault = t0 + rng.uniform(*FAULT_GAP)
+        # CHAOS_SECONDS, and on until every fault and every hostile upstream was dealt (bounded)
+        while (now := time.monotonic()) - t0 < CHAOS_SECONDS or (
+            not dealt_everything() and now - t0 < CHAOS_SECONDS + DEAL_SECONDS
+        ):
             try:
                 await chaos.heal()
             except REDIS_FAULTS as exc:  # freeing memory is retried at the next turn
                 chaos.note(f"not healed yet: {exc!r}")
             if not chaos.fillers and len(jobs) < int((now - t0) * JOBS_PER_SECOND) + 1:
-                kind, directives = upstream_directives(rng)
+                kind = "healthy" if rng.random() < 0.5 else upstreams.deal() or "healthy"
+                directives = upstream_directives(rng, kind)
                 job_id = f"chaos-{seed}-{len(jobs)}-{uuid.uuid4().hex[:6]}"
-                await _enqueue(h, job_id, directives, tag=f"{kind}{len(jobs)}")
+                await _enqueue(h, job_id, directives, tag=f"{kind.replace(':', '-')}{len(jobs)}")
                 jobs[job_id] = kind
                 chaos.jobs.append(job_id)
             if now >= next_fault:
@@ -228,7 +306,7 @@ async def test_chaos_soak_every_job_ends_once_and_nothing_leaks(
                     await chaos.act()
                 except REDIS_FAULTS as exc:  # the test's own connection was caught by a fault
                     chaos.note(f"fault not injected: {exc!r}")
-                next_fault = time.monotonic() + rng.uniform(1.0, 3.0)
+                next_fault = time.monotonic() + rng.uniform(*FAULT_GAP)
             await asyncio.sleep(0.05)  # the soak's pace, not a synchronisation
         await chaos.heal(everything=True)
         print("\n".join(chaos.log))
@@ -237,6 +315,11 @@ async def test_chaos_soak_every_job_ends_once_and_nothing_leaks(
                 h.spawn(**SETTINGS)
         faults = [line for line in chaos.log if " not " not in line]
         assert len(faults) >= CHAOS_SECONDS / 3 / 2, f"too few faults injected: {chaos.log}"
+        assert not chaos.missing(), f"faults never injected: {chaos.missing()}: {chaos.log}"
+        assert set(HOSTILE) <= set(jobs.values()), (
+            f"upstreams never enqueued: {set(HOSTILE) - set(jobs.values())}"
+        )
+        print(f"faults injected: {dict(chaos.injected)}; jobs: {dict(Counter(jobs.values()))}")
 
         ended = await h.wait_terminal(list(jobs), SETTLE_SECONDS, tolerate_redis_down=True)
         healthy = [j for j, kind in jobs.items() if kind == "healthy"]
