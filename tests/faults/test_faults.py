@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -488,11 +489,15 @@ async def test_client_cancel_works_whichever_worker_holds_the_job(harness: Harne
 # ------------------------------------------------------------------------------------ soak
 
 
+SOAK_SECONDS = 30.0  # a kill every ~3 s for this long
+SOAK_JOBS = 100  # enqueued over all but the last 5 s of it
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 async def test_soak_random_kills(harness: Harness) -> None:
-    """200 jobs over ~55 s on 4 workers; a random worker is SIGKILLed (and replaced) every ~3 s for
-    60 s. Every job ends exactly once, `done`, and the invariants hold."""
+    """100 jobs over ~25 s on 4 workers; a random worker is SIGKILLed (and replaced) every ~3 s for
+    30 s. Every job ends exactly once, `done`, and the invariants hold; the kills took jobs over."""
     h = harness
     rng = random.Random(20240601)
     cfg: dict[str, str | int | float] = {"max_deliveries": 10}
@@ -501,8 +506,8 @@ async def test_soak_random_kills(harness: Harness) -> None:
     kills = 0
     t0 = time.monotonic()
     next_kill = t0 + 3.0
-    while (now := time.monotonic()) - t0 < 60.0:
-        due = min(200, int((now - t0) / 55.0 * 200) + 1)
+    while (now := time.monotonic()) - t0 < SOAK_SECONDS:
+        due = min(SOAK_JOBS, int((now - t0) / (SOAK_SECONDS - 5.0) * SOAK_JOBS) + 1)
         while len(jobs) < due:
             tokens = rng.randint(30, 150)
             jobs.append(await h.enqueue(f"tokens={tokens};tps=50", tag=f"soak{len(jobs)}"))
@@ -513,11 +518,13 @@ async def test_soak_random_kills(harness: Harness) -> None:
             h.spawn(**cfg)
             next_kill += rng.uniform(2.5, 3.5)
         await asyncio.sleep(0.05)
-    assert len(jobs) == 200 and kills >= 15
+    assert len(jobs) == SOAK_JOBS and kills >= 8
 
     ended = await h.wait_terminal(jobs, 60)
     not_done = {j: e for j, e in ended.items() if not isinstance(e, Done)}
     assert not not_done, f"{len(not_done)} jobs did not end done: {list(not_done.items())[:5]}"
     await h.check(jobs, pending_timeout=20)
     assert len(h.alive_workers()) == 4
-    print(f"soak: {kills} kills, {len(h.workers)} worker processes, {len(jobs)} jobs")
+    attempts = Counter([await h.attempt_of(j) for j in jobs])
+    assert sum(n for attempt, n in attempts.items() if attempt >= 2) >= 3, f"few jobs taken over: {attempts}"
+    print(f"soak: {kills} kills, {len(h.workers)} worker processes, {len(jobs)} jobs, attempts {attempts}")
