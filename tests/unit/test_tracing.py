@@ -75,16 +75,16 @@ async def test_without_the_api_every_function_is_a_no_op(monkeypatch: pytest.Mon
 
 
 def _no_provider(monkeypatch: pytest.MonkeyPatch, provider: object) -> list[str]:
-    """The API with ``provider`` as the process's (the default proxy, or the no-op one); the names of
-    the tracers asked for are recorded."""
+    """The API with ``provider`` as the process's (the default proxy, or the no-op one), its tracers
+    the no-op tracer (what the proxy hands out while no provider is set, whatever another test set
+    for the process); the names of the tracers asked for are recorded."""
     from opentelemetry import trace
 
     asked: list[str] = []
-    real = trace.get_tracer
 
-    def get_tracer(name: str, *args: object, **kwargs: object) -> object:
+    def get_tracer(name: str, *args: object, **kwargs: object) -> trace.Tracer:
         asked.append(name)
-        return real(name, *args, **kwargs)  # type: ignore[arg-type]
+        return trace.NoOpTracer()
 
     monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider)
     monkeypatch.setattr(trace, "get_tracer", get_tracer)
