@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from worker.gateway.limits import InflightLimiter, sweep_key
+from worker.gateway.limits import GONE_AFTER_SECONDS, InflightLimiter, inflight_key, sweep_key
 from worker.keys import Keys
 
 pytestmark = pytest.mark.integration
@@ -62,9 +62,10 @@ async def test_a_slot_freed_by_an_ended_job_is_found_by_later_refusals(redis: Re
         tries += 1
         assert tries <= IN_FLIGHT, "each refusal checks another member: all are checked in turn"
     assert got == "new"
-    await redis.delete(keys.state("t/run-3"))  # keys gone (expired) count as ended too
+    await redis.delete(keys.state("t/run-3"))  # keys gone (expired) count as ended too, once
     await redis.delete(sweep_key(keys, "t"))  # the sweep interval has passed
-    assert await limiter.admit("t", "t/after", IN_FLIGHT, 500) == "new", "the sweep finds it at once"
+    later = 500 + int(GONE_AFTER_SECONDS * 1000)  # ... they have been gone that long
+    assert await limiter.admit("t", "t/after", IN_FLIGHT, later) == "new", "the sweep finds it at once"
 
 
 async def test_the_sweep_runs_at_most_once_an_interval_across_limiters(redis: Redis, prefix: str) -> None:
@@ -81,3 +82,24 @@ async def test_the_sweep_runs_at_most_once_an_interval_across_limiters(redis: Re
             await asyncio.sleep(0.02)  # the marker's TTL: the next refusal sweeps again
     await redis.hset(keys.state("t/run-50"), "state", "error")
     assert await two.admit("t", "t/o-x", IN_FLIGHT, 300) == "new"
+
+
+async def test_a_job_admitted_but_not_yet_created_still_counts(redis: Redis, prefix: str) -> None:
+    """A gateway admits a job (ADMIT) and only then creates its state hash (ENQUEUE): between the
+    two, another gateway's refusal that checks the member (the oldest, or the sweep) finds no hash.
+    It must not take that for an ended job, or the tenant runs one job over its limit (again at
+    every sweep), the job it removed running uncounted."""
+    keys = Keys(prefix)
+    now = 1_000_000_000
+    one = InflightLimiter(redis, keys, ttl_seconds=600, sweep_seconds=600)
+    two = InflightLimiter(redis, keys, ttl_seconds=600, sweep_seconds=600)
+    assert await one.admit("t", "t/first", 1, now) == "new"  # its ENQUEUE has not run yet
+    assert await two.admit("t", "t/second", 1, now + 5) is None, "the sweep took it for ended"
+    assert await two.admit("t", "t/second", 1, now + 10) is None, "the check took it for ended"
+    assert await redis.zrange(inflight_key(keys, "t"), 0, -1) == [b"t/first"]
+    # a member whose hash never appears (its gateway died in between) is freed after the grace
+    later = now + int(GONE_AFTER_SECONDS * 1000) + 1
+    assert await two.admit("t", "t/second", 1, later) == "new"
+    await redis.hset(keys.state("t/second"), "state", "running")
+    # ... and one whose hash appeared is counted for as long as it runs, however old
+    assert await one.admit("t", "t/third", 1, later + 10 * int(GONE_AFTER_SECONDS * 1000)) is None

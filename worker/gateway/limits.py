@@ -15,6 +15,13 @@ however big the set (a tenant at its limit may post as often as it likes):
 So a job slot freed by an ended job is found by the next refusal for a small set, and within
 :data:`SWEEP_SECONDS` for any set (the ``Retry-After`` of a refusal is longer). The set's TTL is
 renewed on every add.
+
+A member is added before its job's state hash exists (the gateway admits, then enqueues), so a
+member without a hash counts as ended only once it has gone :data:`GONE_AFTER_SECONDS` unchecked
+(its score, which a check that finds no hash leaves as it was): a refusal or a sweep between a
+post's admission and its enqueue must not free the slot, or the tenant runs a job over its limit,
+uncounted. A member whose hash never appears (its post failed or was cancelled in between) or
+expired is freed that long after it was added or last found running.
 """
 
 from __future__ import annotations
@@ -25,13 +32,26 @@ from redis.asyncio import Redis
 
 from ..keys import Keys, as_text
 
-__all__ = ["ADMIT", "SWEEP_SECONDS", "InflightLimiter", "StreamCounter", "inflight_key", "sweep_key"]
+__all__ = [
+    "ADMIT",
+    "GONE_AFTER_SECONDS",
+    "SWEEP_SECONDS",
+    "InflightLimiter",
+    "StreamCounter",
+    "inflight_key",
+    "sweep_key",
+]
 
 SWEEP_SECONDS: Final = 1.0
 
+GONE_AFTER_SECONDS: Final = 120.0
+"""How long a member without a state hash still counts (its post may not have enqueued it yet: the
+pool wait, socket timeouts and retries of one post stay well under this)."""
+
 # KEYS: the tenant's inflight set, its sweep marker. ARGV: member, now_ms, max, ttl_ms, sweep_ms
-# (0: do not claim a sweep). Returns {1} (added), {2} (already in it), {3} (full: sweep now, the
-# marker is set) or {0, member checked longest ago} ({0} for an empty set: max is 0).
+# (0: the try after a check or a sweep, which neither sweeps nor checks a member). Returns {1} (added), {2} (already in it), {3} (full: sweep now, the
+# marker is set) or {0, member checked longest ago, its score before this check} ({0} for an empty
+# set: max is 0).
 ADMIT: Final = """
 if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return {2} end
 if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
@@ -39,14 +59,15 @@ if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
   redis.call('PEXPIRE', KEYS[1], ARGV[4])
   return {1}
 end
-if ARGV[5] ~= '0' and redis.call('HSETNX', KEYS[2], 'at', ARGV[2]) == 1 then
+if ARGV[5] == '0' then return {0} end
+if redis.call('HSETNX', KEYS[2], 'at', ARGV[2]) == 1 then
   redis.call('PEXPIRE', KEYS[2], ARGV[5])
   return {3}
 end
-local oldest = redis.call('ZRANGE', KEYS[1], 0, 0)
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 if #oldest == 0 then return {0} end
 redis.call('ZADD', KEYS[1], 'XX', ARGV[2], oldest[1])
-return {0, oldest[1]}
+return {0, oldest[1], oldest[2]}
 """
 
 _ENDED: Final = frozenset({"done", "error", "cancelled"})
@@ -70,6 +91,7 @@ class InflightLimiter:
         self.keys = keys
         self.ttl_ms = ttl_seconds * 1000
         self.sweep_ms = max(1, round(sweep_seconds * 1000))
+        self.gone_after_ms = round(GONE_AFTER_SECONDS * 1000)
         self._admit = redis.register_script(ADMIT)
 
     async def admit(
@@ -80,10 +102,15 @@ class InflightLimiter:
         reply: Any = await self._admit(keys=keys, args=[job_id, now_ms, limit, self.ttl_ms, self.sweep_ms])
         code = int(reply[0])
         if code == 3:
-            await self.prune(tenant)
-        elif code == 0 and len(reply) > 1:
-            checked = as_text(reply[1])
+            await self.prune(tenant, now_ms)
+        elif code == 0 and len(reply) > 2:
+            checked, score = as_text(reply[1]), float(as_text(reply[2]))
             state = await self.redis.hget(self.keys.state(checked), "state")
+            if state is None and now_ms - score < self.gone_after_ms:
+                # no hash yet (its post is enqueueing it) or just gone: it counts, and keeps the
+                # score it had, so the grace runs from when it was added or last found running
+                await self.redis.zadd(keys[0], {checked: score}, xx=True)
+                return None
             if state is not None and as_text(state) not in _ENDED:
                 return None
             await self.redis.zrem(keys[0], checked)
@@ -95,17 +122,24 @@ class InflightLimiter:
     async def release(self, tenant: str, job_id: str) -> None:
         await self.redis.zrem(inflight_key(self.keys, tenant), job_id)
 
-    async def prune(self, tenant: str) -> int:
-        """Remove the tenant's members that have ended or expired; how many were removed."""
+    async def prune(self, tenant: str, now_ms: int) -> int:
+        """Remove the tenant's members that have ended, or have had no state hash for
+        :data:`GONE_AFTER_SECONDS`; how many were removed."""
         key = inflight_key(self.keys, tenant)
-        members = [as_text(m) for m in await self.redis.zrange(key, 0, -1)]
+        scored: Any = await self.redis.zrange(key, 0, -1, withscores=True)
+        members = [(as_text(m), float(score)) for m, score in scored]
         if not members:
             return 0
         pipe: Any = self.redis.pipeline(transaction=False)
-        for member in members:
+        for member, _ in members:
             pipe.hget(self.keys.state(member), "state")
         states = await pipe.execute()
-        ended = [m for m, s in zip(members, states, strict=True) if s is None or as_text(s) in _ENDED]
+        gone_before = now_ms - self.gone_after_ms
+        ended = [
+            m
+            for (m, score), s in zip(members, states, strict=True)
+            if (s is None and score <= gone_before) or (s is not None and as_text(s) in _ENDED)
+        ]
         if ended:
             await self.redis.zrem(key, *ended)
         return len(ended)
