@@ -8,7 +8,8 @@ dispatches the event gathered since the last one; a line starting with ``:`` is 
 without a colon has an empty value; a single space after the colon is not part of the value; ``id``
 (kept across events, refused when it holds NUL) and ``retry`` (an integer) make a blank line
 dispatch even without data; other fields are ignored. :meth:`SSEReader.flush` gives the last line
-of a body that did not end with a line terminator.
+of a body that did not end with a line terminator. One byte order mark starting the stream is
+ignored, as the standard says (httpx-sse keeps it, losing the first event).
 
 This is what httpx-sse's line and event decoders do (a property test holds
 the two to the same output for any text and any cut), in one pass per read instead of a method call
@@ -23,10 +24,13 @@ __all__ = ["SSEReader"]
 class SSEReader:
     """One stream's line buffer and the event being gathered."""
 
-    __slots__ = ("_cr", "_data", "_event", "_last_id", "_partial", "_retry")
+    __slots__ = ("_cr", "_data", "_event", "_last_id", "_partial", "_retry", "_started")
 
     def __init__(self) -> None:
-        self._partial = ""  # the text since the last line terminator
+        # the text since the last line terminator, as it came: joined once its line ends (a string
+        # grown read by read is copied whole each time, quadratic in a long line's reads)
+        self._partial: list[str] = []
+        self._started = False  # the stream's first character was seen (a byte order mark is dropped)
         self._cr = False  # the text so far ended with CR: a LF starting the next text belongs to it
         self._event = ""
         self._data: list[str] = []
@@ -35,6 +39,10 @@ class SSEReader:
 
     def lines(self, text: str) -> list[str]:
         """The lines ``text`` completes (CRLF, CR and LF each end one), without terminators."""
+        if not self._started:
+            self._started = True
+            if text[:1] == "\ufeff":
+                text = text[1:]
         if self._cr:
             text = "\r" + text
             self._cr = False
@@ -47,19 +55,22 @@ class SSEReader:
             text = text.replace("\r\n", "\n").replace("\r", "\n")
         lines = text.split("\n")
         last = lines.pop()  # "" when the text ended with a terminator
+        partial = self._partial
         if not lines:
-            self._partial += last
+            partial.append(last)
             return lines
-        if self._partial:
-            lines[0] = self._partial + lines[0]
-        self._partial = last
+        if partial:
+            partial.append(lines[0])
+            lines[0] = "".join(partial)
+        self._partial = [last] if last else []
         return lines
 
     def flush(self) -> list[str]:
         """The body ended: its last line, if it had no terminator (or ended with a lone CR)."""
         if not self._partial and not self._cr:
             return []
-        line, self._partial, self._cr = self._partial, "", False
+        line = "".join(self._partial)
+        self._partial, self._cr = [], False
         return [line]
 
     def events(self, lines: list[str]) -> list[tuple[str, str]]:
