@@ -52,13 +52,14 @@ def default_consumer_name() -> str:
 
 
 class _Job:
-    __slots__ = ("control", "delivery", "job_id", "task")
+    __slots__ = ("control", "delivery", "job_id", "stopping", "task")
 
     def __init__(self, delivery: Delivery, task: asyncio.Task[None], control: Control) -> None:
         self.delivery = delivery
         self.task = task
         self.control = control
         self.job_id = job_id_of(delivery.payload, delivery.entry_id)
+        self.stopping = False  # a stop (Worker._stop_jobs) has waited for it: never again
 
 
 class Worker:
@@ -401,15 +402,20 @@ class Worker:
         """Cancel every job still running here, wait at most :attr:`abandon_after` for them to stop
         and hand each back for a peer: after the drain grace, and when the worker itself is cancelled
         (a forced stop), which must not leave its jobs running on without it. A job already stopped
-        so (and abandoned, if it ignored that) is not handed back twice."""
-        left = [job for job in self.jobs.values() if not job.task.done() and job.control.kind != "drain"]
+        so (and abandoned, if it ignored that) is not handed back twice. A job already stopping on
+        its own is waited for as long but not cancelled again: one whose lease was lost is never
+        handed back (it is another worker's: a hand-back would delete the entry that worker
+        holds), one stopping for a cancel or a deleted entry only if it did not stop (it writes
+        its own terminal event)."""
+        left = [job for job in self.jobs.values() if not job.task.done() and not job.stopping]
         if not left:
             return
-        pending = {job.task for job in left}
         for job in left:
-            job.control.set("drain")
-            job.task.cancel()
-        _, stuck = await asyncio.wait(pending, timeout=self.abandon_after)
+            job.stopping = True
+            if job.control.kind is None:
+                job.control.set("drain")
+                job.task.cancel()
+        _, stuck = await asyncio.wait({job.task for job in left}, timeout=self.abandon_after)
         for job in left:
             if job.task in stuck:
                 log.warning(
@@ -418,6 +424,9 @@ class Worker:
                     job_id=job.job_id,
                     waited=self.abandon_after,
                 )
+            kind = job.control.kind
+            if kind == "fence" or (kind != "drain" and job.task not in stuck):
+                continue  # stopping on its own (above): not this stop's to hand back
             try:
                 replaces = await self.store.hand_back(job.job_id, job.delivery.entry_id)
                 new_entry = await self.queue.hand_back(job.delivery, replaces)

@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import httpx
 import pytest
 import structlog
+from redis.asyncio import Redis
 
 from worker import Client, Done, Start, Token
+from worker.keys import GROUP
 
 from .conftest import RunningWorker
 
@@ -149,3 +152,43 @@ async def test_a_forced_stop_cancels_the_jobs_and_hands_them_back(
     items = [item async for item in client.subscribe(job_id, timeout=60)]
     starts = [i.event.attempt for i in items if isinstance(i.event, Start)]
     assert starts == [1, 2] and isinstance(items[-1].event, Done)
+
+
+async def test_a_job_whose_lease_was_lost_is_not_handed_back(
+    start_worker: StartWorker, client: Client, redis: Redis
+) -> None:
+    """A job already stopping on its own when the drain ends (here: its lease lost, another worker
+    took its entry over, and its task is slow to stop) is another worker's: the drain waits for it
+    but neither cancels it again nor hands it back. A hand-back acknowledged and deleted the entry
+    the new owner holds (whose lease renewal then finds it gone: its healthy job ends with
+    ``entry_deleted``) and added a second entry for the job."""
+    stubborn = _Stubborn()
+    first = await start_worker(
+        http=httpx.AsyncClient(transport=stubborn), drain_grace_seconds=0.2, **SLOW_LEASE
+    )
+    first.worker.abandon_after = 0.5
+    job_id = await client.enqueue(model="tokenwire/sim;tokens=80;tps=20", input="slow")
+    async with asyncio.timeout(10):
+        async for item in client.subscribe(job_id):
+            if isinstance(item.event, Token):
+                break
+    keys = first.worker.keys
+    [(entry_id, job)] = first.worker.jobs.items()
+    # a peer's takeover (XAUTOCLAIM), then what the lease keeper does when its renewal sees it
+    await redis.xclaim(keys.jobs, GROUP, "peer", 0, [entry_id], justid=True)
+    first.worker._interrupt(entry_id, "fence")
+    async with asyncio.timeout(10):
+        await stubborn.holding.wait()  # the job's task is stopping, slowly
+    entries_before = await redis.xlen(keys.jobs)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            await first.shutdown(timeout=30.0)
+        assert not any(r["event"] == "handed a job back for a peer" for r in logs), logs
+        pending: Any = await redis.xpending_range(keys.jobs, GROUP, min="-", max="+", count=10)
+        assert [(p["message_id"], p["consumer"]) for p in pending] == [(entry_id.encode(), b"peer")]
+        assert await redis.xlen(keys.jobs) == entries_before, "a second entry for the job"
+    finally:
+        stubborn.released.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            async with asyncio.timeout(10):
+                await job.task
