@@ -609,6 +609,8 @@ class _Bounds:
             )
         if self._event + size > self._max_event + self._earned:
             self._scan(chunk)  # an event in this chunk may be too large: measure each one
+        elif chunk[-2:] in _BOUNDARY_PAIRS:  # the usual read: it ends with a blank line
+            self._event = 0
         else:
             cut = max(chunk.rfind(b"\n\n"), chunk.rfind(b"\r\r"), chunk.rfind(b"\n\r"))
             if cut >= 0:
