@@ -17,18 +17,21 @@ fit, the winner marked ★ and each headed by its rank, score and confidence (or
 
 Text from upstream is hostile: control characters are shown as ``�`` (a tab as a space), so a
 token cannot move the cursor; rows are measured in terminal cells (East Asian wide characters take
-two, combining marks none).
+two, combining marks none). Every other string ``tail`` prints from an event (a finish reason is
+the provider's own, an error's code and message, a start's reason: anyone who can ``XADD`` to the
+job's stream writes them too) goes through :func:`printable`.
 """
 
 from __future__ import annotations
 
+import re
 import textwrap
 import unicodedata
 from dataclasses import dataclass, field
 
 from .events import CandidateDone, Done, Token
 
-__all__ = ["MIN_COLUMN", "PREFIX", "CandidatesView", "cells", "visible"]
+__all__ = ["MIN_COLUMN", "PREFIX", "CandidatesView", "cells", "printable", "visible"]
 
 MIN_COLUMN = 24
 """The narrowest column of the side-by-side layout; a terminal narrower than ``n`` of them (and the
@@ -50,6 +53,20 @@ def visible(ch: str) -> str:
     if ch != "\n" and unicodedata.category(ch) == "Cc":
         return "\ufffd"
     return ch
+
+
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # category Cc but a tab and a newline
+
+
+def printable(text: str) -> str:
+    """``text`` as ``tail`` writes it: every control character but a newline or a tab as ``�``,
+    a carriage return dropped (a CRLF is its LF), so no string from an event writes an escape or
+    moves the cursor."""
+    if text.isprintable():
+        return text
+    if "\r" in text:
+        text = text.replace("\r", "")
+    return _CONTROL.sub("\ufffd", text)
 
 
 def _cell(ch: str) -> int:
@@ -171,9 +188,10 @@ class CandidatesView:
         self._lane(event.candidate).done = event
         if event.error is not None:
             message = "".join(visible(ch) for ch in event.error.message)
-            return f"  candidate {event.candidate} failed [{event.error.code}] {message}"
+            return f"  candidate {event.candidate} failed [{printable(event.error.code)}] {message}"
         conf = "n/a" if event.confidence is None else f"{event.confidence:.3f}"
-        return f"  candidate {event.candidate} done ({event.finish_reason}), confidence {conf}"
+        reason = printable(str(event.finish_reason))
+        return f"  candidate {event.candidate} done ({reason}), confidence {conf}"
 
     def _lane(self, k: int) -> _Lane:
         lane = self.lanes.get(k)
@@ -246,7 +264,8 @@ class CandidatesView:
         if lane.done is not None and lane.done.error is not None:
             failed = lane.done.error
             message = "".join(visible(ch) for ch in failed.message)
-            error = _wrap(f"✗ [{failed.code}] {message}", self._rows_width)[: max(1, depth // 2)]
+            code = "".join(visible(ch) for ch in failed.code)
+            error = _wrap(f"✗ [{code}] {message}", self._rows_width)[: max(1, depth // 2)]
         rows = [] if lane.rows is None else lane.rows.tail(depth - len(error))
         return [*rows, *error][-depth:]
 
@@ -280,7 +299,7 @@ class CandidatesView:
         blocks: list[tuple[str, str]] = []
         for c in results:
             if c.error is not None:
-                head, body = f"  candidate {c.index}: failed [{c.error.code}]", c.error.message
+                head, body = f"  candidate {c.index}: failed [{printable(c.error.code)}]", c.error.message
             else:
                 mark = "★ " if c.rank == 1 else "  "
                 score = "n/a" if c.score is None else f"{c.score:.3f}"

@@ -9,7 +9,8 @@ elsewhere (a pipe, a file) as each candidate's complete rows, prefixed ``[k]``. 
 the region gives way to every candidate in full, the winner marked ★. Drawing uses only CR, LF,
 cursor-up (``CSI n A``), erase below (``CSI J``) and autowrap off/on (``CSI ? 7 l``/``h``) around
 the region, so a row that a terminal measures wider than the view did is cut, never wrapped into
-the next line.
+the next line. Every string of an event is written through :func:`~worker.candidates_view.printable`
+(tokens, finish reasons and error messages come from upstream): none writes an escape.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import TextIO
 
 import msgspec
 
-from .candidates_view import CandidatesView
+from .candidates_view import CandidatesView, printable
 from .events import Cancelled, CandidateDone, Done, Error, Event, Start, Token, UnknownEvent
 
 __all__ = ["FRAME_SECONDS", "TerminalView", "can_redraw", "shade"]
@@ -110,10 +111,10 @@ class TerminalView:
             self._done(event)
         elif isinstance(event, Error):
             self._freeze()
-            self._line(f"\n✗ error [{event.code}] {event.message}")
+            self._line(f"\n✗ error [{printable(event.code)}] {printable(event.message)}")
         elif isinstance(event, Cancelled):
             self._freeze()
-            self._line(f"\n✗ cancelled: {event.reason}")
+            self._line(f"\n✗ cancelled: {printable(event.reason)}")
         self.out.flush()
 
     def close(self) -> None:
@@ -127,15 +128,16 @@ class TerminalView:
         self.candidates = None  # a new attempt: its candidates start afresh
         again = f" (attempt {event.attempt}, earlier tokens discarded)" if event.attempt > 1 else ""
         why = f": {event.reason}" if event.reason else ""
-        self._line(f"▶ {event.model} via {event.provider}/{event.api}{again}{why}")
+        self._line(printable(f"▶ {event.model} via {event.provider}/{event.api}{again}{why}"))
 
     def _token(self, event: Token) -> None:
         if event.special:
             return
+        text = printable(event.text)
         if self.color:
-            self.out.write(f"{shade(_prob(event))}{event.text}{RESET}")
+            self.out.write(f"{shade(_prob(event))}{text}{RESET}")
         else:
-            self.out.write(event.text)
+            self.out.write(text)
 
     # -- several candidates ----------------------------------------------------------------
 
@@ -216,10 +218,11 @@ class TerminalView:
         self._dirty = False
         s = event.summary
         conf = "n/a" if event.confidence is None else f"{event.confidence:.3f}"
+        reason = printable(event.finish_reason)
         lines = [
             "",
             "",
-            f"✓ done ({event.finish_reason}): {event.usage.output_tokens} tokens, confidence {conf}",
+            f"✓ done ({reason}): {event.usage.output_tokens} tokens, confidence {conf}",
         ]
         if s.min_prob is not None:
             lines.append(

@@ -8,12 +8,24 @@ from __future__ import annotations
 import asyncio
 import io
 
+import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.e2e.screenkit import Screen
 from worker.candidates_view import _Rows, cells
-from worker.events import CandidateDone, CandidateError, CandidateResult, Done, Start, Summary, Token, Usage
+from worker.events import (
+    Cancelled,
+    CandidateDone,
+    CandidateError,
+    CandidateResult,
+    Done,
+    Error,
+    Start,
+    Summary,
+    Token,
+    Usage,
+)
 from worker.render import FRAME_SECONDS, TerminalView
 
 SUMMARY = Summary(
@@ -222,3 +234,61 @@ async def test_tokens_within_a_frame_are_drawn_once_when_it_ends() -> None:
     screen.feed(out.getvalue())
     assert "first second" in screen.text() and "third" in screen.text()
     assert screen.text().count("candidate 0:") == 1
+
+
+EVIL = "x\x1b]52;c;cHduZWQ=\x07\x1b[9A\x9b2J\ry"  # OSC 52 (clipboard), cursor up, C1 CSI, CR
+SHOWN = "x\ufffd]52;c;cHduZWQ=\ufffd\ufffd[9A\ufffd2Jy"  # a CR is dropped (CRLF is LF)
+
+
+def _written(view: TerminalView, out: io.StringIO, events: list[object]) -> str:
+    for event in events:
+        view.show(event)  # type: ignore[arg-type]
+    text = out.getvalue()
+    for raw in ("\x1b]", "\x1b[9A", "\x9b", "\x07"):  # (the live region writes CRs itself)
+        assert raw not in text, f"{raw!r} from upstream reached the terminal"
+    return text
+
+
+def test_every_upstream_string_tail_prints_is_shown_harmless() -> None:
+    """Not only the candidates' text: a finish reason (the provider's own string), an error's code
+    and message, a start's reason (a retry names the upstream's error) and a single stream's tokens
+    come from upstream or from whoever can XADD to the job's stream; none may write an escape."""
+    failed = CandidateError(code=EVIL, message=EVIL)
+    summary = msgspec.structs.replace(SUMMARY, low_spans=[])
+    candidates = [
+        CandidateResult(index=0, rank=1, score=-0.1, finish_reason=EVIL, text="ok"),
+        CandidateResult(index=1, rank=None, score=None, finish_reason=None, text="", error=failed),
+    ]
+    final = Done(
+        job_id="j", attempt=1, finish_reason=EVIL, text="ok", usage=Usage(output_tokens=1),
+        confidence=0.9, summary=summary, candidates=candidates, agreement=1.0,
+    )  # fmt: skip
+    for is_live in (True, False):
+        out = io.StringIO()
+        view = TerminalView(out, color=False, width=100, height=24, live=is_live, clock=lambda: 0.0)
+        text = _written(
+            view,
+            out,
+            [
+                Start(job_id="j", attempt=2, model=EVIL, provider=EVIL, api="chat", reason=EVIL),
+                token(0, 0, "ok"),
+                CandidateDone(job_id="j", attempt=1, candidate=0, finish_reason=EVIL, text="ok"),
+                CandidateDone(job_id="j", attempt=1, candidate=1, error=failed),
+                final,
+            ],
+        )
+        assert text.count(SHOWN) >= 6, text
+    for color in (True, False):
+        out = io.StringIO()
+        view = TerminalView(out, color=color, width=100, height=24)
+        single = Token(job_id="j", attempt=1, index=0, text=EVIL, logprob=-0.1)
+        text = _written(view, out, [single, Error(job_id="j", attempt=1, code=EVIL, message=EVIL)])
+        assert text.count(SHOWN) == 3, text
+    out = io.StringIO()
+    view = TerminalView(out, color=False)
+    _written(view, out, [Cancelled(job_id="j", attempt=1, reason=EVIL)])
+    assert SHOWN in out.getvalue()
+    out = io.StringIO()
+    view = TerminalView(out, color=False)  # a line break of the answer stays one: CRLF as LF
+    view.show(Token(job_id="j", attempt=1, index=0, text="a\r\nb\tc\n", logprob=-0.1))
+    assert out.getvalue() == "a\nb\tc\n"
