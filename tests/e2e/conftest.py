@@ -1,19 +1,26 @@
-"""Fixtures of the end-to-end lane: a simulator process, a private Redis (single and Cluster), a worker."""
+"""Fixtures of the end-to-end lane: a simulator process, a private Redis (single and Cluster), a worker,
+fleets of worker processes (:class:`Fleet`)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from tests.e2e.clikit import TOKENWIRE, run, wait_until
+from worker import Client
 from worker.redisproc import RedisServer, free_port
+
+ENDED = ("done", "error", "cancelled")
 
 
 @pytest.fixture
@@ -78,3 +85,89 @@ def worker_proc(env: dict[str, str], tmp_path: Path) -> Iterator[subprocess.Pope
         proc.kill()
         proc.wait(timeout=10)
     log.close()
+
+
+class Fleet:
+    """``tokenwire worker`` processes on one environment: consumer names w0, w1, ..., each with its
+    own metrics port (``/readyz``, ``/metrics``) and log file. Start with :meth:`start` (the
+    ``worker_fleet`` fixture does), :meth:`stop` drains them."""
+
+    def __init__(self, env: dict[str, str], n: int, log_dir: Path, tag: str) -> None:
+        self.env = env
+        self.n = n
+        self.logs = [log_dir / f"worker-{tag}-{k}.log" for k in range(n)]
+        self.ports: list[int] = []
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> Fleet:
+        for k, log_path in enumerate(self.logs):
+            port = free_port()
+            env = {**self.env, "TOKENWIRE_CONSUMER_NAME": f"w{k}", "TOKENWIRE_METRICS_PORT": str(port)}
+            with log_path.open("wb") as log:
+                proc = subprocess.Popen([TOKENWIRE, "worker"], env=env, stdout=log, stderr=subprocess.STDOUT)
+            self.ports.append(port)
+            self.procs.append(proc)
+        return self
+
+    async def ready(self, timeout: float = 30.0) -> None:
+        """Until every worker's ``/readyz`` answers 200."""
+        async with httpx.AsyncClient(timeout=2, trust_env=False) as http, asyncio.timeout(timeout):
+            for port, proc in zip(self.ports, self.procs, strict=True):
+                while True:
+                    assert proc.poll() is None, f"a worker exited with {proc.returncode}"
+                    try:
+                        if (await http.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass
+                    await asyncio.sleep(0.05)
+
+    async def metrics(self) -> list[str]:
+        """Each worker's ``/metrics`` page."""
+        async with httpx.AsyncClient(timeout=5, trust_env=False) as http:
+            return [(await http.get(f"http://127.0.0.1:{port}/metrics")).text for port in self.ports]
+
+    def stop(self, timeout: float = 30.0) -> list[int]:
+        """SIGTERM every worker (each drains); their exit codes."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        return [proc.wait(timeout=timeout) for proc in self.procs]
+
+    def kill(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+StartFleet = Callable[[dict[str, str], int, str], Fleet]
+
+
+@pytest.fixture
+def worker_fleet(tmp_path: Path) -> Iterator[StartFleet]:
+    """``start(env, n, tag)``: a started :class:`Fleet` of ``n`` workers on ``env`` (logs named after
+    ``tag``); a worker still running when the test ends is killed."""
+    fleets: list[Fleet] = []
+
+    def start(env: dict[str, str], n: int, tag: str) -> Fleet:
+        fleets.append(Fleet(env, n, tmp_path, tag).start())
+        return fleets[-1]
+
+    yield start
+    for fleet in fleets:
+        fleet.kill()
+
+
+async def wait_all_ended(client: Client, ids: list[str], timeout: float) -> list[dict[str, str]]:
+    """Until every job's state is terminal; the states, in the order of ``ids``."""
+    async with asyncio.timeout(timeout):
+        while True:
+            async with client.redis.pipeline(transaction=False) as pipe:
+                for job_id in ids:
+                    pipe.hgetall(client.keys.state(job_id))
+                states: list[Any] = await pipe.execute()
+            decoded = [{k.decode(): v.decode() for k, v in s.items()} for s in states]
+            if all(s.get("state") in ENDED for s in decoded):
+                return decoded
+            await asyncio.sleep(0.05)

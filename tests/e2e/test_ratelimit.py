@@ -15,11 +15,9 @@ import asyncio
 import json
 import os
 import re
-import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +25,10 @@ import httpx
 import pytest
 
 from tests.e2e.clikit import TOKENWIRE
+from tests.e2e.conftest import StartFleet, wait_all_ended
 from worker import Client
 from worker.connect import redis_client
-from worker.redisproc import RedisServer, free_port
+from worker.redisproc import RedisServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -39,49 +38,15 @@ LIMIT = 10
 MODEL = f"tokenwire/sim;tokens=10;tps=50;limit={LIMIT};limit_retry_after=0.05"
 
 
-@pytest.fixture
-def sim_url() -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen([TOKENWIRE, "sim", "--port", str(port)], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None and "listening on" in proc.stdout.readline()
-    yield f"http://127.0.0.1:{port}"
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=15)
-    proc.stdout.close()
-
-
-async def wait_ready(ports: list[int]) -> None:
-    async with httpx.AsyncClient(timeout=2) as http, asyncio.timeout(30):
-        for port in ports:
-            while True:
-                try:
-                    if (await http.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.05)
-
-
-async def wait_all_ended(client: Client, ids: list[str]) -> list[dict[str, str]]:
-    async with asyncio.timeout(90):
-        while True:
-            async with client.redis.pipeline(transaction=False) as pipe:
-                for job_id in ids:
-                    pipe.hgetall(client.keys.state(job_id))
-                states: list[Any] = await pipe.execute()
-            decoded = [{k.decode(): v.decode() for k, v in s.items()} for s in states]
-            if all(s.get("state") in ("done", "error", "cancelled") for s in decoded):
-                return decoded
-            await asyncio.sleep(0.1)
-
-
 def metric(text: str, name: str) -> float:
     """The sum of a metric's samples in a Prometheus text page (0 when absent)."""
     pattern = re.compile(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", re.MULTILINE)
     return sum(float(value) for value in pattern.findall(text))
 
 
-async def run_round(redis_server: RedisServer, sim_url: str, budget: int, tmp: Path) -> dict[str, Any]:
+async def run_round(
+    redis_server: RedisServer, sim_url: str, budget: int, tmp: Path, start_fleet: StartFleet
+) -> dict[str, Any]:
     prefix = f"rl-{budget}-{uuid.uuid4().hex[:6]}"
     cfg = tmp / f"tw-{budget}.toml"
     cfg.write_text(
@@ -96,36 +61,22 @@ async def run_round(redis_server: RedisServer, sim_url: str, budget: int, tmp: P
         "TOKENWIRE_PREFIX": prefix,
         "TOKENWIRE_LOG_LEVEL": "warning",
     }
-    ports = [free_port() for _ in range(WORKERS)]
-    logs = [(tmp / f"w{budget}-{n}.log").open("w") for n in range(WORKERS)]
-    procs = [
-        subprocess.Popen(
-            [TOKENWIRE, "worker"],
-            env={**env, "TOKENWIRE_CONSUMER_NAME": f"w{n}", "TOKENWIRE_METRICS_PORT": str(port)},
-            stdout=logs[n],
-            stderr=subprocess.STDOUT,
-        )
-        for n, port in enumerate(ports)
-    ]
+    fleet = start_fleet(env, WORKERS, f"rl{budget}")
     client = Client(redis_client(redis_server.url, block_seconds=2.0), prefix=prefix)
     try:
-        await wait_ready(ports)
+        await fleet.ready()
         began = time.monotonic()
         ids = [await client.enqueue(model=MODEL, input=f"job {n}") for n in range(JOBS)]
-        states = await wait_all_ended(client, ids)
+        states = await wait_all_ended(client, ids, 90)
         elapsed = time.monotonic() - began
-        async with httpx.AsyncClient(timeout=5) as http:
+        async with httpx.AsyncClient(timeout=5, trust_env=False) as http:
             sim = (await http.get(f"{sim_url}/stats")).json()["limits"]["model:tokenwire/sim"]
-            pages = [(await http.get(f"http://127.0.0.1:{port}/metrics")).text for port in ports]
+        pages = await fleet.metrics()
         stats = subprocess.run(
             [TOKENWIRE, "stats", "--json"], env=env, capture_output=True, text=True, timeout=30, check=True
         )
     finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        codes = [proc.wait(timeout=30) for proc in procs]
-        for log in logs:
-            log.close()
+        codes = fleet.stop()
         await client.aclose()
     assert codes == [0] * WORKERS, codes
     return {
@@ -146,9 +97,15 @@ async def run_round(redis_server: RedisServer, sim_url: str, budget: int, tmp: P
     ],
 )
 def test_300_jobs_on_3_workers_keep_to_a_limit_of_10(
-    redis_server: RedisServer, sim_url: str, tmp_path: Path, budget: int, most_429s: int
+    redis_server: RedisServer,
+    sim_port: int,
+    worker_fleet: StartFleet,
+    tmp_path: Path,
+    budget: int,
+    most_429s: int,
 ) -> None:
-    result = asyncio.run(run_round(redis_server, sim_url, budget, tmp_path))
+    sim_url = f"http://127.0.0.1:{sim_port}"
+    result = asyncio.run(run_round(redis_server, sim_url, budget, tmp_path, worker_fleet))
     sim, states = result["sim"], result["states"]
     print(
         f"max_concurrency={budget}: {JOBS} jobs in {result['elapsed']:.1f}s; simulator admitted "

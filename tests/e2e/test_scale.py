@@ -1,4 +1,4 @@
-"""Adding workers adds capacity: 1, 2 and 4 `tokenwire worker` processes on the same 400 paced jobs.
+"""Adding workers adds capacity: 1, 2 and 4 `tokenwire worker` processes on the same 200 paced jobs.
 
 Each worker has a fixed number of slots and every job is paced, so one worker is slot-bound and a
 second process adds slots. Throughput is compared as a ratio within one run; the bounds are loose
@@ -11,69 +11,30 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
+from tests.e2e.clikit import TOKENWIRE
+from tests.e2e.conftest import StartFleet, wait_all_ended
 from worker import Client
 from worker.connect import redis_client
-from worker.redisproc import RedisServer, free_port
+from worker.redisproc import RedisServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-TOKENWIRE = str(Path(sys.executable).parent / "tokenwire")
-JOBS = 400
+JOBS = 200
 SLOTS = 10
-MODEL = "tokenwire/sim;tokens=20;tps=50"  # 0.4 s a job: one worker needs ~16 s for 400
-
-
-@pytest.fixture
-def sim_url() -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen([TOKENWIRE, "sim", "--port", str(port)], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None and "listening on" in proc.stdout.readline()
-    yield f"http://127.0.0.1:{port}"
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=15)
-    proc.stdout.close()
-
-
-async def wait_ready(ports: list[int]) -> None:
-    async with httpx.AsyncClient(timeout=2) as http, asyncio.timeout(30):
-        for port in ports:
-            while True:
-                try:
-                    if (await http.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.05)
-
-
-async def wait_all_ended(client: Client, ids: list[str]) -> list[dict[str, Any]]:
-    async with asyncio.timeout(120):
-        while True:
-            async with client.redis.pipeline(transaction=False) as pipe:
-                for job_id in ids:
-                    pipe.hgetall(client.keys.state(job_id))
-                states: list[Any] = await pipe.execute()
-            decoded = [{k.decode(): v.decode() for k, v in s.items()} for s in states]
-            if all(s.get("state") in ("done", "error", "cancelled") for s in decoded):
-                return decoded
-            await asyncio.sleep(0.05)
+MODEL = "tokenwire/sim;tokens=20;tps=50"  # 0.4 s a job: one worker needs ~8 s for 200
 
 
 async def run_round(
-    redis_server: RedisServer, sim_url: str, workers: int, tmp: Path
+    redis_server: RedisServer, sim_url: str, workers: int, tmp: Path, start_fleet: StartFleet
 ) -> tuple[float, Counter[str]]:
     prefix = f"scale-{workers}-{uuid.uuid4().hex[:6]}"
     cfg = tmp / f"tw-{workers}.toml"
@@ -88,21 +49,14 @@ async def run_round(
         "TOKENWIRE_PREFIX": prefix,
         "TOKENWIRE_LOG_LEVEL": "warning",
     }
-    ports = [free_port() for _ in range(workers)]
-    procs = [
-        subprocess.Popen(
-            [TOKENWIRE, "worker"],
-            env={**env, "TOKENWIRE_CONSUMER_NAME": f"w{n}", "TOKENWIRE_METRICS_PORT": str(port)},
-        )
-        for n, port in enumerate(ports)
-    ]
+    fleet = start_fleet(env, workers, f"scale{workers}")
     client = Client(redis_client(redis_server.url, block_seconds=2.0), prefix=prefix)
     clean = False
     try:
-        await wait_ready(ports)
+        await fleet.ready()
         began = time.monotonic()
         ids = [await client.enqueue(model=MODEL, input=f"job {n}") for n in range(JOBS)]
-        states = await wait_all_ended(client, ids)
+        states = await wait_all_ended(client, ids, 120)
         elapsed = time.monotonic() - began
         assert {s["state"] for s in states} == {"done"}
         owners = Counter(s["owner"] for s in states)
@@ -113,9 +67,7 @@ async def run_round(
         await _assert_once(client, ids)
         clean = True
     finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        codes = [proc.wait(timeout=30) for proc in procs]
+        codes = fleet.stop()
         await client.aclose()
     assert not clean or codes == [0] * workers, codes
     return elapsed, owners
@@ -129,9 +81,13 @@ async def _assert_once(client: Client, ids: list[str]) -> None:
         assert kinds["start"] == 1 and kinds["done"] == 1 and kinds["error"] == 0, (job_id, kinds)
 
 
-def test_throughput_grows_with_workers(redis_server: RedisServer, sim_url: str, tmp_path: Path) -> None:
+def test_throughput_grows_with_workers(
+    redis_server: RedisServer, sim_port: int, worker_fleet: StartFleet, tmp_path: Path
+) -> None:
+    sim_url = f"http://127.0.0.1:{sim_port}"
+
     async def main() -> dict[int, tuple[float, Counter[str]]]:
-        return {n: await run_round(redis_server, sim_url, n, tmp_path) for n in (1, 2, 4)}
+        return {n: await run_round(redis_server, sim_url, n, tmp_path, worker_fleet) for n in (1, 2, 4)}
 
     rounds = asyncio.run(main())
     rate = {n: JOBS / elapsed for n, (elapsed, _) in rounds.items()}
