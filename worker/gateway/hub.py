@@ -332,7 +332,16 @@ class Hub:
         chunks = [feeds[i : i + KEYS_PER_READ] for i in range(0, len(feeds), KEYS_PER_READ)]
         if len(chunks) == 1:
             return await self._read_chunk(chunks[0], 0)
-        counts = await asyncio.gather(*(self._read_chunk(chunk, n) for n, chunk in enumerate(chunks)))
+        lanes = [asyncio.ensure_future(self._read_chunk(chunk, n)) for n, chunk in enumerate(chunks)]
+        try:
+            counts = await asyncio.gather(*lanes)
+        except BaseException:
+            # gather leaves the other lanes reading: stop them, or the next read finds a lane's
+            # connection still busy (one connection, one read at a time)
+            for lane in lanes:
+                lane.cancel()
+            await asyncio.wait(lanes)
+            raise
         return sum(counts)
 
     async def _read_chunk(self, feeds: list[Feed], lane: int) -> int:

@@ -22,7 +22,7 @@ from typing import Any, Final
 import hiredis
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..fastpath.redis_py import bulk_reader
@@ -79,6 +79,8 @@ class XReader:
                 raise RedisTimeoutError(f"XREAD took over {wait:g} s") from None
             if isinstance(exc, OSError):
                 raise RedisConnectionError(f"XREAD failed: {type(exc).__name__}") from None
+            if isinstance(exc, Exception) and not isinstance(exc, RedisError):  # e.g. a reader's
+                raise RedisConnectionError(f"XREAD failed: {type(exc).__name__}: {exc}") from None
             raise
         if isinstance(reply, ResponseError):
             raise reply
