@@ -158,12 +158,14 @@ async def serve_gateway(
         await runner.cleanup()
         hub_stop.set()
         gateway.hub.wake()
-        await cancel_and_wait(hub)
-        beat.cancel()
-        if metrics_runner is not None:
-            await metrics_runner.cleanup()
-        await reader.aclose()
-        await redis.aclose()
+        try:
+            await cancel_and_wait(hub)  # raises once the hub stopped when this task was cancelled
+        finally:
+            beat.cancel()
+            if metrics_runner is not None:
+                await metrics_runner.cleanup()
+            await reader.aclose()
+            await redis.aclose()
 
 
 async def _beat(metrics: GatewayMetrics, stop: asyncio.Event) -> None:
