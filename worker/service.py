@@ -232,7 +232,11 @@ class Worker:
 
     async def _read(self, count: int, block_ms: int, stopping: asyncio.Task[bool]) -> list[Delivery]:
         read = asyncio.create_task(self.queue.read(count, block_ms))
-        await asyncio.wait({read, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        try:
+            await asyncio.wait({read, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # a forced stop: left reading, it would take jobs nobody works
+            await cancel_and_wait(read, RedisError)  # then raises this cancel
+            raise
         if read.done():
             return read.result()
         await cancel_and_wait(read, RedisError)

@@ -192,3 +192,27 @@ async def test_a_job_whose_lease_was_lost_is_not_handed_back(
         with contextlib.suppress(asyncio.CancelledError):
             async with asyncio.timeout(10):
                 await job.task
+
+
+async def test_a_forced_stop_leaves_no_read_of_the_job_stream_behind(
+    start_worker: StartWorker, redis: Redis
+) -> None:
+    """A worker cancelled while it waits for jobs (a forced stop when idle) stops its blocking read
+    too: left running, the read went on blocking in Redis and took the next job as this (stopped)
+    worker's, where nobody worked it until a peer's reclaim after the lease."""
+    first = await start_worker(block_seconds=30.0, **SLOW_LEASE)
+
+    async def blocked_reads() -> int:
+        clients: Any = await redis.client_list()
+        return sum(1 for c in clients if c.get("cmd") == "xreadgroup" and "b" in c.get("flags", ""))
+
+    async with asyncio.timeout(10):
+        while not await blocked_reads():
+            await asyncio.sleep(0.02)
+    first.task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        async with asyncio.timeout(10):
+            await first.task
+    async with asyncio.timeout(5):  # the read's connection is closed: Redis unblocks it at once
+        while await blocked_reads():
+            await asyncio.sleep(0.02)
