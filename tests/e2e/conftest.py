@@ -4,7 +4,6 @@ fleets of worker processes (:class:`Fleet`)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -16,9 +15,11 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.clikit import TOKENWIRE, run, wait_until
+from tests.e2e.clikit import TOKENWIRE
 from worker import Client
+from worker.connect import redis_client
 from worker.redisproc import RedisServer, free_port
+from worker.stats import collect_stats
 
 ENDED = ("done", "error", "cancelled")
 
@@ -74,17 +75,27 @@ def env(redis_target: tuple[str, bool], sim_port: int, tmp_path: Path) -> dict[s
 def worker_proc(env: dict[str, str], tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
     log = (tmp_path / "worker.log").open("w")
     proc = subprocess.Popen([TOKENWIRE, "worker"], env=env, stdout=log, stderr=log, text=True)
-
-    def started() -> bool:  # the worker creates the group first thing
-        stats = run(env, "stats", "--json")
-        return stats.returncode == 0 and json.loads(stats.stdout)["group_exists"]
-
-    wait_until(started, 20, "the worker to create the consumer group")
+    asyncio.run(_group_created(env, proc))
     yield proc
     if proc.poll() is None:
         proc.kill()
         proc.wait(timeout=10)
     log.close()
+
+
+async def _group_created(env: dict[str, str], proc: subprocess.Popen[str], timeout: float = 20.0) -> None:
+    """Until the worker has created the consumer group (the first thing it does), as ``tokenwire stats``
+    sees it: its collect_stats, called here (a look costs no process start)."""
+    cluster = env.get("TOKENWIRE_REDIS_CLUSTER") == "true"
+    redis = redis_client(env["TOKENWIRE_REDIS_URL"], cluster=cluster)
+    prefix = env.get("TOKENWIRE_PREFIX", "tokenwire")
+    try:
+        async with asyncio.timeout(timeout):
+            while not (await collect_stats(redis, prefix))["group_exists"]:
+                assert proc.poll() is None, f"the worker exited with {proc.returncode}"
+                await asyncio.sleep(0.05)
+    finally:
+        await redis.aclose()
 
 
 class Fleet:
