@@ -48,19 +48,6 @@ def secure_redis(request: pytest.FixtureRequest, tls_files: tuple[Path, Path, Pa
         yield server
 
 
-@pytest.fixture
-def sim_port() -> Iterator[int]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [TOKENWIRE, "sim", "--port", str(port), "--tps", "0"], stdout=subprocess.PIPE, text=True
-    )
-    assert proc.stdout is not None and "listening on" in proc.stdout.readline()
-    yield port
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=15)
-    proc.stdout.close()
-
-
 def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [TOKENWIRE, *args], env=env, capture_output=True, text=True, timeout=60, check=False
