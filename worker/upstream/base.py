@@ -16,6 +16,7 @@ import msgspec
 from worker.redact import redact
 
 __all__ = [
+    "MAX_FINISH_REASON",
     "MAX_OUTPUT_TOKENS",
     "MAX_PROMPT_TOKENS",
     "Candidate",
@@ -23,6 +24,7 @@ __all__ = [
     "StreamEnd",
     "TokenRecord",
     "UpstreamError",
+    "finish_reason",
     "finite",
     "output_count",
     "prompt_count",
@@ -39,6 +41,12 @@ the attempt's own cap then bounds the count again, :meth:`worker.attempt.Attempt
 
 MAX_TOKEN_ID = 2**31 - 1
 """Token ids are vocabulary indices: a value outside ``0..2**31-1`` is not one."""
+
+MAX_FINISH_REASON = 64
+"""The longest finish reason kept from a provider (theirs are short identifiers: ``stop``,
+``length``, ``content_filter``, ``blocked_SAFETY``); a longer one is cut to this many characters."""
+
+_UNPRINTABLE = {c: "\ufffd" for c in (*range(0x20), *range(0x7F, 0xA0))}
 
 
 def _count(value: Any, bound: int) -> int | None:
@@ -58,6 +66,14 @@ def output_count(value: Any) -> int | None:
     """A provider's output token count, or ``None`` when not a non-negative int up to
     :data:`MAX_OUTPUT_TOKENS`."""
     return _count(value, MAX_OUTPUT_TOKENS)
+
+
+def finish_reason(value: Any) -> str:
+    """A provider's finish reason as kept in ``done``, ``candidate_done``, the state hash and spans:
+    at most :data:`MAX_FINISH_REASON` characters, control characters shown as U+FFFD (it reaches
+    terminals and logs). Every dialect's reason comes in through :class:`StreamEnd`, which calls it."""
+    text = value if isinstance(value, str) else str(value)
+    return text[:MAX_FINISH_REASON].translate(_UNPRINTABLE)
 
 
 def token_id(value: Any) -> int | None:
@@ -118,7 +134,8 @@ class StreamEnd(msgspec.Struct, frozen=True):
     input_tokens: int | None = None
     output_tokens: int | None = None
 
-    def __post_init__(self) -> None:  # the bound of every usage count (an adapter may build one)
+    def __post_init__(self) -> None:  # the bound of every usage count and reason (adapters build it)
+        msgspec.structs.force_setattr(self, "finish_reason", finish_reason(self.finish_reason))
         msgspec.structs.force_setattr(self, "input_tokens", prompt_count(self.input_tokens))
         msgspec.structs.force_setattr(self, "output_tokens", output_count(self.output_tokens))
 
