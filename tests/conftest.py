@@ -36,6 +36,38 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             raise pytest.UsageError(f"{item.nodeid} asks for {needs_redis}: the unit lane runs without Redis")
 
 
+LANE_ORDER = ("faults", "e2e", "integration", "deploy", "unit")
+"""Longest-running lanes first (``-n`` runs): faults and e2e tests take seconds, unit tests milliseconds."""
+
+
+class _LongestFirst:
+    """Orders the run longest first: tests marked ``slow``, then by lane (:data:`LANE_ORDER`), each group
+    in collection order (a stable sort). With ``-n`` (pytest-xdist's ``--dist load``) tests are handed
+    out one at a time (``--maxschedchunk 1`` unless given), so a process that finishes takes the next
+    test in this order: the long tests start first and the run ends on short ones, with no core left
+    idle behind a long test handed out last. (xdist's default hands each process a quarter of the
+    collection up front, in collection order: one got deploy, e2e and faults, almost every slow test.)
+    ``--ff``/``--nf`` keep their own order."""
+
+    @pytest.hookimpl(trylast=True)  # after -m/-k deselection and the fixture-scope reordering
+    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+        if config.getoption("failedfirst", False) or config.getoption("newfirst", False):
+            return
+        rank = {lane: n for n, lane in enumerate(LANE_ORDER)}
+
+        def key(item: pytest.Item) -> tuple[int, int]:
+            lane = _lane_of(str(item.path))
+            return (item.get_closest_marker("slow") is None, rank.get(lane or "", len(rank)))
+
+        items.sort(key=key)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(_LongestFirst(), "tokenwire-longest-first")
+    if getattr(config.option, "dist", "no") == "load" and getattr(config.option, "maxschedchunk", 0) is None:
+        config.option.maxschedchunk = 1
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     lane = _lane_of(report.nodeid) or "other"
     _lane_seconds[lane] = _lane_seconds.get(lane, 0.0) + report.duration
