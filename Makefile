@@ -50,7 +50,7 @@ redis-server:
 	@command -v redis-server >/dev/null 2>&1 || { \
 	  echo "redis-server not found: installing it with apt-get"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
 
 # The gateway page's browser tests drive Debian's headless Chromium through its chromedriver
 # (/usr/bin/chromium, /usr/bin/chromedriver); nothing is downloaded at run time.
@@ -58,7 +58,7 @@ chromium:
 	@{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } || { \
 	  echo "chromium or chromedriver not found: installing them with apt-get"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
 demo: $(DEMO_STAMP)
 	@$(BIN)/tokenwire demo
@@ -148,5 +148,5 @@ test-image: $(DEV_STAMP) redis-server
 	@command -v podman >/dev/null 2>&1 || { \
 	  echo "podman not found: installing it with apt-get"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman >/dev/null; }
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman >/dev/null; }
 	$(PYTEST) tests/image -m "slow_lane or unit" -p no:cacheprovider $(PYTEST_ARGS)
