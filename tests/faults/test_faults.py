@@ -77,7 +77,7 @@ async def test_long_stream_renews_its_lease(harness: Harness) -> None:
 async def test_kill_9_mid_stream_job_ends_on_the_peer_as_attempt_2(harness: Harness) -> None:
     h = harness
     workers = await h.start_workers(2)
-    job = await h.enqueue("tokens=200;tps=50", tag="kill")
+    job = await h.enqueue("tokens=200;tps=100", tag="kill")  # 2 s: attempt 2 streams all of it
     subscriber = asyncio.create_task(collect(h, job))
     await h.wait_tokens(job, 5)
     owner = await h.owner_of(job)
@@ -151,7 +151,7 @@ async def test_poison_job_is_dead_lettered_after_max_deliveries(harness: Harness
 async def test_sigstopped_worker_is_fenced_after_its_lease_and_moves_on(harness: Harness) -> None:
     h = harness
     workers = await h.start_workers(2)
-    job = await h.enqueue("tokens=200;tps=50", tag="zombie")
+    job = await h.enqueue("tokens=200;tps=100", tag="zombie")  # 2 s: all sent while it sleeps
     await h.wait_tokens(job, 5)
     owner = await h.owner_of(job)
     zombie = h.worker(owner or "?")
