@@ -49,9 +49,9 @@ GONE_AFTER_SECONDS: Final = 120.0
 pool wait, socket timeouts and retries of one post stay well under this)."""
 
 # KEYS: the tenant's inflight set, its sweep marker. ARGV: member, now_ms, max, ttl_ms, sweep_ms
-# (0: the try after a check or a sweep, which neither sweeps nor checks a member). Returns {1} (added), {2} (already in it), {3} (full: sweep now, the
-# marker is set) or {0, member checked longest ago, its score before this check} ({0} for an empty
-# set: max is 0).
+# (0: the try after a check or a sweep, which neither sweeps nor checks a member). Returns {1}
+# (added), {2} (already in it), {3} (full: sweep now, the marker is set) or {0, member checked
+# longest ago, its score before this check} ({0} for an empty set: max is 0).
 ADMIT: Final = """
 if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return {2} end
 if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
