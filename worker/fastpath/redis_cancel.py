@@ -28,14 +28,10 @@ from asyncio import current_task
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import structlog
-
 __all__ = ["GUARDED", "keep_cancels", "keeping_cancel"]
 
 GUARDED = ("send_packed_command", "handle_pending_push_notifications")
 """The connection methods that run ``asyncio.wait_for`` (those a class has are guarded)."""
-
-log = structlog.get_logger("tokenwire.redis")
 
 _classes: dict[type, type] = {}
 
@@ -108,7 +104,9 @@ def keep_cancels(client: Any) -> bool:
 
 
 def _cannot(client: Any, why: str) -> bool:
-    log.warning(
+    import structlog  # here: a producer importing worker.Client loads no logging library
+
+    structlog.get_logger("tokenwire.redis").warning(
         "a cancel landing while a Redis command is written may be lost (Python 3.11 wait_for)",
         client=type(client).__qualname__,
         why=why,
