@@ -42,7 +42,8 @@ if browser_missing() is None:
     from selenium.webdriver.support.ui import WebDriverWait
 
 KEY = "browser-test-key-" + secrets.token_hex(8)
-MODEL = "tokenwire/sim;tokens=80;tps=20"  # four seconds of tokens: time to cut the stream mid-way
+MODEL = "tokenwire/sim;tokens=200;tps=20"  # ten seconds of tokens: a loaded machine's page load (seen
+# over four) must leave the page live, ten tokens in, to cut its stream mid-way
 WAIT = 40.0
 
 # Reads the page's state: its status, counters and every token it shows, with its computed shade.
