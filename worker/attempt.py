@@ -37,7 +37,7 @@ from .holdback import holdback_for
 from .keys import Keys
 from .outcome import Escalate, Failed, Fenced, Finished, WriteFailed
 from .publisher import Publisher, Sink
-from .ratelimit import Budgets
+from .ratelimit import Budgets, BudgetWait, no_budget
 from .redact import Redactor, check_api_key, installed
 from .routing import judge, tracker_for
 from .segments import Segmenter, SegmentSpan
@@ -107,6 +107,7 @@ class Attempt:
         self.judge_at_end = esc is not None  # until the after_tokens check has passed
         self._escalate: str | None = None  # why, once the after_tokens check has failed
         self.deadline = deadline
+        self.budget_wait = BudgetWait()  # why its request waits for budget, while it does
         self.fallback: LogprobsFallback | None = None  # the request, once its stream is asked for
 
     async def run(self) -> Finished | Failed | Escalate | Fenced | WriteFailed:
@@ -123,10 +124,7 @@ class Attempt:
         except UpstreamError as exc:
             outcome = Failed(exc)
         except TimeoutError:
-            outcome = self.end_with_error(
-                "deadline_exceeded",
-                f"job did not finish within job_deadline_seconds={self.ctx.settings.job_deadline_seconds}",
-            )
+            outcome = self.deadline_passed()
         await self.ctx.publisher.drained(self.sink)
         if self.sink.fenced:
             return Fenced()
@@ -163,7 +161,7 @@ class Attempt:
         await fallback.check()  # a refusal of logprobs remembered for this provider+model
         budgets = ctx.budgets or Budgets(None, ctx.keys, ctx.settings)  # waits out 429s (ratelimit)
         opener = traced(fallback.open, self.job.api, self.job.model, admitted.url)
-        opened = budgets.request(admitted, self.deadline, opener, self.tokens_used)
+        opened = budgets.request(admitted, self.deadline, opener, self.tokens_used, self.budget_wait)
         async with opened as events:
             publisher = ctx.publisher
             parse: Callable[[str], Parsed] = fallback.parser.parse
@@ -398,6 +396,18 @@ class Attempt:
         """``done``'s ``logprobs_available: false`` and why, when the request went without them."""
         reason = None if self.fallback is None else self.fallback.reason
         return {} if reason is None else {"logprobs_available": False, "logprobs_reason": reason}
+
+    def deadline_passed(self) -> Failed | Finished:
+        """How the attempt ends when the job's deadline passes: ``rate_limited`` while its request
+        waited for budget (the same error the wait gives when it sees the deadline coming),
+        ``deadline_exceeded`` otherwise."""
+        why = self.budget_wait.why
+        if why is not None:
+            return Failed(no_budget(self.admitted.provider_name, self.ctx.settings, why))
+        limit = self.ctx.settings.job_deadline_seconds
+        return self.end_with_error(
+            "deadline_exceeded", f"job did not finish within job_deadline_seconds={limit}"
+        )
 
     def end_with_error(self, code: str, message: str) -> Finished:
         """This attempt's end with an ``error`` event (also the runner's, for a failure it will not

@@ -378,9 +378,7 @@ class CandidatesAttempt(Attempt):
         except UpstreamError as exc:
             return [Failed(exc)] * n
         except TimeoutError:
-            limit = self.ctx.settings.job_deadline_seconds
-            message = f"job did not finish within job_deadline_seconds={limit}"
-            return [self.end_with_error("deadline_exceeded", message)] * n
+            return [self.deadline_passed()] * n
         if failed is not None:
             return [failed] * n
         if self._escalate is not None:  # every candidate under the bar: run() escalates
@@ -433,7 +431,7 @@ class CandidatesAttempt(Attempt):
             lane.fallback = fallback
         budgets = ctx.budgets or Budgets(None, ctx.keys, ctx.settings)
         opener = traced(fallback.open, self.job.api, self.job.model, admitted.url)
-        opened = budgets.request(admitted, self.deadline, opener, self.tokens_used)
+        opened = budgets.request(admitted, self.deadline, opener, self.tokens_used, self.budget_wait)
         publisher, lanes, seen = ctx.publisher, self.lanes, self._seen
         async with opened as events:
             async for data in events:

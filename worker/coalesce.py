@@ -12,8 +12,10 @@ raises its own error, exactly as the script call would have:
   script object, which loads the script and runs it again;
 - a batch that fails as a whole (a connection lost or a timeout mid-batch) is re-issued call by
   call through the client, whose own retry policy then applies as it always did (the scripts are
-  fenced and idempotent, as redis-py's retry of a lost reply already assumes). Nothing is dropped
-  and nothing raises that a lone call would not have raised.
+  fenced and idempotent, as redis-py's retry of a lost reply already assumes). So is a call whose
+  reply is a connection error or a timeout: a cluster pipeline run with ``raise_on_error=False``
+  hands those back as results, one per command read after its connection died, without retrying
+  them. Nothing is dropped and nothing raises that a lone call would not have raised.
 
 On a single server the write goes out on one connection the coalescer keeps (a pool checkout costs
 ~90 µs); on a Redis Cluster through redis-py's cluster pipeline, which groups the calls per node.
@@ -31,7 +33,9 @@ import hiredis
 import structlog
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .fastpath.redis_py import bulk_reader
 
@@ -97,14 +101,19 @@ class Coalescer:
             self.batches += 1
             self.calls += len(batch)
             redo = []
+            lost = False
             for call, reply in zip(batch, replies, strict=True):
                 if isinstance(reply, NoScriptError):
                     redo.append(call)
+                elif isinstance(reply, _LOST):
+                    redo.append(call)
+                    lost = True
                 elif isinstance(reply, Exception):
                     _settle(call, error=reply)
                 else:
                     _settle(call, reply=reply)
             if redo:
+                self.reissued += lost
                 await asyncio.gather(*(self._alone(call) for call in redo))
         except BaseException as exc:  # cancelled, or a bug: no caller is left waiting
             for call in batch:
@@ -182,6 +191,9 @@ class Coalescer:
         if conn is not None and pool is not None:
             await pool.release(conn)
 
+
+_LOST = (RedisConnectionError, RedisTimeoutError)
+"""Replies that say nothing of the call itself, only that its connection failed: it runs again."""
 
 _PACKED_AS_ENCODED = frozenset({str, bytes, int, float})
 """Exact types (no bool, no subclass) hiredis.pack_command writes as redis-py's Encoder does."""

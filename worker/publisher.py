@@ -287,7 +287,14 @@ class Publisher:
                 pipe.execute_command(
                     "XADD", sink.key, *nomk, "MAXLEN", "~", maxlen, entry_id, "event", payload
                 )
-            return await pipe.execute(raise_on_error=False)
+            results: list[object] = await pipe.execute(raise_on_error=False)
+        # a node's connection that died while its replies were read leaves them as errors in
+        # the results (redis-py does not retry those): the round trip failed, as on one server,
+        # and is retried whole (an event that had landed is found by its id, not duplicated)
+        lost = next((r for r in results if isinstance(r, RedisConnectionError | RedisTimeoutError)), None)
+        if lost is not None:
+            raise lost
+        return results
 
     async def _settle(self, entries: list[Entry], results: list[object]) -> list[Entry]:
         """Mark each entry's sink by its reply; the entries Redis refused for lack of memory, to be

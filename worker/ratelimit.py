@@ -59,11 +59,13 @@ __all__ = [
     "MIN_FACTOR",
     "RATE_STEP",
     "WAIT",
+    "BudgetWait",
     "Budgets",
     "Permit",
     "Scope",
     "collect_budgets",
     "estimate_tokens",
+    "no_budget",
     "request_tokens",
 ]
 
@@ -109,6 +111,28 @@ class Permit:
     ticket: str
     granted_ms: int
     reserved: float
+
+
+class BudgetWait:
+    """Why a request is waiting for budget right now (``why``; None while it is not): its attempt
+    holds one, so a job deadline that passes during the wait is told as ``rate_limited``
+    (:func:`no_budget`), not as a generic ``deadline_exceeded``, whichever timer fires first."""
+
+    __slots__ = ("why",)
+
+    def __init__(self) -> None:
+        self.why: str | None = None
+
+
+def no_budget(provider: str, settings: Settings, why: str) -> UpstreamError:
+    """The error of a request that found no budget before its job's deadline."""
+    return UpstreamError(
+        "rate_limited",
+        f"provider {provider!r} had no budget for the request before the job's deadline "
+        f"(job_deadline_seconds={settings.job_deadline_seconds}; {why})",
+        status=429,
+        retryable=False,
+    )
 
 
 class _Waiting:
@@ -215,23 +239,27 @@ class Budgets:
         deadline: float,
         opener: Callable[[], AbstractAsyncContextManager[T]],
         used: Callable[[], int],
+        wait: BudgetWait | None = None,
     ) -> AsyncIterator[T]:
         """Enter ``opener()`` (the upstream request) within the provider's budget.
 
         Waits for a permit first; a 429 on entry cuts the budget, waits (``Retry-After``, else the
         upstream backoff, then for a permit again) and opens anew: no attempt is spent. Raises
         :class:`UpstreamError` ``rate_limited`` (not retryable) when the wait would outlast
-        ``deadline`` (loop time). ``used()``: tokens the request used (settled at its end)."""
+        ``deadline`` (loop time). ``used()``: tokens the request used (settled at its end).
+        ``wait``: kept saying why the request waits, while it does (:class:`BudgetWait`)."""
         scope = self.scope_for(admitted)
         provider = admitted.provider_name
         cost = 0 if scope is None else request_tokens(admitted, self.settings)
         backoff: Backoff | None = None  # from the first 429 on
+        wait = BudgetWait() if wait is None else wait
         waiting = _Waiting(self, provider)
         try:
             while True:
                 permit = None
                 if scope is not None:
-                    permit = await self._wait_for_permit(scope, cost, deadline, waiting)
+                    permit = await self._wait_for_permit(scope, cost, deadline, waiting, wait)
+                wait.why = None
                 request = opener()  # entered and exited by hand: an exit stack costs ~2 us a request
                 try:
                     entered = await request.__aenter__()
@@ -249,7 +277,8 @@ class Budgets:
                         retry_in=round(delay, 3),
                         refusals=backoff.failures,
                     )
-                    self._check_deadline(provider, deadline, delay, "HTTP 429 from the provider")
+                    wait.why = "HTTP 429 from the provider"
+                    self._check_deadline(provider, deadline, delay, wait.why)
                     waiting.start()
                     await asyncio.sleep(delay)
                     continue
@@ -297,7 +326,9 @@ class Budgets:
         self._held[ticket] = permit
         return permit, 0, "granted"
 
-    async def _wait_for_permit(self, scope: Scope, cost: int, deadline: float, waiting: _Waiting) -> Permit:
+    async def _wait_for_permit(
+        self, scope: Scope, cost: int, deadline: float, waiting: _Waiting, wait: BudgetWait
+    ) -> Permit:
         ticket = uuid.uuid4().hex
         self._register(scope)
         polls, redis_errors = Backoff(WAIT), Backoff(REDIS)
@@ -317,7 +348,8 @@ class Budgets:
                     delay = polls.failed() if wake else hint / 1000 * (1 + 0.1 * random.random())
                     delay = min(delay, MAX_RETRY_AFTER)
                 waiter_ttl = self.slot_ttl_ms + int(delay * 1000)
-                self._check_deadline(scope.provider, deadline, delay, f"waiting for {reason}")
+                wait.why = f"waiting for {reason}"
+                self._check_deadline(scope.provider, deadline, delay, wait.why)
                 waiting.start()
                 await self._pause(scope, delay, wake)
         finally:
@@ -337,13 +369,7 @@ class Budgets:
     def _check_deadline(self, provider: str, deadline: float, delay: float, why: str) -> None:
         if asyncio.get_running_loop().time() + delay < deadline:
             return
-        raise UpstreamError(
-            "rate_limited",
-            f"provider {provider!r} had no budget for the request before the job's deadline "
-            f"(job_deadline_seconds={self.settings.job_deadline_seconds}; {why})",
-            status=429,
-            retryable=False,
-        )
+        raise no_budget(provider, self.settings, why)
 
     def _register(self, scope: Scope) -> None:
         """List ``scope`` in ``P:budgets`` (for ``tokenwire stats``): once, then every half TTL."""

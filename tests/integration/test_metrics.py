@@ -60,8 +60,13 @@ async def test_metrics_count_what_happened(start_worker: StartWorker, client: Cl
                 for o in ("done", "error", "dead_lettered")
             )
 
-        async with asyncio.timeout(10):  # counted at the ack, just after the terminal event
-            while ended(m := await scraped()) != 6:
+        def settled(m: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> bool:
+            # counted at the ack, just after the terminal event; the gauge falls once the job's
+            # task is gone, a loop turn later: a scrape may fall between the two (CI met it)
+            return ended(m) == 6 and m.get(("tokenwire_inflight_jobs", ()), -1) == 0
+
+        async with asyncio.timeout(10):
+            while not settled(m := await scraped()):
                 await asyncio.sleep(0.05)
     assert m[("tokenwire_jobs_total", (("outcome", "done"),))] == 4
     assert m[("tokenwire_jobs_total", (("outcome", "error"),))] == 1

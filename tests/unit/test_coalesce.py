@@ -10,8 +10,11 @@ from typing import Any
 
 import fakeredis
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from tests.unit.dying_cluster import DiesMidRead
 from worker.coalesce import Coalescer
 from worker.events import Error, Start
 from worker.keys import GROUP, Keys, as_text
@@ -79,6 +82,27 @@ async def test_an_unencodable_argument_fails_its_caller_only() -> None:
     good, bad = got
     assert good == b"x"
     assert isinstance(bad, Exception) and "NoneType" in str(bad)
+    await coalescer.aclose()
+
+
+@pytest.mark.parametrize(
+    "error", [RedisConnectionError("Connection closed by server."), RedisTimeoutError("Timeout reading")]
+)
+async def test_calls_whose_replies_a_dead_connection_lost_run_again_alone(error: Exception) -> None:
+    redis = fakeredis.FakeAsyncRedis()
+    script = redis.register_script(ECHO)
+    await script(keys=["warm"], args=["up"])  # loaded: the pipeline's EVALSHA finds it
+    cluster = DiesMidRead(redis, answered=2, error=error)
+    coalescer = Coalescer(cluster)  # type: ignore[arg-type]
+    values = ["v0", "bad", "v2", "v3", "v4"]
+    got = await asyncio.gather(
+        *(coalescer.run(script, [f"k{i}"], [v]) for i, v in enumerate(values)), return_exceptions=True
+    )
+    assert got[0] == b"v0"
+    assert isinstance(got[1], ResponseError) and str(got[1]) == "bad k1"  # its own reply: not run again
+    assert got[2:] == [b"v2", b"v3", b"v4"]  # lost with the connection: each run again, alone
+    assert [await redis.get(f"k{i}") for i in (0, 2, 3, 4)] == [b"v0", b"v2", b"v3", b"v4"]
+    assert (coalescer.batches, coalescer.reissued) == (1, 1)
     await coalescer.aclose()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import dataclasses
 import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -12,17 +13,21 @@ from typing import Any
 
 import fakeredis
 import httpx
+import msgspec
 import pytest
 from redis.exceptions import ResponseError
 
 from worker.admit import Admitted, admit
 from worker.attempt import Attempt, AttemptContext
+from worker.candidates import CandidatesAttempt
 from worker.events import Cancelled, Done, Error
 from worker.jobs import Escalate as EscalateTo
 from worker.jobs import Job, encode_job
 from worker.keys import Keys
+from worker.metrics import Metrics
 from worker.outcome import Escalate, Failed, Fenced, Finished, WriteFailed
 from worker.publisher import Entry, Publisher
+from worker.ratelimit import Budgets
 from worker.settings import Provider, Settings
 from worker.upstream.adapters import default_adapters
 from worker.upstream.http import StreamLimits
@@ -203,6 +208,67 @@ async def test_429s_until_the_deadline_fail_rate_limited_not_retryable(rig: _Rig
     assert isinstance(outcome, Failed)
     assert (outcome.error.code, outcome.error.retryable) == ("rate_limited", False)
     assert "job_deadline_seconds" in outcome.error.message
+
+
+@pytest.mark.parametrize("candidates", [None, 2])
+async def test_a_deadline_that_passes_while_waiting_for_budget_fails_rate_limited(
+    rig: _Rig, candidates: int | None
+) -> None:
+    """Whichever timer fires first: here the job's deadline, while Redis is slow to answer the
+    second ask for a permit (the wait's own check saw time enough), not a generic
+    deadline_exceeded: the job never got budget (a CI run under load met exactly this)."""
+    provider = Provider(
+        native_url="https://up.test/{model}", chat_url="https://up.test/v1/chat", max_concurrency=1
+    )
+    settings = Settings(prefix="t", default_provider="up", providers={"up": provider})
+
+    def never(_: httpx.Request) -> httpx.Response:
+        raise AssertionError("no request may be sent without a permit")
+
+    ctx = dataclasses.replace(
+        rig.context(httpx.MockTransport(never), settings=settings),
+        budgets=Budgets(rig.redis, Keys("t"), settings, Metrics()),
+    )
+    assert ctx.budgets is not None
+    fields: dict[str, Any] = (
+        {"input": "hi"}
+        if candidates is None
+        else {"api": "chat", "messages": [{"role": "user", "content": "hi"}], "candidates": {"n": candidates}}
+    )
+    job = msgspec.convert({"model": "m", "id": "j1", **fields}, Job)
+    verdict = admit("1-0", encode_job(job), settings)
+    assert isinstance(verdict, Admitted)
+    scope = ctx.budgets.scope_for(verdict)
+    assert scope is not None
+    taken, _, _ = await ctx.budgets.acquire_once(scope, "peer", 0, 60_000)  # the only slot
+    assert taken is not None
+    asks = 0
+    ask = ctx.budgets.acquire_once
+
+    async def slow(*args: Any) -> Any:
+        nonlocal asks
+        asks += 1
+        if asks > 1:  # Redis stalls on the second ask: only the job's own deadline ends it
+            await asyncio.Event().wait()
+        return await ask(*args)
+
+    ctx.budgets.acquire_once = slow  # type: ignore[method-assign,assignment]
+    await ctx.publisher.redis.xgroup_create(ctx.keys.events(verdict.job_id), "exists", id="0", mkstream=True)
+    kind = Attempt if candidates is None else CandidatesAttempt
+    attempt = kind(ctx, verdict, 1, asyncio.get_running_loop().time() + 0.3)
+    async with asyncio.timeout(BOUND):
+        outcome = await attempt.run()
+    assert asks == 2
+    if candidates is None:  # not retried: the runner ends the job with its error
+        assert isinstance(outcome, Failed), outcome
+        assert (outcome.error.code, outcome.error.retryable) == ("rate_limited", False)
+        message = outcome.error.message
+    else:  # every candidate failed so: the job's one error says so
+        assert isinstance(outcome, Finished) and isinstance(outcome.terminal, Error), outcome
+        assert outcome.terminal.code == "rate_limited"
+        message = outcome.terminal.message
+    assert "job_deadline_seconds" in message and "'up'" in message
+    assert "concurrency" in message  # why it waited
 
 
 async def test_a_stream_cut_before_its_end_fails_retryably(rig: _Rig) -> None:

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import fakeredis
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from tests.unit.dying_cluster import DiesMidRead
 from worker.publisher import Publisher, Sink
 
 
@@ -98,3 +102,31 @@ async def test_a_backlog_goes_out_in_bounded_round_trips() -> None:
     await pub.flush()
     assert sizes == [4, 4, 2] and await redis.xlen("big") == 10
     await redis.aclose()
+
+
+@pytest.mark.parametrize(
+    "error", [RedisConnectionError("Connection closed by server."), RedisTimeoutError("Timeout reading")]
+)
+async def test_a_cluster_connection_lost_under_a_batch_retries_it_without_a_gap_or_duplicate(
+    error: Exception,
+) -> None:
+    """redis-py's cluster pipeline leaves the replies a dead connection lost as errors in its
+    results: the round trip failed, as on one server, and is retried whole; the events that had
+    landed are found by their ids, not written twice, and the job's sink stays ok."""
+    redis = fakeredis.FakeAsyncRedis()
+    cluster = DiesMidRead(redis, answered=2, error=error)
+    pub = Publisher(cluster, maxlen=1000)  # type: ignore[arg-type]
+    task = asyncio.create_task(pub.run())
+    try:
+        sink = Sink("job")
+        for seq in range(1, 6):
+            pub.emit(sink, b"1-%d" % seq, b"e%d" % seq)
+        async with asyncio.timeout(5):
+            await pub.drained(sink)
+        assert sink.ok, sink.error
+        assert cluster.pipelines == 2  # the failed round trip, then the retry
+        entries: Any = await redis.xrange("job")
+        assert [(i, f[b"event"]) for i, f in entries] == [(b"1-%d" % n, b"e%d" % n) for n in range(1, 6)]
+    finally:
+        task.cancel()
+        await redis.aclose()
