@@ -32,6 +32,7 @@ Pure Python, no I/O.
 from __future__ import annotations
 
 import builtins
+import functools
 import math
 from array import array
 from collections.abc import Sequence
@@ -168,8 +169,16 @@ def nearest_rank(q: float, n: int) -> int:
     arithmetic gives 4), so hand-made expectations hold exactly."""
     if not 0.0 < q <= 1.0:
         raise ValueError(f"q must be in (0, 1], got {q!r}")
+    numerator, denominator = _decimal_ratio(q)
+    return max(1, -((-numerator * n) // denominator))
+
+
+@functools.lru_cache(maxsize=256)
+def _decimal_ratio(q: float) -> tuple[int, int]:
+    """``q`` as the decimal it prints as, in lowest terms (parsing a ``Fraction`` is ~8 µs: a
+    job's few ``q`` are parsed once, not at every summary)."""
     frac = Fraction(repr(q))
-    return max(1, -((-frac.numerator * n) // frac.denominator))
+    return frac.numerator, frac.denominator
 
 
 def window_min(prefix: Sequence[float], window: int) -> float | None:
