@@ -96,7 +96,7 @@ class RedactFields:
         memo = self._memo
         out: dict[str, Any] = {}
         for key, value in event_dict.items():
-            if key in _OWN:
+            if key in _OWN or type(value) in _PLAIN:
                 out[key] = value
             elif isinstance(value, str):
                 done = memo.get(value)
@@ -113,6 +113,8 @@ class RedactFields:
 
 
 _OWN = frozenset({"exc_info", "timestamp", "level"})
+_PLAIN = frozenset({int, float, bool, type(None)})
+"""Exact types that hold no string: nothing in them to redact (a subclass is scanned as before)."""
 
 
 def _identity(logger: Any, method: str, event_dict: Any) -> Any:
