@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 
 from worker import Client, Provider, Settings, Worker
 from worker.connect import http_client, redis_client
+from worker.keys import GROUP
 from worker.sim import SimConfig, serve
 
 from .gatewaykit import RunningGateway, start_gateway, tenants
@@ -165,3 +166,16 @@ async def gateway(
     for gw in running:
         if not gw.task.done():
             await gw.shutdown()
+
+
+async def all_acked(redis: Redis, jobs: str, timeout: float = 30.0) -> None:
+    """Wait until the workers' group on ``jobs`` has nothing pending. A job's terminal event is
+    visible before its entry is acknowledged (the ack follows it), so a test that has read the end
+    of a job waits here before it counts pending entries."""
+    pending = -1
+    try:
+        async with asyncio.timeout(timeout):
+            while pending := int((await redis.xpending(jobs, GROUP))["pending"]):
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        pytest.fail(f"{pending} entries of {jobs} still pending after {timeout} s")

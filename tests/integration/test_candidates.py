@@ -24,7 +24,7 @@ from worker.keys import GROUP, Keys
 from worker.review import ReviewItem, ReviewQueue
 from worker.settings import Price, Provider
 
-from .conftest import RunningWorker
+from .conftest import RunningWorker, all_acked
 
 pytestmark = pytest.mark.integration
 
@@ -363,9 +363,7 @@ async def test_review_of_a_job_with_candidates_holds_the_winners_low_segments(
         model="m", input="hi", params={"max_tokens": 60}, review=review, candidates={"n": 3}
     )
     done = await client.result(job_id, timeout=60)
-    async with asyncio.timeout(30):
-        while (await redis.xpending(keys.jobs, GROUP))["pending"]:
-            await asyncio.sleep(0.02)
+    await all_acked(redis, keys.jobs)
     assert not isinstance(done.candidates, msgspec.UnsetType)
     winner = next(c.index for c in done.candidates if c.rank == 1)
     events = await stream(redis, prefix, job_id)

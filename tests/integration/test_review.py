@@ -23,7 +23,7 @@ from worker.review import ReviewItem, ReviewNotFound, ReviewQueue
 from worker.signals import decode_signals
 
 from ..faults.invariants import prefix_ttl_problems
-from .conftest import RunningWorker
+from .conftest import RunningWorker, all_acked
 
 pytestmark = pytest.mark.integration
 
@@ -47,9 +47,7 @@ async def settled(redis: Redis, prefix: str) -> None:
     """Every job entry acknowledged: a job's review entry is written after its done and before its
     ack, so once the ack is there, so is the review entry (``result`` returns at the done)."""
     jobs = Keys(prefix).jobs
-    async with asyncio.timeout(30):
-        while (await redis.xpending(jobs, "workers"))["pending"]:
-            await asyncio.sleep(0.02)
+    await all_acked(redis, jobs)
 
 
 async def entries(redis: Redis, prefix: str) -> list[tuple[str, dict[bytes, bytes]]]:
@@ -124,9 +122,7 @@ async def test_a_worker_dying_between_the_done_and_the_entry_leaves_it_to_the_ta
     async with asyncio.timeout(30):
         while not await entries(redis, prefix):
             await asyncio.sleep(0.05)
-    async with asyncio.timeout(30):  # the takeover acknowledged the job's entry
-        while (await redis.xpending(keys.jobs, "workers"))["pending"]:
-            await asyncio.sleep(0.05)
+    await all_acked(redis, keys.jobs)  # the takeover acknowledged the job's entry
     (_, fields), *more = await entries(redis, prefix)
     assert not more and calls == [job_id, job_id]
     item = msgspec.json.decode(fields[b"item"], type=ReviewItem)
