@@ -367,8 +367,12 @@ class Run:
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}, short windows")
-    parser.add_argument("--scenario", action="append", help="run only these (repeatable)")
-    parser.add_argument("--variant", action="append", help=f"default: {', '.join(DEFAULT_VARIANTS)}")
+    parser.add_argument("--scenario", action="append", help="run only these (repeatable, or comma-separated)")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        help=f"repeatable, or comma-separated; default: {', '.join(DEFAULT_VARIANTS)}",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--window", type=float, help="measured seconds per run")
     parser.add_argument("--warmup", type=float, help="unmeasured seconds before the window")
@@ -391,7 +395,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--redis-query", default="", help="query appended to tokenwire's Redis URL (max_connections=2048)"
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for name in ("scenario", "variant"):  # --variant floor,tokenwire is --variant floor --variant tokenwire
+        given = getattr(args, name)
+        if given:
+            setattr(args, name, [part for value in given for part in value.split(",") if part])
+    return args
 
 
 def _variants(args: argparse.Namespace) -> list[Variant]:
@@ -477,7 +486,11 @@ def main(argv: list[str] | None = None) -> int:
     if not redis_server_available():
         print("bench: redis-server is not installed (make redis-server installs it)", file=sys.stderr)
         return 2
-    scenarios, variants, timing = _plan(args)
+    try:
+        scenarios, variants, timing = _plan(args)
+    except KeyError as exc:  # a name mistyped: say which, and the known ones
+        print(f"bench: {exc.args[0]}", file=sys.stderr)
+        return 2
     stamp = _probe_stamp()
     if not stamp:
         print("bench: this simulator has no stamp directive: latencies are not measured", flush=True)
