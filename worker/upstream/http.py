@@ -127,8 +127,10 @@ async def open_sse(
     (transport failures, stalls, size bounds). The response is closed on every path. No bytes for
     ``limits.stall_seconds`` while waiting for them (headers included) is a stall (:mod:`.stall`).
     """
-    # the headers' secrets, found only when an error's message must be redacted (~6 µs a request)
-    secrets = functools.partial(_secrets, client.headers.items(), headers.items())
+
+    def secrets() -> tuple[str, ...]:  # found only when an error's message must be redacted (~6 µs)
+        return _secrets(client.headers.items(), headers.items())
+
     request_headers = {"Accept-Encoding": "identity", **headers, "Content-Type": "application/json"}
     parsed = _parsed(url)  # parsed once per URL (provider and model), not once per request
     host = "(invalid URL)" if parsed is None else parsed.host or "(no host)"
