@@ -5,6 +5,7 @@ environment (``$SUDO DEBIAN_FRONTEND=… apt-get`` ran ``DEBIAN_FRONTEND=…`` a
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -19,9 +20,12 @@ pytestmark = pytest.mark.skipif(MAKE is None, reason="make is not installed")
 
 def _recipe(target: str) -> str:
     assert MAKE is not None
+    # the recipe as a make of its own prints it, whatever make runs the suite (``make -C DIR test``
+    # passes --print-directory down: its "make[1]: Entering directory" lines are no shell)
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
     result = subprocess.run(
-        [MAKE, "-s", "-n", "-B", "-C", str(ROOT), target],
-        capture_output=True, text=True, timeout=30, check=True,
+        [MAKE, "-s", "-n", "-B", "--no-print-directory", "-C", str(ROOT), target],
+        capture_output=True, text=True, timeout=30, check=True, env=env,
     )  # fmt: skip
     return result.stdout
 
