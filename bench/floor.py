@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from bench.jobloop import EVENTS_MAXLEN, BenchJob, parse_args, serve_jobs
 from bench.resp import RawRedis, xadd_prefix
 
-__all__ = ["main"]
+__all__ = ["Writer", "main", "split_events"]
 
 _HIGH_WATER = 1 << 20  # bytes buffered towards Redis before a job waits for the socket
 _SEPARATOR = b"\n\n"
@@ -38,15 +38,18 @@ class Writer:
         while True:
             self.errors += await self.conn.drain_replies(1)
 
-    async def write(self, commands: bytes, count: int) -> None:
+    def send(self, commands: bytes, count: int) -> None:
         self.conn.send(commands)
         self.sent += count
+
+    async def write(self, commands: bytes, count: int) -> None:
+        self.send(commands, count)
         transport = self.conn.writer.transport
         if transport.get_write_buffer_size() > _HIGH_WATER:
             await self.conn.writer.drain()
 
 
-def _split(buffer: bytes) -> tuple[list[bytes], bytes]:
+def split_events(buffer: bytes) -> tuple[list[bytes], bytes]:
     """Complete events' ``data`` payloads, and the incomplete rest of the buffer."""
     parts = buffer.split(_SEPARATOR)
     rest = parts.pop()
@@ -59,7 +62,7 @@ async def _run_job(session: aiohttp.ClientSession, writer: Writer, job: BenchJob
     async with session.post(job.url, json=job.body) as response:
         response.raise_for_status()
         async for chunk in response.content.iter_any():
-            payloads, buffer = _split(buffer + chunk)
+            payloads, buffer = split_events(buffer + chunk)
             if payloads:
                 commands = b"".join(b"%b$%d\r\n%b\r\n" % (head, len(p), p) for p in payloads)
                 await writer.write(commands, len(payloads))

@@ -20,7 +20,7 @@ from urllib.parse import quote
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-__all__ = ["EVENTS_MAXLEN", "BenchJob", "parse_args", "serve_jobs"]
+__all__ = ["EVENTS_MAXLEN", "GROUP", "BenchJob", "parse_args", "serve_jobs"]
 
 GROUP = "workers"
 EVENTS_MAXLEN = 100_000  # tokenwire's default events_maxlen: every variant caps its streams alike
@@ -62,9 +62,14 @@ def _job(entry_id: bytes, raw: bytes, args: argparse.Namespace) -> BenchJob:
 
 
 async def serve_jobs(
-    args: argparse.Namespace, redis: Redis, run_job: Callable[[BenchJob], Awaitable[None]]
+    args: argparse.Namespace,
+    redis: Redis,
+    run_job: Callable[[BenchJob], Awaitable[None]],
+    *,
+    ack: bool = True,
 ) -> None:
-    """Read jobs until ``--max-seconds`` pass, each run as its own task, then acknowledged."""
+    """Read jobs until ``--max-seconds`` pass, each run as its own task, then acknowledged (with
+    ``ack=False`` the job acknowledges itself: ``run_job`` sends the ``XACK``)."""
     jobs_key = f"{{{args.prefix}}}:jobs"
     consumer = f"bench-{os.getpid()}"
     with contextlib.suppress(ResponseError):
@@ -74,7 +79,8 @@ async def serve_jobs(
     async def one(job: BenchJob) -> None:
         try:
             await run_job(job)
-            await redis.xack(jobs_key, GROUP, job.entry_id)
+            if ack:
+                await redis.xack(jobs_key, GROUP, job.entry_id)
         except Exception as exc:
             print(f"job {job.job_id} failed: {exc!r}", file=sys.stderr, flush=True)
 

@@ -109,6 +109,12 @@ VARIANTS = (
         _bench_module("bench.naive"),
         "xadd",
     ),
+    ShortVariant(
+        "floor",
+        "bench.floor_short: aiohttp, raw pipelined XADDs and XACK, nothing else (the bound)",
+        _bench_module("bench.floor_short"),
+        "xadd",
+    ),
     ShortVariant("tokenwire", "tokenwire worker, as users run it", _tokenwire, "xadd"),
     ShortVariant(
         "tokenwire-budget",

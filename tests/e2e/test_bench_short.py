@@ -5,12 +5,19 @@ refused), never a speed."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import subprocess
+import sys
+import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 
 from bench import shortjobs, shortload
+from worker.redisproc import RedisServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -28,11 +35,12 @@ def test_every_variant_and_load_is_measured_with_ratios(
         shortjobs, "LOADS", (flat, shortjobs.Load(paced_load.name, PACED_RATE, paced_load.inflight))
     )
     out = tmp_path / "short.json"
-    variants = ["--variant", "naive", "--variant", "tokenwire", "--variant", "arq"]
+    variants = ["--variant", "naive", "--variant", "floor", "--variant", "tokenwire", "--variant", "arq"]
     assert shortjobs.main([*SHORT, *variants, "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     rows = {(r["variant"], r["load"]): r for r in result["rows"]}
-    assert set(rows) == {(v, ld) for v in ("naive", "tokenwire", "arq") for ld in ("flat", "paced")}
+    names = ("naive", "floor", "tokenwire", "arq")
+    assert set(rows) == {(v, ld) for v in names for ld in ("flat", "paced")}
     for row in rows.values():
         assert row.get("error") is None, row
         assert row["done_in_window"] > 0 and row["failed"] == 0 and row["unfinished"] == 0
@@ -44,7 +52,7 @@ def test_every_variant_and_load_is_measured_with_ratios(
     assert paced["rate"] == PACED_RATE and paced["enqueued"] > 0
     assert rows[("tokenwire", "flat")]["inflight"] == 64
     assert set(result["ratios"]) == {
-        f"tokenwire/{v} {ld}" for v in ("naive", "arq") for ld in ("flat", "paced")
+        f"tokenwire/{v} {ld}" for v in ("naive", "floor", "arq") for ld in ("flat", "paced")
     }
     printed = capsys.readouterr().out
     assert "tokenwire/arq flat" in printed and f"wrote {out}" in printed
@@ -84,3 +92,52 @@ def test_profile_without_py_spy_is_refused(tmp_path: Path, monkeypatch: pytest.M
     argv = [*SHORT, "--variant", "tokenwire", "--profile", str(tmp_path / "p"), "--out", str(tmp_path / "o")]
     assert shortjobs.main(argv) == 2
     assert not (tmp_path / "o").exists()
+
+
+async def _floor_events(redis_url: str, key: str, timeout: float = 20.0) -> list[dict[str, Any]]:
+    redis = Redis.from_url(redis_url)
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                entries: Any = await redis.xrange(key)
+                events = [json.loads(fields[b"event"]) for _, fields in entries]
+                if events and events[-1].get("type") == "done":
+                    return events
+                await asyncio.sleep(0.02)
+    finally:
+        await redis.aclose()
+
+
+def test_the_short_job_floor_writes_each_jobs_events_a_done_and_acks_it(
+    redis_server: RedisServer, sim_port: int
+) -> None:
+    # the floor row is the bound the worker is measured against: it must do the job (every upstream
+    # event in, a done, the ack), or its CPU per job says nothing
+    prefix = f"floor-{uuid.uuid4().hex[:8]}"
+    argv = [sys.executable, "-m", "bench.floor_short", "--redis-url", redis_server.url]
+    argv += ["--sim-url", f"http://127.0.0.1:{sim_port}", "--prefix", prefix, "--max-seconds", "30"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+
+        async def scenario() -> None:
+            redis = Redis.from_url(redis_server.url)
+            try:
+                for i in range(1, 4):
+                    job = {**shortload.job_of(i, prefix), "id": f"{prefix}-{i}"}
+                    await redis.xadd(f"{{{prefix}}}:jobs", {"job": json.dumps(job)})
+                for i in range(1, 4):
+                    events = await _floor_events(redis_server.url, f"{prefix}:job:{{{prefix}-{i}}}:events")
+                    tokens = [e for e in events if "token" in e]  # the simulator's events, as they came
+                    assert tokens and tokens[-1]["details"]["generated_tokens"] == len(tokens)
+                    assert events[-1] == {"type": "done", "job_id": f"{prefix}-{i}", "tokens": len(tokens)}
+                async with asyncio.timeout(20):
+                    while (await redis.xpending(f"{{{prefix}}}:jobs", "workers"))["pending"]:
+                        await asyncio.sleep(0.02)
+            finally:
+                await redis.aclose()
+
+        asyncio.run(scenario())
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=15)
+    assert "failed" not in out, out
