@@ -155,5 +155,44 @@ async def test_changed_internals_leave_every_request_to_httpx(monkeypatch: pytes
 def test_the_kept_merges_are_bounded() -> None:
     client = httpx.AsyncClient(transport=httpx.MockTransport(_sse), trust_env=False)
     for i in range(httpx_send._MERGED_LIMIT + 10):
-        httpx_send._merged(client, {"X-N": str(i)})
+        httpx_send._merged(client, {"X-N": str(i)}, b"up.test" if i % 2 else None)
     assert len(httpx_send._merges) <= httpx_send._MERGED_LIMIT
+
+
+BODIES = {"a body": b'{"input":"a"}', "an empty body": b""}
+GIVEN = {"nothing httpx fills in": {}, "Host": {"Host": "other.test"}, "a size": {"Content-Length": "13"}}
+
+
+@pytest.mark.parametrize("body", BODIES)
+@pytest.mark.parametrize("given", GIVEN)
+async def test_every_body_and_header_set_is_sent_as_httpx_sends_it(body: str, given: str) -> None:
+    # the fast build fills in Host and Content-Length itself; a header set naming either (or an
+    # empty body, whose size httpx writes elsewhere) is built by httpx: the wire is the same
+    headers = {**HEADERS, **GIVEN[given]}
+    ours, sent = _seen(FastUpstreamClient)
+    theirs, expected = _seen(UpstreamClient)
+    for client in (ours, theirs):
+        async with client:
+            for _ in range(2):  # the second from the kept merge
+                request = client.stream("POST", URL, content=BODIES[body], headers=dict(headers))
+                async with request as response:
+                    assert response.status_code == 200
+    assert sent == expected and len(sent) == 2
+    fast = any(merged is not None and key[1] is not None for key, (_, merged) in httpx_send._merges.items())
+    assert fast is (given == "nothing httpx fills in" and body == "a body")  # which build each took
+
+
+def test_the_probe_refuses_a_build_that_differs_from_httpx(monkeypatch: pytest.MonkeyPatch) -> None:
+    # httpx changing how it fills in its headers (here: Content-Length first) is found at start-up
+    # and every request then goes through httpx's own layers
+    prepare = httpx.Request._prepare
+
+    def first(self: httpx.Request, default_headers: dict[str, str]) -> None:
+        prepare(self, default_headers)
+        self.headers = httpx.Headers(sorted(self.headers.raw, key=lambda item: item[0] != b"Content-Length"))
+
+    monkeypatch.setattr(httpx.Request, "_prepare", first)
+    found = httpx_send.probe()
+    assert not found.available and "differs from httpx.AsyncClient.build_request" in found.reason
+    monkeypatch.undo()
+    assert httpx_send.probe().available

@@ -7,7 +7,8 @@ and an absolute URL, all of that does nothing but cost ~30-60 µs a request (a s
 of its CPU). :func:`stream` builds the same request, its merged headers kept per distinct header
 set (``_merge_headers``, re-merged when the client's own headers change), and sends it with
 ``_send_single_request``, setting ``next_request`` on a redirect as the loop does when it does not
-follow. Anything else (another kind of argument, a client with any of those set, a URL with user
+follow. A request with a body is built without httpx's header defaulting (``Host``, kept with the
+merged headers per netloc, and ``Content-Length`` written as httpx writes them; ~45 → ~8 µs). Anything else (another kind of argument, a client with any of those set, a URL with user
 info, which means basic auth) goes through ``AsyncClient.stream``: :func:`stream` returns ``None``.
 When :func:`probe` finds the internals changed (the request built here differs from
 ``build_request``'s), it always returns ``None``.
@@ -19,7 +20,7 @@ import contextlib
 import importlib
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, overload
 
 import httpx
 
@@ -78,25 +79,51 @@ def _plain(client: httpx.AsyncClient, url: httpx.URL, kwargs: Mapping[str, Any])
 def _request(
     client: httpx.AsyncClient, method: str, url: httpx.URL, content: bytes | None, headers: dict[str, str]
 ) -> httpx.Request:
-    """The request ``client.build_request`` builds, its merged headers from the cache."""
-    merged = _merged(client, headers)
-    return httpx.Request(
-        method, url, content=content, headers=merged, extensions={"timeout": client.timeout.as_dict()}
-    )
+    """The request ``client.build_request`` builds, its merged headers from the cache.
+
+    For a non-empty body and headers that name neither ``Host`` nor the body's size (the case of
+    every upstream request), the request is built as httpx builds it, without its header
+    defaulting: ``Host`` first (kept with the merged headers, per netloc), the merged headers,
+    ``Content-Length`` last, the body as its stream, already read (~11 µs against ~45)."""
+    extensions = {"timeout": client.timeout.as_dict()}
+    if not content:
+        merged = _merged(client, headers, None)
+        return httpx.Request(method, url, content=content, headers=merged, extensions=extensions)
+    hosted = _merged(client, headers, url.netloc)
+    if hosted is None:
+        merged = _merged(client, headers, None)
+        return httpx.Request(method, url, content=content, headers=merged, extensions=extensions)
+    stream = httpx.ByteStream(content)
+    request = httpx.Request(method, url, headers=hosted, stream=stream, extensions=extensions)
+    request.headers["Content-Length"] = str(len(content))
+    request.read()
+    return request
 
 
-_merges: dict[tuple[tuple[str, str], ...], tuple[tuple[tuple[bytes, bytes], ...], httpx.Headers]] = {}
+_Key = tuple[tuple[tuple[str, str], ...], bytes | None]  # the call's headers, the netloc (or None)
+_merges: dict[_Key, tuple[tuple[tuple[bytes, bytes], ...], httpx.Headers | None]] = {}
+_OWN_DEFAULTS = frozenset({b"host", b"content-length", b"transfer-encoding"})
+"""Headers httpx fills in itself unless given: given any, the request is built by httpx."""
 
 
-def _merged(client: httpx.AsyncClient, headers: dict[str, str]) -> httpx.Headers:
+@overload
+def _merged(client: httpx.AsyncClient, headers: dict[str, str], netloc: None) -> httpx.Headers: ...
+@overload
+def _merged(client: httpx.AsyncClient, headers: dict[str, str], netloc: bytes) -> httpx.Headers | None: ...
+def _merged(client: httpx.AsyncClient, headers: dict[str, str], netloc: bytes | None) -> httpx.Headers | None:
     """``client._merge_headers(headers)``, kept per header set while the client's own headers stay
-    the same. (The request copies it: the kept one is never changed.)"""
-    key = tuple(headers.items())
+    the same; with ``netloc``, ``Host: netloc`` first, or ``None`` when the merged headers name
+    ``Host`` or a body size themselves. (The request copies it: the kept one is never changed.)"""
+    key = (tuple(headers.items()), netloc)
     own = tuple(client.headers.raw)
     kept = _merges.get(key)
     if kept is not None and kept[0] == own:
         return kept[1]
-    merged = httpx.Headers(client._merge_headers(headers))
+    merged: httpx.Headers | None = httpx.Headers(client._merge_headers(headers))
+    if netloc is not None and merged is not None:
+        raw = merged.raw
+        given = {name.lower() for name, _ in raw}
+        merged = None if given & _OWN_DEFAULTS else httpx.Headers([(b"Host", netloc), *raw])
     if len(_merges) >= _MERGED_LIMIT:
         _merges.clear()
     _merges[key] = (own, merged)
@@ -152,17 +179,18 @@ def _self_test() -> str | None:
         return "httpx.AsyncClient has no _state"
     url = httpx.URL("http://probe.invalid:8080/v1/x?y=1")
     headers = {"Accept-Encoding": "identity", "Authorization": "Bearer k", "Accept": "text/event-stream"}
-    ours = _request(client, "POST", url, b'{"a":1}', dict(headers))
-    again = _request(client, "POST", url, b'{"b":22}', dict(headers))  # from the cache
-    for built, body in ((ours, b'{"a":1}'), (again, b'{"b":22}')):
-        theirs = client.build_request("POST", url, content=body, headers=dict(headers))
+    hosted = {**headers, "Host": "elsewhere.invalid"}  # built by httpx: Host is given
+    cases = [(headers, b'{"a":1}'), (headers, b'{"b":22}'), (headers, b""), (hosted, b'{"c":3}')]
+    for given, body in cases * 2:  # the second round from the cache
+        built = _request(client, "POST", url, body, dict(given))
+        theirs = client.build_request("POST", url, content=body, headers=dict(given))
         if (built.method, built.url, built.headers.raw, built.content, built.extensions) != (
             theirs.method,
             theirs.url,
             theirs.headers.raw,
             theirs.content,
             theirs.extensions,
-        ):
+        ) or (built.headers.encoding, type(built.stream)) != (theirs.headers.encoding, type(theirs.stream)):
             return "the request built here differs from httpx.AsyncClient.build_request's"
     _merges.clear()
     return None
