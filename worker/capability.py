@@ -55,7 +55,7 @@ class LogprobsMemo:
 
     async def refusal(self, provider: str, model: str) -> str | None:
         """Why ``provider`` refuses logprobs for ``model``, if it was seen to; else ``None``."""
-        return await self._read(self._keys.no_logprobs(provider, model), ("nolp", provider, model))
+        return await self._read(self._keys.no_logprobs, ("nolp", provider, model))
 
     async def remember(self, provider: str, model: str, reason: str) -> None:
         """Record that ``provider`` refused logprobs for ``model`` (for the TTL, on every worker)."""
@@ -64,19 +64,21 @@ class LogprobsMemo:
     async def ignores_n(self, provider: str, model: str) -> str | None:
         """What ``provider`` answered when ``model`` was asked for ``n`` choices, if it was seen to
         answer fewer; else ``None``."""
-        return await self._read(self._keys.no_n(provider, model), ("no_n", provider, model))
+        return await self._read(self._keys.no_n, ("no_n", provider, model))
 
     async def remember_ignores_n(self, provider: str, model: str, reason: str) -> None:
         """Record that ``provider`` ignores ``n`` for ``model`` (for the TTL, on every worker)."""
         await self._write(self._keys.no_n(provider, model), ("no_n", provider, model), reason)
 
-    async def _read(self, key: str, local: tuple[str, str, str]) -> str | None:
+    async def _read(self, key_of: Callable[[str, str], str], local: tuple[str, str, str]) -> str | None:
+        """The memo ``local`` names (kind, provider, model), from this worker's copy while it is
+        fresh, else from Redis at ``key_of(provider, model)`` (its digest made only then)."""
         now = self._clock()
         cached = self._local.get(local)
         if cached is not None and cached[0] > now:
             return cached[1]
         try:
-            raw = await self._redis.get(key)
+            raw = await self._redis.get(key_of(local[1], local[2]))
         except RedisError as exc:
             log.warning("could not read the capability memo", memo=local[0], error=repr(exc))
             return None
