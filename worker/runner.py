@@ -11,6 +11,7 @@ from typing import Literal
 import httpx
 import msgspec
 import structlog
+from redis.exceptions import ResponseError
 
 from .admit import Admitted, Rejected, admit
 from .attempt import Attempt, AttemptContext
@@ -31,6 +32,7 @@ from .review import ReviewQueue, review_item, wants_review
 from .settings import Settings
 from .store import JobStore
 from .tracing import attempt_span, end_attempt, job_span
+from .unusable import keys_unusable
 from .upstream.adapters import Adapter
 from .upstream.http import StreamLimits
 
@@ -110,6 +112,12 @@ class Runner:
         bound = structlog.contextvars.bind_contextvars(job_id=verdict.job_id)
         try:
             await _JobRun(self, delivery, verdict, control or Control()).run()
+        except ResponseError as exc:
+            if not keys_unusable(exc):
+                raise
+            # no delivery can ever run it (every one would fail the same way): dead-lettered now
+            reason = f"Redis cannot run the job's scripts on its keys as they are: {exc}"
+            await self._reject(delivery, Rejected("job_keys_unusable", reason, verdict.job_id))
         finally:
             structlog.contextvars.reset_contextvars(**bound)
 
@@ -131,10 +139,18 @@ class Runner:
         reason = self.redactor.redact(rejected.reason)  # it may quote the payload
         job_id = rejected.job_id
         if job_id is not None:
-            outcome = await outlast_oom(
-                lambda: self.store.fail(job_id, delivery.entry_id, rejected.code, reason, {}),
-                "write a rejected job's terminal event",
-            )
+            try:
+                outcome = await outlast_oom(
+                    lambda: self.store.fail(job_id, delivery.entry_id, rejected.code, reason, {}),
+                    "write a rejected job's terminal event",
+                )
+            except ResponseError as exc:
+                if not keys_unusable(exc):
+                    raise
+                # the job's keys cannot take its terminal, now or on any later delivery: the dead
+                # letter alone records the end (else the entry would come back forever)
+                outcome = "unwritable"
+                reason = f"{reason} (no terminal event could be written: {exc})"
             log.info("rejected job ended", job_id=job_id, code=rejected.code, outcome=outcome)
             exhausted = rejected.code == "max_deliveries_exceeded"
             if outcome == "terminal" and exhausted and not await self._ours(job_id, delivery, rejected):
