@@ -7,6 +7,9 @@ An entry it no longer owns (a peer reclaimed it after this process was stopped o
 reported lost: its job must stop writing and close its upstream request. An entry that is gone from
 the stream (an operator's ``XDEL`` or ``XTRIM``) is reported gone instead: nobody else can ever take
 it over, so its job ends itself with a terminal event (``entry_deleted``) rather than stop silently.
+An entry still in the stream but pending to nobody (an operator's ``XACK`` or ``XGROUP
+DELCONSUMER``, a group destroyed and created again) is neither: nobody can claim it, so its job goes
+on, unleased, and ends itself (a delivery of the entry to a peer starts a new attempt, fencing it).
 If Redis cannot be reached for a whole lease, every job no call could check is reported lost: peers
 will have taken them.
 """

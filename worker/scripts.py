@@ -177,7 +177,10 @@ return 1
 # acknowledged and deleted by a peer that finished the job) is gone: it is not claimed (XCLAIM of a
 # deleted entry silently drops it from the pending list, and the job with it), its holder ends the
 # job (a terminal written only if the job is still its own). An entry in the stream but pending to
-# nobody (acknowledged without deletion) is lost too.
+# nobody (an operator's XACK or XGROUP DELCONSUMER, a group destroyed and created again) is neither:
+# no consumer can claim it and the group has delivered past it, so no one else will run the job
+# unless the group delivers the entry again, and that delivery's start fences this attempt. The job
+# goes on without a lease (none can be taken on such an entry); its ack deletes the entry.
 # KEYS: jobs stream. ARGV: group, consumer, entry ids... Returns {lost ids, gone ids}.
 RENEW: Final = """
 local lost, gone = {}, {}
@@ -188,9 +191,7 @@ for i = 3, #ARGV do
     lost[#lost + 1] = id
   elseif #redis.call('XRANGE', KEYS[1], id, id) == 0 then
     gone[#gone + 1] = id
-  elseif #p == 0 then
-    lost[#lost + 1] = id
-  else
+  elseif #p > 0 then
     redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, id, 'JUSTID')
   end
 end

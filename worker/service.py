@@ -319,6 +319,8 @@ class Worker:
                 if self.free > 0:
                     claimed, _ = await self.queue.reclaim(self.free, min_idle_ms)
                     for delivery in claimed:
+                        if delivery.entry_id in self.jobs:
+                            continue  # our own job, its renewal late (Redis slow or paused): no takeover
                         self.metrics.takeovers.inc()
                         log.warning(
                             "took over an abandoned job",

@@ -31,8 +31,9 @@ from ..keys import Keys, as_text, cancel_message
 from ..settings import Settings, Tenant
 from ..store import JobStore, job_digest, now_ms
 from .auth import ReadGrant, TokenSigner, bearer_key, tenant_for_key
+from .bounds import Refused, read_body, redis_deadline
 from .hub import Hub, Watch, stream_key
-from .ids import MAX_JOB_ID, PUBLIC_ID, after_stream_id, id_problem, scoped_ids
+from .ids import MAX_JOB_ID, MAX_STREAM_ID, PUBLIC_ID, after_stream_id, id_problem, scoped_ids
 from .limits import InflightLimiter, StreamCounter
 from .metrics import GatewayMetrics
 from .models import CancelBody, Cancelled, Created, ErrorBody, ErrorDetail, JobState
@@ -50,17 +51,6 @@ RETRY_AFTER_STREAMS: Final = "1"
 _JOB_PATH: Final = r"{id:.+}"  # any text: the handlers answer 404 for what is no job id
 _CORS_HEADERS: Final = "Authorization, Content-Type, Last-Event-ID"
 _EXPOSED: Final = "Retry-After"
-
-
-class Refused(Exception):
-    """A request answered with an error: ``status``, a ``code`` and a message naming what was wrong."""
-
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = headers or {}
 
 
 class Principal(msgspec.Struct, frozen=True):
@@ -218,15 +208,9 @@ class Gateway:
 
     async def enqueue(self, request: web.Request) -> web.Response:
         who = self.principal(request, token_ok=False)
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise Refused(
-                413,
-                "payload_too_large",
-                f"the body is over max_payload_bytes={self.settings.max_payload_bytes}",
-            ) from None
-        status, answer = await self.submit(who, body)
+        body = await read_body(request, self.settings.max_payload_bytes)
+        async with redis_deadline():
+            status, answer = await self.submit(who, body)
         return _json(status, answer, self._cors(request, who.tenant))
 
     async def submit(self, who: Principal, body: bytes) -> tuple[int, Created]:
@@ -281,7 +265,8 @@ class Gateway:
 
     async def status(self, request: web.Request) -> web.Response:
         who = self.principal(request, token_ok=True)
-        answer = await self.state_of(who, request.match_info["id"])
+        async with redis_deadline():
+            answer = await self.state_of(who, request.match_info["id"])
         return _json(200, answer, self._cors(request, who.tenant))
 
     async def state_of(self, who: Principal, public: str) -> JobState:
@@ -296,15 +281,17 @@ class Gateway:
     async def cancel(self, request: web.Request) -> web.Response:
         who = self.principal(request, token_ok=True)
         public = request.match_info["id"]
-        internal = await self.resolve(who, public)
-        raw = await request.read()
+        async with redis_deadline():
+            internal = await self.resolve(who, public)
+        raw = await read_body(request, self.settings.max_payload_bytes)
         reason = "cancelled by request"
         if raw.strip():
             try:
                 reason = _CANCEL.decode(raw).reason
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 raise Refused(422, "invalid_body", f'the body is not {{"reason": "..."}}: {exc}') from None
-        answer = await self.cancel_job(public, internal, reason)
+        async with redis_deadline():
+            answer = await self.cancel_job(public, internal, reason)
         return _json(200, answer, self._cors(request, who.tenant))
 
     async def cancel_job(self, public: str, internal: str, reason: str) -> Cancelled:
@@ -321,7 +308,8 @@ class Gateway:
         after, problem = after_stream_id(request.headers.get("Last-Event-ID"), request.query.get("after"))
         if problem is not None:
             raise Refused(400, "bad_resume_id", problem)
-        internal = await self.resolve(who, public)
+        async with redis_deadline():
+            internal = await self.resolve(who, public)
         if not self.streams.acquire(who.name, who.tenant.max_streams):
             self.metrics.refused.labels("streams").inc()
             raise Refused(
@@ -376,7 +364,12 @@ class Gateway:
     ) -> tuple[str, bool]:
         """Write the entries after ``last`` (up to ``until``, else to the end); (last id, ended)."""
         while True:
-            items: Any = await self.redis.xrange(key, min=f"({last}", max=until or "+", count=REPLAY_COUNT)
+            if last == MAX_STREAM_ID:  # no id follows it (Redis refuses the range): past every entry
+                return last, False
+            async with redis_deadline():
+                items: Any = await self.redis.xrange(
+                    key, min=f"({last}", max=until or "+", count=REPLAY_COUNT
+                )
             entries = [entry_of(entry_id, fields) for entry_id, fields in items]
             cut = next((i for i, e in enumerate(entries) if e.terminal), None)
             if cut is not None:
@@ -420,13 +413,15 @@ class Gateway:
 
     async def stream_end(self, key: str) -> str:
         """The id of the stream's last entry (``0-0`` when it has none)."""
-        top: Any = await self.redis.xrevrange(key, count=1)
+        async with redis_deadline():
+            top: Any = await self.redis.xrevrange(key, count=1)
         return as_text(top[0][0]) if top else "0-0"
 
     async def _ended_before(self, internal: str, last: str) -> bool:
         """Whether the job ended with a terminal event at or before ``last`` (a resume id past the
         end, e.g. of another job): nothing will ever follow, so the stream must not wait."""
-        terminal = await self.redis.hget(self.keys.state(internal), "terminal_id")
+        async with redis_deadline():
+            terminal = await self.redis.hget(self.keys.state(internal), "terminal_id")
         return terminal is not None and stream_key(as_text(terminal)) <= stream_key(last)
 
     async def _live(
@@ -538,7 +533,13 @@ class Gateway:
             refusal = Refused(500, "internal", "the gateway failed on this request")
         headers = {**self._cors(request, None), **refusal.headers}
         body = ErrorBody(error=ErrorDetail(code=refusal.code, message=refusal.message))
-        return _json(refusal.status, body, headers)
+        response = _json(refusal.status, body, headers)
+        if refusal.close:  # what is left of the request cannot be read: the connection closes now
+            response.force_close()
+            drop_rest = getattr(request.protocol, "drop_rest", None)  # the server's GuardedHandler
+            if drop_rest is not None:
+                drop_rest()
+        return response
 
 
 _LOW_WATER: Final = 16_384

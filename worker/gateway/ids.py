@@ -19,6 +19,7 @@ from typing import Final
 __all__ = [
     "ALTERNATES",
     "MAX_JOB_ID",
+    "MAX_STREAM_ID",
     "PUBLIC_ID",
     "STREAM_ID",
     "after_stream_id",
@@ -38,6 +39,9 @@ STREAM_ID: Final = re.compile(r"(0|[1-9][0-9]{0,19})-(0|[1-9][0-9]{0,19})")
 """A Redis stream id ``<ms>-<seq>`` (decimal, each part below 2**64)."""
 
 _U64: Final = 2**64
+
+MAX_STREAM_ID: Final = f"{_U64 - 1}-{_U64 - 1}"
+"""The largest stream id: none follows it (``XRANGE key (<it> +`` is an error in Redis)."""
 
 
 ALTERNATES: Final = 2
@@ -61,6 +65,8 @@ def id_problem(tenant: str, job_id: str) -> str | None:
     """Why ``job_id`` cannot be a gateway job id of ``tenant``, or None."""
     if PUBLIC_ID.fullmatch(job_id) is None:
         return "`id`: 1-128 letters, digits or ._:@+=- (no '/', no spaces)"
+    if job_id in (".", ".."):  # a URL path's dot segments: every client drops them from /v1/jobs/{id}
+        return "`id`: '.' and '..' cannot be ids (a URL path drops them: /v1/jobs/../events is /v1/events)"
     room = MAX_JOB_ID - len(tenant) - 3  # "<tenant>/<id>/<n>" is a job id too
     if len(job_id) > room:
         return f"`id`: at most {room} characters for tenant {tenant!r} (the gateway scopes ids by tenant)"

@@ -17,6 +17,7 @@ import msgspec
 import yaml
 
 from ..settings import Settings
+from .bounds import BODY_SECONDS
 from .ids import PUBLIC_ID, STREAM_ID
 from .models import CancelBody, Cancelled, Created, ErrorBody, JobState
 
@@ -69,6 +70,11 @@ _COMMON = {
     "403": _error("a browser origin its tenant does not list (CORS)"),
     "404": _error("no such job for this tenant: never enqueued, expired, or another tenant's"),
     "503": _error("Redis is unavailable", retry_after=True),
+}
+_BODY = {  # the answers of an operation with a body (worker.gateway.bounds.read_body)
+    "400": _error("the body cannot be read as its Content-Encoding or Transfer-Encoding describes it"),
+    "408": _error(f"the body did not arrive within {BODY_SECONDS:g} s of the request's head"),
+    "413": _error("the body is over max_payload_bytes"),
 }
 
 
@@ -146,10 +152,10 @@ def openapi(job_schema: dict[str, Any]) -> dict[str, Any]:
                     "responses": {
                         "201": _json("Created", "enqueued"),
                         "200": _json("Created", "the same id and body again: the same answer"),
+                        **_BODY,
                         "401": _COMMON["401"],
                         "403": _COMMON["403"],
                         "409": _error("the id names a different job of this tenant"),
-                        "413": _error("the body is over max_payload_bytes"),
                         "422": _error(
                             "an invalid job: the reason the worker would give; or an `id` the gateway "
                             "cannot scope to the tenant (one with a '/', or longer than 125 characters "
@@ -182,6 +188,7 @@ def openapi(job_schema: dict[str, Any]) -> dict[str, Any]:
                     "security": _KEY_OR_TOKEN,
                     "responses": {
                         "200": _json("Cancelled", "what the cancel did"),
+                        **_BODY,
                         "422": _error('the body is not {"reason": "..."}'),
                         **_COMMON,
                     },

@@ -3,8 +3,9 @@
 aiohttp bounds a request head's size (lines, fields, count) but not how long it may take to arrive: a
 client sending a byte every few seconds ("slowloris") would hold its connection forever. Every
 connection here must complete each request head within :data:`HEAD_TIMEOUT` seconds of its first
-byte (or of the connection, for the first); a body is bounded by ``client_max_size`` and read under
-the handler's own timeout.
+byte (or of the connection, for the first); a body is bounded by ``client_max_size`` and must
+arrive within :data:`worker.gateway.bounds.BODY_SECONDS` more (a 408, and the connection closes). A
+request aiohttp cannot parse is answered in the API's JSON error shape, quoting none of its bytes.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import socket
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
+import msgspec
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError, InvalidURLError
 from aiohttp.web_protocol import RequestHandler
 
 from ..connect import redis_client
@@ -27,6 +30,7 @@ from ..supervise import cancel_and_wait
 from .app import Gateway, build_app
 from .auth import TokenSigner, gateway_secret
 from .metrics import GatewayMetrics
+from .models import ErrorBody, ErrorDetail
 
 __all__ = ["HEAD_TIMEOUT", "GuardedHandler", "build_gateway", "serve_gateway"]
 
@@ -75,11 +79,52 @@ class GuardedHandler(RequestHandler):
             return
         self._head_timer = loop.call_later(self._head_timeout / 2, self._check_head)
 
+    def handle_error(
+        self,
+        request: Any,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """A request aiohttp could not parse (a bad request line, header, chunk size...): answered as
+        every error is, ``{"error": {...}}`` in JSON, naming the problem without echoing the bytes
+        (aiohttp's own text answer, and its logged traceback, quote the offending line: a key or
+        a token in it would be shown). Anything else is aiohttp's."""
+        if not isinstance(exc, HttpProcessingError) or request.writer.output_size > 0:
+            return super().handle_error(request, status, exc, message)
+        log.info("gateway refused a request it could not parse", status=status, problem=_problem(exc))
+        body = ErrorBody(
+            error=ErrorDetail(code="bad_request", message=f"not valid HTTP/1.1: {_problem(exc)}")
+        )
+        response = web.Response(
+            status=status, body=msgspec.json.encode(body), content_type="application/json"
+        )
+        response.force_close()
+        return response
+
+    def drop_rest(self) -> None:
+        """Close the connection after the current answer without reading what is left of its request
+        (aiohttp otherwise lingers, up to 10 s, reading the rest of an unread body: pointless for one
+        that arrives too slowly or cannot be decoded, whose stored error the lingering read would
+        log as an unhandled exception)."""
+        self._lingering_time = 0.0
+
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
         super().connection_lost(exc)
+
+
+def _problem(exc: HttpProcessingError) -> str:
+    """What aiohttp found wrong, without the bytes it quotes: its message's first line, up to the
+    first quote or colon ("Invalid header value char:" then the header line). An invalid URL's
+    message is the URL itself (a read token in its query): never shown."""
+    if isinstance(exc, InvalidURLError):
+        return "invalid request target"
+    first = (exc.message or "").strip().split("\n", 1)[0]
+    cut = min((i for i in (first.find(c) for c in ":'\"") if i >= 0), default=len(first))
+    return first[:cut].strip()[:100] or type(exc).__name__
 
 
 def build_gateway(settings: Settings, environ: Mapping[str, str]) -> Gateway:
