@@ -2,13 +2,14 @@
 
 ``AsyncClient.stream`` merges the client's URL, headers, cookies and params into a new request and
 sends it through the auth flow and the redirect loop before ``_send_single_request`` hands it to
-the transport. For a client with no params, cookies, auth, event hooks or redirects followed
-and an absolute URL, all of that does nothing but cost ~30-60 µs a request (a short job's request is a tenth
-of its CPU). :func:`stream` builds the same request, its merged headers kept per distinct header
-set (``_merge_headers``, re-merged when the client's own headers change), and sends it with
-``_send_single_request``, setting ``next_request`` on a redirect as the loop does when it does not
-follow. A request with a body is built without httpx's header defaulting (``Host``, kept with the
-merged headers per netloc, and ``Content-Length`` written as httpx writes them; ~45 → ~8 µs). Anything else (another kind of argument, a client with any of those set, a URL with user
+the transport. For a client with no params, cookies, auth, event hooks or redirects followed and
+an absolute URL, all of that does nothing but cost ~30-60 µs a request (a short job's request is
+a tenth of its CPU). :func:`stream` builds the same request, its merged headers kept per distinct
+header set (``_merge_headers``, re-merged when the client's own headers change), and sends it
+with ``_send_single_request``, setting ``next_request`` on a redirect as the loop does when it
+does not follow. A request with a body is built without httpx's header defaulting (``Host``, kept
+with the merged headers per netloc, and ``Content-Length`` written as httpx writes them; ~45 → ~8
+µs). Anything else (another kind of argument, a client with any of those set, a URL with user
 info, which means basic auth) goes through ``AsyncClient.stream``: :func:`stream` returns ``None``.
 When :func:`probe` finds the internals changed (the request built here differs from
 ``build_request``'s), it always returns ``None``.
