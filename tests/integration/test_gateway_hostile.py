@@ -264,3 +264,32 @@ async def test_a_redis_that_stops_answering_gets_a_prompt_503_not_a_hang(
             assert again.status_code == 200 and again.json()["state"] in ("queued", "cancelled")
         finally:
             await gw.shutdown()
+
+
+# ------------------------------------------------------------------------------------ limits
+
+
+async def test_posting_an_ended_job_again_at_the_tenants_limit_is_200_not_429(
+    gateway: Callable[..., Awaitable[RunningGateway]], web: httpx.AsyncClient
+) -> None:
+    """A client whose answer to a POST was lost posts the same job again: 200 with the same answer,
+    also once the job has ended and the tenant's slots are taken by others (the ended job left the
+    in-flight count, so it was counted as a new job, and refused 429)."""
+    gw = await gateway(tenants=tenants(acme={"max_inflight_jobs": 1}))
+    first = await web.post(f"{gw.url}/v1/jobs", json=_job("l-1"), headers=bearer("acme"))
+    assert first.status_code == 201
+    assert (await read_sse(web, f"{gw.url}/v1/jobs/l-1/events", headers=bearer("acme"))).types[-1] == "done"
+    slow = await web.post(f"{gw.url}/v1/jobs", json=_job("l-2", "m;tps=5;tokens=100"), headers=bearer("acme"))
+    assert slow.status_code == 201, slow.text
+    try:
+        again = await web.post(f"{gw.url}/v1/jobs", json=_job("l-1"), headers=bearer("acme"))
+        assert again.status_code == 200, again.text
+        assert again.json() == first.json()
+        other = await web.post(f"{gw.url}/v1/jobs", json=_job("l-3"), headers=bearer("acme"))
+        assert other.status_code == 429, "a new job is still refused at the limit"
+        changed = await web.post(
+            f"{gw.url}/v1/jobs", json={**_job("l-1"), "input": "x"}, headers=bearer("acme")
+        )
+        assert changed.status_code in (409, 429), changed.text
+    finally:
+        await web.post(f"{gw.url}/v1/jobs/l-2/cancel", headers=bearer("acme"))

@@ -225,21 +225,19 @@ class Gateway:
         if problem is not None:
             self.metrics.jobs.labels("invalid").inc()
             raise Refused(422, "invalid_job", f"invalid job: {problem}")
-        limit = who.tenant.max_inflight_jobs
         for internal in scoped_ids(who.name, public):
             job = msgspec.structs.replace(job, id=internal)
-            added = await self.limiter.admit(who.name, internal, limit, now_ms())
-            if not added:
-                self.metrics.refused.labels("inflight").inc()
-                raise Refused(
-                    429,
-                    "too_many_jobs",
-                    f"tenant {who.name!r} has max_inflight_jobs={limit} jobs in flight",
-                    {"Retry-After": RETRY_AFTER_INFLIGHT},
-                )
+            digest = job_digest(job)
+            # the same job again, ended: no job in flight (it left the count as it ended), so never
+            # refused for the tenant's limit (re-posting is answered 200, the same answer)
+            ended = await self._ended_same(who.name, internal, digest)
+            added = None if ended else await self._admit(who, internal)
             outcome, state, entry = await self.store.create(
-                internal, job.model, job.api, job.provider or "", digest=job_digest(job), tenant=who.name
+                internal, job.model, job.api, job.provider or "", digest=digest, tenant=who.name
             )
+            if ended and outcome == "new":  # its keys expired in between: a new job, counted as any
+                added = await self._admit(who, internal)  # (refused: it stays queued with no entry,
+                # as an interrupted post leaves one; posting it again enqueues it)
             if outcome != "foreign":
                 break
             if added == "new":  # a job enqueued outside the gateway holds this id: try the next
@@ -262,6 +260,26 @@ class Gateway:
         self.metrics.jobs.labels("created" if status == 201 else "existing").inc()
         token = await self.read_token(who, internal)
         return status, Created(id=public, events_url=f"/v1/jobs/{public}/events", read_token=token)
+
+    async def _admit(self, who: Principal, internal: str) -> str:
+        """Count ``internal`` in flight for ``who`` (``new`` or ``present``); 429 at the limit."""
+        limit = who.tenant.max_inflight_jobs
+        added = await self.limiter.admit(who.name, internal, limit, now_ms())
+        if not added:
+            self.metrics.refused.labels("inflight").inc()
+            raise Refused(
+                429,
+                "too_many_jobs",
+                f"tenant {who.name!r} has max_inflight_jobs={limit} jobs in flight",
+                {"Retry-After": RETRY_AFTER_INFLIGHT},
+            )
+        return added
+
+    async def _ended_same(self, tenant: str, internal: str, digest: str) -> bool:
+        """Whether ``internal`` is ``tenant``'s job with this ``digest`` and has ended."""
+        values: Any = await self.redis.hmget(self.keys.state(internal), "state", "tenant", "job_sha256")
+        state, owner, kept = (None if v is None else as_text(v) for v in values)
+        return state in _ENDED and owner == tenant and kept == digest
 
     async def status(self, request: web.Request) -> web.Response:
         who = self.principal(request, token_ok=True)
@@ -543,6 +561,7 @@ class Gateway:
 
 
 _LOW_WATER: Final = 16_384
+_ENDED: Final = frozenset({"done", "error", "cancelled"})
 
 
 def _sunk(watch: Watch, last: str) -> str:
