@@ -293,3 +293,65 @@ async def test_posting_an_ended_job_again_at_the_tenants_limit_is_200_not_429(
         assert changed.status_code in (409, 429), changed.text
     finally:
         await web.post(f"{gw.url}/v1/jobs/l-2/cancel", headers=bearer("acme"))
+
+
+# ------------------------------------------------------------------------------------ slow readers
+
+
+async def test_a_client_reading_nothing_of_a_long_replay_is_cut_not_answered_500(
+    settings_for: Callable[..., Settings],
+    redis: Any,
+    prefix: str,
+    web: httpx.AsyncClient,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A client that asks for a long history and reads none of it: the replay's write timed out with
+    a bare TimeoutError, which escaped the stream as a 'gateway request failed' error (a 500 answer
+    attempted on a stream already begun) and left the connection open. It is cut, as a live stream's
+    non-reader is, and nothing is logged as a failure."""
+    import socket
+
+    from worker.gateway import app
+    from worker.keys import Keys
+
+    monkeypatch.setattr(app, "WRITE_TIMEOUT", 0.5)
+    gw = await start_gateway(settings_for(tenants=tenants(), gateway_port=0))
+    sock = socket.socket()
+    try:
+        assert (
+            await web.post(f"{gw.url}/v1/jobs", json=_job("h-1"), headers=bearer("acme"))
+        ).status_code == 201
+        pipe = redis.pipeline(transaction=False)
+        token = b'{"type":"token","text":"' + b"x" * 2000 + b'"}'
+        for i in range(3000):  # some 6 MB of history: more than the socket buffers hold
+            pipe.xadd(Keys(prefix).events("acme/h-1"), {"event": token}, id=f"1-{i + 1}")
+        await pipe.execute()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(_address(gw))
+        sock.sendall(
+            b"GET /v1/jobs/h-1/events HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer %s\r\n\r\n"
+            % KEYS["acme"].encode()
+        )
+        async with asyncio.timeout(15):  # reading nothing meanwhile
+            while not gw.gateway.streams.open:
+                await asyncio.sleep(0.01)  # until the stream has begun
+            while gw.gateway.streams.open:
+                await asyncio.sleep(0.05)  # until the gateway has let it go
+        sock.setblocking(False)
+        closed = False
+        async with asyncio.timeout(10):
+            while not closed:
+                try:
+                    closed = sock.recv(1 << 20) == b""
+                except BlockingIOError:
+                    await asyncio.sleep(0.05)  # drained what was buffered; the end not yet seen
+                except ConnectionResetError:
+                    closed = True
+        assert closed, "the server closed the connection"
+        assert "gateway request failed" not in capsys.readouterr().out
+        ok = await web.get(f"{gw.url}/v1/jobs/h-1", headers=bearer("acme"))
+        assert ok.status_code == 200
+    finally:
+        sock.close()
+        await gw.shutdown()

@@ -378,9 +378,10 @@ class Gateway:
         return bool(entries) and entries[-1].terminal
 
     async def _replay(
-        self, response: web.StreamResponse, key: str, last: str, until: str | None
+        self, request: web.Request, response: web.StreamResponse, key: str, last: str, until: str | None
     ) -> tuple[str, bool]:
-        """Write the entries after ``last`` (up to ``until``, else to the end); (last id, ended)."""
+        """Write the entries after ``last`` (up to ``until``, else to the end); (last id, ended).
+        A client that reads none of it for WRITE_TIMEOUT is cut (:func:`_bounded`), as when live."""
         while True:
             if last == MAX_STREAM_ID:  # no id follows it (Redis refuses the range): past every entry
                 return last, False
@@ -392,8 +393,8 @@ class Gateway:
             cut = next((i for i, e in enumerate(entries) if e.terminal), None)
             if cut is not None:
                 entries = entries[: cut + 1]
-            async with asyncio.timeout(WRITE_TIMEOUT):
-                ended = await self._write(response, entries)
+            size = sum(len(e.wire) for e in entries)
+            ended = await _bounded(self._write(response, entries), request, size)
             if entries:
                 last = entries[-1].id
             if ended or len(items) < REPLAY_COUNT:
@@ -403,7 +404,7 @@ class Gateway:
         self, request: web.Request, response: web.StreamResponse, internal: str, after: str
     ) -> None:
         key = self.keys.events(internal)
-        last, ended = await self._replay(response, key, after, None)
+        last, ended = await self._replay(request, response, key, after, None)
         if ended:
             return
         if await self._ended_before(internal, last):  # resumed at or past its terminal event
@@ -418,7 +419,7 @@ class Gateway:
         self.metrics.watched_jobs.set(len(self.hub.feeds))
         try:
             if stream_key(position) > stream_key(last):
-                last, ended = await self._replay(response, key, last, position)
+                last, ended = await self._replay(request, response, key, last, position)
                 if ended:
                     return
             await self._live(request, response, watch, last)
