@@ -11,7 +11,9 @@ An entry still in the stream but pending to nobody (an operator's ``XACK`` or ``
 DELCONSUMER``, a group destroyed and created again) is neither: nobody can claim it, so its job goes
 on, unleased, and ends itself (a delivery of the entry to a peer starts a new attempt, fencing it).
 If Redis cannot be reached for a whole lease, every job no call could check is reported lost: peers
-will have taken them.
+will have taken them. A renewal Redis refuses for now (a busy script, a dataset loading, failed
+snapshots: :mod:`worker.refusals`) is no such silence: Redis refuses the peers' claims alike, so the
+leases are kept, and the first renewal it runs again reports what a peer took meanwhile, if anything.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from redis.exceptions import RedisError
 
 from . import scripts
 from .keys import GROUP, Keys, as_text
+from .refusals import refusal
 
 __all__ = ["RENEW_CHUNK", "LeaseKeeper"]
 
@@ -45,7 +48,8 @@ class LeaseKeeper:
         self.interval = lease_seconds / 3
         self._held: dict[str, tuple[Callable[[], None], Callable[[], None] | None]] = {}
         self._renew = redis.register_script(scripts.RENEW)
-        self._last_ok = time.monotonic()
+        self._last_ok = time.monotonic()  # when Redis last answered a renewal (or refused it)
+        self._refused = False  # the last renewal was refused for now
 
     def hold(
         self, entry_id: str, on_lost: Callable[[], None], on_gone: Callable[[], None] | None = None
@@ -81,12 +85,22 @@ class LeaseKeeper:
                 gone += [as_text(e) for e in reply[1]]
                 renewed = start + len(chunk)
         except RedisError as exc:
-            silent = time.monotonic() - self._last_ok
-            log.warning("lease renewal failed", error=str(exc), silent_for=round(silent, 2))
-            if silent >= self.lease_seconds:
-                lost += entries[renewed:]  # a whole lease without Redis: peers own these by now
+            reason = refusal(exc)
+            if reason is not None:
+                # Redis answers, refusing every client alike (worker.refusals): no peer can claim
+                # an entry meanwhile, and the first renewal it runs again tells what is still ours
+                self._last_ok = time.monotonic()
+                if not self._refused:
+                    log.warning("lease renewals refused for now; the leases are kept", reason=reason)
+                self._refused = True
+            else:
+                silent = time.monotonic() - self._last_ok
+                log.warning("lease renewal failed", error=str(exc), silent_for=round(silent, 2))
+                if silent >= self.lease_seconds:
+                    lost += entries[renewed:]  # a whole lease without Redis: peers own these by now
         else:
             self._last_ok = time.monotonic()
+            self._refused = False
         for entry_id in lost:
             held = self._held.pop(entry_id, None)
             if held is not None:

@@ -26,18 +26,19 @@ import hiredis
 import structlog
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError, ResponseError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .backoff import REDIS, Backoff
 from .fastpath.redis_py import bulk_reader
-from .oom import is_oom
+from .refusals import OUTAGE, refusal
 
 __all__ = ["EventGap", "Publisher", "Sink"]
 
 log = structlog.get_logger("tokenwire.publisher")
 
 _TOO_SMALL = "equal or smaller"
+_LOST = (RedisConnectionError, RedisTimeoutError, OSError)  # a round trip lost, not refused
 
 
 class Sink:
@@ -65,9 +66,9 @@ Entry = tuple[Sink, bytes, bytes]  # (sink, entry id as ASCII bytes, payload)
 
 
 class EventGap(Exception):
-    """An event of a stream was written after an earlier one that Redis refused (out of memory, then
-    memory freed within one round trip): the refused one can never be written, so the attempt
-    cannot go on (a new attempt starts the job again)."""
+    """An event of a stream was written after an earlier one that Redis refused for now (out of
+    memory, say, then memory freed within one round trip): the refused one can never be written, so
+    the attempt cannot go on (a new attempt starts the job again)."""
 
     def __init__(self, key: str, entry_id: bytes) -> None:
         super().__init__(f"{key}: event {entry_id.decode()} was written after an earlier event was refused")
@@ -151,7 +152,7 @@ class Publisher:
                 self._wake.clear()
                 await self.flush()
         finally:
-            self._stopping = True  # the last flush waits out an OOM for retry_seconds at most
+            self._stopping = True  # the last flush waits out a refusal for retry_seconds at most
 
     async def flush(self) -> None:
         while self._pending:
@@ -181,50 +182,58 @@ class Publisher:
         """Write ``live``, retrying a lost connection as :data:`~worker.backoff.REDIS` says for up to
         ``retry_seconds`` of waiting (the explicit ids make a retried write idempotent).
 
-        Events Redis refuses because it is out of memory (:mod:`worker.oom`) are an outage, not a
-        failure of their jobs: they are retried with the same backoff for as long as it lasts (the
-        jobs keep their leases; a full queue holds their producers back), bounded by
-        ``retry_seconds`` only once the publisher is stopping. While refusals last, a round trip
-        carries one event per stream, so no event can land after a refused one of its stream
-        (which would leave a gap that no retry could fill)."""
+        Events Redis refuses for now (out of memory, a busy script, a dataset loading, failed
+        snapshots: :mod:`worker.refusals`) are an outage, not a failure of their jobs: they are
+        retried with the same backoff for as long as it lasts (the jobs keep their leases; a full
+        queue holds their producers back), bounded by ``retry_seconds`` only once the publisher is
+        stopping. While refusals last, a round trip carries one event per stream, so no event can
+        land after a refused one of its stream (which would leave a gap that no retry could fill)."""
         backoff, waited, written, outage = Backoff(REDIS), 0.0, 0, False
-        out_of_memory = 0.0  # seconds waited for memory
-        while live:
-            send = _first_per_sink(live) if outage else live
-            try:
-                results = await self._pipeline(send)
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                if waited >= self.retry_seconds:
-                    raise
+        refused_for, joined = 0.0, False  # seconds waited on refusals; counted in the OUTAGE
+        error: BaseException | None = None  # the last refusal
+        try:
+            while live:
+                send = _first_per_sink(live) if outage else live
+                try:
+                    results = await self._pipeline(send)
+                except (RedisError, OSError) as exc:
+                    reason = refusal(exc)  # LOADING: one reply for all, raised as a connection error
+                    if reason is None:
+                        if not isinstance(exc, _LOST) or waited >= self.retry_seconds:
+                            raise
+                        pause = backoff.failed()
+                        log.warning("redis write failed, retrying", error=str(exc), retry_in=round(pause, 3))
+                        await self._sleep(pause)
+                        waited += pause
+                        continue
+                    refused, error = send, exc
+                else:
+                    refused, error = await self._settle(send, results)
+                    reason = refusal(error) if refused else None
+                    written += len(send) - len(refused)
+                    if send is not live or refused:
+                        again = {id(e) for e in refused}
+                        sent = {id(e) for e in send}
+                        live = [e for e in live if e[0].ok and (id(e) in again or id(e) not in sent)]
+                    else:
+                        live = []
+                if reason is None or error is None:
+                    backoff.succeeded()
+                    outage = False
+                    if joined:
+                        OUTAGE.ended("write events")
+                        joined = False
+                    continue
+                if self._stopping and refused_for >= self.retry_seconds:
+                    raise error
+                OUTAGE.refused("write events", reason, error, first=not joined)
+                outage = joined = True
                 pause = backoff.failed()
-                log.warning("redis write failed, retrying", error=str(exc), retry_in=round(pause, 3))
                 await self._sleep(pause)
-                waited += pause
-                continue
-            refused = await self._settle(send, results)
-            written += len(send) - len(refused)
-            if send is not live or refused:
-                again = {id(e) for e in refused}
-                sent = {id(e) for e in send}
-                live = [e for e in live if e[0].ok and (id(e) in again or id(e) not in sent)]
-            else:
-                live = []
-            outage = bool(refused)
-            if not outage:
-                backoff.succeeded()
-                continue
-            if self._stopping and out_of_memory >= self.retry_seconds:
-                raise OutOfMemoryError(f"Redis is out of memory: {len(refused)} events refused")
-            pause = backoff.failed()
-            if backoff.failures == 1 or backoff.failures % 32 == 0:
-                log.warning(
-                    "Redis is out of memory: event writes wait for it",
-                    refused=len(refused),
-                    tries=backoff.failures,
-                    retry_in=round(pause, 3),
-                )
-            await self._sleep(pause)
-            out_of_memory += pause
+                refused_for += pause
+        finally:
+            if joined:
+                OUTAGE.ended("write events")
         if self.on_batch is not None and written:
             self.on_batch(written, oldest)
 
@@ -296,13 +305,16 @@ class Publisher:
             raise lost
         return results
 
-    async def _settle(self, entries: list[Entry], results: list[object]) -> list[Entry]:
-        """Mark each entry's sink by its reply; the entries Redis refused for lack of memory, to be
-        retried (a stream's events after its refused one landing in the same round trip is a gap:
-        that sink fails)."""
+    async def _settle(
+        self, entries: list[Entry], results: list[object]
+    ) -> tuple[list[Entry], BaseException | None]:
+        """Mark each entry's sink by its reply; the entries Redis refused for now, to be retried,
+        and the first such refusal (a stream's events after its refused one landing in the same
+        round trip is a gap: that sink fails)."""
         if set(map(type, results)) == _IDS_ONLY:  # the usual case: every event written
-            return []
+            return [], None
         refused: list[Entry] = []
+        first: BaseException | None = None
         holed: set[int] = set()  # the sinks with a refused event in this round trip
         for entry, result in zip(entries, results, strict=True):
             sink, entry_id, payload = entry
@@ -315,16 +327,17 @@ class Publisher:
                 if id(sink) in holed:
                     sink.error = sink.error or EventGap(sink.key, entry_id)
                 continue
-            if is_oom(result):
+            if refusal(result) is not None:
                 holed.add(id(sink))
                 refused.append(entry)
+                first = first if first is not None else result
             elif isinstance(result, ResponseError) and _TOO_SMALL in str(result):
                 if sink.fenced or not await self._already_written(sink.key, entry_id, payload):
                     sink.fenced = True  # a newer attempt's start or the terminal is above this id
                 # else: a retry of a write that had landed: nothing was duplicated
             else:
                 sink.error = sink.error or result
-        return [e for e in refused if e[0].ok]
+        return [e for e in refused if e[0].ok], first
 
     async def _already_written(self, key: str, entry_id: bytes, payload: bytes) -> bool:
         """Whether this very event (``entry_id`` holding ``payload``) is in the stream: only a

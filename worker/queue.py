@@ -24,6 +24,8 @@ from .keys import GROUP, Keys, as_text
 
 __all__ = ["Delivery", "JobQueue", "NotPermitted"]
 
+_NO_IDLE_REACHES = 2**62  # ms: an idle time no pending entry has
+
 
 class NotPermitted(Exception):
     """The worker's Redis user lacks a permission it needs (Redis answered NOPERM). Fatal: no retry
@@ -214,6 +216,11 @@ class JobQueue:
             times = int(pending[0]["times_delivered"]) if pending else 1
             out.append(msgspec.structs.replace(self._delivery(entry_id, fields), deliveries=times))
         return out, deleted
+
+    async def try_claim(self) -> None:
+        """A claim that takes nothing (``XAUTOCLAIM`` with an idle time no entry reaches): it fails
+        exactly when Redis would refuse or fail a claim now."""
+        await self.redis.xautoclaim(self.keys.jobs, GROUP, self.consumer, _NO_IDLE_REACHES, "0-0", count=1)
 
     async def hand_back(self, delivery: Delivery, replaces: str) -> str:
         """Re-add the entry's job as a new entry that names the one it replaces (peers blocked on

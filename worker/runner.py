@@ -22,12 +22,12 @@ from .cost import JobSpend, ModelLabels
 from .events import Done, Error, Start, bound_done
 from .jobs import job_id_of
 from .metrics import Metrics
-from .oom import outlast_oom
 from .outcome import Escalate, Failed, Fenced, Finished, Outcome, Skipped, WriteFailed
 from .publisher import EventGap, Publisher
 from .queue import Delivery, JobQueue
 from .ratelimit import Budgets
 from .redact import Redactor, installed
+from .refusals import outlast_refusals
 from .review import ReviewQueue, review_item, wants_review
 from .settings import Settings
 from .store import JobStore
@@ -140,7 +140,7 @@ class Runner:
         job_id = rejected.job_id
         if job_id is not None:
             try:
-                outcome = await outlast_oom(
+                outcome = await outlast_refusals(
                     lambda: self.store.fail(job_id, delivery.entry_id, rejected.code, reason, {}),
                     "write a rejected job's terminal event",
                 )
@@ -155,9 +155,9 @@ class Runner:
             exhausted = rejected.code == "max_deliveries_exceeded"
             if outcome == "terminal" and exhausted and not await self._ours(job_id, delivery, rejected):
                 # the job had ended by itself (its ack was what failed): nothing to dead-letter
-                await outlast_oom(lambda: self.queue.ack(delivery.entry_id), "ack an ended job")
+                await outlast_refusals(lambda: self.queue.ack(delivery.entry_id), "ack an ended job")
                 return
-        await outlast_oom(
+        await outlast_refusals(
             lambda: self.queue.dead_letter(
                 delivery.entry_id, delivery.payload, reason, job_id=job_id, code=rejected.code
             ),
@@ -168,7 +168,7 @@ class Runner:
 
     async def _ours(self, job_id: str, delivery: Delivery, rejected: Rejected) -> bool:
         """Whether the job's terminal is the error an earlier try of this rejection wrote."""
-        state = await self.store.status(job_id) or {}
+        state = await outlast_refusals(lambda: self.store.status(job_id), "read a rejected job's state") or {}
         return (
             state.get("state") == "error"
             and state.get("error_code") == rejected.code
@@ -231,9 +231,9 @@ class _JobRun:
                 attempt = self.current = attempt_for(runner.attempts, admitted, number, self.deadline)
                 outcome = await self._run(attempt)
                 if isinstance(outcome, WriteFailed) and isinstance(outcome.error, EventGap):
-                    gaps += 1  # Redis refused one event for memory and took a later one
+                    gaps += 1  # Redis refused one event for now and took a later one
                     if gaps <= runner.settings.max_attempts:
-                        log.warning("an event was lost to Redis running out of memory: a new attempt")
+                        log.warning("an event was lost to a Redis refusal: a new attempt")
                         number = await self._begin(admitted, f"retry after a lost event: {outcome.error}")
                         continue
                 if not isinstance(outcome, Failed):
@@ -298,7 +298,10 @@ class _JobRun:
         if attempt is not None:
             await runner.publisher.drained(attempt.sink)
             return attempt.end_with_error("entry_deleted", message)
-        outcome = await runner.store.fail(self.admitted.job_id, entry, "entry_deleted", message, {})
+        outcome = await outlast_refusals(
+            lambda: runner.store.fail(self.admitted.job_id, entry, "entry_deleted", message, {}),
+            "write a deleted entry's terminal event",
+        )
         log.warning("job ended: its entry was deleted before it started", outcome=outcome)
         if outcome == "ok":
             runner.metrics.jobs.labels("error").inc()
@@ -326,7 +329,7 @@ class _JobRun:
         runner, terminal = self.runner, outcome.terminal
         if isinstance(terminal, Done):  # however long the answer, its done can be written and read
             terminal = bound_done(terminal, runner.settings.max_event_bytes)
-        finished = await outlast_oom(
+        finished = await outlast_refusals(
             lambda: runner.store.finish(
                 self.admitted.job_id, terminal.attempt, outcome.last_seq + 1, terminal, outcome.record()
             ),
@@ -337,7 +340,7 @@ class _JobRun:
             return
         if isinstance(terminal, Done) and wants_review(terminal):  # once the done is written, before the ack
             done_id = f"{terminal.attempt}-{outcome.last_seq + 1}"
-            await outlast_oom(lambda: self._review(terminal, done_id), "put the job on review")
+            await outlast_refusals(lambda: self._review(terminal, done_id), "put the job on review")
         await self._ack()
         runner.metrics.jobs.labels(type(terminal).__name__.lower()).inc()
         if isinstance(terminal, Done):
@@ -369,13 +372,13 @@ class _JobRun:
 
     async def _ack(self) -> None:
         """Acknowledge the entry, only ever after its job's terminal event is written (or found)."""
-        await outlast_oom(lambda: self.runner.queue.ack(self.delivery.entry_id), "ack the entry")
+        await outlast_refusals(lambda: self.runner.queue.ack(self.delivery.entry_id), "ack the entry")
 
     async def _begin(self, admitted: Admitted, reason: str | None) -> int | Skipped:
         """Begin an attempt (its number), or why none may begin."""
         runner, delivery = self.runner, self.delivery
         start = _start(admitted, reason)
-        begun = await outlast_oom(
+        begun = await outlast_refusals(
             lambda: runner.store.begin(
                 admitted.job_id, delivery.entry_id, runner.queue.consumer, start, replaces=delivery.replaces
             ),
@@ -385,7 +388,7 @@ class _JobRun:
             log.info("attempt started", attempt=begun.attempt, model=admitted.job.model, reason=reason)
             return begun.attempt
         if begun.outcome == "cancel":
-            outcome = await outlast_oom(
+            outcome = await outlast_refusals(
                 lambda: runner.store.fail(
                     admitted.job_id, delivery.entry_id, "cancelled", begun.detail, {}, cancelled=True
                 ),
@@ -397,7 +400,9 @@ class _JobRun:
         if begun.outcome == "terminal" and begun.detail == "done" and admitted.job.review is not None:
             # a delivery that died between the done and its review entry: the entry, from the events
             job_id = admitted.job_id
-            entry = await outlast_oom(lambda: runner.reviews.add_from_events(job_id), "put the job on review")
+            entry = await outlast_refusals(
+                lambda: runner.reviews.add_from_events(job_id), "put the job on review"
+            )
             log.info("ended job checked for review", entry=entry)
         log.info("job skipped", reason=begun.outcome, detail=begun.detail, entry=delivery.entry_id)
         runner.metrics.jobs.labels("skipped").inc()

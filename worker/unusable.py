@@ -3,8 +3,8 @@
 A job's state hash or event stream replaced by another type (``WRONGTYPE``), or a state hash field
 no worker wrote (an ``attempt`` that is not a number: the script stops with a Lua runtime error),
 fails every script call on that job, on every delivery, for as long as the key lives: no retry can
-help, unlike an out-of-memory refusal (:mod:`worker.oom`), a read-only replica, a script timeout
-(``BUSY``) or a failed snapshot (``MISCONF``), which pass and are never taken for this.
+help, unlike the refusals that pass (:mod:`worker.refusals`: out of memory, a script timeout
+(``BUSY``), a failed snapshot (``MISCONF``) ...) or a read-only replica, never taken for this.
 """
 
 from __future__ import annotations

@@ -177,7 +177,7 @@ async def test_oom_refuses_only_the_writing_script(tiny: Redis) -> None:
     finally:
         await coalescer.aclose()
     wrote, read = got
-    assert isinstance(wrote, OutOfMemoryError)  # the class a lone call raises (worker.oom.is_oom)
+    assert isinstance(wrote, OutOfMemoryError)  # the class a lone call raises (worker.refusals.refusal)
     assert read == b"there"
     assert coalescer.batches == 1
     await tiny.config_set("maxmemory", str(64 * 1024 * 1024))

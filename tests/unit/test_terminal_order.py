@@ -1,7 +1,8 @@
 """No job is acked without its terminal event: the terminal is written first (fenced, written once),
 then the entry is dead-lettered or acked. A failure injected between the two leaves the entry
 pending, and the retry finds the terminal already written and acks without writing a second one.
-Redis out of memory on any of these steps is waited out, never a failure. On fakeredis."""
+Redis refusing for now (out of memory, a busy script, loading, failed snapshots) on any of these
+steps is waited out, never a failure. On fakeredis."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from typing import Any
 import fakeredis
 import httpx
 import pytest
+from redis.exceptions import BusyLoadingError, OutOfMemoryError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError
 
 from worker.dead import redrive
 from worker.events import decode_event, event_type
@@ -162,8 +163,17 @@ async def test_an_exhausted_entry_of_a_job_that_ended_is_acked_not_dead_lettered
 
 
 OOM = OutOfMemoryError("command not allowed when used memory > 'maxmemory'.")
+REFUSALS = {  # as redis-py's parser makes them of Redis's replies
+    "OOM": OOM,
+    "BUSY": ResponseError(
+        "BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE."
+    ),
+    "LOADING": BusyLoadingError("Redis is loading the dataset in memory"),
+    "MISCONF": ResponseError("MISCONF Redis is configured to save RDB snapshots, but it's currently unable"),
+}
 
 
+@pytest.mark.parametrize("refusal", list(REFUSALS))
 @pytest.mark.parametrize(
     ("payload", "owner", "name"),
     [
@@ -174,11 +184,12 @@ OOM = OutOfMemoryError("command not allowed when used memory > 'maxmemory'.")
         (GOOD, "queue", "ack"),
     ],
 )
-async def test_out_of_memory_is_waited_out_not_a_failure(
-    redis: fakeredis.FakeAsyncRedis, runner: Runner, payload: bytes, owner: str, name: str
+async def test_a_refusal_is_waited_out_not_a_failure(
+    redis: fakeredis.FakeAsyncRedis, runner: Runner, payload: bytes, owner: str, name: str, refusal: str
 ) -> None:
+    """Redis out of memory, busy with a script, loading its dataset, unable to persist."""
     entry = await delivered(redis, payload)
-    calls = fail_once(getattr(runner, owner), name, OOM)
+    calls = fail_once(getattr(runner, owner), name, REFUSALS[refusal])
     await runner.handle(Delivery(entry, payload))  # raises nothing
     assert len(calls) == 2  # refused, then retried
     assert await terminals(redis) == (["done"] if payload == GOOD else ["error"])
