@@ -126,7 +126,7 @@ lock: $(UV)
 # make bench: tokenwire against a naive worker and the floor, the gateway against a naive gateway
 # (bench/results/latest.json);
 # make bench QUICK=1: a subset (about four minutes with the gateway scenario gw-watch). Then the short-job scenario (bench/shortjobs.py:
-# tokenwire, the naive worker and arq, in its own environment bench/.arq-venv; bench/results/shortjobs.json).
+# tokenwire, its floor, the naive worker and arq, in its own environment bench/.arq-venv; bench/results/shortjobs.json).
 # Then what a job's `review` (segments) adds per token (bench/segments.py); last, n=4 candidates
 # against 4 separate jobs (bench/candidates.py; bench/results/candidates.json).
 bench: $(DEV_STAMP) redis-server
