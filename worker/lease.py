@@ -29,14 +29,46 @@ from redis.exceptions import RedisError
 
 from . import scripts
 from .keys import GROUP, Keys, as_text
-from .refusals import refusal
+from .refusals import is_outage, refusal
 
-__all__ = ["RENEW_CHUNK", "LeaseKeeper"]
+__all__ = ["RENEW_CHUNK", "ClaimGate", "LeaseKeeper"]
 
 RENEW_CHUNK = 128
 """Entries renewed per script call (~1-2 ms of Redis time each)."""
 
 log = structlog.get_logger("tokenwire.lease")
+
+
+class ClaimGate:
+    """When this worker's reclaim pass may claim idle entries.
+
+    Redis failing or refusing for a while (an outage: :mod:`worker.refusals`, or no answer at all)
+    stops every worker's renewals alike, so once it ends every lease is idle past the lease, the
+    live owners' included: a claim then would take jobs that are running. So after any sign of
+    trouble (a renewal or a claim failed or refused, a step waiting on a refusal) nothing is claimed
+    until Redis has run a claim again (a renewal, or the reclaim pass's claim of nothing) and then
+    ``settle`` seconds have passed, time for every owner's renewal round to come (each renews every
+    0.9-1.1 intervals: ``settle`` is two)."""
+
+    def __init__(self, settle: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.settle = settle
+        self.troubled = False
+        self._clock = clock
+        self._open_at = 0.0
+
+    def trouble(self) -> None:
+        """Redis failed or refused a step: claims wait until it answers again, and then settle."""
+        self.troubled = True
+
+    def answered(self) -> None:
+        """Redis ran a claim (a renewal's or a probe's): after trouble, claims may begin in
+        ``settle`` seconds."""
+        if self.troubled:
+            self.troubled = False
+            self._open_at = self._clock() + self.settle
+
+    def open(self) -> bool:
+        return not self.troubled and self._clock() >= self._open_at
 
 
 class LeaseKeeper:
@@ -50,6 +82,7 @@ class LeaseKeeper:
         self._renew = redis.register_script(scripts.RENEW)
         self._last_ok = time.monotonic()  # when Redis last answered a renewal (or refused it)
         self._refused = False  # the last renewal was refused for now
+        self.gate = ClaimGate(2 * self.interval)  # when the reclaim pass may claim (see ClaimGate)
 
     def hold(
         self, entry_id: str, on_lost: Callable[[], None], on_gone: Callable[[], None] | None = None
@@ -85,22 +118,12 @@ class LeaseKeeper:
                 gone += [as_text(e) for e in reply[1]]
                 renewed = start + len(chunk)
         except RedisError as exc:
-            reason = refusal(exc)
-            if reason is not None:
-                # Redis answers, refusing every client alike (worker.refusals): no peer can claim
-                # an entry meanwhile, and the first renewal it runs again tells what is still ours
-                self._last_ok = time.monotonic()
-                if not self._refused:
-                    log.warning("lease renewals refused for now; the leases are kept", reason=reason)
-                self._refused = True
-            else:
-                silent = time.monotonic() - self._last_ok
-                log.warning("lease renewal failed", error=str(exc), silent_for=round(silent, 2))
-                if silent >= self.lease_seconds:
-                    lost += entries[renewed:]  # a whole lease without Redis: peers own these by now
+            lost += self._failed(exc, entries[renewed:])
         else:
             self._last_ok = time.monotonic()
             self._refused = False
+            if entries:
+                self.gate.answered()
         for entry_id in lost:
             held = self._held.pop(entry_id, None)
             if held is not None:
@@ -114,3 +137,21 @@ class LeaseKeeper:
                 )
                 (held[1] or held[0])()
         return lost
+
+    def _failed(self, exc: RedisError, unchecked: list[str]) -> list[str]:
+        """A renewal failed with ``exc``: the entries of ``unchecked`` to report lost (none, unless
+        Redis has been silent for a whole lease)."""
+        if is_outage(exc):
+            self.gate.trouble()
+        reason = refusal(exc)
+        if reason is not None:
+            # Redis answers, refusing every client alike (worker.refusals): no peer can claim
+            # an entry meanwhile, and the first renewal it runs again tells what is still ours
+            self._last_ok = time.monotonic()
+            if not self._refused:
+                log.warning("lease renewals refused for now; the leases are kept", reason=reason)
+            self._refused = True
+            return []
+        silent = time.monotonic() - self._last_ok
+        log.warning("lease renewal failed", error=str(exc), silent_for=round(silent, 2))
+        return unchecked if silent >= self.lease_seconds else []  # a whole lease: peers own these

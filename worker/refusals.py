@@ -47,10 +47,14 @@ from redis.exceptions import (
     ResponseError,
     TryAgainError,
 )
+from redis.exceptions import (
+    ConnectionError as RedisConnectionError,
+)
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .backoff import REDIS, Backoff
 
-__all__ = ["OUTAGE", "REASONS", "Outage", "outlast_refusals", "refusal"]
+__all__ = ["OUTAGE", "REASONS", "Outage", "is_outage", "outlast_refusals", "refusal"]
 
 log = structlog.get_logger("tokenwire.redis")
 
@@ -89,11 +93,19 @@ def refusal(error: object) -> str | None:
     if type(error) is not ResponseError:  # READONLY, NOSCRIPT, NOPERM ...: classes of their own
         return None
     text = str(error)
+    if text.startswith("Command # "):  # redis-py's pipeline annotation quotes the command's arguments
+        text = text.partition(" of pipeline caused error: ")[2] or text
     code = error.status_code or text.partition(" ")[0]  # (the code survives a pipeline's annotation)
-    if code not in REASONS:
+    if code in ("ERR", "Error"):  # only a generic error may wrap another (Redis 6's script errors)
         wrapped = _IN_SCRIPT.search(text)
-        code = wrapped.group(1) if wrapped is not None else "OOM" if _OOM_TEXT in text else ""
+        code = wrapped.group(1) if wrapped is not None else "OOM" if _OOM_TEXT in text else code
     return REASONS.get(code)
+
+
+def is_outage(error: object) -> bool:
+    """Whether ``error`` says Redis is out for now, for every client alike (a refusal that passes,
+    or no answer: a lost connection, a timeout), rather than that this command cannot run."""
+    return refusal(error) is not None or isinstance(error, (RedisConnectionError, RedisTimeoutError))
 
 
 class Outage:

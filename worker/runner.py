@@ -32,7 +32,7 @@ from .review import ReviewQueue, review_item, wants_review
 from .settings import Settings
 from .store import JobStore
 from .tracing import attempt_span, end_attempt, job_span
-from .unusable import keys_unusable
+from .unusable import JobKeysUnusable, keys_unusable
 from .upstream.adapters import Adapter
 from .upstream.http import StreamLimits
 
@@ -112,9 +112,7 @@ class Runner:
         bound = structlog.contextvars.bind_contextvars(job_id=verdict.job_id)
         try:
             await _JobRun(self, delivery, verdict, control or Control()).run()
-        except ResponseError as exc:
-            if not keys_unusable(exc):
-                raise
+        except JobKeysUnusable as exc:
             # no delivery can ever run it (every one would fail the same way): dead-lettered now
             reason = f"Redis cannot run the job's scripts on its keys as they are: {exc}"
             await self._reject(delivery, Rejected("job_keys_unusable", reason, verdict.job_id))

@@ -34,7 +34,7 @@ from .metrics import Metrics, serve_metrics
 from .publisher import Publisher
 from .queue import Delivery, JobQueue
 from .ratelimit import Budgets
-from .refusals import refusal
+from .refusals import OUTAGE, is_outage, refusal
 from .runner import Control, Runner
 from .settings import Settings
 from .stats import collect_stats
@@ -313,22 +313,19 @@ class Worker:
         min_idle_ms = int(self.settings.lease_seconds * 1000)
         reap_every = max(1, int(min(60.0, self.settings.consumer_reap_idle_seconds) / interval))
         ticks = 0
-        loop = asyncio.get_running_loop()
-        # After a claim failed (Redis refused it or could not be reached), nothing is claimed until
-        # Redis runs a claim again and then the owners have had a renewal round: an outage past a
-        # lease leaves every lease idle past it, the owners' included, none of which could renew.
-        held_off, claim_after, failed = False, 0.0, False
+        gate = self.leases.gate  # after any sign of an outage, claims wait (lease.ClaimGate)
+        failed = False
         while True:
             await asyncio.sleep(interval * (0.8 + 0.4 * random.random()))
             ticks += 1
             try:
-                if self.free > 0 and held_off:
-                    await self.queue.try_claim()
-                    held_off, claim_after = False, loop.time() + 1.2 * self.leases.interval
-                elif self.free > 0 and loop.time() >= claim_after:
-                    held_off = True
+                if OUTAGE.waiting:  # a step of this worker is waiting on a refusal now
+                    gate.trouble()
+                if self.free > 0 and gate.troubled:
+                    await self.queue.try_claim()  # a claim that takes nothing: does Redis run claims?
+                    gate.answered()
+                elif self.free > 0 and gate.open():
                     claimed, _ = await self.queue.reclaim(self.free, min_idle_ms)
-                    held_off = False
                     for delivery in claimed:
                         if delivery.entry_id in self.jobs:
                             continue  # our own job, its renewal late (Redis slow or paused): no takeover
@@ -343,6 +340,8 @@ class Worker:
                 if ticks % reap_every == 0:
                     await self.queue.reap(int(self.settings.consumer_reap_idle_seconds * 1000))
             except RedisError as exc:
+                if is_outage(exc):  # (an error of this command alone, NOPERM say, holds nothing off)
+                    gate.trouble()
                 if not failed or refusal(exc) is None:  # a refusal: once per outage
                     log.warning("reclaim pass failed", error=str(exc))
                 failed = True

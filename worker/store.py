@@ -14,11 +14,13 @@ from typing import TYPE_CHECKING, Any, Literal
 import msgspec
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+from redis.exceptions import ResponseError
 
 from . import scripts
 from .events import Cancelled, Error, Event, Start, encode_event
 from .jobs import Job
 from .keys import Keys, as_text
+from .unusable import JobKeysUnusable, wrong_type
 
 if TYPE_CHECKING:  # a producer's import (Client) stays free of the worker's logging
     from .coalesce import Coalescer
@@ -245,9 +247,15 @@ class JobStore:
         return as_text(reply)
 
     async def _run(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
-        if self.coalescer is None:
-            return await script(keys=keys, args=args)
-        return await self.coalescer.run(script, keys, args)
+        """A job-key script's call; a key of another type is :class:`JobKeysUnusable`."""
+        try:
+            if self.coalescer is None:
+                return await script(keys=keys, args=args)
+            return await self.coalescer.run(script, keys, args)
+        except ResponseError as exc:
+            if wrong_type(exc):
+                raise JobKeysUnusable(str(exc)) from exc
+            raise
 
     async def cancel(self, job_id: str, reason: str) -> str:
         """Cancel: ``cancelled`` (it was queued and is now over), ``requested`` (its worker is

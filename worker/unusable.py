@@ -13,7 +13,7 @@ import re
 
 from redis.exceptions import ResponseError
 
-__all__ = ["keys_unusable"]
+__all__ = ["JobKeysUnusable", "keys_unusable", "wrong_type"]
 
 # A Lua runtime error in a script (Redis 7: "user_script:12: attempt to compare nil with number
 # script: <sha>, on @user_script:12."; Redis 6 wraps it as "Error running script (call to f_<sha>):
@@ -22,11 +22,26 @@ __all__ = ["keys_unusable"]
 _LUA_RUNTIME = re.compile(r"(?<!@)user_script:\d+: ")
 
 
+class JobKeysUnusable(ResponseError):
+    """A job-key script (begin, finish, fail: :class:`worker.store.JobStore`) met a job key of
+    another type (``WRONGTYPE``): no delivery can ever run the job; it is dead-lettered at once. A
+    Lua runtime error is not raised as this: it may as well be a script's fault as the keys'
+    (every job would then be dead-lettered), so its job takes the ordinary path of a crashed
+    delivery, and only its dead letter's own terminal write is given up on."""
+
+
+def wrong_type(error: BaseException) -> bool:
+    """Whether ``error`` is a ``WRONGTYPE`` reply (also inside a script's error)."""
+    if type(error) is not ResponseError:
+        return False
+    text = str(error)
+    return text.startswith("WRONGTYPE") or " WRONGTYPE " in text
+
+
 def keys_unusable(error: BaseException) -> bool:
     """Whether ``error`` is a ``WRONGTYPE`` reply or a Lua runtime error of a script. Only a plain
     ``ResponseError``: redis-py gives the passing refusals (OOM, READONLY, NOSCRIPT, LOADING ...)
     classes of their own."""
-    if type(error) is not ResponseError:
-        return False
-    text = str(error)
-    return text.startswith("WRONGTYPE") or " WRONGTYPE " in text or _LUA_RUNTIME.search(text) is not None
+    if isinstance(error, JobKeysUnusable) or wrong_type(error):
+        return True
+    return type(error) is ResponseError and _LUA_RUNTIME.search(str(error)) is not None

@@ -142,21 +142,33 @@ async def job(
     return Job(running, redis, client, prefix)
 
 
-async def test_a_job_outlasts_a_script_busy_past_the_threshold(job: Job, admin: Redis) -> None:
+async def busy_script(redis_url: str, admin: Redis, during: Callable[[], Awaitable[None]]) -> None:
+    """A script busy past ``busy-reply-threshold`` for :data:`OUTAGE` seconds, then killed; ``during``
+    runs once it has started (the outage's length is the point of the sleep: Redis answers nothing
+    else meanwhile)."""
     await admin.config_set("busy-reply-threshold", 100)
-    runner = Redis.from_url(job.running.worker.settings.redis_url, single_connection_client=True)
+    runner = Redis.from_url(redis_url, single_connection_client=True)
     try:
         await runner.ping()
-        await job.start()
-        before = await errors(admin, "BUSY")
         script: Any = runner.eval("while true do end", 0)
         busy: asyncio.Task[Any] = asyncio.create_task(script)
-        await asyncio.sleep(OUTAGE)  # the outage's length (Redis answers nothing else meanwhile)
+        await during()
+        await asyncio.sleep(OUTAGE)
         await admin.script_kill()
         with pytest.raises(ResponseError, match="killed"):
             await busy
     finally:
         await runner.aclose()
+
+
+async def test_a_job_outlasts_a_script_busy_past_the_threshold(job: Job, admin: Redis) -> None:
+    await job.start()
+    before = await errors(admin, "BUSY")
+
+    async def nothing() -> None:
+        return None
+
+    await busy_script(job.running.worker.settings.redis_url, admin, nothing)
     assert await errors(admin, "BUSY") >= before + 3  # the worker's steps were refused
     await job.ended_once()
 
@@ -212,3 +224,47 @@ async def test_a_job_outlasts_writes_refused_for_failed_snapshots(
     await admin.config_set("stop-writes-on-bgsave-error", "no")  # the operator's way out
     await job.ended_once()
     await admin.config_set("save", "")  # else its shutdown, unable to save, would not stop it
+
+
+async def test_busy_workers_take_over_no_live_job_after_an_outage(
+    start_worker: Callable[..., Awaitable[RunningWorker]],
+    redis: Redis,
+    client: Client,
+    prefix: str,
+    admin: Redis,
+) -> None:
+    """Two workers at full concurrency try no claim during the outage; the one whose job ends first
+    must still not claim the other's live job, idle past its lease only because nobody could renew."""
+    keys = Keys(prefix)
+    options = {
+        "lease_seconds": LEASE,
+        "reclaim_interval_seconds": 0.05,
+        "max_deliveries": 3,
+        "concurrency": 1,
+    }
+    workers = [await start_worker(**options), await start_worker(**options)]
+    short = await client.enqueue(model="m", input="short", params={"max_tokens": 20})
+    long = await client.enqueue(model="m", input="long", params={"max_tokens": 250})
+
+    async def streaming() -> bool:
+        return all([int(await redis.xlen(keys.events(j))) >= 3 for j in (short, long)])
+
+    await until(streaming, "both jobs stream")
+    assert [w.worker.free for w in workers] == [0, 0]
+
+    async def both_held_off() -> None:  # from their refused renewals: neither tries a claim
+        async def troubled() -> bool:
+            return all(w.worker.leases.gate.troubled for w in workers)
+
+        await until(troubled, "both workers hold their claims off")
+
+    await busy_script(workers[0].worker.settings.redis_url, admin, both_held_off)
+    assert not any(w.worker.leases.gate.open() for w in workers)  # and for a renewal round after
+    for job in (short, long):
+        await client.result(job, timeout=BOUND)
+        entries: Any = await redis.xrange(keys.events(job))
+        kinds = [event_type(decode_event(f[b"event"])) for _, f in entries]
+        assert kinds.count("start") == 1 and kinds[-1] == "done", kinds
+    metrics = [w.worker.metrics for w in workers]
+    assert [m.takeovers._value.get() for m in metrics] == [0, 0]
+    assert [m.leases_lost._value.get() for m in metrics] == [0, 0]

@@ -51,7 +51,7 @@ async def _spoil(redis: Redis, keys: Keys, job_id: str, how: str) -> None:
         await redis.pexpire(keys.state(job_id), 60_000)
 
 
-@pytest.mark.parametrize("how", ["state_is_a_string", "events_is_a_hash", "attempt_not_a_number"])
+@pytest.mark.parametrize("how", ["state_is_a_string", "events_is_a_hash"])
 async def test_a_job_whose_keys_are_unusable_is_dead_lettered_at_once(
     start_worker: StartWorker, client: Client, redis: Redis, how: str
 ) -> None:
@@ -71,10 +71,31 @@ async def test_a_job_whose_keys_are_unusable_is_dead_lettered_at_once(
         assert isinstance(await client.result(healthy, timeout=BOUND), Done)
         await all_acked(redis, keys.jobs, timeout=BOUND)
     assert (record["entry"], record["job_id"], record["code"]) == (entry, job_id, "job_keys_unusable")
-    assert "WRONGTYPE" in record["reason"] or "user_script" in record["reason"], record
+    assert "WRONGTYPE" in record["reason"], record
     assert "no terminal event could be written" in record["reason"], record
     assert not [line for line in logs if line["event"].startswith("job crashed")], logs
     assert running.worker.metrics.takeovers._value.get() == 0  # delivered once
+    assert not running.task.done() and running.worker.supervisor.down() is None
+
+
+async def test_a_lua_runtime_error_is_redelivered_then_dead_lettered_without_a_terminal(
+    start_worker: StartWorker, client: Client, redis: Redis
+) -> None:
+    """A Lua runtime error may be a script's fault as well as the keys' (a field no worker wrote):
+    not dead-lettered at once (a script bug would take every job), but delivered as a crashed job
+    is, up to max_deliveries; then its dead letter's own terminal write, failing the same way, is
+    given up on and the dead letter alone records the end."""
+    keys = client.keys
+    job_id = "spoilt-attempt-not-a-number"
+    await _spoil(redis, keys, job_id, "attempt_not_a_number")
+    running = await start_worker(lease_seconds=1.0, reclaim_interval_seconds=0.1, max_deliveries=2)
+    body = b'{"id":"%s","model":"tokenwire/sim;tokens=5","input":"x"}' % job_id.encode()
+    entry = as_text(await redis.xadd(keys.jobs, {"job": body}))
+    [record] = await _wait_dead(redis, keys)
+    assert (record["entry"], record["job_id"], record["code"]) == (entry, job_id, "max_deliveries_exceeded")
+    assert "no terminal event could be written" in record["reason"], record
+    assert "user_script" in record["reason"], record
+    await all_acked(redis, keys.jobs, timeout=BOUND)
     assert not running.task.done() and running.worker.supervisor.down() is None
 
 

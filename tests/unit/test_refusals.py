@@ -70,6 +70,15 @@ NOT_REFUSED: list[BaseException] = [
     ResponseError("ERR The ID specified in XADD is equal or smaller than the target stream top item"),
     RedisConnectionError("Error 111 connecting to 127.0.0.1:1. Connection refused."),
     ValueError("BUSY is not a Redis reply here"),
+    # a reply's own code decides: text that merely quotes a refusal (a pipeline's annotation quoting
+    # the command's arguments, a key or a group named so) is not one
+    ResponseError(
+        "Command # 1 (XADD k * event command not allowed when used memory) of pipeline caused error: "
+        "WRONGTYPE Operation against a key holding the wrong kind of value",
+        status_code="WRONGTYPE",
+    ),
+    ResponseError("NOGROUP No such key '@user_script:1: -BUSY ' or consumer group", status_code="NOGROUP"),
+    ResponseError("Command # 2 (SET k @user_script:1: -OOM x) of pipeline caused error: ERR syntax error"),
 ]
 
 
@@ -88,7 +97,7 @@ def test_other_errors_are_not_refusals() -> None:
 
 def test_what_says_the_keys_are_unusable_is_never_a_refusal() -> None:
     unusable = [e for e in NOT_REFUSED if isinstance(e, RedisError) and keys_unusable(e)]
-    assert len(unusable) == 3  # the WRONGTYPE and the two Lua runtime errors above
+    assert len(unusable) == 4  # the two WRONGTYPEs and the two Lua runtime errors above
 
 
 async def test_the_wait_retries_a_refusal_and_raises_anything_else() -> None:
