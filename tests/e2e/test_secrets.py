@@ -54,6 +54,7 @@ def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.timeout(360)  # several phases of real processes, each bounded: past 120 s when busy
 def test_secrets_stay_out_of_logs_events_and_errors(
     secure_redis: RedisServer, sim_port: int, tmp_path: Path
 ) -> None:

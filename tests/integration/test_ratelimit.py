@@ -85,9 +85,10 @@ async def test_an_unknown_limit_is_found_by_aimd_and_429s_cost_no_attempt(
     start_worker: StartWorker, client: Client, sim_url: str
 ) -> None:
     """The workers' budget (16) is above the simulator's limit (3): 429s cut it; with max_attempts=1
-    every job still ends done."""
+    every job still ends done. Each job streams ~0.4 s, so more than three overlap however slowly a
+    busy machine starts them (at 50 ms a job, a starved worker ran them three at a time: no 429)."""
     running = await start_worker(providers=limited(sim_url, max_concurrency=16), max_attempts=1)
-    model = "tokenwire/sim;tokens=5;tps=100;limit=3;limit_retry_after=0.05"
+    model = "tokenwire/sim;tokens=20;tps=50;limit=3;limit_retry_after=0.05"
     ids = [await client.enqueue(model=model, input=f"job {n}") for n in range(30)]
     ends = [await client.result(job_id, timeout=60) for job_id in ids]
     assert all(isinstance(end, Done) for end in ends), [e for e in ends if not isinstance(e, Done)]
