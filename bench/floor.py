@@ -8,18 +8,20 @@ single reader task counts. No parsing, no re-encoding, no waiting for replies pe
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import sys
+from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
 import aiohttp
 from redis.asyncio import Redis
 
 from bench.jobloop import EVENTS_MAXLEN, BenchJob, parse_args, serve_jobs
-from bench.resp import RawRedis, xadd_prefix
+from bench.resp import RawRedis, bulk, xadd_prefix
 
-__all__ = ["Writer", "main", "split_events"]
+__all__ = ["Writer", "main", "run_floor", "split_events"]
 
 _HIGH_WATER = 1 << 20  # bytes buffered towards Redis before a job waits for the socket
 _SEPARATOR = b"\n\n"
@@ -64,12 +66,16 @@ async def _run_job(session: aiohttp.ClientSession, writer: Writer, job: BenchJob
         async for chunk in response.content.iter_any():
             payloads, buffer = split_events(buffer + chunk)
             if payloads:
-                commands = b"".join(b"%b$%d\r\n%b\r\n" % (head, len(p), p) for p in payloads)
+                commands = b"".join(head + bulk(p) for p in payloads)
                 await writer.write(commands, len(payloads))
 
 
-async def _main() -> None:
-    args = parse_args("the floor: SSE bytes in, pipelined raw XADDs out, nothing else")
+RunJob = Callable[[aiohttp.ClientSession, Writer, BenchJob], Awaitable[None]]
+
+
+async def run_floor(args: argparse.Namespace, run_job: RunJob, *, what: str, ack: bool = True) -> None:
+    """Serve jobs with ``run_job`` on one aiohttp session and one raw RESP connection whose replies
+    a reader task counts (``ack=False``: ``run_job`` sends each job's ``XACK`` itself)."""
     where = urlsplit(args.redis_url)
     conn = await RawRedis.connect(where.hostname or "127.0.0.1", where.port or 6379)
     writer = Writer(conn)
@@ -79,7 +85,7 @@ async def _main() -> None:
     connector = aiohttp.TCPConnector(limit=0)
     try:
         async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
-            await serve_jobs(args, redis, lambda job: _run_job(session, writer, job))
+            await serve_jobs(args, redis, lambda job: run_job(session, writer, job), ack=ack)
     finally:
         replies.cancel()
         with contextlib.suppress(asyncio.CancelledError, ConnectionError):
@@ -87,7 +93,12 @@ async def _main() -> None:
         await conn.close()
         await redis.aclose()
         if writer.errors:
-            print(f"floor: {writer.errors} of {writer.sent} XADDs failed", file=sys.stderr, flush=True)
+            print(f"{what}: {writer.errors} of {writer.sent} commands failed", file=sys.stderr, flush=True)
+
+
+async def _main() -> None:
+    args = parse_args("the floor: SSE bytes in, pipelined raw XADDs out, nothing else")
+    await run_floor(args, _run_job, what="floor")
 
 
 def main() -> None:

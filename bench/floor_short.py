@@ -15,23 +15,15 @@ spends per job, the bound under a short job's CPU (``bench/shortjobs.py``'s ``fl
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import sys
-from urllib.parse import urlsplit
 
 import aiohttp
-from redis.asyncio import Redis
 
-from bench.floor import Writer, split_events
-from bench.jobloop import EVENTS_MAXLEN, GROUP, BenchJob, parse_args, serve_jobs
-from bench.resp import RawRedis, encode_command, xadd_prefix
+from bench.floor import Writer, run_floor, split_events
+from bench.jobloop import EVENTS_MAXLEN, GROUP, BenchJob, parse_args
+from bench.resp import bulk, encode_command, xadd_prefix
 
 __all__ = ["main"]
-
-
-def _bulk(payload: bytes) -> bytes:
-    return b"$%d\r\n%b\r\n" % (len(payload), payload)
 
 
 async def _run_job(session: aiohttp.ClientSession, writer: Writer, ack: bytes, job: BenchJob) -> None:
@@ -43,35 +35,21 @@ async def _run_job(session: aiohttp.ClientSession, writer: Writer, ack: bytes, j
         async for chunk in response.content.iter_any():
             payloads, buffer = split_events(buffer + chunk)
             if payloads:
-                writer.send(b"".join(head + _bulk(p) for p in payloads), len(payloads))
+                writer.send(b"".join(head + bulk(p) for p in payloads), len(payloads))
                 tokens += sum(b'"token"' in p for p in payloads)
     done = json.dumps({"type": "done", "job_id": job.job_id, "tokens": tokens}).encode()
-    await writer.write(head + _bulk(done) + ack + _bulk(job.entry_id), 2)
+    await writer.write(head + bulk(done) + ack + bulk(job.entry_id), 2)
 
 
 async def _main() -> None:
     args = parse_args("the short-job floor: one aiohttp request, raw pipelined XADDs and XACK per job")
-    where = urlsplit(args.redis_url)
-    conn = await RawRedis.connect(where.hostname or "127.0.0.1", where.port or 6379)
-    writer = Writer(conn)
-    replies = asyncio.create_task(writer.read_replies())
-    redis = Redis.from_url(args.redis_url)
     ack_head = encode_command(b"XACK", f"{{{args.prefix}}}:jobs".encode(), GROUP.encode())
     ack = b"*4" + ack_head[2:]  # the entry id follows as a fourth argument
-    timeout = aiohttp.ClientTimeout(total=None, sock_read=60.0, sock_connect=10.0)
-    connector = aiohttp.TCPConnector(limit=0)
-    try:
-        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
-            await serve_jobs(args, redis, lambda job: _run_job(session, writer, ack, job), ack=False)
-    finally:
-        replies.cancel()
-        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
-            await replies
-        await conn.close()
-        await redis.aclose()
-        if writer.errors:
-            failed = f"floor_short: {writer.errors} of {writer.sent} commands failed"
-            print(failed, file=sys.stderr, flush=True)
+
+    async def run_job(session: aiohttp.ClientSession, writer: Writer, job: BenchJob) -> None:
+        await _run_job(session, writer, ack, job)
+
+    await run_floor(args, run_job, what="floor_short", ack=False)
 
 
 def main() -> None:

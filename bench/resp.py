@@ -9,23 +9,24 @@ from typing import Any
 
 import hiredis
 
-__all__ = ["RawRedis", "encode_command", "xadd_prefix"]
+__all__ = ["RawRedis", "bulk", "encode_command", "xadd_prefix"]
 
 _READ_SIZE = 1 << 16
 
 
-def _bulk(arg: bytes) -> bytes:
+def bulk(arg: bytes) -> bytes:
+    """One RESP bulk string: ``$len\r\narg\r\n``."""
     return b"$%d\r\n%b\r\n" % (len(arg), arg)
 
 
 def encode_command(*args: bytes) -> bytes:
-    return b"*%d\r\n" % len(args) + b"".join(_bulk(a) for a in args)
+    return b"*%d\r\n" % len(args) + b"".join(bulk(a) for a in args)
 
 
 def xadd_prefix(key: bytes, maxlen: int) -> bytes:
     """``XADD key MAXLEN ~ maxlen * event`` without the payload: append ``$len\\r\\npayload\\r\\n``."""
     args = (b"XADD", key, b"MAXLEN", b"~", str(maxlen).encode(), b"*", b"event")
-    return b"*%d\r\n" % (len(args) + 1) + b"".join(_bulk(a) for a in args)
+    return b"*%d\r\n" % (len(args) + 1) + b"".join(bulk(a) for a in args)
 
 
 class RawRedis:

@@ -32,7 +32,7 @@ from array import array
 from pathlib import Path
 from typing import Any
 
-from bench.resp import RawRedis, encode_command
+from bench.resp import RawRedis, bulk, encode_command
 
 __all__ = ["STAMP", "Recorder", "main"]
 
@@ -70,10 +70,6 @@ class Recorder:
         out.with_suffix(".json").write_text(json.dumps(counters))
 
 
-def _bulk(arg: bytes) -> bytes:
-    return b"$%d\r\n%b\r\n" % (len(arg), arg)
-
-
 class Group:
     """One connection following up to ``--keys-per-call`` streams."""
 
@@ -86,7 +82,7 @@ class Group:
         self.head = b"*%d" % (6 + 2 * len(keys)) + fixed[fixed.index(b"\r\n") :]
 
     def command(self) -> bytes:
-        return self.head + b"".join(_bulk(i) for i in self.ids)
+        return self.head + b"".join(bulk(i) for i in self.ids)
 
     def take(self, reply: Any) -> None:
         now_us = time.time_ns() // 1000
