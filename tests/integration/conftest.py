@@ -179,3 +179,13 @@ async def all_acked(redis: Redis, jobs: str, timeout: float = 30.0) -> None:
                 await asyncio.sleep(0.02)
     except TimeoutError:
         pytest.fail(f"{pending} entries of {jobs} still pending after {timeout} s")
+
+
+async def until(check: Callable[[], Awaitable[bool]], what: str, timeout: float) -> None:
+    """Wait (polling) until ``check()`` holds; fail naming ``what`` after ``timeout`` seconds."""
+    try:
+        async with asyncio.timeout(timeout):
+            while not await check():
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        pytest.fail(f"timed out after {timeout} s waiting until {what}")

@@ -6,7 +6,7 @@ one by one), OOM (only the writing script is refused)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -31,15 +31,6 @@ GET = "return redis.call('GET', KEYS[1])"
 @pytest.fixture(params=["single", "cluster"])
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
-
-
-async def until(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 10.0) -> None:
-    try:
-        async with asyncio.timeout(timeout):
-            while not await check():
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        pytest.fail(f"timed out after {timeout} s waiting until {what}")
 
 
 def keys_for(prefix: str, n: int) -> list[str]:

@@ -19,7 +19,7 @@ from worker.lease import LeaseKeeper
 from worker.redisproc import RedisServer, redis_server_available
 from worker.sim import SimConfig, serve
 
-from .conftest import RunningWorker, all_acked
+from .conftest import RunningWorker, all_acked, until
 
 pytestmark = pytest.mark.integration
 
@@ -48,16 +48,6 @@ def redis_url(oom_server: RedisServer) -> str:
 async def sim_url() -> AsyncIterator[str]:
     async with serve(SimConfig(seed=3, tokens_per_second=25)) as url:  # paced: ~2.4 s a job
         yield url
-
-
-async def until(check: Callable[[], Awaitable[bool]], what: str, timeout: float = BOUND) -> None:
-    """Wait (polling) until ``check()`` holds; fail naming ``what`` after ``timeout`` seconds."""
-    try:
-        async with asyncio.timeout(timeout):
-            while not await check():
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        pytest.fail(f"timed out after {timeout} s waiting until {what}")
 
 
 async def oom_refusals(redis: Redis) -> int:
@@ -105,7 +95,7 @@ async def test_jobs_outlast_redis_running_out_of_memory(
         lengths = [await redis.xlen(keys.events(i)) for i in ids]
         return all(n >= 3 for n in lengths)
 
-    await until(streaming, "every job streams")
+    await until(streaming, "every job streams", timeout=BOUND)
     fillers = await fill(redis)
     try:
         refused_at_fill = await oom_refusals(redis)
@@ -115,7 +105,7 @@ async def test_jobs_outlast_redis_running_out_of_memory(
         async def outage_held() -> bool:  # the worker's writes keep being refused for two leases
             return await oom_refusals(redis) > refused_at_fill + 3 and loop.time() - since > 2 * LEASE
 
-        await until(outage_held, "the worker's writes were refused for two leases")
+        await until(outage_held, "the worker's writes were refused for two leases", timeout=BOUND)
         assert running.worker.metrics.leases_lost._value.get() == 0
         assert running.worker.metrics.takeovers._value.get() == 0
         assert await redis.xlen(keys.dead) == 0

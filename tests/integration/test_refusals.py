@@ -23,7 +23,7 @@ from worker.keys import GROUP, Keys
 from worker.redisproc import RedisServer, redis_server_available
 from worker.sim import SimConfig, serve
 
-from .conftest import RunningWorker, all_acked
+from .conftest import RunningWorker, all_acked, until
 
 pytestmark = pytest.mark.integration
 
@@ -81,15 +81,6 @@ async def admin(redis_url: str) -> AsyncIterator[Redis]:
     await client.aclose()
 
 
-async def until(check: Callable[[], Awaitable[bool]], what: str, timeout: float = BOUND) -> None:
-    try:
-        async with asyncio.timeout(timeout):
-            while not await check():
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        pytest.fail(f"timed out after {timeout} s waiting until {what}")
-
-
 async def errors(redis: Redis, code: str) -> int:
     stats: Any = await redis.info("errorstats")
     return int(stats.get(f"errorstat_{code}", {}).get("count", 0))
@@ -118,7 +109,7 @@ class Job:
         async def streaming() -> bool:
             return int(await self.redis.xlen(self.keys.events(self.id))) >= 3
 
-        await until(streaming, "the job streams")
+        await until(streaming, "the job streams", timeout=BOUND)
 
     async def ended_once(self) -> None:
         """One start, one terminal (done), the first delivery acked, no dead letter, no takeover."""
@@ -190,7 +181,7 @@ async def test_a_job_outlasts_a_restarted_redis_loading_its_dataset(
             persistence: Any = await info.info("persistence")
             return int(persistence["loading"]) == 0
 
-        await until(loaded, "Redis has loaded its dataset")
+        await until(loaded, "Redis has loaded its dataset", timeout=BOUND)
         assert await errors(info, "LOADING") >= 3  # the worker's steps were refused
     finally:
         await info.aclose()
@@ -212,14 +203,14 @@ async def test_a_job_outlasts_writes_refused_for_failed_snapshots(
             persistence["rdb_bgsave_in_progress"] == 0 and persistence["rdb_last_bgsave_status"] == "err"
         )
 
-    await until(failed, "the snapshot failed")
+    await until(failed, "the snapshot failed", timeout=BOUND)
     loop = asyncio.get_running_loop()
     since, before = loop.time(), await errors(admin, "MISCONF")
 
     async def held() -> bool:  # reads are served: the worker's refused writes can be counted
         return loop.time() - since >= OUTAGE and await errors(admin, "MISCONF") >= before + 3
 
-    await until(held, "the worker's writes were refused for the outage's length")
+    await until(held, "the worker's writes were refused for the outage's length", timeout=BOUND)
     assert (await job.client.status(job.id)).state == "running"  # type: ignore[union-attr]
     await admin.config_set("stop-writes-on-bgsave-error", "no")  # the operator's way out
     await job.ended_once()
@@ -249,14 +240,14 @@ async def test_busy_workers_take_over_no_live_job_after_an_outage(
     async def streaming() -> bool:
         return all([int(await redis.xlen(keys.events(j))) >= 3 for j in (short, long)])
 
-    await until(streaming, "both jobs stream")
+    await until(streaming, "both jobs stream", timeout=BOUND)
     assert [w.worker.free for w in workers] == [0, 0]
 
     async def both_held_off() -> None:  # from their refused renewals: neither tries a claim
         async def troubled() -> bool:
             return all(w.worker.leases.gate.troubled for w in workers)
 
-        await until(troubled, "both workers hold their claims off")
+        await until(troubled, "both workers hold their claims off", timeout=BOUND)
 
     await busy_script(workers[0].worker.settings.redis_url, admin, both_held_off)
     assert not any(w.worker.leases.gate.open() for w in workers)  # and for a renewal round after
